@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install everything wgmesh, its tests, its demo and its benchmarks need on Debian 12, as root:
+# Debian packages, then a virtualenv at $WGMESH_VENV (default /opt/wgmesh-venv) with wgmesh in it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${WGMESH_VENV:-/opt/wgmesh-venv}
+APT_PACKAGES=(python3 python3-venv python3-dev gcc iproute2 wireguard-go wireguard-tools nftables
+  conntrack iputils-ping dnsutils stun-client avahi-utils avahi-daemon procps)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating virtualenv $VENV"
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --upgrade pip
+"$VENV/bin/pip" install -q -e ".[test,fast]"
+echo "setup: done ($("$VENV/bin/wgmesh" --version))"

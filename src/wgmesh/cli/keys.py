@@ -1,0 +1,38 @@
+"""Keys in WireGuard's format: ``wgmesh genkey`` and ``wgmesh pubkey`` behave like ``wg genkey``
+and ``wg pubkey``, so the registrar needs no wireguard-tools.
+
+  wgmesh genkey > registrar.key
+  wgmesh pubkey < registrar.key
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from nacl.public import PrivateKey
+
+from wgmesh.errors import ConfigError, DecodeError
+from wgmesh.proto.keys import clamp_private_key, decode_key, encode_key
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    del parser, name
+
+
+def public_key(private: bytes) -> bytes:
+    """The Curve25519 public key of a private key."""
+    return bytes(PrivateKey(private).public_key)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "genkey":
+        sys.stdout.write(encode_key(clamp_private_key(os.urandom(32))) + "\n")
+        return 0
+    try:
+        private = decode_key(sys.stdin.read())
+    except DecodeError as exc:
+        raise ConfigError(f"stdin: {exc}") from None
+    sys.stdout.write(encode_key(public_key(private)) + "\n")
+    return 0
