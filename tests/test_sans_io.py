@@ -8,8 +8,21 @@ from pathlib import Path
 import wgmesh.proto
 
 BANNED = {
-    "asyncio", "socket", "selectors", "subprocess", "time", "threading", "zeroconf",
-    "sqlite3", "signal", "urllib", "http", "ssl", "dns.asyncquery", "dns.query", "dns.resolver",
+    "asyncio",
+    "socket",
+    "selectors",
+    "subprocess",
+    "time",
+    "threading",
+    "zeroconf",
+    "sqlite3",
+    "signal",
+    "urllib",
+    "http",
+    "ssl",
+    "dns.asyncquery",
+    "dns.query",
+    "dns.resolver",
     "dns.asyncresolver",
 }
 

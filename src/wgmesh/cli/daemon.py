@@ -1,15 +1,168 @@
-"""(not yet built)"""
+"""Keep this host's WireGuard peer endpoints current so peers behind NATs connect directly.
+
+The daemon registers the public mapping of the interface's WireGuard port with the registrar
+(probes leave the WireGuard port through a raw socket: run as root or with CAP_NET_RAW), reads
+the zone's DNS-SD records, and sets each peer's endpoint, making WireGuard shake hands at once
+when a peer appears or moves. It never touches the interface's addresses, routes or keys, so it
+works beside wg-quick and systemd-networkd.
+
+modes:
+  endpoints  (default) only peers already on the interface get endpoint updates, like wgsd-client
+  mesh       also add peers found in the zone, with the allowed IPs the registrar publishes from
+             its admission list, and remove them when they are withdrawn
+
+example:
+  wgmesh daemon --interface wg0 --registrar 203.0.113.10 --registrar-key KEY \\
+      --zone mesh.example.com --dns 203.0.113.10
+
+`wgmesh peers --interface wg0` shows what the daemon sees and does.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from wgmesh.cli.options import add_config_argument, resolve, setup_logging
+from wgmesh.errors import ConfigError, DecodeError
+from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.keys import decode_key
+from wgmesh.proto.punch import PunchConfig
+
+DEFAULTS: dict[str, Any] = {
+    "interface": None,
+    "registrar": None,
+    "registrar_key": None,
+    "registrar_alt_port": None,
+    "zone": None,
+    "dns": None,
+    "mode": "endpoints",
+    "probe_interval": 20.0,
+    "name": "",
+    "wait_interface": False,
+    "status_socket": None,
+    "backend": "auto",
+    "keepalive": 25,
+    "verbose": False,
+}
+
+STATUS_DIR = Path("/run/wgmesh")
+
+
+def status_socket_for(interface: str) -> Path:
+    return STATUS_DIR / f"{interface}.sock"
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    del parser, name
+    del name
+    a = parser.add_argument
+    a("--interface", "-i", metavar="IFACE", help="WireGuard interface (required)")
+    a("--registrar", metavar="HOST[:PORT]", help="registrar address, port default 3478 (required)")
+    a(
+        "--registrar-key",
+        metavar="PUBKEY",
+        help="registrar public key, base64 (wgmesh pubkey < registrar.key) (required)",
+    )
+    a(
+        "--registrar-alt-port",
+        type=int,
+        metavar="PORT",
+        help="registrar's second STUN port, to classify our NAT (default: port + 1; 0: off)",
+    )
+    a("--zone", metavar="ZONE", help="DNS-SD zone the registrar serves (required)")
+    a(
+        "--dns",
+        metavar="SERVER[:PORT]",
+        help="DNS server to query (default: the zone's own name servers)",
+    )
+    a("--mode", choices=("endpoints", "mesh"), help="endpoints (default) or mesh, see above")
+    a(
+        "--probe-interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between registrations (default 20; keep it under your NAT's UDP timeout)",
+    )
+    a("--name", help="name to report to the registrar (the admission file's name wins)")
+    a(
+        "--wait-interface",
+        action="store_true",
+        default=None,
+        help="wait for the interface to appear (e.g. wg-quick up after the daemon) instead of "
+        "exiting with an error",
+    )
+    a(
+        "--status-socket",
+        metavar="PATH",
+        help="unix socket for 'wgmesh peers' (default /run/wgmesh/IFACE.sock)",
+    )
+    a(
+        "--backend",
+        choices=("auto", "uapi", "wg"),
+        help="how to control WireGuard: the UAPI socket (wireguard-go, boringtun), the wg command "
+        "(kernel or any), or auto (default)",
+    )
+    a(
+        "--keepalive",
+        type=int,
+        metavar="SECONDS",
+        help="persistent keepalive set on managed peers that have none (default 25)",
+    )
+    a("-v", "--verbose", action="store_true", default=None, help="debug logging")
+    add_config_argument(parser)
+
+
+def settings_from(values: dict[str, Any]) -> Any:
+    from wgmesh.daemon.service import DaemonSettings
+
+    for flag in ("interface", "registrar", "registrar_key", "zone"):
+        if not values[flag]:
+            raise ConfigError(f"--{flag.replace('_', '-')} is required (see wgmesh daemon --help)")
+    try:
+        registrar = Endpoint.parse(str(values["registrar"]), default_port=3478)
+    except DecodeError as exc:
+        raise ConfigError(
+            f"--registrar: {exc} (give an IP address, with :PORT if not 3478)"
+        ) from None
+    if registrar.family != 4:
+        raise ConfigError("--registrar: only IPv4 registrars are supported for now")
+    try:
+        key = decode_key(str(values["registrar_key"]))
+    except DecodeError as exc:
+        raise ConfigError(f"--registrar-key: {exc}") from None
+    dns_server = None
+    if values["dns"]:
+        try:
+            dns_server = Endpoint.parse(str(values["dns"]), default_port=53)
+        except DecodeError as exc:
+            raise ConfigError(f"--dns: {exc}") from None
+    interface = str(values["interface"])
+    sock = values["status_socket"]
+    return DaemonSettings(
+        interface=interface,
+        registrar=registrar,
+        registrar_key=key,
+        zone=str(values["zone"]).rstrip(".") + ".",
+        dns=dns_server,
+        registrar_alt_port=values["registrar_alt_port"],
+        mode=str(values["mode"]),
+        probe_interval=float(values["probe_interval"]),
+        name=str(values["name"]),
+        wait_interface=bool(values["wait_interface"]),
+        status_socket=Path(sock) if sock else status_socket_for(interface),
+        backend=str(values["backend"]),
+        punch=PunchConfig(keepalive=int(values["keepalive"]), mesh=values["mode"] == "mesh"),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    del args
-    print("not implemented yet")
-    return 2
+    values = resolve(args, DEFAULTS)
+    setup_logging(bool(values["verbose"]))
+    settings = settings_from(values)
+    from wgmesh.daemon.service import Daemon
+    from wgmesh.wg.control import open_control
+
+    wg = open_control(settings.interface, settings.backend)
+    asyncio.run(Daemon(settings, wg).run())
+    return 0

@@ -1,0 +1,85 @@
+"""The command line: --help answers, errors name the flag or file, config files merge."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wgmesh.cli.main import main
+
+WG = [sys.executable, "-m", "wgmesh"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*WG, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_help_lists_commands() -> None:
+    out = run("--help").stdout
+    for cmd in ("registrar", "daemon", "peers", "genkey", "pubkey"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize("cmd", ["registrar", "daemon", "peers", "genkey"])
+def test_every_option_has_help(cmd: str) -> None:
+    import argparse
+
+    from wgmesh.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    p = sub.choices[cmd]
+    assert p.description, f"{cmd} --help has no description"
+    for action in p._actions:
+        assert action.help, f"{cmd}: option {action.option_strings} has no help"
+    assert run(cmd, "--help").returncode == 0
+
+
+def test_genkey_pubkey_match_wireguard_format() -> None:
+    key = run("genkey").stdout
+    assert len(key.strip()) == 44
+    pub = subprocess.run([*WG, "pubkey"], input=key, capture_output=True, text=True).stdout
+    assert len(pub.strip()) == 44 and pub != key
+
+
+def test_pubkey_rejects_garbage_with_a_clear_error() -> None:
+    out = subprocess.run([*WG, "pubkey"], input="nope", capture_output=True, text=True)
+    assert out.returncode == 1 and "stdin: a WireGuard key" in out.stderr
+
+
+def test_registrar_errors_name_the_flag(tmp_path: Path) -> None:
+    assert main(["registrar", "--open"]) == 1
+    out = run("registrar", "--zone", "z.test", "--open", "--private-key-file", str(tmp_path / "x"))
+    assert out.returncode == 1 and "--private-key-file" in out.stderr and "x" in out.stderr
+
+
+def test_config_file_merges_and_flags_win(tmp_path: Path) -> None:
+    import argparse
+
+    from wgmesh.cli.options import resolve
+    from wgmesh.cli.registrar import DEFAULTS
+
+    cfg = tmp_path / "r.toml"
+    cfg.write_text('zone = "from.file"\nstun-port = 4000\nopen = true\n')
+    args = argparse.Namespace(config=cfg, zone=None, stun_port=5000)
+    values = resolve(args, DEFAULTS)
+    assert values["zone"] == "from.file" and values["stun_port"] == 5000 and values["open"] is True
+
+
+def test_config_file_unknown_key_is_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "r.toml"
+    cfg.write_text("zonee = 'x'\n")
+    out = run("registrar", "--config", str(cfg))
+    assert out.returncode == 1 and "unknown key 'zonee'" in out.stderr
+
+
+def test_daemon_errors_name_the_flag() -> None:
+    out = run("daemon", "--interface", "wg9")
+    assert out.returncode == 1 and "--registrar is required" in out.stderr
+    out = run(
+        "daemon", "-i", "wg9", "--registrar", "1.2.3.4", "--registrar-key", "nope", "--zone", "z"
+    )
+    assert out.returncode == 1 and "--registrar-key" in out.stderr

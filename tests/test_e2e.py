@@ -1,0 +1,155 @@
+"""End to end: real NATs (nftables in network namespaces), real wireguard-go, the real
+`wgmesh registrar` and `wgmesh daemon` processes, and pings across the tunnel.
+
+Each peer is configured only with the other's key and allowed IPs (no endpoint); the daemons
+must find each other through the registrar and punch through both NATs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from wgmesh.lab.topology import Lab, NatKind
+
+from wgmesh.lab.mesh import Mesh, MeshPeer
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
+
+FAST = ("--probe-interval", "5")
+
+
+@contextmanager
+def mesh_of(
+    kind_a: NatKind | None, kind_b: NatKind | None
+) -> Iterator[tuple[Mesh, MeshPeer, MeshPeer]]:
+    """A registrar and two linked peers behind NATs of the given kinds (None: a public host)."""
+    with Lab() as lab:
+        reg = lab.add_public_host("reg")
+        hosts = []
+        for name, kind in (("a", kind_a), ("b", kind_b)):
+            if kind is None or kind == NatKind.NONE:
+                hosts.append(lab.add_peer(name, None))
+            else:
+                nat = lab.add_nat(
+                    f"n{name}", kind, forward_port=51820 if kind == NatKind.PORT_FORWARD else None
+                )
+                hosts.append(lab.add_peer(name, nat))
+        mesh = Mesh(lab, reg)
+        a = mesh.add_peer("a", hosts[0])
+        b = mesh.add_peer("b", hosts[1])
+        mesh.link(a, b)
+        mesh.start_registrar()
+        try:
+            yield mesh, a, b
+        except BaseException:
+            print(mesh.logs())
+            raise
+
+
+def connect(mesh: Mesh, a: MeshPeer, b: MeshPeer, *extra: str, timeout: float = 30.0) -> None:
+    mesh.start_daemon(a, *FAST, *extra)
+    time.sleep(0.5)
+    mesh.start_daemon(b, *FAST, *extra)
+    assert mesh.wait_ping(a, b, timeout), "no ping across the tunnel"
+    assert mesh.wait_ping(b, a, 5.0)
+
+
+def assert_direct(mesh: Mesh, a: MeshPeer, b: MeshPeer) -> None:
+    row = mesh.peer_row(a, b)
+    assert row["path"] == "direct", row
+    assert row["source"] in ("registrar", "roaming"), row
+    # the endpoint in use is b's public address, never the registrar's
+    assert row["endpoint"].split(":")[0] == str(b.host.public_ip), row
+
+
+@pytest.mark.parametrize(
+    ("kind_a", "kind_b"),
+    [
+        (NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED),
+        (None, NatKind.PORT_RESTRICTED),
+        (NatKind.PORT_FORWARD, NatKind.SYMMETRIC),
+        (NatKind.OPEN, NatKind.OPEN),
+    ],
+    ids=["restricted-x-restricted", "public-x-restricted", "forward-x-symmetric", "open-x-open"],
+)
+def test_direct_connection(kind_a: NatKind | None, kind_b: NatKind) -> None:
+    with mesh_of(kind_a, kind_b) as (mesh, a, b):
+        connect(mesh, a, b)
+        assert_direct(mesh, a, b)
+        assert_direct(mesh, b, a)
+
+
+@pytest.mark.parametrize(
+    ("kind_a", "kind_b", "words"),
+    [
+        (NatKind.PORT_RESTRICTED, NatKind.SYMMETRIC, "symmetric NAT"),
+        (NatKind.SYMMETRIC, NatKind.SYMMETRIC, "both peers are behind symmetric NATs"),
+    ],
+    ids=["restricted-x-symmetric", "symmetric-x-symmetric"],
+)
+def test_no_direct_path_is_explained(kind_a: NatKind, kind_b: NatKind, words: str) -> None:
+    with mesh_of(kind_a, kind_b) as (mesh, a, b):
+        mesh.start_daemon(a, *FAST)
+        mesh.start_daemon(b, *FAST)
+        deadline = time.monotonic() + 30
+        row: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            row = mesh.peer_row(a, b)
+            if words in str(row["reason"]):
+                break
+            time.sleep(0.5)
+        assert row["path"] == "none", row
+        assert words in str(row["reason"]), row
+        assert not a.host.ping(b.tunnel_ip, count=1, timeout=1.0)
+
+
+def test_nat_rebinding_reconnects_on_its_own() -> None:
+    with mesh_of(NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED) as (mesh, a, b):
+        connect(mesh, a, b)
+        before = mesh.peer_row(b, a)["endpoint"]
+        nat_a = a.host.nat
+        assert nat_a is not None
+        nat_a.rebind()
+        deadline = time.monotonic() + 40
+        after = before
+        while time.monotonic() < deadline:
+            after = mesh.peer_row(b, a)["endpoint"]
+            if after != before and b.host.ping(a.tunnel_ip, count=1, timeout=1.0):
+                break
+            time.sleep(0.5)
+        assert after != before, "the peer never learned the new mapping"
+        assert mesh.wait_ping(b, a, 5.0)
+        assert mesh.wait_ping(a, b, 5.0)
+
+
+def test_registrar_restart_keeps_tunnels_and_records() -> None:
+    with mesh_of(NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED) as (mesh, a, b):
+        connect(mesh, a, b)
+        mesh.stop_registrar(kill=True)
+        assert a.host.ping(b.tunnel_ip, count=3, timeout=1.0), "tunnel dropped with the registrar"
+        mesh.start_registrar()
+        from wgmesh.proto.keys import decode_key, key_label
+
+        name = f"{key_label(decode_key(b.wg.public_key))}._wireguard._udp.mesh.test"
+        out = a.host.run("dig", "@" + mesh.registrar_ip, "+short", name, "SRV", check=False)
+        assert out.stdout.split(), "records did not come back after the restart"
+        assert mesh.wait_ping(a, b, 5.0)
+
+
+def test_peer_that_goes_away_is_withdrawn() -> None:
+    with mesh_of(NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED) as (mesh, a, b):
+        mesh.stop_registrar()
+        mesh.start_registrar("--expiry", "6")
+        connect(mesh, a, b)
+        mesh.stop_daemon(b)
+        query = ("dig", "@" + mesh.registrar_ip, "+short", "_wireguard._udp.mesh.test", "PTR")
+        assert len(a.host.run(*query).stdout.split()) == 2
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if len(a.host.run(*query).stdout.split()) == 1:
+                break
+            time.sleep(0.5)
+        assert len(a.host.run(*query).stdout.split()) == 1, "b's records were not withdrawn"

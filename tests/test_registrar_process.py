@@ -1,0 +1,125 @@
+"""The real `wgmesh registrar` on loopback, checked with dig, third-party STUN clients,
+forged/replayed registrations, and kill -9 + restart."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import aiostun
+import pytest
+
+from tests.procs import Client, dig, registrar
+from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.keys import encode_key, key_label
+
+
+def test_records_layout_via_dig(tmp_path: Path) -> None:
+    with registrar(tmp_path) as r:
+        alice = Client(r.key)
+        lan = Endpoint.parse("10.1.0.5:51820")
+        alice.register(r.endpoint, name="alice", addresses=(lan,))
+        label = key_label(alice.key)
+        name = f"{label}._wireguard._udp.mesh.test."
+        soa = dig(r.dns_port, "mesh.test", "SOA")
+        assert "flags: qr aa" in soa and "status: NOERROR" in soa
+        ptr = dig(r.dns_port, "+short", "_wireguard._udp.mesh.test", "PTR")
+        assert ptr.split() == [name]
+        srv = dig(r.dns_port, "+noall", "+answer", name, "SRV")
+        lines = [ln.split() for ln in srv.splitlines() if "SRV" in ln]
+        assert lines[0][4:] == ["0", "0", str(alice.port), name]
+        assert any(ln[7].startswith("lan") for ln in lines[1:])
+        a = dig(r.dns_port, "+short", name, "A")
+        assert a.split() == ["127.0.0.1"]
+        txt = dig(r.dns_port, "+short", name, "TXT")
+        assert '"txtvers=1"' in txt and f'"pub={encode_key(alice.key)}"' in txt
+        assert '"name=alice"' in txt
+        refused = dig(r.dns_port, "example.org", "A")
+        assert "status: REFUSED" in refused
+        nx = dig(r.dns_port, f"{'a' * 56}._wireguard._udp.mesh.test", "SRV")
+        assert "status: NXDOMAIN" in nx and "SOA" in nx
+        alice.close()
+
+
+def test_truncated_browse_is_completed_over_tcp(tmp_path: Path) -> None:
+    # 60 registrations from one address: lift the per-source limit for this test
+    with registrar(tmp_path, ["--open", "--rate", "10000", "--burst", "10000"]) as r:
+        clients = [Client(r.key) for _ in range(60)]
+        for i, c in enumerate(clients):
+            c.register(r.endpoint, name=f"p{i}")
+        udp_only = dig(r.dns_port, "+ignore", "+bufsize=1232", "_wireguard._udp.mesh.test", "PTR")
+        assert " tc" in udp_only.split("flags:")[1].split(";")[0]
+        full = dig(
+            r.dns_port, "+bufsize=1232", "+noall", "+answer", "_wireguard._udp.mesh.test", "PTR"
+        )
+        assert len([ln for ln in full.splitlines() if "PTR" in ln]) == 60
+        for c in clients:
+            c.close()
+
+
+def test_aiostun_gets_its_mapped_address(tmp_path: Path) -> None:
+    with registrar(tmp_path) as r:
+
+        async def ask() -> dict[str, object]:
+            async with aiostun.Client("127.0.0.1", port=r.stun_port, timeout=2) as c:
+                result: dict[str, object] = await c.get_mapped_address()
+                return result
+
+        mapped = asyncio.run(ask())
+        assert mapped["ip"] == "127.0.0.1"
+        assert isinstance(mapped["port"], int) and mapped["port"] > 0
+
+
+def test_turnutils_stunclient_gets_its_mapped_address(tmp_path: Path) -> None:
+    with registrar(tmp_path) as r:
+        out = subprocess.run(
+            ["turnutils_stunclient", "-p", str(r.stun_port), "127.0.0.1"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        text = out.stdout + out.stderr
+        assert "UDP reflexive addr: 127.0.0.1:" in text, text
+
+
+def test_replay_and_forgery_rejected_by_the_running_server(tmp_path: Path) -> None:
+    with registrar(tmp_path) as r:
+        alice = Client(r.key)
+        sent = alice.register(r.endpoint, name="alice")
+        other = Client(r.key)
+        other.sock.sendto(sent, r.endpoint.sockaddr())  # replay from another address
+        with pytest.raises(TimeoutError):
+            other.sock.settimeout(0.5)
+            other.sock.recvfrom(2048)
+        time.sleep(0.3)
+        srv = dig(r.dns_port, "+short", f"{key_label(alice.key)}._wireguard._udp.mesh.test", "SRV")
+        assert srv.split()[2] == str(alice.port)
+        alice.close()
+        other.close()
+
+
+def test_kill_9_and_restart_serves_records_at_once(tmp_path: Path) -> None:
+    with registrar(tmp_path) as r:
+        alice = Client(r.key)
+        alice.register(r.endpoint, name="alice")
+        name = f"{key_label(alice.key)}._wireguard._udp.mesh.test"
+        time.sleep(0.6)  # one flush interval and then some
+        serial_before = dig(r.dns_port, "+short", "mesh.test", "SOA").split()[2]
+        r.kill()
+        r.start()
+        srv = dig(r.dns_port, "+short", name, "SRV")
+        assert srv.split()[2] == str(alice.port)
+        serial_after = dig(r.dns_port, "+short", "mesh.test", "SOA").split()[2]
+        assert int(serial_after) >= int(serial_before)
+        alice.close()
+
+
+def test_refuses_to_start_without_an_admission_policy(tmp_path: Path) -> None:
+    from tests.procs import RegistrarProcess
+
+    r = RegistrarProcess(tmp_path, extra=[])
+    out = subprocess.run(r.args, capture_output=True, text=True, timeout=20)
+    assert out.returncode == 1
+    assert "--authorized-keys FILE" in out.stderr and "--open" in out.stderr

@@ -1,0 +1,332 @@
+"""The registrar's state machine, pure: datagrams in, datagrams and events out, float clock."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from nacl.public import PrivateKey
+from wgmesh.proto.dnssd import Zone, ZoneConfig
+from wgmesh.proto.sealed import NatKind
+
+from wgmesh.proto import sealed, stun
+from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.ratelimit import RateLimitConfig
+from wgmesh.proto.registry import (
+    Admission,
+    AdmittedPeer,
+    Change,
+    Registry,
+    RegistryConfig,
+)
+
+NOW = 1_800_000_000.0
+PORT = 3478
+ALT = 3479
+
+
+class Peer:
+    def __init__(self) -> None:
+        self.private = PrivateKey.generate()
+        self.key = bytes(self.private.public_key)
+        self.sealer = sealed.Sealer(bytes(self.private))
+        self.counter = 1000
+
+    def message(
+        self, reg_key: bytes, payload: sealed.Payload, msg_type: int = stun.BINDING_REQUEST
+    ) -> bytes:
+        return sealed.build_sealed_request(
+            self.sealer,
+            self.key,
+            reg_key,
+            payload,
+            os.urandom(12),
+            os.urandom(24),
+            msg_type=msg_type,
+        )
+
+    def register(
+        self,
+        reg_key: bytes,
+        now: float = NOW,
+        *,
+        secondary: bool = False,
+        addresses: tuple[Endpoint, ...] = (),
+        counter: int | None = None,
+    ) -> bytes:
+        self.counter += 1
+        return self.message(
+            reg_key,
+            sealed.Register(
+                timestamp_ms=int(now * 1000),
+                counter=self.counter if counter is None else counter,
+                name="alice",
+                addresses=addresses,
+                software="test",
+                secondary=secondary,
+            ),
+        )
+
+    def watch(self, reg_key: bytes, now: float = NOW) -> bytes:
+        self.counter += 1
+        return self.message(reg_key, sealed.Watch(int(now * 1000), self.counter, self.counter - 1))
+
+
+@pytest.fixture
+def reg_private() -> PrivateKey:
+    return PrivateKey.generate()
+
+
+def make(reg_private: PrivateKey, admission: Admission | None = None, **cfg: object) -> Registry:
+    zone = Zone(ZoneConfig(origin="mesh.test.", ns=("ns1.mesh.test.",), hostmaster="h.mesh.test."))
+    return Registry(
+        RegistryConfig(**cfg),  # type: ignore[arg-type]
+        sealed.Sealer(bytes(reg_private)),
+        admission or Admission(open=True),
+        zone,
+        os.urandom,
+        PORT,
+    )
+
+
+SRC = Endpoint.parse("198.51.100.20:40000")
+SRC2 = Endpoint.parse("198.51.100.21:40000")
+
+
+def test_plain_binding_request_gets_xor_mapped_address(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    req = stun.encode(stun.StunMessage(stun.BINDING_REQUEST, b"\x07" * 12, ()))
+    out = r.receive(req, SRC, PORT, NOW)
+    assert len(out) == 1 and out[0][1] == SRC
+    resp = stun.decode(out[0][0])
+    assert resp.msg_type == stun.BINDING_SUCCESS and resp.transaction_id == b"\x07" * 12
+    xma = resp.get(stun.ATTR_XOR_MAPPED_ADDRESS)
+    assert xma is not None
+    assert stun.unpack_xor_address(xma, resp.transaction_id) == SRC
+
+
+def test_registration_records_the_source_and_publishes(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    out = r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    assert len(out) == 1  # the Binding Success to the WireGuard port
+    assert r.peers[alice.key].endpoint == SRC
+    assert [e.change for e in r.events()] == [Change.ADDED]
+    assert r.counters["registered"] == 1
+    serial = r.zone.serial
+    r.receive(alice.register(reg_key, NOW + 1), SRC, PORT, NOW + 1)
+    assert [e.change for e in r.events()] == [Change.REFRESHED]
+    assert r.zone.serial == serial  # a refresh publishes nothing new
+    r.receive(alice.register(reg_key, NOW + 2), SRC2, PORT, NOW + 2)
+    assert [e.change for e in r.events()] == [Change.CHANGED]
+    assert r.zone.serial == serial + 1
+
+
+def test_replayed_registration_is_rejected_and_counted(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    msg = alice.register(reg_key)
+    r.receive(msg, SRC, PORT, NOW)
+    assert r.receive(msg, SRC2, PORT, NOW + 1) == []
+    assert r.counters["replay"] == 1
+    assert r.peers[alice.key].endpoint == SRC
+
+
+def test_stale_timestamp_is_rejected(reg_private: PrivateKey) -> None:
+    r = make(reg_private, freshness_window=120.0)
+    alice = Peer()
+    assert r.receive(alice.register(bytes(reg_private.public_key), NOW - 500), SRC, PORT, NOW) == []
+    assert r.counters["stale"] == 1 and alice.key not in r.peers
+
+
+def test_box_for_another_registrar_is_rejected(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    other = bytes(PrivateKey.generate().public_key)
+    alice = Peer()
+    assert r.receive(alice.register(other), SRC, PORT, NOW) == []
+    assert r.counters["bad_box"] == 1
+
+
+def test_tampered_box_is_rejected(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    alice = Peer()
+    msg = stun.decode(alice.register(bytes(reg_private.public_key)))
+    attrs = []
+    for t, v in msg.attributes:
+        if t == stun.ATTR_WG_SEALED:
+            v = v[:-1] + bytes([v[-1] ^ 1])
+        attrs.append((t, v))
+    data = stun.encode(stun.StunMessage(msg.msg_type, msg.transaction_id, tuple(attrs)))
+    assert r.receive(data, SRC, PORT, NOW) == []
+    assert r.counters["bad_box"] == 1
+
+
+def test_key_swapped_for_another_is_rejected(reg_private: PrivateKey) -> None:
+    """Mallory seals with her key but claims Alice's key in ATTR_WG_PUBLIC_KEY."""
+    r = make(reg_private)
+    alice, mallory = Peer(), Peer()
+    msg = stun.decode(mallory.register(bytes(reg_private.public_key)))
+    attrs = tuple((t, alice.key if t == stun.ATTR_WG_PUBLIC_KEY else v) for t, v in msg.attributes)
+    data = stun.encode(stun.StunMessage(msg.msg_type, msg.transaction_id, attrs))
+    assert r.receive(data, SRC, PORT, NOW) == []
+    assert r.counters["bad_box"] == 1 and not r.peers
+
+
+def test_ten_thousand_forgeries_give_zero_accepted(reg_private: PrivateKey) -> None:
+    r = make(reg_private, rate_limit=RateLimitConfig(rate=1e9, burst=1e9))
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    good = stun.decode(alice.register(reg_key))
+    rng = __import__("random").Random(7)
+    for i in range(10_000):
+        kind = i % 3
+        attrs = []
+        for t, v in good.attributes:
+            if t == stun.ATTR_WG_SEALED:
+                if kind == 0:
+                    v = os.urandom(len(v))
+                elif kind == 1:
+                    b = bytearray(v)
+                    b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+                    v = bytes(b)
+            if t == stun.ATTR_WG_PUBLIC_KEY and kind == 2:
+                v = os.urandom(32)
+            attrs.append((t, v))
+        data = stun.encode(stun.StunMessage(good.msg_type, os.urandom(12), tuple(attrs)))
+        r.receive(data, SRC, PORT, NOW)
+    assert r.counters["registered"] == 0 and not r.peers
+    assert r.counters["bad_box"] + r.counters["malformed"] == 10_000
+
+
+def test_unadmitted_key_is_refused(reg_private: PrivateKey) -> None:
+    alice, bob = Peer(), Peer()
+    adm = Admission(
+        open=False, peers={alice.key: AdmittedPeer(alice.key, "alice-admin", ("100.64.0.1/32",))}
+    )
+    r = make(reg_private, adm)
+    reg_key = bytes(reg_private.public_key)
+    assert r.receive(bob.register(reg_key), SRC2, PORT, NOW) == []
+    assert r.counters["unauthorized"] == 1
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    entry = r.peers[alice.key]
+    assert entry.name == "alice-admin" and entry.allowed_ips == ("100.64.0.1/32",)
+
+
+def test_rate_limit_per_source(reg_private: PrivateKey) -> None:
+    r = make(reg_private, rate_limit=RateLimitConfig(rate=20.0, burst=5.0))
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    for _ in range(10):
+        r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    assert r.counters["rate_limited"] == 5
+    assert r.counters["registered"] == 5
+
+
+def test_garbage_is_counted_not_raised(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    assert r.receive(b"\x00" * 5000, SRC, PORT, NOW) == []
+    assert r.receive(b"hello", SRC, PORT, NOW) == []
+    assert r.counters["oversize"] == 1 and r.counters["not_stun"] == 1
+
+
+def test_watch_returns_the_observed_mapping_sealed(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    control = Endpoint.parse("198.51.100.20:50000")
+    out = r.receive(alice.watch(reg_key), control, PORT, NOW)
+    assert len(out) == 1 and out[0][1] == control
+    _, status = sealed.open_sealed(alice.sealer, stun.decode(out[0][0]), reg_key)
+    assert isinstance(status, sealed.Status)
+    assert status.observed == SRC and status.register_counter == alice.counter - 1
+
+
+def test_changes_are_pushed_to_other_watchers(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice, bob = Peer(), Peer()
+    bob_control = Endpoint.parse("198.51.100.30:50000")
+    r.receive(bob.register(reg_key), Endpoint.parse("198.51.100.30:51820"), PORT, NOW)
+    r.receive(bob.watch(reg_key), bob_control, PORT, NOW)
+    out = r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    pushes = [(d, a) for d, a in out if a == bob_control]
+    assert len(pushes) == 1
+    msg = stun.decode(pushes[0][0])
+    assert msg.msg_type == stun.BINDING_INDICATION
+    _, push = sealed.open_sealed(bob.sealer, msg, reg_key)
+    assert isinstance(push, sealed.Push) and push.changed == (alice.key,)
+
+
+def test_silent_peer_is_withdrawn_after_expiry(reg_private: PrivateKey) -> None:
+    r = make(reg_private, expiry=50.0)
+    reg_key = bytes(reg_private.public_key)
+    alice, bob = Peer(), Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(bob.register(reg_key, NOW + 30), SRC2, PORT, NOW + 30)
+    r.events()
+    assert r.next_timer() == NOW + 50.0
+    r.expire(NOW + 49.0)
+    assert alice.key in r.peers
+    r.expire(NOW + 51.0)
+    assert alice.key not in r.peers and bob.key in r.peers
+    assert [e.change for e in r.events()] == [Change.WITHDRAWN]
+
+
+def test_secondary_probe_classifies_the_nat(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice, bob = Peer(), Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key, secondary=True), SRC, ALT, NOW)
+    assert r.peers[alice.key].nat == NatKind.CONE
+    r.receive(bob.register(reg_key), SRC2, PORT, NOW)
+    r.receive(
+        bob.register(reg_key, secondary=True), Endpoint.parse("198.51.100.21:40999"), ALT, NOW
+    )
+    assert r.peers[bob.key].nat == NatKind.SYMMETRIC
+
+
+def test_public_host_is_classified_no_nat(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    alice = Peer()
+    r.receive(alice.register(bytes(reg_private.public_key), addresses=(SRC,)), SRC, PORT, NOW)
+    assert r.peers[alice.key].nat == NatKind.NONE
+
+
+def test_reload_withdraws_removed_keys_and_republishes_changed(reg_private: PrivateKey) -> None:
+    alice, bob = Peer(), Peer()
+    adm = Admission(
+        open=False,
+        peers={alice.key: AdmittedPeer(alice.key, "alice"), bob.key: AdmittedPeer(bob.key, "bob")},
+    )
+    r = make(reg_private, adm)
+    reg_key = bytes(reg_private.public_key)
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(bob.register(reg_key), SRC2, PORT, NOW)
+    r.events()
+    r.set_admission(
+        Admission(
+            open=False, peers={alice.key: AdmittedPeer(alice.key, "alice", ("100.64.0.1/32",))}
+        ),
+        NOW + 1,
+    )
+    assert bob.key not in r.peers
+    assert r.peers[alice.key].allowed_ips == ("100.64.0.1/32",)
+    assert sorted(e.change for e in r.events()) == [Change.CHANGED, Change.WITHDRAWN]
+
+
+def test_restore_serves_live_peers_and_drops_expired(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice, bob = Peer(), Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(bob.register(reg_key, NOW + 40), SRC2, PORT, NOW + 40)
+    entries = list(r.peers.values())
+    r2 = make(reg_private)
+    r2.restore(entries, NOW + 60)
+    assert list(r2.peers) == [bob.key]
+    # the replay floor survives the restart
+    assert r2.peers[bob.key].register_counter == bob.counter
