@@ -377,6 +377,8 @@ class Daemon:
         _prepare_socket_path(path)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(WireGuardError):
+                self.device = await self.read_device()  # show the interface as it is now
             try:
                 writer.write(json.dumps(self.status()).encode() + b"\n")
                 await writer.drain()
