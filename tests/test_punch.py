@@ -32,7 +32,11 @@ LANH = Hint(LAN, "lan", 10)
 
 
 def test_new_record_sets_best_candidate_and_shakes_hands_now() -> None:
-    p = Planner(PunchConfig())
+    p = Planner(
+        PunchConfig(
+            punch_delay=0,
+        )
+    )
     p.set_record(record(LANH, PUBLIC))
     plan = p.plan(device(peer()), now=1000.0)
     assert len(plan.updates) == 1
@@ -43,7 +47,7 @@ def test_new_record_sets_best_candidate_and_shakes_hands_now() -> None:
 
 
 def test_failed_candidate_falls_back_to_the_next_then_backs_off() -> None:
-    p = Planner(PunchConfig(candidate_trial=3.0, retry_min=5.0))
+    p = Planner(PunchConfig(punch_delay=0, candidate_trial=3.0, retry_min=5.0))
     p.set_record(record(LANH, PUBLIC))
     assert p.plan(device(peer()), 1000.0).updates[0].endpoint == PUB
     assert p.plan(device(peer(PUB)), 1002.0).updates == ()  # still within its trial
@@ -55,7 +59,11 @@ def test_failed_candidate_falls_back_to_the_next_then_backs_off() -> None:
 
 
 def test_handshake_proves_the_candidate_and_stops_changes() -> None:
-    p = Planner(PunchConfig())
+    p = Planner(
+        PunchConfig(
+            punch_delay=0,
+        )
+    )
     p.set_record(record(PUBLIC, LANH))
     p.plan(device(peer()), 1000.0)
     assert p.plan(device(peer(PUB, hs=1001.0)), 1001.2).updates == ()
@@ -64,7 +72,11 @@ def test_handshake_proves_the_candidate_and_stops_changes() -> None:
 
 
 def test_fresh_endpoint_is_kept_when_a_new_candidate_appears() -> None:
-    p = Planner(PunchConfig())
+    p = Planner(
+        PunchConfig(
+            punch_delay=0,
+        )
+    )
     p.set_record(record(PUBLIC))
     p.plan(device(peer()), 1000.0)
     p.plan(device(peer(PUB, hs=1000.0)), 1000.5)
@@ -73,7 +85,11 @@ def test_fresh_endpoint_is_kept_when_a_new_candidate_appears() -> None:
 
 
 def test_peer_that_moved_is_followed_even_while_the_handshake_is_fresh() -> None:
-    p = Planner(PunchConfig())
+    p = Planner(
+        PunchConfig(
+            punch_delay=0,
+        )
+    )
     p.set_record(record(PUBLIC))
     p.plan(device(peer()), 1000.0)
     p.plan(device(peer(PUB, hs=1000.0)), 1000.5)
@@ -84,7 +100,11 @@ def test_peer_that_moved_is_followed_even_while_the_handshake_is_fresh() -> None
 
 def test_roaming_by_wireguard_wins_over_the_record() -> None:
     roamed = Endpoint.parse("192.0.2.99:1234")
-    p = Planner(PunchConfig())
+    p = Planner(
+        PunchConfig(
+            punch_delay=0,
+        )
+    )
     p.set_record(record(PUBLIC))
     p.plan(device(peer()), 1000.0)
     p.plan(device(peer(PUB, hs=1000.0)), 1000.5)
@@ -97,31 +117,51 @@ def test_roaming_by_wireguard_wins_over_the_record() -> None:
 
 def test_static_endpoint_with_fresh_handshake_is_left_alone() -> None:
     static = Endpoint.parse("192.0.2.5:51820")
-    p = Planner(PunchConfig())
+    p = Planner(
+        PunchConfig(
+            punch_delay=0,
+        )
+    )
     p.set_record(record(PUBLIC))
     assert p.plan(device(peer(static, hs=999.0)), 1000.0).updates == ()
 
 
 def test_lan_first_when_the_registrar_saw_us_behind_the_same_address() -> None:
-    p = Planner(PunchConfig())
+    p = Planner(
+        PunchConfig(
+            punch_delay=0,
+        )
+    )
     p.set_our_mapping(Endpoint.parse("198.51.100.7:51821"), "cone")
     p.set_record(record(PUBLIC, LANH))
     assert p.plan(device(peer()), 1000.0).updates[0].endpoint == LAN
-    q = Planner(PunchConfig())
+    q = Planner(
+        PunchConfig(
+            punch_delay=0,
+        )
+    )
     q.set_our_mapping(Endpoint.parse("203.0.113.50:51820"), "cone")
     q.set_record(record(PUBLIC, LANH))
     assert q.plan(device(peer()), 1000.0).updates[0].endpoint == PUB
 
 
 def test_lan_first_when_seen_over_mdns() -> None:
-    p = Planner(PunchConfig())
+    p = Planner(
+        PunchConfig(
+            punch_delay=0,
+        )
+    )
     p.lan_keys.add(A)
     p.set_record(record(PUBLIC, replace(LANH, source=Source.LAN)))
     assert p.plan(device(peer()), 1000.0).updates[0].endpoint == LAN
 
 
 def test_our_mapping_change_rekicks_working_peers() -> None:
-    p = Planner(PunchConfig())
+    p = Planner(
+        PunchConfig(
+            punch_delay=0,
+        )
+    )
     p.set_record(record(PUBLIC))
     p.plan(device(peer()), 1000.0)
     p.plan(device(peer(PUB, hs=1000.0)), 1000.5)
@@ -133,19 +173,19 @@ def test_our_mapping_change_rekicks_working_peers() -> None:
 
 
 def test_missing_keepalive_is_set() -> None:
-    p = Planner(PunchConfig(keepalive=25))
+    p = Planner(PunchConfig(punch_delay=0, keepalive=25))
     p.set_record(record(PUBLIC))
     assert p.plan(device(peer(keepalive=0)), 1000.0).updates[0].persistent_keepalive == 25
 
 
 def test_endpoints_mode_ignores_peers_not_on_the_interface() -> None:
-    p = Planner(PunchConfig(mesh=False))
+    p = Planner(PunchConfig(punch_delay=0, mesh=False))
     p.set_record(record(PUBLIC, allowed=("100.64.0.9/32",)))
     assert p.plan(device(), 1000.0).updates == ()
 
 
 def test_mesh_mode_adds_and_removes_peers() -> None:
-    p = Planner(PunchConfig(mesh=True))
+    p = Planner(PunchConfig(punch_delay=0, mesh=True))
     p.set_record(record(PUBLIC, allowed=("100.64.0.9/32",)))
     ups = p.plan(device(), 1000.0).updates
     assert ups[0].allowed_ips == ("100.64.0.9/32",)
@@ -156,14 +196,18 @@ def test_mesh_mode_adds_and_removes_peers() -> None:
 
 
 def test_mesh_mode_never_removes_peers_it_did_not_add() -> None:
-    p = Planner(PunchConfig(mesh=True))
+    p = Planner(PunchConfig(punch_delay=0, mesh=True))
     p.set_record(record(PUBLIC, allowed=("100.64.0.9/32",)))
     p.withdraw(A)
     assert p.plan(device(peer(PUB, hs=1000.0)), 1100.0).updates == ()
 
 
 def test_reasons_for_no_direct_path() -> None:
-    p = Planner(PunchConfig())
+    p = Planner(
+        PunchConfig(
+            punch_delay=0,
+        )
+    )
     p.set_our_mapping(Endpoint.parse("203.0.113.50:40000"), "cone")
     p.set_record(replace(record(PUBLIC), nat="symmetric"))
     v = p.views(device(peer()), 1000.0)[0]
@@ -171,3 +215,17 @@ def test_reasons_for_no_direct_path() -> None:
     assert "symmetric NAT" in v.reason
     p.our_nat = "symmetric"
     assert "both peers are behind symmetric NATs" in p.views(device(peer()), 1000.0)[0].reason
+
+
+def test_punch_primes_first_and_initiates_after_the_delay() -> None:
+    p = Planner(PunchConfig(punch_delay=0.2))
+    p.set_record(record(PUBLIC))
+    first = p.plan(device(peer()), 1000.0)
+    assert first.prime == (PUB,) and first.updates == ()
+    assert p.next_deadline() == 1000.2
+    assert p.plan(device(peer()), 1000.1).updates == ()
+    second = p.plan(device(peer()), 1000.2)
+    assert second.prime == ()
+    assert second.updates[0].endpoint == PUB and second.updates[0].handshake_now
+    # the trial runs from the kick, not from the priming
+    assert p.next_deadline() == 1000.2 + PunchConfig().candidate_trial

@@ -352,8 +352,9 @@ class Daemon:
 
     async def _plan_loop(self) -> None:
         while True:
-            pending = any(p.pending is not None for p in self.planner.peers.values())
-            await asyncio.sleep(0.25 if pending else 2.0)
+            deadline = self.planner.next_deadline()
+            delay = 2.0 if deadline is None else min(2.0, max(0.01, deadline - time.time()))
+            await asyncio.sleep(delay)
             await self._plan()
 
     # -- status for `wgmesh peers` ------------------------------------------------------------

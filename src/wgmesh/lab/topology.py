@@ -61,7 +61,9 @@ class LabError(RuntimeError):
 
 def _run(argv: list[str], timeout: float = 10.0, check: bool = True, stdin: str | None = None
          ) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=stdin, check=False)
+    r = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, input=stdin, check=False
+    )
     if check and r.returncode != 0:
         raise LabError(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr.strip()}")
     return r
@@ -329,4 +331,3 @@ def stale_namespaces(prefix: str = "wgm-") -> list[str]:
     """Lab namespaces left behind by runs that died (for manual clean-up)."""
     out = _run(["ip", "netns", "list"], check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
-

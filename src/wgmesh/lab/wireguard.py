@@ -7,6 +7,7 @@ run id in every interface name).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ def start_wireguard(host: Host, name: str, listen_port: int, address: str,
         raise ValueError(f"interface name {name!r} is longer than 15 characters")
     private = decode_key(private_key) if private_key else bytes(PrivateKey.generate())
     public = encode_key(bytes(PrivateKey(private).public_key))
-    host.spawn("wireguard-go", "-f", name, env={"LOG_LEVEL": "error"},
+    host.spawn("wireguard-go", "-f", name, env={"LOG_LEVEL": os.environ.get("WGMESH_LAB_WG_LOG", "error")},
                log_path=host.lab.workdir / f"wireguard-go-{name}.log")  # fmt: skip
     sock = Path(f"/var/run/wireguard/{name}.sock")
     deadline = time.monotonic() + 10

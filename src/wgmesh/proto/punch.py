@@ -80,8 +80,13 @@ class PunchConfig:
 
     handshake_fresh: float = HANDSHAKE_FRESH
     """A handshake this recent proves a path (WireGuard re-handshakes every 120 s when busy)."""
-    candidate_trial: float = 3.0
-    """Seconds a newly set candidate has to produce a handshake before the next is tried."""
+    candidate_trial: float = 6.0
+    """Seconds a candidate has to produce a handshake before the next is tried. Longer than
+    WireGuard's own retry (REKEY_TIMEOUT 5 s + jitter), so that retry lands on the same one."""
+    punch_delay: float = 0.2
+    """Seconds between opening our NAT toward a candidate (the low-TTL priming packet) and
+    making WireGuard initiate to it, so that the peer, acting at the same moment, has opened
+    its NAT too before either initiation arrives."""
     retry_min: float = 5.0
     """First pause after every candidate failed."""
     retry_max: float = 60.0
@@ -98,6 +103,7 @@ class _Peer:
     tried: list[Endpoint] = field(default_factory=list)
     pending: Endpoint | None = None
     pending_since: float = 0.0
+    fire_at: float | None = None
     chosen: Endpoint | None = None
     chosen_source: Source | None = None
     rounds: int = 0
@@ -204,12 +210,37 @@ class Planner:
             elif cfg.mesh and peer.added_by_us and peer.record is None:
                 updates.append(PeerUpdate(key, remove=True))
                 continue
+            if peer.fire_at is not None:
+                if now >= peer.fire_at:
+                    peer.fire_at = None
+                    peer.pending_since = now
+                    keepalive = None if dev.persistent_keepalive else cfg.keepalive
+                    assert peer.pending is not None
+                    updates.append(
+                        PeerUpdate(key, endpoint=peer.pending, handshake_now=True,
+                                   persistent_keepalive=keepalive)
+                    )  # fmt: skip
+                continue
             update = self._plan_peer(key, peer, dev, now)
-            if update is not None:
-                if update.endpoint is not None and update.endpoint != dev.endpoint:
-                    prime.append(update.endpoint)
+            if update is None:
+                continue
+            if update.endpoint is not None and update.endpoint != dev.endpoint:
+                prime.append(update.endpoint)  # open our NAT toward it first
+            if update.endpoint is not None and cfg.punch_delay > 0:
+                peer.fire_at = now + cfg.punch_delay  # set and initiate after punch_delay
+            else:
                 updates.append(update)
         return Plan(tuple(updates), tuple(prime))
+
+    def next_deadline(self) -> float | None:
+        """When ``plan`` next has something to do on its own (a delayed punch, a trial end)."""
+        times = [p.fire_at for p in self.peers.values() if p.fire_at is not None]
+        times += [
+            p.pending_since + self.config.candidate_trial
+            for p in self.peers.values()
+            if p.pending is not None and p.fire_at is None
+        ]
+        return min(times) if times else None
 
     def _plan_peer(self, key: bytes, peer: _Peer, dev: PeerState, now: float) -> PeerUpdate | None:
         cfg = self.config
