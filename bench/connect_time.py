@@ -17,9 +17,8 @@ import statistics
 import sys
 import time
 
-from wgmesh.lab.topology import Lab, NatKind
-
 from wgmesh.lab.mesh import Mesh
+from wgmesh.lab.topology import Lab, NatKind
 
 
 def pct(values: list[float], q: float) -> float:

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from wgmesh.lab.topology import Lab, NatKind
 
 from wgmesh.lab.mesh import Mesh, MeshPeer
+from wgmesh.lab.topology import Lab, NatKind
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from wgmesh.wg.control import DeviceState, PeerState
-
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.punch import Hint, PeerRecord, Planner, PunchConfig, Source
+from wgmesh.wg.control import DeviceState, PeerState
 
 A = bytes([1]) * 32
 PUB = Endpoint.parse("198.51.100.7:51820")

@@ -6,10 +6,9 @@ import os
 
 import pytest
 from nacl.public import PrivateKey
-from wgmesh.proto.dnssd import Zone, ZoneConfig
-from wgmesh.proto.sealed import NatKind
 
 from wgmesh.proto import sealed, stun
+from wgmesh.proto.dnssd import Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.ratelimit import RateLimitConfig
 from wgmesh.proto.registry import (
@@ -19,6 +18,7 @@ from wgmesh.proto.registry import (
     Registry,
     RegistryConfig,
 )
+from wgmesh.proto.sealed import NatKind
 
 NOW = 1_800_000_000.0
 PORT = 3478

@@ -2,12 +2,12 @@
 
 ::
 
-    public host (203.0.113.x/32) --+
-    public peer (203.0.113.x/32) --+-- [inet: a router, 203.0.113.1] --+-- [NAT: 198.51.100.x/32 on eth0]
-                                                                      |        br0 10.N.0.1/24
-                                                                      |        +-- peer 10.N.0.10
-                                                                      |        +-- peer 10.N.0.11
-                                                                      +-- [NAT ...]
+    public host 203.0.113.x/32 --+
+    public peer 203.0.113.x/32 --+-- [inet router 203.0.113.1] --+-- [NAT: eth0 198.51.100.x/32]
+                                                                |      br0 10.N.0.1/24
+                                                                |      +-- peer 10.N.0.10
+                                                                |      +-- peer 10.N.0.11
+                                                                +-- [NAT ...]
 
 Every public node hangs off the inet router on its own veth with a /32 and on-link routes, so a
 packet crossing from one NAT to another takes two router hops: a TTL-2 packet sent by a peer
@@ -59,8 +59,9 @@ class LabError(RuntimeError):
     """A lab command failed."""
 
 
-def _run(argv: list[str], timeout: float = 10.0, check: bool = True, stdin: str | None = None
-         ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def _run(
+    argv: list[str], timeout: float = 10.0, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     r = subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, input=stdin, check=False
     )
@@ -85,26 +86,36 @@ class Host:
         """The address the internet sees: the NAT's WAN address, or our own."""
         return self.nat.wan_ip if self.nat is not None else self.address
 
-    def run(self, *argv: str, check: bool = True, timeout: float = 10.0,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def run(
+        self, *argv: str, check: bool = True, timeout: float = 10.0, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command inside this host's namespace."""
         return _run(["ip", "netns", "exec", self.netns, *argv], timeout, check, stdin)
 
-    def spawn(self, *argv: str, env: dict[str, str] | None = None,
-              log_path: Path | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+    def spawn(
+        self, *argv: str, env: dict[str, str] | None = None, log_path: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start a long-running process here; the lab ends it by PID at close."""
         log_path = log_path or self.lab.workdir / f"{self.name}-{len(self.lab.procs)}.log"
         log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed by the lab
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, *argv],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, start_new_session=True,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         self.lab.procs.append((proc, log))
         return proc
 
-    def start_wireguard(self, iface: str | None = None, listen_port: int = 51820,
-                        address: str = "100.64.0.1/24", private_key: str | None = None) -> WgIface:  # fmt: skip
+    def start_wireguard(
+        self,
+        iface: str | None = None,
+        listen_port: int = 51820,
+        address: str = "100.64.0.1/24",
+        private_key: str | None = None,
+    ) -> WgIface:
         """wireguard-go in this namespace with a private key, listen port and tunnel address."""
         name = iface or f"wg{self.lab.run_id[:6]}{self.lab.next_index()}"
         wg = start_wireguard(self, name, listen_port, address, private_key)
@@ -113,16 +124,36 @@ class Host:
 
     def ping(self, address: object, count: int = 1, timeout: float = 1.0) -> bool:
         """True if ``count`` pings get at least one answer."""
-        r = self.run("ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", f"{timeout:g}",
-                     str(address), check=False, timeout=count * (timeout + 0.5) + 5)  # fmt: skip
+        r = self.run(
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            str(count),
+            "-i",
+            "0.2",
+            "-W",
+            f"{timeout:g}",
+            str(address),
+            check=False,
+            timeout=count * (timeout + 0.5) + 5,
+        )
         return r.returncode == 0
 
 
 class Nat:
     """A NAT router namespace: WAN on the internet, a bridged LAN behind it."""
 
-    def __init__(self, lab: Lab, name: str, kind: NatKind, netns: str, wan_ip: str,
-                 subnet: int, forward_port: int | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        lab: Lab,
+        name: str,
+        kind: NatKind,
+        netns: str,
+        wan_ip: str,
+        subnet: int,
+        forward_port: int | None,
+    ) -> None:
         self.lab = lab
         self.name = name
         self.kind = kind
@@ -146,8 +177,10 @@ class Nat:
         forward_target = f"{self.lan_prefix}.10"
         dnat = ""
         if self.kind == NatKind.PORT_FORWARD and self.forward_port:
-            dnat = (f'iifname "eth0" udp dport {self.forward_port} '
-                    f"dnat to {forward_target}:{self.forward_port}")  # fmt: skip
+            dnat = (
+                f'iifname "eth0" udp dport {self.forward_port} '
+                f"dnat to {forward_target}:{self.forward_port}"
+            )
         return f"""
 table ip wgmlab {{
     chain prerouting {{
@@ -241,8 +274,23 @@ class Lab:
     def _attach(self, ns: str, address: str) -> None:
         """Link ``ns`` to the inet router: its eth0 gets ``address``/32, routes on-link."""
         link = f"v{self.next_index()}"
-        _run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", link,
-              "netns", self.inet])  # fmt: skip
+        _run(
+            [
+                "ip",
+                "-n",
+                ns,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                link,
+                "netns",
+                self.inet,
+            ]
+        )
         _run(["ip", "-n", ns, "addr", "add", f"{address}/32", "dev", "eth0"])
         _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
         _run(["ip", "-n", ns, "route", "add", INET_GW, "dev", "eth0"])
@@ -286,8 +334,23 @@ class Lab:
         address = address or f"{nat.lan_prefix}.{10 + nat.hosts}"
         nat.hosts += 1
         link = f"l{self.next_index()}"
-        _run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", link,
-              "netns", nat.netns])  # fmt: skip
+        _run(
+            [
+                "ip",
+                "-n",
+                ns,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                link,
+                "netns",
+                nat.netns,
+            ]
+        )
         _run(["ip", "-n", nat.netns, "link", "set", link, "master", "br0", "up"])
         _run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0"])
         _run(["ip", "-n", ns, "link", "set", "eth0", "up"])

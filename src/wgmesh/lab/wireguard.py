@@ -32,8 +32,13 @@ class WgIface:
     listen_port: int
     tunnel_address: str
 
-    def add_peer(self, public_key: str, allowed_ips: str, endpoint: str | None = None,
-                 keepalive: int | None = None) -> None:  # fmt: skip
+    def add_peer(
+        self,
+        public_key: str,
+        allowed_ips: str,
+        endpoint: str | None = None,
+        keepalive: int | None = None,
+    ) -> None:
         args = ["wg", "set", self.name, "peer", public_key, "allowed-ips", allowed_ips]
         if endpoint:
             args += ["endpoint", endpoint]
@@ -59,14 +64,20 @@ class WgIface:
         return None
 
 
-def start_wireguard(host: Host, name: str, listen_port: int, address: str,
-                    private_key: str | None) -> WgIface:  # fmt: skip
+def start_wireguard(
+    host: Host, name: str, listen_port: int, address: str, private_key: str | None
+) -> WgIface:
     if len(name) > 15:
         raise ValueError(f"interface name {name!r} is longer than 15 characters")
     private = decode_key(private_key) if private_key else bytes(PrivateKey.generate())
     public = encode_key(bytes(PrivateKey(private).public_key))
-    host.spawn("wireguard-go", "-f", name, env={"LOG_LEVEL": os.environ.get("WGMESH_LAB_WG_LOG", "error")},
-               log_path=host.lab.workdir / f"wireguard-go-{name}.log")  # fmt: skip
+    host.spawn(
+        "wireguard-go",
+        "-f",
+        name,
+        env={"LOG_LEVEL": os.environ.get("WGMESH_LAB_WG_LOG", "error")},
+        log_path=host.lab.workdir / f"wireguard-go-{name}.log",
+    )
     sock = Path(f"/var/run/wireguard/{name}.sock")
     deadline = time.monotonic() + 10
     while not sock.exists():
@@ -79,4 +90,6 @@ def start_wireguard(host: Host, name: str, listen_port: int, address: str,
     host.run("wg", "set", name, "private-key", str(key_file), "listen-port", str(listen_port))
     host.run("ip", "addr", "add", address, "dev", name)
     host.run("ip", "link", "set", name, "up")
-    return WgIface(name, host, encode_key(private), public, listen_port, address.split("/")[0])
+    return WgIface(
+        name, host, encode_key(private), public, listen_port, address.split("/", maxsplit=1)[0]
+    )
