@@ -269,9 +269,17 @@ class Zone:
         try:
             wire = r.to_wire(max_size=limit, want_shuffle=False)
         except dns.exception.TooBig:
-            if tcp:  # even 64 KiB is too small: drop the additional records
-                r.additional = []
-                return r.to_wire(max_size=limit, want_shuffle=False)
+            # additional data is optional: leave it out before truncating (RFC 2181 section 9)
+            r.additional = []
+            try:
+                wire = r.to_wire(max_size=limit, want_shuffle=False)
+            except dns.exception.TooBig:
+                if tcp:
+                    return self._shrink(r, limit)
+            else:
+                if cache is not None and cache[0] is not None:
+                    self._store(cache[0][0], cache[1], wire)
+                return wire
             self.stats.truncated += 1
             r.answer, r.authority, r.additional = [], [], []
             r.flags |= dns.flags.TC
@@ -279,6 +287,27 @@ class Zone:
         if cache is not None and cache[0] is not None:
             self._store(cache[0][0], cache[1], wire)
         return wire
+
+    @staticmethod
+    def _shrink(r: dns.message.Message, limit: int) -> bytes:
+        """Over TCP, a browse list longer than 64 KiB holds is cut to what fits (per-peer
+        lookups never depend on browsing)."""
+        rrset = r.answer[0]
+        items = list(rrset)
+        while len(items) > 1:
+            items = items[: len(items) // 2 + len(items) // 4]
+            smaller = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype)
+            smaller.update_ttl(rrset.ttl)
+            for rd in items:
+                smaller.add(rd)
+            r.answer = [smaller]
+            try:
+                return r.to_wire(max_size=limit, want_shuffle=False)
+            except dns.exception.TooBig:
+                continue
+        r.answer = []
+        r.flags |= dns.flags.TC
+        return r.to_wire(max_size=limit, want_shuffle=False)
 
     def _store(self, key: bytes, name_wire: bytes, wire: bytes) -> None:
         self._cache[key] = (wire, name_wire)
