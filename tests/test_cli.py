@@ -83,3 +83,10 @@ def test_daemon_errors_name_the_flag() -> None:
         "daemon", "-i", "wg9", "--registrar", "1.2.3.4", "--registrar-key", "nope", "--zone", "z"
     )
     assert out.returncode == 1 and "--registrar-key" in out.stderr
+
+
+def test_daemon_on_a_missing_interface_exits_with_its_name() -> None:
+    key = run("genkey").stdout.strip()
+    out = run("daemon", "-i", "wgnosuch9", "--registrar", "192.0.2.1", "--registrar-key",
+              key, "--zone", "mesh.test", "--backend", "wg")  # fmt: skip
+    assert out.returncode == 1 and "no WireGuard interface 'wgnosuch9'" in out.stderr

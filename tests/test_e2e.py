@@ -7,13 +7,14 @@ must find each other through the registrar and punch through both NATs.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
-from wgmesh.lab.mesh import Mesh, MeshPeer
+from wgmesh.lab.mesh import PYTHON, Mesh, MeshPeer
 from wgmesh.lab.topology import Lab, NatKind
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -153,3 +154,66 @@ def test_peer_that_goes_away_is_withdrawn() -> None:
                 break
             time.sleep(0.5)
         assert len(a.host.run(*query).stdout.split()) == 1, "b's records were not withdrawn"
+
+
+def test_mesh_mode_adds_peers_from_the_zone() -> None:
+    """Neither peer knows the other; the registrar's admission list says who is in the mesh."""
+    with Lab() as lab:
+        reg = lab.add_public_host("reg")
+        mesh = Mesh(lab, reg, authorized=True)
+        a = mesh.add_peer("a", lab.add_peer("a", lab.add_nat("na", NatKind.PORT_RESTRICTED)))
+        b = mesh.add_peer("b", lab.add_peer("b", lab.add_nat("nb", NatKind.PORT_RESTRICTED)))
+        mesh.start_registrar()
+        try:
+            connect(mesh, a, b, "--mode", "mesh")
+            row = mesh.peer_row(a, b)
+            assert row["allowed_ips"] == [f"{b.tunnel_ip}/32"] and row["path"] == "direct"
+        except BaseException:
+            print(mesh.logs())
+            raise
+
+
+def test_peers_without_a_daemon_reads_interface_and_zone() -> None:
+    with mesh_of(NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED) as (mesh, a, b):
+        connect(mesh, a, b)
+        mesh.stop_daemon(a)
+        out = a.host.run(
+            PYTHON, "-m", "wgmesh", "peers", "-i", a.wg.name, "--json",
+            "--status-socket", "/nonexistent.sock", "--zone", "mesh.test",
+            "--dns", mesh.registrar_ip,
+        )  # fmt: skip
+        state = json.loads(out.stdout)
+        assert state["daemon"] is False
+        (row,) = state["peers"]
+        assert row["public_key"] == b.wg.public_key and row["name"] == "b"
+        assert row["path"] == "direct" and row["source"] == "registrar"
+        table = a.host.run(PYTHON, "-m", "wgmesh", "peers", "-i", a.wg.name,
+                           "--status-socket", "/nonexistent.sock").stdout  # fmt: skip
+        assert "no daemon" in table and b.wg.public_key[:8] in table
+
+
+def test_same_nat_peers_connect_over_lan_and_a_third_reaches_both() -> None:
+    """No hairpin on the shared NAT: a and b must use the LAN candidates the registrar
+    publishes from their sealed registrations; c, behind another NAT, uses public ones."""
+    with Lab() as lab:
+        reg = lab.add_public_host("reg")
+        home = lab.add_nat("home", NatKind.PORT_RESTRICTED)
+        mesh = Mesh(lab, reg)
+        a = mesh.add_peer("a", lab.add_peer("a", home))
+        b = mesh.add_peer("b", lab.add_peer("b", home), listen_port=51821)
+        c = mesh.add_peer("c", lab.add_peer("c", lab.add_nat("away", NatKind.PORT_RESTRICTED)))
+        for x, y in ((a, b), (a, c), (b, c)):
+            mesh.link(x, y)
+        mesh.start_registrar()
+        try:
+            for p in (a, b, c):
+                mesh.start_daemon(p, *FAST)
+            for x, y in ((a, b), (b, a), (a, c), (c, a), (b, c), (c, b)):
+                assert mesh.wait_ping(x, y, 30.0), f"{x.name} cannot reach {y.name}"
+            ab = mesh.peer_row(a, b)
+            assert ab["path"] == "direct" and ab["endpoint"] == f"{b.host.address}:51821", ab
+            ac = mesh.peer_row(a, c)
+            assert ac["endpoint"].split(":")[0] == str(c.host.public_ip), ac
+        except BaseException:
+            print(mesh.logs())
+            raise

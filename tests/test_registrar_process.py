@@ -123,3 +123,40 @@ def test_refuses_to_start_without_an_admission_policy(tmp_path: Path) -> None:
     out = subprocess.run(r.args, capture_output=True, text=True, timeout=20)
     assert out.returncode == 1
     assert "--authorized-keys FILE" in out.stderr and "--open" in out.stderr
+
+
+def test_sighup_reloads_admission_without_dropping_records(tmp_path: Path) -> None:
+    import signal
+
+    from nacl.public import PrivateKey
+
+    alice_key, bob_key = PrivateKey.generate(), PrivateKey.generate()
+    keys = tmp_path / "authorized_keys"
+    alice_line = f"{encode_key(bytes(alice_key.public_key))} alice 100.64.0.1/32\n"
+    keys.write_text(alice_line)
+    with registrar(tmp_path, ["--authorized-keys", str(keys)]) as r:
+        assert r.proc is not None
+        alice, bob = Client(r.key, alice_key), Client(r.key, bob_key)
+        alice.register(r.endpoint)
+        bob.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            bob.register(r.endpoint)  # not admitted: no answer
+        alice_name = f"{key_label(alice.key)}._wireguard._udp.mesh.test"
+        # a broken file is reported and the old list stays
+        keys.write_text(alice_line + "not a key\n")
+        r.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert "reload failed" in r.log.read_text()
+        assert dig(r.dns_port, "+short", alice_name, "TXT")
+        # a good file admits bob and keeps alice's live record
+        keys.write_text(alice_line + f"{encode_key(bob.key)} bob 100.64.0.2/32\n")
+        r.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        bob.sock.settimeout(2)
+        bob.register(r.endpoint)
+        assert '"allowed=100.64.0.2/32"' in dig(
+            r.dns_port, "+short", f"{key_label(bob.key)}._wireguard._udp.mesh.test", "TXT"
+        )
+        assert '"allowed=100.64.0.1/32"' in dig(r.dns_port, "+short", alice_name, "TXT")
+        alice.close()
+        bob.close()
