@@ -192,7 +192,8 @@ def test_peers_without_a_daemon_reads_interface_and_zone() -> None:
         assert "no daemon" in table and b.wg.public_key[:8] in table
 
 
-def test_same_nat_peers_connect_over_lan_and_a_third_reaches_both() -> None:
+@pytest.mark.parametrize("mdns", [True, False], ids=["mdns", "no-mdns"])
+def test_same_nat_peers_connect_over_lan_and_a_third_reaches_both(mdns: bool) -> None:
     """No hairpin on the shared NAT: a and b must use the LAN candidates the registrar
     publishes from their sealed registrations; c, behind another NAT, uses public ones."""
     with Lab() as lab:
@@ -207,13 +208,26 @@ def test_same_nat_peers_connect_over_lan_and_a_third_reaches_both() -> None:
         mesh.start_registrar()
         try:
             for p in (a, b, c):
-                mesh.start_daemon(p, *FAST)
+                mesh.start_daemon(p, *FAST, *(() if mdns else ("--no-mdns",)))
             for x, y in ((a, b), (b, a), (a, c), (c, a), (b, c), (c, b)):
                 assert mesh.wait_ping(x, y, 30.0), f"{x.name} cannot reach {y.name}"
             ab = mesh.peer_row(a, b)
             assert ab["path"] == "direct" and ab["endpoint"] == f"{b.host.address}:51821", ab
             ac = mesh.peer_row(a, c)
             assert ac["endpoint"].split(":")[0] == str(c.host.public_ip), ac
+            if mdns:  # a and b also found each other over mDNS; c, on another LAN, did not
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and "mDNS: peer" not in _log(a):
+                    time.sleep(0.2)
+                assert f"mDNS: peer {b.wg.public_key[:8]}" in _log(a)
+                assert "mDNS: peer" not in _log(c)
+            else:
+                assert "mDNS" not in _log(a)
         except BaseException:
             print(mesh.logs())
             raise
+
+
+def _log(p: MeshPeer) -> str:
+    assert p.log is not None
+    return p.log.read_text()

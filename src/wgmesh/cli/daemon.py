@@ -45,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "status_socket": None,
     "backend": "auto",
     "keepalive": 25,
+    "no_mdns": False,
+    "mdns_interface": [],
     "verbose": False,
 }
 
@@ -109,6 +111,20 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         metavar="SECONDS",
         help="persistent keepalive set on managed peers that have none (default 25)",
     )
+    a(
+        "--no-mdns",
+        action="store_true",
+        default=None,
+        help="do not announce or browse _wireguard._udp.local. on the LAN (LAN peers then come "
+        "from the LAN addresses the registrar publishes)",
+    )
+    a(
+        "--mdns-interface",
+        action="append",
+        metavar="IFACE",
+        help="announce and browse only on this interface (repeatable; default: every up "
+        "interface but the WireGuard one, which is never used)",
+    )
     a("-v", "--verbose", action="store_true", default=None, help="debug logging")
     add_config_argument(parser)
 
@@ -152,6 +168,8 @@ def settings_from(values: dict[str, Any]) -> Any:
         wait_interface=bool(values["wait_interface"]),
         status_socket=Path(sock) if sock else status_socket_for(interface),
         backend=str(values["backend"]),
+        mdns=not values["no_mdns"],
+        mdns_interfaces=tuple(values["mdns_interface"]),
         punch=PunchConfig(keepalive=int(values["keepalive"]), mesh=values["mode"] == "mesh"),
     )
 

@@ -15,7 +15,9 @@ from wgmesh.proto.keys import decode_key
 UAPI_DIR = Path("/var/run/wireguard")
 
 
-def local_addresses(exclude: tuple[str, ...] = ()) -> list[str]:
+def local_addresses(
+    exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+) -> list[str]:
     """Unicast addresses of this host's up interfaces, but not loopback, link-local, or those on
     the interfaces named in ``exclude`` (the WireGuard interface itself). Uses ``ip -j addr``."""
     try:
@@ -32,6 +34,8 @@ def local_addresses(exclude: tuple[str, ...] = ()) -> list[str]:
     found: list[str] = []
     for link in links:
         if link.get("ifname") in exclude or "LOOPBACK" in link.get("flags", []):
+            continue
+        if only is not None and link.get("ifname") not in only:
             continue
         for info in link.get("addr_info", []):
             try:

@@ -20,6 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wgmesh import __version__
 from wgmesh.daemon.localaddr import local_addresses, read_private_key
@@ -29,8 +30,11 @@ from wgmesh.errors import DecodeError, InterfaceNotFound, RemoteProtocolError, W
 from wgmesh.proto import sealed, stun
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, short_key
-from wgmesh.proto.punch import Planner, PunchConfig
+from wgmesh.proto.punch import Hint, PeerRecord, Planner, PunchConfig, Source, merge_hints
 from wgmesh.wg.control import DeviceState, WireGuardControl
+
+if TYPE_CHECKING:
+    from wgmesh.daemon.mdns import LanDiscovery
 
 log = logging.getLogger("wgmesh.daemon")
 
@@ -67,6 +71,10 @@ class DaemonSettings:
     """TTL of the NAT-priming packet (enough to leave our NAT, not to reach the peer's)."""
     punch: PunchConfig = field(default_factory=PunchConfig)
     """Endpoint choice timings."""
+    mdns: bool = True
+    """Announce and browse _wireguard._udp.local. on the LAN."""
+    mdns_interfaces: tuple[str, ...] = ()
+    """Interfaces for mDNS (default: every up interface but the WireGuard one)."""
 
 
 class _Control(asyncio.DatagramProtocol):
@@ -96,6 +104,7 @@ class Daemon:
         self.last_status = 0.0
         self.device: DeviceState | None = None
         self._wake = asyncio.Event()
+        self._plan_wake = asyncio.Event()
         self._probe_now = asyncio.Event()
         self._resolve_keys: set[bytes] = set()
         self._resolve_all = True
@@ -103,6 +112,7 @@ class Daemon:
         self._control: asyncio.DatagramTransport | None = None
         self._raw: RawSender | None = None
         self.errors = 0
+        self.lan_hints: dict[bytes, tuple[Hint, ...]] = {}
 
     # -- start --------------------------------------------------------------------------------
 
@@ -141,6 +151,15 @@ class Daemon:
         server = None
         if self.s.status_socket is not None:
             server = await self._serve_status(self.s.status_socket)
+        lan = None
+        if self.s.mdns:
+            from wgmesh.daemon.mdns import LanDiscovery
+
+            lan = LanDiscovery(
+                self.own_key, self.device.listen_port, self.s.interface, self.on_lan_peer,
+                self.s.mdns_interfaces,
+            )  # fmt: skip
+            tasks.append(asyncio.create_task(self._start_lan(lan)))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -152,6 +171,15 @@ class Daemon:
                     self.s.status_socket.unlink()  # type: ignore[union-attr]
             transport.close()
             self._raw.close()
+            if lan is not None:
+                await lan.close()
+
+    async def _start_lan(self, lan: LanDiscovery) -> None:
+        """mDNS registration probes for about a second: it must not delay anything else."""
+        try:
+            await lan.start()
+        except Exception as exc:  # noqa: BLE001 - optional: the daemon goes on without it
+            log.warning("mDNS unavailable (%r); LAN peers come from the registrar only", exc)
 
     # -- registration -------------------------------------------------------------------------
 
@@ -304,10 +332,28 @@ class Daemon:
             except RemoteProtocolError as exc:
                 log.debug("lookup %s: %s", short_key(key), exc)
                 continue
-            if record is None:
+            if record is None and key not in self.lan_hints:
                 self.planner.withdraw(key)
             else:
-                self.planner.set_record(record)
+                self._set_record(key, record)
+
+    def _set_record(self, key: bytes, record: PeerRecord | None) -> None:
+        """A peer's record as the zone says, with the LAN candidates mDNS found merged in."""
+        lan = self.lan_hints.get(key, ())
+        if record is None:
+            record = PeerRecord(key, lan)
+        elif lan:
+            record = PeerRecord(key, merge_hints(lan, record.hints), record.name,
+                                record.allowed_ips, record.nat, record.since)  # fmt: skip
+        self.planner.set_record(record)
+
+    def on_lan_peer(self, key: bytes, endpoints: tuple[Endpoint, ...]) -> None:
+        """mDNS saw a peer on our LAN: a hint, trusted once a handshake goes through it."""
+        self.lan_hints[key] = tuple(Hint(ep, "lan", 1, Source.LAN) for ep in endpoints)
+        self.planner.lan_keys.add(key)
+        current = self.planner.peers.get(key)
+        self._set_record(key, current.record if current is not None else None)
+        self._wake.set()
 
     async def _resolve_loop(self) -> None:
         last_all = 0.0
@@ -318,6 +364,7 @@ class Daemon:
             if self._resolve_all or self._resolve_keys:
                 await self._resolve()
                 await self._plan()
+                self._plan_wake.set()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -353,9 +400,13 @@ class Daemon:
     async def _plan_loop(self) -> None:
         while True:
             deadline = self.planner.next_deadline()
-            delay = 2.0 if deadline is None else min(2.0, max(0.01, deadline - time.time()))
-            await asyncio.sleep(delay)
-            await self._plan()
+            delay = 2.0 if deadline is None else min(2.0, max(0.0, deadline - time.time()))
+            try:
+                await asyncio.wait_for(self._plan_wake.wait(), delay)
+            except TimeoutError:
+                await self._plan()
+            else:  # new work was scheduled elsewhere: recompute the deadline
+                self._plan_wake.clear()
 
     # -- status for `wgmesh peers` ------------------------------------------------------------
 
