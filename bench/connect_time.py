@@ -40,13 +40,13 @@ def trial_wgmesh(probe_interval: str) -> tuple[float | None, float | None]:
         t0 = time.monotonic()
         mesh.start_daemon(b, "--probe-interval", probe_interval)
         hs = ping = None
-        while time.monotonic() - t0 < 30:
-            if hs is None and b.wg.latest_handshake(a.wg.public_key) > 0:
+        while hs is None and time.monotonic() - t0 < 30:
+            if b.wg.latest_handshake(a.wg.public_key) > 0:
                 hs = time.monotonic() - t0
-            if b.host.ping(a.tunnel_ip, count=1, timeout=0.2):
+            time.sleep(0.01)
+        while hs is not None and time.monotonic() - t0 < 30:
+            if b.host.ping(a.tunnel_ip, count=1, timeout=0.5):
                 ping = time.monotonic() - t0
-                if hs is None:
-                    hs = ping
                 break
         return hs, ping
 

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -231,3 +232,48 @@ def test_same_nat_peers_connect_over_lan_and_a_third_reaches_both(mdns: bool) ->
 def _log(p: MeshPeer) -> str:
     assert p.log is not None
     return p.log.read_text()
+
+
+BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><type>system</type><listen>unix:path={path}</listen><auth>EXTERNAL</auth>
+<policy context="default"><allow user="*"/><allow own="*"/><allow send_type="method_call"/>
+<allow send_destination="*"/><allow receive_sender="*"/></policy></busconfig>
+"""
+AVAHI_CONF = "[server]\nuse-ipv6=no\nallow-interfaces=eth0\n[publish]\npublish-workstation=no\n"
+
+
+def test_avahi_browse_sees_the_daemon_on_its_lan(tmp_path: Path) -> None:
+    """Debian's avahi (on another host of the LAN, with a private D-Bus) lists our service."""
+    with Lab() as lab:
+        reg = lab.add_public_host("reg")
+        home = lab.add_nat("home", NatKind.PORT_RESTRICTED)
+        mesh = Mesh(lab, reg)
+        a = mesh.add_peer("a", lab.add_peer("a", home))
+        observer = lab.add_peer("obs", home)
+        mesh.start_registrar()
+        mesh.start_daemon(a)
+        bus = tmp_path / "bus"
+        (tmp_path / "bus.conf").write_text(BUS_CONF.format(path=bus))
+        (tmp_path / "avahi.conf").write_text(AVAHI_CONF)
+        env = {"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={bus}"}
+        observer.spawn("dbus-daemon", f"--config-file={tmp_path / 'bus.conf'}", "--nofork",
+                       "--nopidfile", env=env)  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not bus.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        observer.spawn("avahi-daemon", "--no-drop-root", "--no-chroot", "--no-rlimits",
+                       "-f", str(tmp_path / "avahi.conf"), env=env)  # fmt: skip
+        out = ""
+        while time.monotonic() < deadline + 10:
+            r = observer.run(
+                "env", f"DBUS_SYSTEM_BUS_ADDRESS=unix:path={bus}",
+                "avahi-browse", "-rtp", "_wireguard._udp", check=False, timeout=20,
+            )  # fmt: skip
+            out = r.stdout
+            if f"pub={a.wg.public_key}" in out:
+                break
+            time.sleep(0.5)
+        assert f'"pub={a.wg.public_key}"' in out, out
+        assert f";{a.host.address};51820;" in out, out
+        assert a.wg.name not in out  # never announced on the WireGuard interface

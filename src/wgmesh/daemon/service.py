@@ -105,6 +105,8 @@ class Daemon:
         self.device: DeviceState | None = None
         self._wake = asyncio.Event()
         self._plan_wake = asyncio.Event()
+        self._first_probe = asyncio.Event()
+        self.lan: LanDiscovery | None = None
         self._probe_now = asyncio.Event()
         self._resolve_keys: set[bytes] = set()
         self._resolve_all = True
@@ -151,15 +153,8 @@ class Daemon:
         server = None
         if self.s.status_socket is not None:
             server = await self._serve_status(self.s.status_socket)
-        lan = None
         if self.s.mdns:
-            from wgmesh.daemon.mdns import LanDiscovery
-
-            lan = LanDiscovery(
-                self.own_key, self.device.listen_port, self.s.interface, self.on_lan_peer,
-                self.s.mdns_interfaces,
-            )  # fmt: skip
-            tasks.append(asyncio.create_task(self._start_lan(lan)))
+            tasks.append(asyncio.create_task(self._start_lan()))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -171,14 +166,23 @@ class Daemon:
                     self.s.status_socket.unlink()  # type: ignore[union-attr]
             transport.close()
             self._raw.close()
-            if lan is not None:
-                await lan.close()
+            if self.lan is not None:
+                await self.lan.close()
 
-    async def _start_lan(self, lan: LanDiscovery) -> None:
-        """mDNS registration probes for about a second: it must not delay anything else."""
+    async def _start_lan(self) -> None:
+        """mDNS after the first registration: zeroconf's import and probing (about a second)
+        must not delay the registrar path."""
+        await self._first_probe.wait()
+        from wgmesh.daemon.mdns import LanDiscovery
+
+        assert self.device is not None
+        self.lan = LanDiscovery(
+            self.own_key, self.device.listen_port, self.s.interface, self.on_lan_peer,
+            self.s.mdns_interfaces,
+        )  # fmt: skip
         try:
-            await lan.start()
-        except Exception as exc:  # noqa: BLE001 - optional: the daemon goes on without it
+            await self.lan.start()
+        except Exception as exc:
             log.warning("mDNS unavailable (%r); LAN peers come from the registrar only", exc)
 
     # -- registration -------------------------------------------------------------------------
@@ -267,6 +271,7 @@ class Daemon:
         reachable = True
         while True:
             ok = await self.probe()
+            self._first_probe.set()
             if ok:
                 if not reachable:
                     log.info("registrar %s answers again", self.s.registrar)
