@@ -29,7 +29,6 @@ from wgmesh.cli.options import add_config_argument, resolve, setup_logging
 from wgmesh.errors import ConfigError, DecodeError
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import decode_key
-from wgmesh.proto.punch import PunchConfig
 
 DEFAULTS: dict[str, Any] = {
     "interface": None,
@@ -131,6 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def settings_from(values: dict[str, Any]) -> Any:
     from wgmesh.daemon.service import DaemonSettings
+    from wgmesh.proto.punch import PunchConfig
 
     for flag in ("interface", "registrar", "registrar_key", "zone"):
         if not values[flag]:

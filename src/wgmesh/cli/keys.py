@@ -11,8 +11,6 @@ import argparse
 import os
 import sys
 
-from nacl.public import PrivateKey
-
 from wgmesh.errors import ConfigError, DecodeError
 from wgmesh.proto.keys import clamp_private_key, decode_key, encode_key
 
@@ -23,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def public_key(private: bytes) -> bytes:
     """The Curve25519 public key of a private key."""
+    from nacl.public import PrivateKey
+
     return bytes(PrivateKey(private).public_key)
 
 

@@ -23,7 +23,6 @@ from typing import Any
 
 from wgmesh.errors import ConfigError, DecodeError, RemoteProtocolError
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.punch import PeerRecord, view_of
 
 SCHEMA_VERSION = 1
 
@@ -61,6 +60,7 @@ def _from_daemon(path: Path) -> dict[str, Any] | None:
 
 
 def _without_daemon(args: argparse.Namespace) -> dict[str, Any]:
+    from wgmesh.proto.punch import PeerRecord, view_of
     from wgmesh.wg.control import open_control
 
     device = open_control(args.interface, args.backend).read()

@@ -21,9 +21,6 @@ from typing import Any
 
 from wgmesh.cli.options import add_config_argument, read_key_file, resolve, setup_logging
 from wgmesh.errors import ConfigError
-from wgmesh.proto.dnssd import ZoneConfig
-from wgmesh.proto.ratelimit import RateLimitConfig
-from wgmesh.proto.registry import RegistryConfig
 
 DEFAULTS: dict[str, Any] = {
     "zone": None,
@@ -115,6 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def settings_from(values: dict[str, Any]) -> Any:
+    from wgmesh.proto.dnssd import ZoneConfig
+    from wgmesh.proto.ratelimit import RateLimitConfig
+    from wgmesh.proto.registry import RegistryConfig
     from wgmesh.registry.server import RegistrarSettings
 
     zone = values["zone"]

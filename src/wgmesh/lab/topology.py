@@ -271,26 +271,16 @@ class Lab:
     def _sysctl(ns: str, key: str, value: str) -> None:
         _run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}"])
 
+    def _veth(self, ns: str, peer_ns: str, prefix: str) -> str:
+        """``eth0`` in ``ns`` paired with a new link in ``peer_ns``, created directly inside
+        both namespaces (never in the root namespace); returns the peer side's name."""
+        link = f"{prefix}{self.next_index()}"
+        _run(f"ip -n {ns} link add eth0 type veth peer name {link} netns {peer_ns}".split())
+        return link
+
     def _attach(self, ns: str, address: str) -> None:
         """Link ``ns`` to the inet router: its eth0 gets ``address``/32, routes on-link."""
-        link = f"v{self.next_index()}"
-        _run(
-            [
-                "ip",
-                "-n",
-                ns,
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                link,
-                "netns",
-                self.inet,
-            ]
-        )
+        link = self._veth(ns, self.inet, "v")
         _run(["ip", "-n", ns, "addr", "add", f"{address}/32", "dev", "eth0"])
         _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
         _run(["ip", "-n", ns, "route", "add", INET_GW, "dev", "eth0"])
@@ -333,24 +323,7 @@ class Lab:
         ns = self._netns(name)
         address = address or f"{nat.lan_prefix}.{10 + nat.hosts}"
         nat.hosts += 1
-        link = f"l{self.next_index()}"
-        _run(
-            [
-                "ip",
-                "-n",
-                ns,
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                link,
-                "netns",
-                nat.netns,
-            ]
-        )
+        link = self._veth(ns, nat.netns, "l")
         _run(["ip", "-n", nat.netns, "link", "set", link, "master", "br0", "up"])
         _run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0"])
         _run(["ip", "-n", ns, "link", "set", "eth0", "up"])

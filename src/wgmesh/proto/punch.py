@@ -83,7 +83,7 @@ class PunchConfig:
     candidate_trial: float = 6.0
     """Seconds a candidate has to produce a handshake before the next is tried. Longer than
     WireGuard's own retry (REKEY_TIMEOUT 5 s + jitter), so that retry lands on the same one."""
-    punch_delay: float = 0.05
+    punch_delay: float = 0.2
     """Seconds between opening our NAT toward a candidate (the low-TTL priming packet) and
     making WireGuard initiate to it, so that the peer, acting at the same moment, has opened
     its NAT too before either initiation arrives."""
