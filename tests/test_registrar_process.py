@@ -160,3 +160,12 @@ def test_sighup_reloads_admission_without_dropping_records(tmp_path: Path) -> No
         assert '"allowed=100.64.0.1/32"' in dig(r.dns_port, "+short", alice_name, "TXT")
         alice.close()
         bob.close()
+
+
+def test_rfc3489_stun_client_gets_its_mapped_address(tmp_path: Path) -> None:
+    """Debian's `stun` (stund 0.97) speaks RFC 3489: no magic cookie, MAPPED-ADDRESS."""
+    with registrar(tmp_path) as r:
+        out = subprocess.run(
+            ["stun", f"127.0.0.1:{r.stun_port}", "-v"], capture_output=True, text=True, timeout=30
+        )
+        assert "MappedAddress = 127.0.0.1:" in out.stdout + out.stderr

@@ -236,6 +236,10 @@ class Registry:
             c["oversize"] += 1
             return []
         if not stun.is_stun(data):
+            classic = stun.classic_binding_success(data, source)
+            if classic is not None:  # an RFC 3489 client (RFC 8489 section 12)
+                c["binding"] += 1
+                return [(classic, source)]
             c["not_stun"] += 1
             return []
         try:
