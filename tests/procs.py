@@ -123,17 +123,28 @@ class Client:
     def register(
         self, dest: Endpoint, name: str = "peer", addresses: tuple[Endpoint, ...] = ()
     ) -> bytes:
+        """Register from this socket, then confirm with a Watch (as the daemon does); raises
+        TimeoutError when the registrar does not confirm."""
         self.counter += 1
-        payload = sealed.Register(
-            int(time.time() * 1000), self.counter, name, addresses, "test", False
+        registered = self.counter
+        payload = sealed.Register(int(time.time() * 1000), registered, name, addresses, "t", False)
+        data = self._sealed(payload)
+        self.sock.sendto(data, dest.sockaddr())
+        self.counter += 1
+        self.sock.sendto(
+            self._sealed(sealed.Watch(int(time.time() * 1000), self.counter, registered)),
+            dest.sockaddr(),
         )
-        data = sealed.build_sealed_request(
+        reply, _ = self.sock.recvfrom(2048)
+        _, status = sealed.open_sealed(self.sealer, stun.decode(reply), self.registrar_key)
+        assert isinstance(status, sealed.Status) and status.register_counter == registered
+        assert status.observed == Endpoint.parse(f"127.0.0.1:{self.port}")
+        return data
+
+    def _sealed(self, payload: sealed.Payload) -> bytes:
+        return sealed.build_sealed_request(
             self.sealer, self.key, self.registrar_key, payload, os.urandom(12), os.urandom(24)
         )
-        self.sock.sendto(data, dest.sockaddr())
-        reply, _ = self.sock.recvfrom(2048)
-        assert stun.decode(reply).msg_type == stun.BINDING_SUCCESS
-        return data
 
     def close(self) -> None:
         self.sock.close()

@@ -110,7 +110,7 @@ def test_registration_records_the_source_and_publishes(reg_private: PrivateKey) 
     reg_key = bytes(reg_private.public_key)
     alice = Peer()
     out = r.receive(alice.register(reg_key), SRC, PORT, NOW)
-    assert len(out) == 1  # the Binding Success to the WireGuard port
+    assert out == []  # not answered: WireGuard's socket would drop it
     assert r.peers[alice.key].endpoint == SRC
     assert [e.change for e in r.events()] == [Change.ADDED]
     assert r.counters["registered"] == 1
@@ -330,3 +330,17 @@ def test_restore_serves_live_peers_and_drops_expired(reg_private: PrivateKey) ->
     assert list(r2.peers) == [bob.key]
     # the replay floor survives the restart
     assert r2.peers[bob.key].register_counter == bob.counter
+
+
+def test_new_mapping_forgets_the_secondary_observation(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key, secondary=True), SRC, ALT, NOW)
+    assert r.peers[alice.key].nat == NatKind.CONE
+    rebound = Endpoint.parse("198.51.100.20:40123")
+    r.receive(alice.register(reg_key, NOW + 1), rebound, PORT, NOW + 1)
+    assert r.peers[alice.key].nat == NatKind.UNKNOWN  # not "symmetric" from a stale probe
+    r.receive(alice.register(reg_key, NOW + 1, secondary=True), rebound, ALT, NOW + 1)
+    assert r.peers[alice.key].nat == NatKind.CONE

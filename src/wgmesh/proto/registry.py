@@ -279,7 +279,7 @@ class Registry:
             c["stale"] += 1
             return []
         if isinstance(payload, sealed.Register):
-            return self._register(msg, key, admitted, payload, source, local_port, now)
+            return self._register(key, admitted, payload, source, local_port, now)
         if isinstance(payload, sealed.Watch):
             return self._watch(msg, key, payload, source, now)
         c["unexpected"] += 1
@@ -287,7 +287,6 @@ class Registry:
 
     def _register(
         self,
-        msg: stun.StunMessage,
         key: bytes,
         admitted: AdmittedPeer,
         reg: sealed.Register,
@@ -295,49 +294,59 @@ class Registry:
         local_port: int,
         now: float,
     ) -> list[Outgoing]:
+        """Record a registration. Not answered: the answer would land in WireGuard's socket
+        and be dropped there; the daemon learns what we saw from the Status to its Watch."""
         c = self.counters
         old = self.peers.get(key)
         if old is not None and reg.counter <= old.register_counter:
             c["replay"] += 1
             return []
-        reply = [(stun.binding_success(msg, source, software=self.config.software), source)]
         if reg.secondary or local_port != self.primary_port:
             if old is None:
-                return reply  # nothing to compare with yet; the next round will classify
-            entry = replace(old, secondary=source, register_counter=reg.counter)
-            entry = replace(entry, nat=classify(entry))
+                return []  # nothing to compare with yet; the next round will classify
+            nat = classify(old.endpoint, old.addresses, source)
+            entry = replace(old, secondary=source, register_counter=reg.counter, nat=nat)
             self.peers[key] = entry
-            if entry.nat != old.nat:
+            if nat != old.nat:
                 c["registered"] += 1
-                return reply + self._publish(Change.CHANGED, entry, now)
-            return reply
+                return self._publish(Change.CHANGED, entry, now)
+            return []
         if old is None and len(self.peers) >= self.config.max_peers:
             c["table_full"] += 1
             return []
         c["registered"] += 1
+        name = admitted.name or reg.name
+        unchanged = (
+            old is not None
+            and old.endpoint == source
+            and old.addresses == reg.addresses
+            and old.name == name
+            and old.allowed_ips == admitted.allowed_ips
+        )
         entry = PeerEntry(
             key=key,
-            name=admitted.name or reg.name,
+            name=name,
             endpoint=source,
             addresses=reg.addresses,
-            nat=NatKind.UNKNOWN,
+            nat=old.nat if unchanged and old is not None else NatKind.UNKNOWN,
             since=now if old is None or old.endpoint != source else old.since,
             last_seen=now,
             register_counter=reg.counter,
             watch_counter=0 if old is None else old.watch_counter,
             software=reg.software,
             allowed_ips=admitted.allowed_ips,
-            secondary=None if old is None else old.secondary,
+            # a new mapping invalidates the alternate port's observation (re-probed by the daemon)
+            secondary=None if old is None or old.endpoint != source else old.secondary,
         )
-        entry = replace(entry, nat=classify(entry))
+        if unchanged:  # the common case, a refresh: nothing published changes
+            self.peers.pop(key, None)
+            self.peers[key] = entry
+            self._events.append(PeerEvent(Change.REFRESHED, entry))
+            return []
+        entry = replace(entry, nat=classify(source, reg.addresses, entry.secondary))
         if old is None:
-            return reply + self._publish(Change.ADDED, entry, now)
-        if published(entry) != published(old) or entry.name != old.name:
-            return reply + self._publish(Change.CHANGED, entry, now)
-        self.peers.pop(key, None)
-        self.peers[key] = entry
-        self._events.append(PeerEvent(Change.REFRESHED, entry))
-        return reply
+            return self._publish(Change.ADDED, entry, now)
+        return self._publish(Change.CHANGED, entry, now)
 
     def _watch(
         self, msg: stun.StunMessage, key: bytes, watch: sealed.Watch, source: Endpoint, now: float
@@ -468,13 +477,15 @@ class Registry:
         return out
 
 
-def classify(entry: PeerEntry) -> NatKind:
+def classify(
+    endpoint: Endpoint, addresses: tuple[Endpoint, ...], secondary: Endpoint | None
+) -> NatKind:
     """NAT class from what we saw: no NAT when the mapping is one of the peer's own addresses,
     symmetric when the alternate port saw another mapping, cone when it saw the same."""
-    if entry.endpoint in entry.addresses:
+    if endpoint in addresses:
         return NatKind.NONE
-    if entry.secondary is None:
+    if secondary is None:
         return NatKind.UNKNOWN
-    if entry.secondary.ip == entry.endpoint.ip and entry.secondary.port == entry.endpoint.port:
+    if secondary == endpoint:
         return NatKind.CONE
     return NatKind.SYMMETRIC
