@@ -205,14 +205,19 @@ class Zone:
     def answer(self, query: bytes, *, tcp: bool) -> bytes | None:
         """The wire answer to a query, or None to drop it. Never raises on hostile input."""
         self.stats.queries += 1
-        shape = _fast_shape(query, tcp)
-        if shape is not None:
+        # Hit path: for a query without EDNS options the bytes after the ID are the cache key
+        # (see _fast_shape), so a hit costs one dict lookup and no parsing at all.
+        cached = self._cache.get((b"T" if tcp else b"U") + query[2:])
+        if cached is None:
+            shape = _fast_shape(query, tcp)
+            if shape is None:
+                return self._slow(query, tcp, None)
             cached = self._cache.get(shape[0])
-            if cached is not None:
-                self.stats.cache_hits += 1
-                self.stats.answered += 1
-                return query[:2] + cached[0][2:]
-        return self._slow(query, tcp, shape)
+            if cached is None:
+                return self._slow(query, tcp, shape)
+        self.stats.cache_hits += 1
+        self.stats.answered += 1
+        return query[:2] + cached[0][2:]
 
     def _slow(self, query: bytes, tcp: bool, shape: tuple[bytes, bytes] | None) -> bytes | None:
         if len(query) < 12 or query[2] & 0x80:
@@ -502,6 +507,7 @@ def _fast_shape(query: bytes, tcp: bool) -> tuple[bytes, bytes] | None:
     if end_q > n:
         return None
     edns = b"-"
+    options = False
     if ar:
         # OPT: root name, type 41, class = payload size, ttl = ext-rcode/version/flags, rdlen
         if end_q + 11 > n or query[end_q] != 0:
@@ -513,7 +519,11 @@ def _fast_shape(query: bytes, tcp: bool) -> tuple[bytes, bytes] | None:
             return None
         size = 0 if tcp else max(MIN_UDP, payload)
         edns = struct.pack("!HH", size, eflags & 0x8000)
+        options = rdlen > 0
     elif end_q != n:
         return None
+    if not options:  # the exact bytes after the ID: what answer() looks up without parsing
+        return (b"T" if tcp else b"U") + query[2:], query[12 : end_q - 4].lower()
+    # with options (cookies, padding) the answer does not depend on them: normalise them away
     key = b"%c%s%s%s" % (tcp, query[2:4], edns, query[12:end_q])
     return key, query[12 : end_q - 4].lower()
