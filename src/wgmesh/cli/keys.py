@@ -12,18 +12,11 @@ import os
 import sys
 
 from wgmesh.errors import ConfigError, DecodeError
-from wgmesh.proto.keys import clamp_private_key, decode_key, encode_key
+from wgmesh.proto.keys import clamp_private_key, decode_key, encode_key, public_key
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     del parser, name
-
-
-def public_key(private: bytes) -> bytes:
-    """The Curve25519 public key of a private key."""
-    from nacl.public import PrivateKey
-
-    return bytes(PrivateKey(private).public_key)
 
 
 def run(args: argparse.Namespace) -> int:

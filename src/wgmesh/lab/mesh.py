@@ -7,7 +7,6 @@ Shared by the end-to-end tests, the connection-time benchmark and the demo.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -178,7 +177,3 @@ def _read(path: Path | None) -> str:
         return "(no log)"
     text = path.read_text(errors="replace")
     return text[-20000:]
-
-
-def env_with_path() -> dict[str, str]:
-    return dict(os.environ)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from nacl.public import PrivateKey
 
-from wgmesh.proto.keys import decode_key, encode_key
+from wgmesh.proto.keys import decode_key, encode_key, public_key
 
 if TYPE_CHECKING:
     from wgmesh.lab.topology import Host
@@ -70,7 +70,7 @@ def start_wireguard(
     if len(name) > 15:
         raise ValueError(f"interface name {name!r} is longer than 15 characters")
     private = decode_key(private_key) if private_key else bytes(PrivateKey.generate())
-    public = encode_key(bytes(PrivateKey(private).public_key))
+    public = encode_key(public_key(private))
     host.spawn(
         "wireguard-go",
         "-f",

@@ -59,6 +59,13 @@ def short_key(raw: bytes) -> str:
     return encode_key(raw)[:8]
 
 
+def public_key(private: bytes) -> bytes:
+    """The Curve25519 public key of a private key (``wg pubkey``)."""
+    from nacl.public import PrivateKey
+
+    return bytes(PrivateKey(private).public_key)
+
+
 def clamp_private_key(raw: bytes) -> bytes:
     """Clamp 32 random bytes into a Curve25519 private key exactly as ``wg genkey`` does."""
     if len(raw) != KEY_LEN:

@@ -19,7 +19,7 @@ from typing import cast
 from wgmesh.proto import sealed
 from wgmesh.proto.dnssd import Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.keys import encode_key, short_key
+from wgmesh.proto.keys import encode_key, public_key, short_key
 from wgmesh.proto.registry import Change, Outgoing, PeerEvent, Registry, RegistryConfig
 from wgmesh.registry.admission import load_admission
 from wgmesh.registry.dns import DnsServer, start_dns
@@ -127,7 +127,7 @@ class Registrar:
         self._tasks.append(asyncio.create_task(self._tick()))
         log.info(
             "registrar %s for zone %s: STUN %s:%s, DNS %s:%d, %s",
-            encode_key(_public(settings.private_key)),
+            encode_key(public_key(settings.private_key)),
             settings.zone.origin,
             settings.listen,
             "/".join(map(str, bound)),
@@ -219,9 +219,3 @@ class Registrar:
             self.store.apply(self._pending, self.zone.serial)
             self._pending = []
         self.store.close()
-
-
-def _public(private: bytes) -> bytes:
-    from nacl.public import PrivateKey
-
-    return bytes(PrivateKey(private).public_key)

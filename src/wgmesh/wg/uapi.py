@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nacl.public import PrivateKey
-
 from wgmesh.errors import DecodeError, InterfaceNotFound, WireGuardError
 from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.keys import public_key as derive_public_key
 from wgmesh.wg.control import UAPI_DIR, DeviceState, PeerState, PeerUpdate, keepalive_for
 
 TIMEOUT = 5.0
@@ -66,7 +65,7 @@ def parse_uapi(name: str, text: str) -> DeviceState:
                 if key == "private_key":
                     raw = bytes.fromhex(value)
                     if len(raw) == 32 and any(raw):
-                        public_key = bytes(PrivateKey(raw).public_key)
+                        public_key = derive_public_key(raw)
                     del raw  # never kept
                 elif key == "listen_port":
                     listen_port = int(value)
