@@ -1,0 +1,14 @@
+"""WireGuard control: the small :class:`WireGuardControl` interface the daemon uses, with a
+UAPI-socket backend (:mod:`wgmesh.wg.uapi`), a ``wg`` command backend (:mod:`wgmesh.wg.wgtool`)
+and an in-memory fake for unit tests (:mod:`wgmesh.wg.fake`). The real backends block; callers
+run them in a thread. See docs/architecture.md for the contract."""
+
+from wgmesh.wg.control import (
+    DeviceState,
+    PeerState,
+    PeerUpdate,
+    WireGuardControl,
+    open_control,
+)
+
+__all__ = ["DeviceState", "PeerState", "PeerUpdate", "WireGuardControl", "open_control"]

@@ -1,18 +1,23 @@
-"""An in-memory WireGuard for unit tests: records every update, lets tests simulate
-handshakes and roaming."""
+"""An in-memory WireGuard for unit tests: records every update and lets tests play WireGuard's
+own part (handshakes, roaming, traffic, the interface vanishing)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from wgmesh.errors import InterfaceNotFound
+from wgmesh.errors import InterfaceNotFound, WireGuardError
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.wg.control import DeviceState, PeerState, PeerUpdate, keepalive_for
 
 
 class FakeWireGuard:
-    """WireGuardControl without WireGuard."""
+    """WireGuardControl without WireGuard.
+
+    ``applied`` lists every update in order, ``kicks`` the keys of those with ``handshake_now``.
+    ``present = False`` makes read/apply raise InterfaceNotFound; ``fail_with`` makes the next
+    read or apply raise that error once.
+    """
 
     def __init__(self, name: str = "wg0", public_key: bytes = bytes(32), port: int = 51820) -> None:
         self.name = name
@@ -20,14 +25,22 @@ class FakeWireGuard:
         self.applied: list[PeerUpdate] = []
         self.kicks: list[bytes] = []
         self.present = True
+        self.fail_with: WireGuardError | None = None
+
+    def _check(self) -> None:
+        if not self.present:
+            raise InterfaceNotFound(f"no WireGuard interface {self.name!r} (fake)")
+        if self.fail_with is not None:
+            exc, self.fail_with = self.fail_with, None
+            raise exc
 
     def read(self) -> DeviceState:
-        if not self.present:
-            raise InterfaceNotFound(f"no WireGuard interface {self.name!r}")
+        self._check()
         return self.state
 
     def apply(self, updates: Sequence[PeerUpdate]) -> None:
-        peers = {p.public_key: p for p in self.read().peers}
+        self._check()
+        peers = {p.public_key: p for p in self.state.peers}
         for u in updates:
             self.applied.append(u)
             if u.remove:
@@ -44,14 +57,34 @@ class FakeWireGuard:
             peers[u.public_key] = p
         self.state = replace(self.state, peers=tuple(peers.values()))
 
+    # -- WireGuard's own part, for tests ---------------------------------------------------------
+
     def add_peer(self, key: bytes, allowed_ips: tuple[str, ...] = (), keepalive: int = 0) -> None:
+        """Configure a peer as an operator would (recorded in ``applied`` like any update)."""
         self.apply([PeerUpdate(key, allowed_ips=allowed_ips, persistent_keepalive=keepalive)])
 
-    def handshake(self, key: bytes, at: float, endpoint: Endpoint | None = None) -> None:
-        """Simulate a completed handshake (from ``endpoint`` when WireGuard roams)."""
-        peers = []
+    def peer(self, key: bytes) -> PeerState:
+        """The peer's current state; KeyError if there is no such peer."""
         for p in self.state.peers:
             if p.public_key == key:
-                p = replace(p, latest_handshake=at, endpoint=endpoint or p.endpoint)
-            peers.append(p)
-        self.state = replace(self.state, peers=tuple(peers))
+                return p
+        raise KeyError(f"fake WireGuard has no peer {key.hex()[:16]}")
+
+    def _change(self, key: bytes, change: Callable[[PeerState], PeerState]) -> None:
+        self.peer(key)  # KeyError for a peer the test never added
+        peers = tuple(change(p) if p.public_key == key else p for p in self.state.peers)
+        self.state = replace(self.state, peers=peers)
+
+    def handshake(self, key: bytes, at: float, endpoint: Endpoint | None = None) -> None:
+        """Simulate a completed handshake at ``at`` (from ``endpoint`` when WireGuard roams)."""
+        self._change(
+            key, lambda p: replace(p, latest_handshake=at, endpoint=endpoint or p.endpoint)
+        )
+
+    def roam(self, key: bytes, endpoint: Endpoint) -> None:
+        """Simulate WireGuard learning a new endpoint from an authenticated packet."""
+        self._change(key, lambda p: replace(p, endpoint=endpoint))
+
+    def traffic(self, key: bytes, rx: int = 0, tx: int = 0) -> None:
+        """Simulate ``rx``/``tx`` more bytes exchanged with the peer."""
+        self._change(key, lambda p: replace(p, rx_bytes=p.rx_bytes + rx, tx_bytes=p.tx_bytes + tx))

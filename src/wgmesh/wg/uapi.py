@@ -1,5 +1,8 @@
-"""WireGuard control over the cross-platform UAPI socket (wireguard.com/xplatform), as
-wireguard-go and boringtun serve it at /var/run/wireguard/IFACE.sock. No ``wg`` binary needed.
+"""WireGuard control over the cross-platform UAPI socket (https://www.wireguard.com/xplatform/),
+as wireguard-go and boringtun serve it at /var/run/wireguard/IFACE.sock. No ``wg`` binary needed.
+
+One request per connection: ``get=1\\n\\n`` or ``set=1\\n`` + ``key=value`` lines + ``\\n``; the
+answer is ``key=value`` lines ending with ``errno=N`` and an empty line. Keys are hex.
 
 The private key the ``get`` answer carries is used only to derive the public key and is dropped
 at once. ``set`` only ever names peers: never private_key, listen_port or fwmark.
@@ -7,6 +10,7 @@ at once. ``set`` only ever names peers: never private_key, listen_port or fwmark
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -16,10 +20,19 @@ from pathlib import Path
 from wgmesh.errors import DecodeError, InterfaceNotFound, WireGuardError
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import public_key as derive_public_key
-from wgmesh.wg.control import UAPI_DIR, DeviceState, PeerState, PeerUpdate, keepalive_for
+from wgmesh.wg.control import (
+    UAPI_DIR,
+    DeviceState,
+    PeerState,
+    PeerUpdate,
+    keepalive_for,
+    parse_uint,
+)
 
 TIMEOUT = 5.0
+"""Default seconds for a whole request (connect, send, answer)."""
 MAX_REPLY = 16 * 1024 * 1024
+"""A larger answer is refused (about 40,000 peers with a few allowed IPs each)."""
 
 
 @dataclass(slots=True)
@@ -40,8 +53,24 @@ class _PeerBuilder:
         )  # fmt: skip
 
 
+def parse_errno(text: str) -> int:
+    """The ``errno=N`` value ending an answer; WireGuardError if there is none."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("errno="):
+            value = line[len("errno=") :]
+            if re.fullmatch(r"-?[0-9]{1,10}", value):
+                return int(value)
+            break
+        if line:
+            break
+    raise WireGuardError("UAPI: answer has no errno line (cut short?)")
+
+
 def parse_uapi(name: str, text: str) -> DeviceState:
-    """Parse a ``get=1`` answer; WireGuardError on anything malformed."""
+    """Parse a ``get=1`` answer; WireGuardError on anything malformed or a non-zero errno."""
+    errno = parse_errno(text)
+    if errno != 0:
+        raise WireGuardError(f"UAPI get on {name} failed: errno={errno}")
     public_key: bytes | None = None
     listen_port = 0
     peers: list[_PeerBuilder] = []
@@ -53,43 +82,44 @@ def parse_uapi(name: str, text: str) -> DeviceState:
             if not sep:
                 raise WireGuardError(f"UAPI: malformed line {line[:40]!r}")
             cur = peers[-1] if peers else None
-            if key == "errno":
-                if value != "0":
-                    raise WireGuardError(f"UAPI get failed: errno={value}")
-            elif key == "public_key":
+            if key == "public_key":
                 k = bytes.fromhex(value)
                 if len(k) != 32:
-                    raise WireGuardError("UAPI: bad public key")
+                    raise WireGuardError("UAPI: a public key is not 32 bytes")
                 peers.append(_PeerBuilder(k))
             elif cur is None:
                 if key == "private_key":
                     raw = bytes.fromhex(value)
                     if len(raw) == 32 and any(raw):
                         public_key = derive_public_key(raw)
-                    del raw  # never kept
+                    del raw  # never kept, never logged
                 elif key == "listen_port":
-                    listen_port = int(value)
+                    listen_port = parse_uint(value, 0xFFFF)
             elif key == "endpoint":
                 cur.endpoint = Endpoint.parse(value)
             elif key == "allowed_ip":
                 cur.allowed.append(value)
             elif key == "last_handshake_time_sec":
-                cur.sec = int(value)
+                cur.sec = parse_uint(value)
             elif key == "last_handshake_time_nsec":
-                cur.nsec = int(value)
+                cur.nsec = parse_uint(value, 999_999_999)
             elif key == "rx_bytes":
-                cur.rx = int(value)
+                cur.rx = parse_uint(value)
             elif key == "tx_bytes":
-                cur.tx = int(value)
+                cur.tx = parse_uint(value)
             elif key == "persistent_keepalive_interval":
-                cur.keepalive = int(value)
+                cur.keepalive = parse_uint(value, 0xFFFF)
     except (ValueError, DecodeError) as exc:
         raise WireGuardError(f"UAPI: malformed answer: {exc}") from None
     return DeviceState(name, public_key, listen_port, tuple(p.build() for p in peers))
 
 
 def format_set(updates: Sequence[PeerUpdate], current: dict[bytes, int]) -> str:
-    """The ``set=1`` request for ``updates``; ``current`` maps keys to their keepalive now."""
+    """The ``set=1`` request for ``updates``; ``current`` maps keys to their keepalive now.
+
+    A kick (``handshake_now``) ends its peer's block with ``persistent_keepalive_interval=0``
+    then ``=N``: that pair must come last (see wgmesh.wg.control).
+    """
     lines = ["set=1"]
     for u in updates:
         lines.append(f"public_key={u.public_key.hex()}")
@@ -100,7 +130,7 @@ def format_set(updates: Sequence[PeerUpdate], current: dict[bytes, int]) -> str:
             lines.append(f"endpoint={u.endpoint}")
         if u.allowed_ips is not None:
             lines.append("replace_allowed_ips=true")
-            lines += [f"allowed_ip={cidr}" for cidr in u.allowed_ips]
+            lines += [f"allowed_ip={_line_safe(cidr)}" for cidr in u.allowed_ips]
         keepalive = keepalive_for(u, current.get(u.public_key, 0))
         if u.handshake_now:
             lines.append("persistent_keepalive_interval=0")
@@ -109,36 +139,55 @@ def format_set(updates: Sequence[PeerUpdate], current: dict[bytes, int]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def _line_safe(value: str) -> str:
+    """Refuse values that would inject lines (e.g. a ``private_key=``) into a request."""
+    if "\n" in value or "=" in value or not value.isprintable():
+        raise WireGuardError(f"UAPI: refusing value {value[:40]!r}")
+    return value
+
+
 class Uapi:
     """WireGuardControl over the UAPI socket."""
 
-    def __init__(self, interface: str, socket_dir: Path = UAPI_DIR) -> None:
+    def __init__(
+        self, interface: str, socket_dir: Path | str = UAPI_DIR, timeout: float = TIMEOUT
+    ) -> None:
         self.name = interface
-        self.path = socket_dir / f"{interface}.sock"
+        self.path = Path(socket_dir) / f"{interface}.sock"
+        self.timeout = timeout
 
     def _exchange(self, request: str) -> str:
-        if not self.path.exists():
+        """Send one request, return the whole answer (up to and including the empty line)."""
+        if "/" in self.name or not self.path.exists():
             raise InterfaceNotFound(
                 f"no WireGuard interface {self.name!r} (no UAPI socket at {self.path})"
             )
+        deadline = time.monotonic() + self.timeout
+        data = bytearray()
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(TIMEOUT)
             try:
+                s.settimeout(self.timeout)
                 s.connect(str(self.path))
                 s.sendall(request.encode())
-                data = bytearray()
-                deadline = time.monotonic() + TIMEOUT
-                while not data.endswith(b"\n\n") and time.monotonic() < deadline:
+                while not data.endswith(b"\n\n"):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    s.settimeout(left)
                     chunk = s.recv(65536)
                     if not chunk:
-                        break
+                        raise WireGuardError(
+                            f"{self.path}: connection closed before the answer ended"
+                        )
                     data += chunk
                     if len(data) > MAX_REPLY:
-                        raise WireGuardError(f"{self.path}: answer too large")
-            except ConnectionRefusedError:
+                        raise WireGuardError(f"{self.path}: answer larger than {MAX_REPLY} bytes")
+            except (ConnectionRefusedError, FileNotFoundError):
                 raise InterfaceNotFound(
                     f"no WireGuard interface {self.name!r} ({self.path} refuses connections)"
                 ) from None
+            except TimeoutError:
+                raise WireGuardError(f"{self.path}: no answer within {self.timeout:g} s") from None
             except OSError as exc:
                 raise WireGuardError(f"{self.path}: {exc}") from None
         return data.decode("utf-8", "replace")
@@ -147,11 +196,16 @@ class Uapi:
         return parse_uapi(self.name, self._exchange("get=1\n\n"))
 
     def apply(self, updates: Sequence[PeerUpdate]) -> None:
+        """All updates in one ``set`` transaction (wireguard-go applies it line by line, so a
+        failure part-way leaves the earlier lines applied)."""
         if not updates:
             return
         current: dict[bytes, int] = {}
-        if any(u.handshake_now for u in updates):
+        if any(u.handshake_now and u.persistent_keepalive is None for u in updates):
             current = {p.public_key: p.persistent_keepalive for p in self.read().peers}
-        answer = self._exchange(format_set(updates, current))
-        if "errno=0" not in answer:
-            raise WireGuardError(f"UAPI set on {self.name} failed: {answer.strip() or 'no answer'}")
+        errno = parse_errno(self._exchange(format_set(updates, current)))
+        if errno != 0:
+            raise WireGuardError(
+                f"UAPI set on {self.name} failed: errno={errno}"
+                + (" (invalid value: an endpoint or allowed IP?)" if errno == -22 else "")
+            )

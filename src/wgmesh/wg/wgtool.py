@@ -3,7 +3,14 @@ and with any userspace implementation.
 
 Reads ``wg show IFACE dump``: the first line is the interface (private key, public key, listen
 port, fwmark), then one line per peer (public key, preshared key, endpoint, allowed IPs, latest
-handshake, rx, tx, persistent keepalive), tab-separated. The private key is dropped at once.
+handshake, rx, tx, persistent keepalive), tab-separated. The private key (and any preshared key)
+is never parsed and is dropped with the output.
+
+Writes with ``wg set IFACE peer KEY ...``: a whole batch of updates in one call (split only if
+the argument list grows large), since wg sends one request with a section per ``peer``. A kick
+(``handshake_now``) is a ``peer KEY persistent-keepalive 0`` section followed by the peer's main
+section ending with ``persistent-keepalive N``; the two must be separate sections because wg
+keeps only the last value of an option repeated within one section (see wgmesh.wg.control).
 """
 
 from __future__ import annotations
@@ -14,9 +21,15 @@ from collections.abc import Sequence
 from wgmesh.errors import DecodeError, InterfaceNotFound, WireGuardError
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import decode_key, encode_key
-from wgmesh.wg.control import DeviceState, PeerState, PeerUpdate, keepalive_for
+from wgmesh.wg.control import DeviceState, PeerState, PeerUpdate, keepalive_for, parse_uint
 
 TIMEOUT = 5.0
+"""Default seconds any one ``wg`` run may take."""
+MAX_ARGS_CHARS = 64 * 1024
+"""Characters of ``wg set`` arguments per run (far below the kernel's ARG_MAX)."""
+_NOT_FOUND = ("No such device", "not supported", "No such file")
+"""wg's errno texts for a missing or non-WireGuard interface (the kernel says ENODEV or
+EOPNOTSUPP; without the kernel module and with no UAPI socket, EPROTONOSUPPORT)."""
 
 
 def parse_dump(name: str, text: str) -> DeviceState:
@@ -29,7 +42,8 @@ def parse_dump(name: str, text: str) -> DeviceState:
         if len(head) != 4:
             raise WireGuardError("wg show dump: bad interface line")
         public_key = None if head[1] == "(none)" else decode_key(head[1])
-        listen_port = int(head[2])
+        listen_port = parse_uint(head[2], 0xFFFF)
+        del head  # holds the private key
         peers = []
         for line in lines[1:]:
             f = line.split("\t")
@@ -40,10 +54,10 @@ def parse_dump(name: str, text: str) -> DeviceState:
                     public_key=decode_key(f[0]),
                     endpoint=None if f[2] == "(none)" else Endpoint.parse(f[2]),
                     allowed_ips=() if f[3] == "(none)" else tuple(f[3].split(",")),
-                    latest_handshake=float(int(f[4])),
-                    rx_bytes=int(f[5]),
-                    tx_bytes=int(f[6]),
-                    persistent_keepalive=0 if f[7] == "off" else int(f[7]),
+                    latest_handshake=float(parse_uint(f[4])),
+                    rx_bytes=parse_uint(f[5]),
+                    tx_bytes=parse_uint(f[6]),
+                    persistent_keepalive=0 if f[7] == "off" else parse_uint(f[7], 0xFFFF),
                 )
             )
     except (ValueError, DecodeError) as exc:
@@ -51,27 +65,72 @@ def parse_dump(name: str, text: str) -> DeviceState:
     return DeviceState(name, public_key, listen_port, tuple(peers))
 
 
+def set_arguments(updates: Sequence[PeerUpdate], current: dict[bytes, int]) -> list[list[str]]:
+    """The arguments after ``wg set IFACE`` for each run that ``updates`` need, in order;
+    ``current`` maps keys to their keepalive now. A kick's two sections stay in one run."""
+    runs: list[list[str]] = [[]]
+    run_size = 0
+    for u in updates:
+        key = encode_key(u.public_key)
+        args = ["peer", key]
+        if u.remove:
+            args.append("remove")
+        else:
+            if u.handshake_now:
+                args += ["persistent-keepalive", "0", "peer", key]
+            if u.endpoint is not None:
+                args += ["endpoint", str(u.endpoint)]
+            if u.allowed_ips is not None:
+                args += ["allowed-ips", ",".join(u.allowed_ips)]
+            if u.handshake_now or u.persistent_keepalive is not None:
+                args += [
+                    "persistent-keepalive",
+                    str(keepalive_for(u, current.get(u.public_key, 0))),
+                ]
+        size = sum(map(len, args))
+        if runs[-1] and run_size + size > MAX_ARGS_CHARS:
+            runs.append([])
+            run_size = 0
+        runs[-1] += args
+        run_size += size
+    return [run for run in runs if run]
+
+
 class WgCli:
     """WireGuardControl through the ``wg`` command."""
 
-    def __init__(self, interface: str, wg_binary: str = "wg") -> None:
+    def __init__(self, interface: str, wg_binary: str = "wg", timeout: float = TIMEOUT) -> None:
         self.name = interface
         self.wg = wg_binary
+        self.timeout = timeout
 
     def _run(self, *args: str) -> str:
+        """Run ``wg ARGS``; its stdout, or InterfaceNotFound / WireGuardError."""
+        verb = f"wg {args[0]}"
         try:
             r = subprocess.run(
-                [self.wg, *args], capture_output=True, text=True, timeout=TIMEOUT, check=False
+                [self.wg, *args],
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
             )
         except FileNotFoundError:
-            raise WireGuardError(f"{self.wg!r} not found: wireguard-tools is needed") from None
+            raise WireGuardError(
+                f"{self.wg!r} not found: wireguard-tools is needed (or use the UAPI backend)"
+            ) from None
         except subprocess.TimeoutExpired:
-            raise WireGuardError(f"'{self.wg} {' '.join(args[:2])}' timed out") from None
+            raise WireGuardError(
+                f"'{verb} {self.name}' took more than {self.timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise WireGuardError(f"cannot run {self.wg!r}: {exc}") from None
         if r.returncode != 0:
-            err = r.stderr.strip()
-            if "No such device" in err or "Unable to access interface" in err:
-                raise InterfaceNotFound(f"no WireGuard interface {self.name!r} ({err})")
-            raise WireGuardError(f"{self.wg} {args[0]} {self.name}: {err}")
+            err = " ".join(r.stderr.split())[:300] or f"exit status {r.returncode}"
+            if err.startswith("Unable to") and any(s in err for s in _NOT_FOUND):
+                raise InterfaceNotFound(f"no WireGuard interface {self.name!r} ({verb}: {err})")
+            raise WireGuardError(f"{verb} {self.name}: {err}")
         return r.stdout
 
     def read(self) -> DeviceState:
@@ -79,23 +138,7 @@ class WgCli:
 
     def apply(self, updates: Sequence[PeerUpdate]) -> None:
         current: dict[bytes, int] = {}
-        if any(u.handshake_now for u in updates):
+        if any(u.handshake_now and u.persistent_keepalive is None for u in updates):
             current = {p.public_key: p.persistent_keepalive for p in self.read().peers}
-        for u in updates:
-            key = encode_key(u.public_key)
-            if u.remove:
-                self._run("set", self.name, "peer", key, "remove")
-                continue
-            args: list[str] = []
-            if u.endpoint is not None:
-                args += ["endpoint", str(u.endpoint)]
-            if u.allowed_ips is not None:
-                args += ["allowed-ips", ",".join(u.allowed_ips)]
-            keepalive = keepalive_for(u, current.get(u.public_key, 0))
-            if u.handshake_now:
-                # one `wg set` sends only the last value of a repeated key: two calls
-                self._run("set", self.name, "peer", key, "persistent-keepalive", "0")
-            if u.handshake_now or u.persistent_keepalive is not None:
-                args += ["persistent-keepalive", str(keepalive)]
-            if args or not u.handshake_now:
-                self._run("set", self.name, "peer", key, *args)
+        for args in set_arguments(updates, current):
+            self._run("set", self.name, *args)
