@@ -14,10 +14,11 @@ packet crossing from one NAT to another takes two router hops: a TTL-2 packet se
 leaves its own NAT but dies at the inet router before reaching the far NAT (the daemon's
 NAT-priming trick relies on this, as it would on a real internet path).
 
-Safety: every namespace and interface name carries a random run id; veth pairs are created
-directly inside the namespaces (``ip -n A link add ... netns B``), so nothing is ever created in,
-linked to or changed in the root namespace; processes are ended by PID; ``close`` (also on an
-exception, via ``with``) removes every namespace and UAPI socket the run made.
+Safety: every namespace and WireGuard interface name carries a random run id; veth pairs are
+created directly inside the namespaces, so nothing is created in, linked to or changed in the root
+namespace; processes are ended by PID; ``close`` (on leaving ``with``, also on an exception; at
+interpreter exit; on SIGTERM/SIGHUP) removes every namespace and UAPI socket the run made.
+``cleanup_stale`` removes what a SIGKILLed run left.
 """
 
 from __future__ import annotations
@@ -30,220 +31,131 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import uuid
-from enum import StrEnum
 from pathlib import Path
-from typing import IO
+from types import FrameType
 
+from wgmesh.lab.nat import LAN_IF, WAN_IF, Nat, NatKind
+from wgmesh.lab.netns import (
+    RUN_DIR,
+    LabError,
+    Spawned,
+    add_netns,
+    cleanup_stale,
+    in_netns,
+    new_record,
+    run,
+    spawn,
+    stale_namespaces,
+    stop,
+    sysctl,
+    veth,
+)
 from wgmesh.lab.wireguard import WgIface, start_wireguard
 
-INET_GW = "203.0.113.1"
+__all__ = ["Host", "Lab", "LabError", "Nat", "NatKind", "cleanup_stale", "stale_namespaces"]
 
+INET_GW = ipaddress.IPv4Address("203.0.113.1")
+"""The internet router's address (on its loopback)."""
+TEST_NETS = tuple(
+    ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+)
+"""The only "public" addresses the lab hands out (RFC 5737)."""
 
-class NatKind(StrEnum):
-    """Kinds of NAT router the lab builds (docs/lab.md has the nft rules)."""
-
-    PORT_RESTRICTED = "port-restricted"
-    """Port-preserving masquerade + stateful firewall: a typical home router."""
-    SYMMETRIC = "symmetric"
-    """Masquerade ``fully-random`` (a new port per destination) + the same firewall."""
-    NONE = "none"
-    """No NAT: the peer has a public address (use ``add_peer(name, None)``)."""
-    PORT_FORWARD = "port-forward"
-    """Port-restricted plus a DNAT port forward of the WireGuard port to the first peer."""
-    OPEN = "open"
-    """Masquerade with no firewall at all."""
-
-
-class LabError(RuntimeError):
-    """A lab command failed."""
-
-
-def _run(
-    argv: list[str], timeout: float = 10.0, check: bool = True, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, input=stdin, check=False
-    )
-    if check and r.returncode != 0:
-        raise LabError(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr.strip()}")
-    return r
+Address = ipaddress.IPv4Address
 
 
 class Host:
-    """One network namespace with an address."""
+    """One network namespace with an address: a public host or a host on a NAT's LAN."""
 
-    def __init__(self, lab: Lab, name: str, netns: str, address: str, nat: Nat | None) -> None:
+    def __init__(self, lab: Lab, name: str, netns: str, address: Address, nat: Nat | None) -> None:
         self.lab = lab
         self.name = name
         self.netns = netns
-        self.address = ipaddress.ip_address(address)
+        self.address = address
+        """Its own IP (public, or on its NAT's LAN)."""
         self.nat = nat
+        """The NAT it is behind, None for a public host."""
         self.wireguards: list[WgIface] = []
 
+    def __repr__(self) -> str:
+        return f"Host({self.name!r}, {self.address}, public={self.public_ip})"
+
     @property
-    def public_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        """The address the internet sees: the NAT's WAN address, or our own."""
+    def lan_address(self) -> Address | None:
+        """Its address on its NAT's LAN, None for a public host."""
+        return self.address if self.nat is not None else None
+
+    @property
+    def public_ip(self) -> Address:
+        """The address the internet sees: the NAT's WAN address, or its own."""
         return self.nat.wan_ip if self.nat is not None else self.address
 
     def run(
         self, *argv: str, check: bool = True, timeout: float = 10.0, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside this host's namespace."""
-        return _run(["ip", "netns", "exec", self.netns, *argv], timeout, check, stdin)
+        """Run a command to completion inside this host's namespace (``ip netns exec``)."""
+        return run(in_netns(self.netns, *argv), timeout=timeout, check=check, stdin=stdin)
 
     def spawn(
         self, *argv: str, env: dict[str, str] | None = None, log_path: Path | None = None
     ) -> subprocess.Popen[bytes]:
-        """Start a long-running process here; the lab ends it by PID at close."""
-        log_path = log_path or self.lab.workdir / f"{self.name}-{len(self.lab.procs)}.log"
-        log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed by the lab
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, *argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-        self.lab.procs.append((proc, log))
-        return proc
+        """Start a long-running process here, stdout and stderr to ``log_path`` (default: a file
+        in the lab's directory). The lab ends it by PID at close (SIGTERM, SIGKILL after 3 s)."""
+        return self.lab.spawn(self, argv, env, log_path)
 
     def start_wireguard(
         self,
         iface: str | None = None,
         listen_port: int = 51820,
-        address: str = "100.64.0.1/24",
+        address: str | None = None,
         private_key: str | None = None,
     ) -> WgIface:
-        """wireguard-go in this namespace with a private key, listen port and tunnel address."""
-        name = iface or f"wg{self.lab.run_id[:6]}{self.lab.next_index()}"
-        wg = start_wireguard(self, name, listen_port, address, private_key)
+        """wireguard-go here with a private key (generated if None), listen port and tunnel
+        address (default ``100.64.0.N/24``, N counting the lab's interfaces from 1)."""
+        n = self.lab.next_wireguard()
+        name = iface or f"wg{self.lab.run_id}{n}"
+        wg = start_wireguard(self, name, listen_port, address or f"100.64.0.{n}/24", private_key)
         self.wireguards.append(wg)
         return wg
 
     def ping(self, address: object, count: int = 1, timeout: float = 1.0) -> bool:
-        """True if ``count`` pings get at least one answer."""
+        """True if at least one of ``count`` pings (0.2 s apart) is answered within
+        ``timeout`` seconds."""
         r = self.run(
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            str(count),
-            "-i",
-            "0.2",
-            "-W",
-            f"{timeout:g}",
-            str(address),
-            check=False,
-            timeout=count * (timeout + 0.5) + 5,
-        )
+            "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", f"{timeout:g}", str(address),
+            check=False, timeout=count * (timeout + 0.5) + 5,
+        )  # fmt: skip
         return r.returncode == 0
 
 
-class Nat:
-    """A NAT router namespace: WAN on the internet, a bridged LAN behind it."""
-
-    def __init__(
-        self,
-        lab: Lab,
-        name: str,
-        kind: NatKind,
-        netns: str,
-        wan_ip: str,
-        subnet: int,
-        forward_port: int | None,
-    ) -> None:
-        self.lab = lab
-        self.name = name
-        self.kind = kind
-        self.netns = netns
-        self.wan_ip = ipaddress.ip_address(wan_ip)
-        self.lan_prefix = f"10.{subnet}.0"
-        self.lan_subnet = f"{self.lan_prefix}.0/24"
-        self.gateway = f"{self.lan_prefix}.1"
-        self.forward_port = forward_port
-        self.hosts = 0
-        self._range = 0
-
-    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return _run(["ip", "netns", "exec", self.netns, *argv], check=check)
-
-    def ruleset(self, port_range: str = "") -> str:
-        """The nft ruleset for this NAT's kind."""
-        random = " fully-random" if self.kind == NatKind.SYMMETRIC else ""
-        to = f" to :{port_range}" if port_range else ""
-        firewall = self.kind != NatKind.OPEN
-        forward_target = f"{self.lan_prefix}.10"
-        dnat = ""
-        if self.kind == NatKind.PORT_FORWARD and self.forward_port:
-            dnat = (
-                f'iifname "eth0" udp dport {self.forward_port} '
-                f"dnat to {forward_target}:{self.forward_port}"
-            )
-        return f"""
-table ip wgmlab {{
-    chain prerouting {{
-        type nat hook prerouting priority dstnat; policy accept;
-        {dnat}
-    }}
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        {'oifname "eth0" meta l4proto { tcp, udp } masquerade' + to + random if to else ""}
-        oifname "eth0" masquerade{random}
-    }}
-    chain forward {{
-        type filter hook forward priority filter; policy accept;
-        iifname "eth0" ct state established,related accept
-        {'iifname "eth0" ct status dnat accept' if dnat else ""}
-        {'iifname "eth0" drop' if firewall else ""}
-    }}
-    chain input {{
-        type filter hook input priority filter; policy accept;
-        iifname "eth0" ct state established,related accept
-        {'iifname "eth0" drop' if firewall else ""}
-    }}
-}}
-"""
-
-    def apply_rules(self, port_range: str = "") -> None:
-        self.run("nft", "flush", "ruleset")
-        _run(["ip", "netns", "exec", self.netns, "nft", "-f", "-"], stdin=self.ruleset(port_range))
-
-    def flush_conntrack(self) -> None:
-        """Forget every flow (as a router reboot or timeout would)."""
-        self.run("conntrack", "-F", check=False)
-
-    def rebind(self) -> None:
-        """Change the public mapping of every flow: the masquerade moves to another port range
-        and conntrack is flushed, so the next packet of any flow leaves from a new port."""
-        self._range += 1
-        base = 20000 + 10000 * (self._range % 2)
-        self.apply_rules(f"{base}-{base + 9999}")
-        self.flush_conntrack()
-
-    def conntrack_entries(self) -> str:
-        return self.run("conntrack", "-L", check=False).stdout
-
-
 class Lab:
-    """A whole lab; use as a context manager. See the module docstring."""
+    """A whole lab; use it as a context manager. See the module docstring."""
 
-    def __init__(self, name_prefix: str = "wgm") -> None:
+    def __init__(self, name_prefix: str = "wgm", run_dir: Path = RUN_DIR) -> None:
         self.run_id = uuid.uuid4().hex[:8]
         self.prefix = f"{name_prefix}-{self.run_id}"
+        """Every namespace of this run is ``<prefix>-<name>``."""
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        """Logs of every process, keys; removed at close unless WGMESH_LAB_KEEP is set."""
         self.namespaces: list[str] = []
-        self.procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+        self.procs: list[Spawned] = []
         self.hosts: list[Host] = []
         self.nats: list[Nat] = []
         self._index = 0
+        self._wireguards = 0
+        self._public = {"host": 10, "peer": 50}
         self._closed = False
-        atexit.register(self.close)
+        self._record = new_record(self.prefix, self.run_id, self.workdir)
+        self._run_dir = run_dir
+        _track(self)
         try:
+            self._record.write(run_dir)
             self.inet = self._netns("inet")
-            self._sysctl(self.inet, "net.ipv4.ip_forward", "1")
-            _run(["ip", "-n", self.inet, "addr", "add", f"{INET_GW}/32", "dev", "lo"])
+            """The internet router's namespace."""
+            sysctl(self.inet, "net.ipv4.ip_forward", "1")
+            run(["ip", "-n", self.inet, "addr", "add", f"{INET_GW}/32", "dev", "lo"])
         except BaseException:
             self.close()
             raise
@@ -255,115 +167,199 @@ class Lab:
         self.close()
 
     def next_index(self) -> int:
+        """A number unique in this run (interface names, link names)."""
         self._index += 1
         return self._index
+
+    def next_wireguard(self) -> int:
+        """The number of the next WireGuard interface of this run, from 1."""
+        self._wireguards += 1
+        return self._wireguards
 
     # -- building ---------------------------------------------------------------------------
 
     def _netns(self, name: str) -> str:
+        if self._closed:
+            raise LabError("the lab is closed")
         ns = f"{self.prefix}-{name}"
-        _run(["ip", "netns", "add", ns])
+        add_netns(ns)
         self.namespaces.append(ns)
-        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         return ns
 
-    @staticmethod
-    def _sysctl(ns: str, key: str, value: str) -> None:
-        _run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}"])
-
-    def _veth(self, ns: str, peer_ns: str, prefix: str) -> str:
-        """``eth0`` in ``ns`` paired with a new link in ``peer_ns``, created directly inside
-        both namespaces (never in the root namespace); returns the peer side's name."""
-        link = f"{prefix}{self.next_index()}"
-        _run(f"ip -n {ns} link add eth0 type veth peer name {link} netns {peer_ns}".split())
-        return link
-
-    def _attach(self, ns: str, address: str) -> None:
+    def _attach(self, ns: str, address: Address) -> None:
         """Link ``ns`` to the inet router: its eth0 gets ``address``/32, routes on-link."""
-        link = self._veth(ns, self.inet, "v")
-        _run(["ip", "-n", ns, "addr", "add", f"{address}/32", "dev", "eth0"])
-        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-        _run(["ip", "-n", ns, "route", "add", INET_GW, "dev", "eth0"])
-        _run(["ip", "-n", ns, "route", "add", "default", "via", INET_GW, "dev", "eth0", "onlink"])
-        _run(["ip", "-n", self.inet, "link", "set", link, "up"])
-        _run(["ip", "-n", self.inet, "route", "add", f"{address}/32", "dev", link])
+        link = f"v{self.next_index()}"
+        veth(ns, WAN_IF, self.inet, link)
+        run(["ip", "-n", ns, "addr", "add", f"{address}/32", "dev", WAN_IF])
+        run(["ip", "-n", ns, "link", "set", WAN_IF, "up"])
+        run(["ip", "-n", ns, "route", "add", str(INET_GW), "dev", WAN_IF])
+        run(["ip", "-n", ns, "route", "add", "default", "via", str(INET_GW),
+             "dev", WAN_IF, "onlink"])  # fmt: skip
+        run(["ip", "-n", self.inet, "link", "set", link, "up"])
+        run(["ip", "-n", self.inet, "route", "add", f"{address}/32", "dev", link])
+
+    def _public_address(self, address: str | None, pool: str) -> Address:
+        used = {h.address for h in self.hosts} | {n.wan_ip for n in self.nats} | {INET_GW}
+        if address is None:
+            while (candidate := Address(f"203.0.113.{self._public[pool]}")) in used:
+                self._public[pool] += 1
+            self._public[pool] += 1
+            if self._public[pool] > 255:
+                raise LabError("out of public addresses in 203.0.113.0/24")
+            return candidate
+        chosen = Address(address)
+        if not any(chosen in net for net in TEST_NETS):
+            raise ValueError(f"{chosen} is not a TEST-NET address (RFC 5737)")
+        if chosen in used:
+            raise ValueError(f"{chosen} is already used in this lab")
+        return chosen
 
     def add_public_host(self, name: str, address: str | None = None) -> Host:
-        """A host with a public address on the internet (e.g. the registrar)."""
-        address = address or f"203.0.113.{10 + len(self.hosts)}"
+        """A host with a public address (default 203.0.113.10 up), e.g. the registrar."""
+        chosen = self._public_address(address, "host")
         ns = self._netns(name)
-        self._attach(ns, address)
-        host = Host(self, name, ns, address, None)
+        self._attach(ns, chosen)
+        host = Host(self, name, ns, chosen, None)
         self.hosts.append(host)
         return host
 
     def add_nat(self, name: str, kind: NatKind, forward_port: int | None = None) -> Nat:
-        """A NAT router of the given kind with an empty LAN 10.N.0.0/24."""
+        """A NAT router of ``kind``: WAN 198.51.100.(10+N), empty LAN 10.N.0.0/24 behind it.
+        PORT_FORWARD forwards UDP ``forward_port`` to the first host added to its LAN."""
         if kind == NatKind.NONE:
-            raise ValueError("NatKind.NONE has no router: add_peer(name, None)")
+            raise ValueError("NatKind.NONE has no router: use add_peer(name, None)")
+        if kind == NatKind.PORT_FORWARD and forward_port is None:
+            raise ValueError("PORT_FORWARD needs forward_port")
         index = len(self.nats) + 1
+        if index > 240:
+            raise LabError("too many NATs")
         ns = self._netns(name)
-        self._sysctl(ns, "net.ipv4.ip_forward", "1")
-        with contextlib.suppress(LabError):  # only present when br_netfilter is loaded
-            self._sysctl(ns, "net.bridge.bridge-nf-call-iptables", "0")
-        wan = f"198.51.100.{10 + index}"
-        self._attach(ns, wan)
-        nat = Nat(self, name, kind, ns, wan, index, forward_port)
-        _run(["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])
-        _run(["ip", "-n", ns, "addr", "add", f"{nat.gateway}/24", "dev", "br0"])
-        _run(["ip", "-n", ns, "link", "set", "br0", "up"])
+        sysctl(ns, "net.ipv4.ip_forward", "1")
+        bridge_nf = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        if bridge_nf.exists():  # br_netfilter is global; its switch is per namespace
+            with contextlib.suppress(LabError):
+                sysctl(ns, "net.bridge.bridge-nf-call-iptables", "0")
+        nat = Nat(name, kind, ns, f"198.51.100.{10 + index}", index, forward_port)
+        self._attach(ns, nat.wan_ip)
+        run(["ip", "-n", ns, "link", "add", LAN_IF, "type", "bridge"])
+        run(["ip", "-n", ns, "addr", "add", f"{nat.gateway}/24", "dev", LAN_IF])
+        run(["ip", "-n", ns, "link", "set", LAN_IF, "up"])
         nat.apply_rules()
         self.nats.append(nat)
         return nat
 
     def add_peer(self, name: str, nat: Nat | None = None, address: str | None = None) -> Host:
-        """A host behind ``nat`` on its LAN, or with a public address when ``nat`` is None."""
+        """A host behind ``nat`` on its LAN (default 10.N.0.10 up, default route via the NAT), or
+        a public host (default 203.0.113.50 up) when ``nat`` is None."""
         if nat is None:
-            return self.add_public_host(name, address or f"203.0.113.{50 + len(self.hosts)}")
+            chosen = self._public_address(address, "peer")
+            ns = self._netns(name)
+            self._attach(ns, chosen)
+            host = Host(self, name, ns, chosen, None)
+            self.hosts.append(host)
+            return host
+        if address is None:
+            chosen = nat.next_lan_address()
+        else:
+            chosen = Address(address)
+            if chosen not in nat.lan_subnet:
+                raise ValueError(f"{chosen} is not in {nat.name}'s LAN {nat.lan_subnet}")
         ns = self._netns(name)
-        address = address or f"{nat.lan_prefix}.{10 + nat.hosts}"
-        nat.hosts += 1
-        link = self._veth(ns, nat.netns, "l")
-        _run(["ip", "-n", nat.netns, "link", "set", link, "master", "br0", "up"])
-        _run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0"])
-        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-        _run(["ip", "-n", ns, "route", "add", "default", "via", nat.gateway])
-        host = Host(self, name, ns, address, nat)
+        link = f"l{self.next_index()}"
+        veth(ns, "eth0", nat.netns, link)
+        run(["ip", "-n", nat.netns, "link", "set", link, "master", LAN_IF, "up"])
+        run(["ip", "-n", ns, "addr", "add", f"{chosen}/24", "dev", "eth0"])
+        run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        run(["ip", "-n", ns, "route", "add", "default", "via", str(nat.gateway)])
+        host = Host(self, name, ns, chosen, nat)
         self.hosts.append(host)
         return host
+
+    def spawn(
+        self,
+        host: Host,
+        argv: tuple[str, ...],
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start a tracked process in ``host`` (see :meth:`Host.spawn`)."""
+        if self._closed:
+            raise LabError("the lab is closed")
+        log_path = log_path or self.workdir / f"{host.name}-{len(self.procs)}.log"
+        spawned = spawn(host.netns, argv, env, log_path)
+        self.procs.append(spawned)
+        return spawned.proc
+
+    def logs(self, limit: int = 20000) -> str:
+        """The tail of every spawned process's log, for a failing test's report."""
+        parts = []
+        for s in self.procs:
+            try:
+                text = s.log_path.read_text(errors="replace")[-limit:]
+            except OSError as e:
+                text = f"({e})"
+            parts.append(f"--- {' '.join(s.argv)}\n{text}")
+        return "\n".join(parts)
 
     # -- teardown ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """End our processes by PID, delete our namespaces and sockets. Safe to call twice."""
+        """End our processes by PID, delete our namespaces, sockets, record and (unless
+        WGMESH_LAB_KEEP is set) the work directory. Safe to call twice, and from a handler."""
         if self._closed:
             return
         self._closed = True
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        for proc, log in self.procs:
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait(3)
-            log.close()
-        for host in self.hosts:
-            for wg in host.wireguards:
-                with contextlib.suppress(FileNotFoundError):
-                    Path(f"/var/run/wireguard/{wg.name}.sock").unlink()
-        for ns in reversed(self.namespaces):
-            _run(["ip", "netns", "del", ns], check=False)
-        if not os.environ.get("WGMESH_LAB_KEEP"):
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        try:
+            stop(self.procs)
+        finally:
+            for host in self.hosts:
+                for wg in host.wireguards:
+                    with contextlib.suppress(OSError):
+                        wg.uapi_socket.unlink()
+            for ns in reversed(self.namespaces):
+                with contextlib.suppress(subprocess.SubprocessError, OSError):
+                    run(["ip", "netns", "del", ns], check=False)
+            with contextlib.suppress(OSError):
+                self._record.path(self._run_dir).unlink()
+            if not os.environ.get("WGMESH_LAB_KEEP"):
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            _untrack(self)
+
+
+# -- closing labs at interpreter exit and on SIGTERM/SIGHUP ---------------------------------
+
+_LIVE: list[Lab] = []
+_HANDLED: set[int] = set()
+"""Signals we installed ``_on_signal`` for, and 0 once the atexit hook is registered."""
+
+
+def _track(lab: Lab) -> None:
+    if 0 not in _HANDLED:
+        atexit.register(_close_all)
+        _HANDLED.add(0)  # 0: the atexit hook
+    _LIVE.append(lab)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        # only where nobody else handles the signal: the default would kill us without cleanup
+        if sig not in _HANDLED and signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _on_signal)
+            _HANDLED.add(sig)
+
+
+def _untrack(lab: Lab) -> None:
+    with contextlib.suppress(ValueError):
+        _LIVE.remove(lab)
+
+
+def _close_all() -> None:
+    for lab in list(_LIVE):
         with contextlib.suppress(Exception):
-            atexit.unregister(self.close)
+            lab.close()
 
 
-def stale_namespaces(prefix: str = "wgm-") -> list[str]:
-    """Lab namespaces left behind by runs that died (for manual clean-up)."""
-    out = _run(["ip", "netns", "list"], check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """Tear the labs down, then die of the signal as if we had not caught it."""
+    _close_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
