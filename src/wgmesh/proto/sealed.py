@@ -1,21 +1,25 @@
 """Payloads inside ATTR_WG_SEALED, and the NaCl box that seals them (docs/protocol.md).
 
-The box is ``crypto_box`` (X25519 + XSalsa20-Poly1305) between the sender's WireGuard private
+The box is ``crypto_box`` (X25519, XSalsa20-Poly1305) between the sender's WireGuard private
 key and the receiver's public key; the attribute value is the 24-byte nonce followed by the
-ciphertext. Plaintext layout, network byte order::
+ciphertext (16-byte MAC, then the payload). Plaintext layout, network byte order, at most
+:data:`MAX_PAYLOAD` bytes::
 
-    u8 version (1) | u8 kind | 12 bytes STUN transaction id | u64 timestamp_ms | u64 counter | body
-
-    Register  u8 flags (bit 0: secondary) | u8 len + UTF-8 name (<= 63) |
-              u8 len + ASCII software (<= 32) | u8 count (<= 8) + address * count
+    header    u8 version (1) | u8 kind | 12-byte STUN transaction id | u64 timestamp_ms |
+              u64 counter                                                      (30 bytes)
+    Register  u8 flags (bit 0: secondary; others zero) | u8 n + n bytes UTF-8 name (n <= 63,
+              printable) | u8 n + n bytes ASCII software (n <= 32, printable) |
+              u8 count (<= 8) + count * address
     Watch     u64 register_counter
-    Status    u64 watch_counter | u64 register_counter | u8 has_observed [+ address] |
+    Status    u64 watch_counter | u64 register_counter | u8 has_observed (0|1) [+ address] |
               u8 nat (0 unknown, 1 none, 2 cone, 3 symmetric) | u32 serial
-    Push      u32 serial | u8 count (<= 32) + 32-byte key * count
-    address = u8 family (4 or 6) | 4 or 16 bytes | u16 port
+    Push      u32 serial | u8 count (<= 14) + count * 32-byte key
+    address   u8 family (4|6) | 4|16 address bytes | u16 port   (no IPv4-mapped IPv6)
 
-The transaction id inside the box binds it to its STUN message: a box cannot be replayed inside
-another message. Nonces are passed in (the adapters draw them from os.urandom).
+Decoding is strict and canonical: whatever :func:`decode_payload` accepts, :func:`encode_payload`
+gives back byte for byte. The transaction id inside the box binds it to its STUN message, so a
+box cannot be replayed inside another message. Freshness (timestamp, counter) is the caller's
+job. Nonces are passed in (sans-IO; the adapters draw them from ``os.urandom``).
 """
 
 from __future__ import annotations
@@ -29,22 +33,30 @@ from enum import IntEnum, StrEnum
 from nacl.exceptions import CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
 
-from wgmesh.errors import DecodeError
+from wgmesh.errors import DecodeError, LocalProtocolError
 from wgmesh.proto import stun
 from wgmesh.proto.endpoint import Endpoint
 
 VERSION = 1
 MAX_PAYLOAD = 512
+"""Plaintext bytes; sealed with nonce and MAC that is 552, under ``stun.MAX_SEALED``."""
 MAX_NAME = 63
 MAX_SOFTWARE = 32
 MAX_ADDRESSES = 8
-MAX_CHANGED = 32
+KEY_LEN = 32
 NONCE_LEN = 24
 _HEADER = struct.Struct("!BB12sQQ")
+HEADER_LEN = _HEADER.size
+MAX_CHANGED = (MAX_PAYLOAD - HEADER_LEN - 5) // KEY_LEN
+"""14: as many keys as fit in MAX_PAYLOAD after the header, serial and count."""
+_SECONDARY = 0x01
+_U64 = struct.Struct("!Q")
+_U32 = struct.Struct("!I")
+_PORT = struct.Struct("!H")
 
 
 class Kind(IntEnum):
-    """What a sealed payload is."""
+    """What a sealed payload is (its second byte)."""
 
     REGISTER = 1
     WATCH = 2
@@ -61,7 +73,8 @@ class NatKind(StrEnum):
     SYMMETRIC = "symmetric"
 
 
-_NAT_CODES = [NatKind.UNKNOWN, NatKind.NONE, NatKind.CONE, NatKind.SYMMETRIC]
+_NAT_CODES = (NatKind.UNKNOWN, NatKind.NONE, NatKind.CONE, NatKind.SYMMETRIC)
+_NAT_INDEX = {nat: code for code, nat in enumerate(_NAT_CODES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +86,11 @@ class Register:
     counter: int
     """Strictly increasing per sender (replay protection)."""
     name: str
-    """The peer's name (the admission file's name wins)."""
+    """The peer's name, may be empty (the admission file's name wins)."""
     addresses: tuple[Endpoint, ...]
-    """The peer's own addresses with its WireGuard port (LAN and IPv6 candidates)."""
+    """The peer's own addresses with its WireGuard port (LAN and IPv6 candidates), <= 8."""
     software: str
-    """e.g. ``wgmesh/0.1.0``."""
+    """e.g. ``wgmesh/0.1.0`` (printable ASCII)."""
     secondary: bool = False
     """A NAT-classification probe to the alternate port, not an endpoint."""
 
@@ -87,7 +100,7 @@ class Watch:
     """Peer -> registrar from the control socket: 'tell me what you saw, and push me changes'."""
 
     timestamp_ms: int
-    """Sender's wall clock, ms."""
+    """Sender's wall clock, milliseconds since the epoch."""
     counter: int
     """Strictly increasing per sender."""
     register_counter: int
@@ -99,7 +112,7 @@ class Status:
     """Registrar -> peer, the answer to a Watch."""
 
     timestamp_ms: int
-    """Registrar's wall clock, ms."""
+    """Registrar's wall clock, milliseconds since the epoch."""
     counter: int
     """Strictly increasing per registrar."""
     watch_counter: int
@@ -107,11 +120,11 @@ class Status:
     register_counter: int
     """The highest Register counter accepted for this peer (0: none yet)."""
     observed: Endpoint | None
-    """The public mapping recorded for the peer's WireGuard port."""
+    """The public mapping recorded for the peer's WireGuard port (None: none yet)."""
     nat: NatKind
     """The peer's NAT class."""
     serial: int
-    """The zone's SOA serial: when it changes, re-read the zone."""
+    """The zone's SOA serial (u32): when it changes, re-read the zone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,133 +132,194 @@ class Push:
     """Registrar -> peer control address: these peers changed; re-resolve them now."""
 
     timestamp_ms: int
-    """Registrar's wall clock, ms."""
+    """Registrar's wall clock, milliseconds since the epoch."""
     counter: int
     """Strictly increasing per registrar."""
     serial: int
-    """Zone serial after the change."""
+    """Zone serial (u32) after the change."""
     changed: tuple[bytes, ...]
-    """Public keys of the peers that were added, moved or withdrawn."""
+    """Public keys (32 bytes each, at most MAX_CHANGED) of the peers added, moved or withdrawn."""
 
 
 Payload = Register | Watch | Status | Push
 
+_KINDS: dict[type[Payload], Kind] = {
+    Register: Kind.REGISTER,
+    Watch: Kind.WATCH,
+    Status: Kind.STATUS,
+    Push: Kind.PUSH,
+}
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
 
 def _pack_address(ep: Endpoint) -> bytes:
-    return struct.pack("!B", ep.ip.version) + ep.ip.packed + struct.pack("!H", ep.port)
+    ip = ep.ip
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # canonical: an IPv4-mapped address travels as IPv4
+    return bytes((ip.version,)) + ip.packed + _PORT.pack(ep.port)
+
+
+def _pack_text(text: str, limit: int, what: str, *, ascii_only: bool) -> bytes:
+    if not text.isprintable() or (ascii_only and not text.isascii()):
+        raise LocalProtocolError(f"{what} must be printable{' ASCII' if ascii_only else ''}")
+    raw = text.encode("utf-8")
+    if len(raw) > limit:
+        raise LocalProtocolError(f"{what} longer than {limit} bytes")
+    return bytes((len(raw),)) + raw
+
+
+def _nat_code(nat: NatKind) -> int:
+    code = _NAT_INDEX.get(nat)
+    if code is None:
+        raise LocalProtocolError(f"unknown NAT class {nat!r}")
+    return code
+
+
+def _body(p: Payload) -> bytes:
+    if isinstance(p, Register):
+        if len(p.addresses) > MAX_ADDRESSES:
+            raise LocalProtocolError(f"more than {MAX_ADDRESSES} addresses")
+        return b"".join(
+            (
+                bytes((_SECONDARY if p.secondary else 0,)),
+                _pack_text(p.name, MAX_NAME, "name", ascii_only=False),
+                _pack_text(p.software, MAX_SOFTWARE, "software", ascii_only=True),
+                bytes((len(p.addresses),)),
+                *(_pack_address(ep) for ep in p.addresses),
+            )
+        )
+    if isinstance(p, Watch):
+        return _U64.pack(p.register_counter)
+    if isinstance(p, Status):
+        observed = b"\x00" if p.observed is None else b"\x01" + _pack_address(p.observed)
+        return b"".join(
+            (
+                struct.pack("!QQ", p.watch_counter, p.register_counter),
+                observed,
+                bytes((_nat_code(p.nat),)),
+                _U32.pack(p.serial),
+            )
+        )
+    if len(p.changed) > MAX_CHANGED or any(len(k) != KEY_LEN for k in p.changed):
+        raise LocalProtocolError(f"a Push carries at most {MAX_CHANGED} 32-byte keys")
+    return _U32.pack(p.serial) + bytes((len(p.changed),)) + b"".join(p.changed)
+
+
+def encode_payload(p: Payload, transaction_id: bytes) -> bytes:
+    """Serialize a payload bound to a STUN transaction id.
+
+    Raises LocalProtocolError if it breaks a limit (a field out of range, a name too long...).
+    """
+    if len(transaction_id) != stun.TRANSACTION_ID_LEN:
+        raise LocalProtocolError("a STUN transaction id is 12 bytes")
+    try:
+        out = _HEADER.pack(VERSION, _KINDS[type(p)], transaction_id, p.timestamp_ms, p.counter)
+        out += _body(p)
+    except struct.error:
+        raise LocalProtocolError("sealed payload field out of range") from None
+    if len(out) > MAX_PAYLOAD:
+        raise LocalProtocolError("sealed payload too large")
+    return out
+
+
+# -- decoding ---------------------------------------------------------------------------------
 
 
 class _Reader:
+    """Bounds-checked reads; every short read is the same DecodeError."""
+
+    __slots__ = ("data", "pos")
+
     def __init__(self, data: bytes, pos: int) -> None:
         self.data = data
         self.pos = pos
 
     def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
+        end = self.pos + n
+        if end > len(self.data):
             raise DecodeError("sealed payload truncated")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
+        out = self.data[self.pos : end]
+        self.pos = end
         return out
 
     def u8(self) -> int:
-        return self.take(1)[0]
+        if self.pos >= len(self.data):
+            raise DecodeError("sealed payload truncated")
+        self.pos += 1
+        return self.data[self.pos - 1]
 
     def u32(self) -> int:
-        value: int = struct.unpack("!I", self.take(4))[0]
+        value: int = _U32.unpack(self.take(4))[0]
         return value
 
     def u64(self) -> int:
-        value: int = struct.unpack("!Q", self.take(8))[0]
+        value: int = _U64.unpack(self.take(8))[0]
         return value
 
-    def text(self, limit: int, what: str) -> str:
+    def text(self, limit: int, what: str, *, ascii_only: bool) -> str:
         n = self.u8()
         if n > limit:
             raise DecodeError(f"{what} longer than {limit} bytes")
+        raw = self.take(n)
+        if ascii_only and not raw.isascii():
+            raise DecodeError(f"{what} is not ASCII")
         try:
-            value = self.take(n).decode("utf-8")
+            value = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise DecodeError(f"{what} is not UTF-8") from None
         if not value.isprintable():
-            raise DecodeError(f"{what} has control characters")
+            raise DecodeError(f"{what} is not printable")
         return value
 
     def address(self) -> Endpoint:
         family = self.u8()
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address
         if family == 4:
-            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(self.take(4))
+            ip = ipaddress.IPv4Address(self.take(4))
         elif family == 6:
             ip = ipaddress.IPv6Address(self.take(16))
+            if ip.ipv4_mapped is not None:
+                raise DecodeError("IPv4-mapped address sent as IPv6")
         else:
             raise DecodeError("bad address family")
-        return Endpoint.of(ip, struct.unpack("!H", self.take(2))[0])
-
-
-def encode_payload(p: Payload, transaction_id: bytes) -> bytes:
-    """Serialize a payload bound to a STUN transaction id; ValueError if it breaks a limit."""
-    kind = {Register: Kind.REGISTER, Watch: Kind.WATCH, Status: Kind.STATUS, Push: Kind.PUSH}[
-        type(p)
-    ]
-    out = bytearray(_HEADER.pack(VERSION, kind, transaction_id, p.timestamp_ms, p.counter))
-    if isinstance(p, Register):
-        name, software = p.name.encode(), p.software.encode()
-        if len(name) > MAX_NAME or len(software) > MAX_SOFTWARE:
-            raise ValueError("name or software too long")
-        if len(p.addresses) > MAX_ADDRESSES:
-            raise ValueError(f"at most {MAX_ADDRESSES} addresses")
-        out += struct.pack("!BB", int(p.secondary), len(name)) + name
-        out += struct.pack("!B", len(software)) + software
-        out += struct.pack("!B", len(p.addresses))
-        for ep in p.addresses:
-            out += _pack_address(ep)
-    elif isinstance(p, Watch):
-        out += struct.pack("!Q", p.register_counter)
-    elif isinstance(p, Status):
-        out += struct.pack("!QQ", p.watch_counter, p.register_counter)
-        if p.observed is None:
-            out += b"\x00"
-        else:
-            out += b"\x01" + _pack_address(p.observed)
-        out += struct.pack("!BI", _NAT_CODES.index(p.nat), p.serial)
-    else:
-        if len(p.changed) > MAX_CHANGED or any(len(k) != 32 for k in p.changed):
-            raise ValueError(f"at most {MAX_CHANGED} 32-byte keys")
-        out += struct.pack("!IB", p.serial, len(p.changed)) + b"".join(p.changed)
-    if len(out) > MAX_PAYLOAD:
-        raise ValueError("sealed payload too large")
-    return bytes(out)
+        return Endpoint(ip, _PORT.unpack(self.take(2))[0])
 
 
 def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
-    """Parse a plaintext payload; raises DecodeError (and only that) when malformed."""
+    """Parse a plaintext payload; raises DecodeError (and only that) when malformed or bound
+    to a transaction id other than ``transaction_id``."""
     if len(data) > MAX_PAYLOAD:
         raise DecodeError("sealed payload too large")
-    if len(data) < _HEADER.size:
+    if len(data) < HEADER_LEN:
         raise DecodeError("sealed payload truncated")
     version, kind, tid, ts, counter = _HEADER.unpack_from(data, 0)
     if version != VERSION:
         raise DecodeError(f"unknown sealed payload version {version}")
     if tid != transaction_id:
         raise DecodeError("sealed payload bound to another transaction")
-    r = _Reader(data, _HEADER.size)
+    r = _Reader(data, HEADER_LEN)
     p: Payload
     if kind == Kind.REGISTER:
         flags = r.u8()
-        name = r.text(MAX_NAME, "name")
-        software = r.text(MAX_SOFTWARE, "software")
+        if flags & ~_SECONDARY:
+            raise DecodeError("unknown Register flags")
+        name = r.text(MAX_NAME, "name", ascii_only=False)
+        software = r.text(MAX_SOFTWARE, "software", ascii_only=True)
         count = r.u8()
         if count > MAX_ADDRESSES:
             raise DecodeError(f"more than {MAX_ADDRESSES} addresses")
         addresses = tuple(r.address() for _ in range(count))
-        p = Register(ts, counter, name, addresses, software, bool(flags & 1))
+        p = Register(ts, counter, name, addresses, software, bool(flags))
     elif kind == Kind.WATCH:
         p = Watch(ts, counter, r.u64())
     elif kind == Kind.STATUS:
         watch_counter, register_counter = r.u64(), r.u64()
-        has = r.u8()
-        if has > 1:
+        has_observed = r.u8()
+        if has_observed > 1:
             raise DecodeError("bad observed flag")
-        observed = r.address() if has else None
+        observed = r.address() if has_observed else None
         nat = r.u8()
         if nat >= len(_NAT_CODES):
             raise DecodeError("unknown NAT class")
@@ -254,7 +328,7 @@ def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
         serial, count = r.u32(), r.u8()
         if count > MAX_CHANGED:
             raise DecodeError(f"more than {MAX_CHANGED} changed keys")
-        p = Push(ts, counter, serial, tuple(r.take(32) for _ in range(count)))
+        p = Push(ts, counter, serial, tuple(r.take(KEY_LEN) for _ in range(count)))
     else:
         raise DecodeError(f"unknown sealed payload kind {kind}")
     if r.pos != len(data):
@@ -262,42 +336,78 @@ def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
     return p
 
 
+# -- the box ----------------------------------------------------------------------------------
+
+
 class Sealer:
     """Seals and opens boxes between our private key and remote public keys.
 
-    One ``Box`` (the X25519 shared key) is cached per remote key in a capped LRU: opening a box
-    costs about 44 us with X25519 each time and a few us with the shared key cached.
+    One ``Box`` (it holds the X25519 shared key) is cached per remote key in an LRU of at most
+    ``cache_size`` entries: the X25519 step costs tens of microseconds, the box itself a few.
+    :meth:`open` caches a box only once it has opened something, so forgeries under random keys
+    cost their X25519 step but never evict a genuine sender's box.
     """
 
     def __init__(self, private_key: bytes, cache_size: int = 65536) -> None:
+        if len(private_key) != KEY_LEN:
+            raise LocalProtocolError("a WireGuard private key is 32 bytes")
+        if cache_size < 1:
+            raise LocalProtocolError("cache_size must be at least 1")
         self._private = PrivateKey(private_key)
-        self.public_key = bytes(self._private.public_key)
+        self.public_key: bytes = bytes(self._private.public_key)
+        """Our public key (what ATTR_WG_PUBLIC_KEY carries)."""
         self._boxes: OrderedDict[bytes, Box] = OrderedDict()
         self._cache_size = cache_size
 
-    def _box(self, remote_key: bytes) -> Box:
-        box = self._boxes.get(remote_key)
-        if box is None:
-            box = Box(self._private, PublicKey(remote_key))
-            self._boxes[remote_key] = box
-            if len(self._boxes) > self._cache_size:
-                self._boxes.popitem(last=False)
-        else:
-            self._boxes.move_to_end(remote_key)
-        return box
+    @property
+    def cached_boxes(self) -> int:
+        """How many remote keys have a cached box."""
+        return len(self._boxes)
+
+    def _remember(self, remote_key: bytes, box: Box) -> None:
+        self._boxes[remote_key] = box
+        if len(self._boxes) > self._cache_size:
+            self._boxes.popitem(last=False)
 
     def seal(self, remote_key: bytes, plaintext: bytes, nonce: bytes) -> bytes:
-        """nonce || ciphertext."""
-        return bytes(self._box(remote_key).encrypt(plaintext, nonce))
+        """``nonce || ciphertext`` for ``remote_key``; LocalProtocolError on bad arguments."""
+        if len(remote_key) != KEY_LEN or len(nonce) != NONCE_LEN:
+            raise LocalProtocolError("seal takes a 32-byte key and a 24-byte nonce")
+        box = self._boxes.get(remote_key)
+        if box is None:
+            try:
+                box = Box(self._private, PublicKey(remote_key))
+            except CryptoError:  # a low-order point: no shared key
+                raise LocalProtocolError("cannot seal to that key") from None
+            self._remember(remote_key, box)
+        else:
+            self._boxes.move_to_end(remote_key)
+        return bytes(box.encrypt(plaintext, nonce))
 
     def open(self, remote_key: bytes, sealed: bytes) -> bytes:
-        """The plaintext, or DecodeError("sealed box does not open")."""
-        if len(remote_key) != 32 or len(sealed) < NONCE_LEN + 16 or len(sealed) > stun.MAX_SEALED:
+        """The plaintext of ``nonce || ciphertext`` sealed by ``remote_key``.
+
+        Raises DecodeError("sealed box does not open") for anything else: a wrong or malformed
+        key, a forged or tampered box, or a length outside ``stun.MIN_SEALED..MAX_SEALED``.
+        """
+        if len(remote_key) != KEY_LEN or not stun.MIN_SEALED <= len(sealed) <= stun.MAX_SEALED:
             raise DecodeError("sealed box does not open")
+        box = self._boxes.get(remote_key)
         try:
-            return bytes(self._box(remote_key).decrypt(sealed[NONCE_LEN:], sealed[:NONCE_LEN]))
-        except (CryptoError, ValueError, TypeError):
+            fresh = box is None
+            if box is None:
+                box = Box(self._private, PublicKey(remote_key))
+            plaintext = bytes(box.decrypt(sealed[NONCE_LEN:], sealed[:NONCE_LEN]))
+        except CryptoError:
             raise DecodeError("sealed box does not open") from None
+        if fresh:
+            self._remember(remote_key, box)
+        else:
+            self._boxes.move_to_end(remote_key)
+        return plaintext
+
+
+# -- whole messages ---------------------------------------------------------------------------
 
 
 def build_sealed_request(
@@ -309,28 +419,38 @@ def build_sealed_request(
     nonce: bytes,
     msg_type: int = stun.BINDING_REQUEST,
 ) -> bytes:
-    """A whole STUN message carrying ``payload`` sealed to ``remote_key``; ATTR_WG_PUBLIC_KEY
-    names the sender unless ``own_public_key`` is None (the receiver knows who it is)."""
+    """A whole STUN message carrying ``payload`` sealed to ``remote_key``, with FINGERPRINT.
+
+    ATTR_WG_PUBLIC_KEY names the sender unless ``own_public_key`` is None (registrar -> peer:
+    the receiver knows who its registrar is). Raises LocalProtocolError on bad arguments.
+    """
     box = sealer.seal(remote_key, encode_payload(payload, transaction_id), nonce)
     attrs: list[tuple[int, bytes]] = []
     if own_public_key is not None:
-        attrs.append((stun.ATTR_WG_PUBLIC_KEY, own_public_key))
-    attrs.append((stun.ATTR_WG_SEALED, box))
+        attrs.append((stun.ATTR_WG_PUBLIC_KEY, stun.pack_public_key(own_public_key)))
+    attrs.append((stun.ATTR_WG_SEALED, stun.pack_sealed(box)))
     return stun.encode(stun.StunMessage(msg_type, transaction_id, tuple(attrs)))
 
 
 def open_sealed(
     sealer: Sealer, msg: stun.StunMessage, expected_sender: bytes | None
 ) -> tuple[bytes, Payload]:
-    """Open a message's sealed payload: returns (sender key, payload); DecodeError otherwise.
+    """Open a message's sealed payload: ``(sender key, payload)``, or DecodeError.
 
-    The sender is ATTR_WG_PUBLIC_KEY, or ``expected_sender`` when that attribute is absent.
+    The sender is ATTR_WG_PUBLIC_KEY, or ``expected_sender`` when that attribute is absent;
+    when both are given they must agree. The payload must be bound to ``msg``'s transaction id.
     """
-    sender = msg.get(stun.ATTR_WG_PUBLIC_KEY) or expected_sender
+    claimed = msg.get(stun.ATTR_WG_PUBLIC_KEY)
+    if claimed is None:
+        sender = expected_sender
+    else:
+        sender = stun.unpack_public_key(claimed)
+        if expected_sender is not None and sender != expected_sender:
+            raise DecodeError("sealed by an unexpected key")
+    if sender is None:
+        raise DecodeError("no sender key")
     box = msg.get(stun.ATTR_WG_SEALED)
-    if sender is None or box is None:
+    if box is None:
         raise DecodeError("no sealed payload")
-    if expected_sender is not None and sender != expected_sender:
-        raise DecodeError("sealed by an unexpected key")
     plaintext = sealer.open(sender, box)
     return sender, decode_payload(plaintext, msg.transaction_id)

@@ -1,17 +1,31 @@
-"""STUN message codec (RFC 8489), sans-IO.
+"""STUN message codec (RFC 8489), sans-IO. The wire format is described in docs/protocol.md.
 
-Section 5 (header: two zero bits, type, length, magic cookie, 96-bit transaction id),
-section 14 (attributes: TLV padded to 4 bytes; MAPPED-ADDRESS 14.1, XOR-MAPPED-ADDRESS 14.2,
-ERROR-CODE 14.8, SOFTWARE 14.14, FINGERPRINT 14.7: CRC-32 of the message up to it, XOR
-0x5354554e, always last). Attributes are kept as raw ``(type, value)`` pairs in wire order; the
-typed ones are packed and unpacked by the functions in :data:`CODECS`.
+RFC 8489 sections followed:
 
-Our own attributes are comprehension-optional (0xC000-0xFFFF), so any STUN server or client
-ignores them: ATTR_WG_PUBLIC_KEY (the sender's WireGuard public key, 32 bytes) and
-ATTR_WG_SEALED (a 24-byte nonce and a NaCl box; the payloads are in :mod:`wgmesh.proto.sealed`).
+- 5 (header): two zero bits, 14-bit type, 16-bit length of the body (a multiple of 4), the
+  magic cookie 0x2112A442, a 96-bit transaction id.
+- 14 (attributes): type, length, value, padded to a multiple of 4 bytes. Padding bytes are not
+  checked (section 14: they "MUST be ignored by the receiver"; the RFC 5769 vectors pad with
+  spaces); we pad with zeros.
+- 14.1 MAPPED-ADDRESS, 14.2 XOR-MAPPED-ADDRESS (the port is XORed with the top 16 bits of the
+  cookie, an IPv4 address with the cookie, an IPv6 address with cookie || transaction id),
+  14.7 FINGERPRINT (CRC-32 of the message up to it, XOR 0x5354554E; always last), 14.8
+  ERROR-CODE, 14.14 SOFTWARE.
+- 6.3.1 (unknown comprehension-required attributes): kept, listed by :func:`unknown_required`;
+  the server decides what to do with them.
+- 12 (RFC 3489 clients, no magic cookie): :func:`classic_binding_success`.
 
-Hostile input: datagrams over MAX_DATAGRAM bytes, more than MAX_ATTRIBUTES attributes, a bad
-cookie, lengths that disagree, or a bad FINGERPRINT raise :class:`DecodeError`, nothing else.
+Decoded messages keep every attribute but FINGERPRINT as raw ``(type, value)`` pairs in wire
+order. Typed values are packed and unpacked on demand by the functions in :data:`CODECS`, one
+table after aioice's. Our own attributes are comprehension-optional (0x8000-0xFFFF), so other
+STUN software ignores them: :data:`ATTR_WG_PUBLIC_KEY` (the sender's WireGuard public key) and
+:data:`ATTR_WG_SEALED` (a NaCl box; its payloads are in :mod:`wgmesh.proto.sealed`).
+
+Hostile input: :func:`decode` raises :class:`~wgmesh.errors.DecodeError` and nothing else, with
+short fixed messages that tests check. Datagrams over :data:`MAX_DATAGRAM` bytes are refused
+before parsing, messages with more than :data:`MAX_ATTRIBUTES` attributes while parsing.
+Encoding something we could not decode ourselves raises
+:class:`~wgmesh.errors.LocalProtocolError`.
 """
 
 from __future__ import annotations
@@ -19,19 +33,27 @@ from __future__ import annotations
 import ipaddress
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from wgmesh.errors import DecodeError
+from wgmesh import __version__
+from wgmesh.errors import DecodeError, LocalProtocolError
 from wgmesh.proto.endpoint import Endpoint
 
 MAGIC_COOKIE = 0x2112A442
-COOKIE_BYTES = struct.pack("!I", MAGIC_COOKIE)
+COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
 HEADER_LEN = 20
+TRANSACTION_ID_LEN = 12
 MAX_DATAGRAM = 1280
-"""Larger datagrams are never parsed (an IPv6 minimum-MTU packet; ours are under 700 bytes)."""
+"""Larger datagrams are never parsed. 1280 is the IPv6 minimum MTU, so no message we or a
+standard client send is refused (ours stay under 600 bytes; RFC 8489 section 6.1 asks for
+messages under the path MTU, 576 bytes for IPv4 when it is unknown)."""
 MAX_ATTRIBUTES = 32
+"""Attributes per message, FINGERPRINT included (a Binding Request has fewer than 10)."""
 FINGERPRINT_XOR = 0x5354554E
+MAX_TEXT = 763
+"""SOFTWARE, ERROR-CODE reason: under 128 characters, at most 763 bytes (14.8, 14.14)."""
 
 BINDING_REQUEST = 0x0001
 BINDING_INDICATION = 0x0011
@@ -44,8 +66,21 @@ ATTR_XOR_MAPPED_ADDRESS = 0x0020
 ATTR_SOFTWARE = 0x8022
 ATTR_FINGERPRINT = 0x8028
 ATTR_WG_PUBLIC_KEY = 0xC0A1
+"""Comprehension-optional: the sender's WireGuard public key, 32 raw bytes."""
 ATTR_WG_SEALED = 0xC0A2
+"""Comprehension-optional: a 24-byte nonce, then a NaCl box (16-byte MAC + payload)."""
+WG_KEY_LEN = 32
+SEALED_NONCE_LEN = 24
+MIN_SEALED = SEALED_NONCE_LEN + 16
+"""A nonce and an empty box (its MAC alone)."""
 MAX_SEALED = 600
+"""Nonce, MAC and a payload of at most 512 bytes (``sealed.MAX_PAYLOAD``) fit, with room."""
+
+SOFTWARE = f"wgmesh/{__version__}"
+"""The SOFTWARE value we send."""
+
+_TYPE_LEN = struct.Struct("!HH")
+_FINGERPRINT_TLV = _TYPE_LEN.pack(ATTR_FINGERPRINT, 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +88,11 @@ class StunMessage:
     """One STUN message."""
 
     msg_type: int
-    """Method and class (e.g. BINDING_REQUEST)."""
+    """Method and class, e.g. :data:`BINDING_REQUEST` (14 bits)."""
     transaction_id: bytes
-    """96 bits chosen by the requester."""
+    """96 bits chosen by the requester, echoed in the response."""
     attributes: tuple[tuple[int, bytes], ...] = ()
-    """(type, value) in wire order, without padding and without FINGERPRINT."""
+    """``(type, value)`` in wire order, without padding and without FINGERPRINT."""
 
     def get(self, attr_type: int) -> bytes | None:
         """The value of the first attribute of that type, or None."""
@@ -67,8 +102,14 @@ class StunMessage:
         return None
 
 
+# -- the message ------------------------------------------------------------------------------
+
+
 def is_stun(data: bytes) -> bool:
-    """Cheap sniff: long enough, top two bits zero, length a multiple of 4, magic cookie."""
+    """Cheap sniff: long enough, top two bits zero, length a multiple of 4, magic cookie.
+
+    WireGuard messages start with a type byte 1-4 then three zero bytes: they never match.
+    """
     return (
         len(data) >= HEADER_LEN
         and data[0] & 0xC0 == 0
@@ -78,152 +119,279 @@ def is_stun(data: bytes) -> bool:
 
 
 def decode(data: bytes) -> StunMessage:
-    """Parse a STUN message; raises DecodeError (and only that) on anything malformed."""
-    if len(data) > MAX_DATAGRAM:
+    """Parse a STUN message; raises DecodeError (and only that) on anything malformed.
+
+    A FINGERPRINT, when present, must be the last attribute and must match.
+    """
+    data = bytes(data)  # no copy for bytes; a bytearray or memoryview must not leak into values
+    size = len(data)
+    if size > MAX_DATAGRAM:
         raise DecodeError("STUN message too large")
-    if len(data) < HEADER_LEN:
+    if size < HEADER_LEN:
         raise DecodeError("STUN message too short")
-    msg_type, length = struct.unpack_from("!HH", data, 0)
+    msg_type, length = _TYPE_LEN.unpack_from(data, 0)
     if msg_type & 0xC000:
         raise DecodeError("not STUN: first two bits are not zero")
     if data[4:8] != COOKIE_BYTES:
         raise DecodeError("not STUN: bad magic cookie")
-    if length % 4 or HEADER_LEN + length != len(data):
+    if length % 4:
+        raise DecodeError("STUN length not a multiple of 4")
+    if HEADER_LEN + length != size:
         raise DecodeError("STUN length mismatch")
-    tid = bytes(data[8:20])
     attrs: list[tuple[int, bytes]] = []
     pos = HEADER_LEN
-    while pos < len(data):
-        if len(attrs) >= MAX_ATTRIBUTES:
+    # pos and size are multiples of 4, so an attribute header always fits when pos < size,
+    # and so does the padding of a value that fits.
+    while pos < size:
+        if len(attrs) == MAX_ATTRIBUTES:
             raise DecodeError("too many STUN attributes")
-        if pos + 4 > len(data):
-            raise DecodeError("truncated STUN attribute header")
-        attr_type, attr_len = struct.unpack_from("!HH", data, pos)
+        attr_type, attr_len = _TYPE_LEN.unpack_from(data, pos)
         start = pos + 4
         end = start + attr_len
-        if end > len(data):
+        if end > size:
             raise DecodeError("truncated STUN attribute")
-        value = bytes(data[start:end])
         if attr_type == ATTR_FINGERPRINT:
-            if attr_len != 4 or end + (-attr_len % 4) != len(data):
-                raise DecodeError("FINGERPRINT must be last and 4 bytes")
-            expected = _fingerprint(data[:pos], len(data) - HEADER_LEN)
-            if value != expected:
+            if attr_len != 4:
+                raise DecodeError("bad FINGERPRINT length")
+            if end != size:
+                raise DecodeError("FINGERPRINT not last")
+            if data[start:end] != _fingerprint(memoryview(data)[:pos]):
                 raise DecodeError("bad FINGERPRINT")
             break
-        attrs.append((attr_type, value))
+        attrs.append((attr_type, data[start:end]))
         pos = end + (-attr_len % 4)
-    return StunMessage(msg_type, tid, tuple(attrs))
+    return StunMessage(msg_type, data[8:20], tuple(attrs))
 
 
-def _fingerprint(prefix: bytes, length_with_fp: int) -> bytes:
-    """CRC-32 over the message up to FINGERPRINT, with the header length covering it."""
-    header = prefix[:2] + struct.pack("!H", length_with_fp) + prefix[4:HEADER_LEN]
-    crc = zlib.crc32(header + prefix[HEADER_LEN:]) ^ FINGERPRINT_XOR
-    return struct.pack("!I", crc & 0xFFFFFFFF)
+def _fingerprint(prefix: bytes | memoryview) -> bytes:
+    """FINGERPRINT of ``prefix``, the message up to it, whose header length already counts the
+    FINGERPRINT attribute (section 14.7)."""
+    return ((zlib.crc32(prefix) ^ FINGERPRINT_XOR) & 0xFFFFFFFF).to_bytes(4, "big")
 
 
 def encode(msg: StunMessage, *, fingerprint: bool = True) -> bytes:
-    """Serialize, adding a FINGERPRINT last unless told not to."""
-    if len(msg.transaction_id) != 12:
-        raise ValueError("a STUN transaction id is 12 bytes")
-    body = bytearray()
+    """Serialize ``msg``, adding FINGERPRINT last unless told not to.
+
+    Raises LocalProtocolError for a message :func:`decode` would refuse.
+    """
+    if len(msg.transaction_id) != TRANSACTION_ID_LEN:
+        raise LocalProtocolError("a STUN transaction id is 12 bytes")
+    if not 0 <= msg.msg_type <= 0x3FFF:
+        raise LocalProtocolError("a STUN message type has 14 bits")
+    if len(msg.attributes) + fingerprint > MAX_ATTRIBUTES:
+        raise LocalProtocolError("too many STUN attributes")
+    parts: list[bytes] = []
     for attr_type, value in msg.attributes:
-        if len(value) > 0xFFFF:
-            raise ValueError("STUN attribute too long")
-        body += struct.pack("!HH", attr_type, len(value)) + value + b"\x00" * (-len(value) % 4)
-    header = struct.pack("!HHI", msg.msg_type, len(body), MAGIC_COOKIE) + msg.transaction_id
-    out = header + bytes(body)
+        if attr_type == ATTR_FINGERPRINT:
+            raise LocalProtocolError("FINGERPRINT is added by encode(), not passed in")
+        if not 0 <= attr_type <= 0xFFFF or len(value) > 0xFFFF:
+            raise LocalProtocolError("STUN attribute type or length out of range")
+        parts += (_TYPE_LEN.pack(attr_type, len(value)), value, b"\x00" * (-len(value) % 4))
+    body = b"".join(parts)
+    length = len(body) + (8 if fingerprint else 0)
+    if HEADER_LEN + length > MAX_DATAGRAM:
+        raise LocalProtocolError("STUN message too large")
+    out = _TYPE_LEN.pack(msg.msg_type, length) + COOKIE_BYTES + msg.transaction_id + body
     if fingerprint:
-        fp = _fingerprint(out, len(body) + 8)
-        out = (
-            out[:2] + struct.pack("!H", len(body) + 8) + out[4:]
-            + struct.pack("!HH", ATTR_FINGERPRINT, 4) + fp
-        )  # fmt: skip
+        out += _FINGERPRINT_TLV + _fingerprint(out)
     return out
+
+
+def unknown_required(msg: StunMessage) -> tuple[int, ...]:
+    """Comprehension-required attribute types (below 0x8000) that :data:`CODECS` lacks,
+    in wire order: what an UNKNOWN-ATTRIBUTES error (section 6.3.1) would list."""
+    return tuple(t for t, _ in msg.attributes if t < 0x8000 and t not in CODECS)
 
 
 # -- typed attributes -------------------------------------------------------------------------
 
 
+def _check_tid(transaction_id: bytes) -> None:
+    if len(transaction_id) != TRANSACTION_ID_LEN:
+        raise LocalProtocolError("a STUN transaction id is 12 bytes")
+
+
 def pack_address(ep: Endpoint) -> bytes:
-    """MAPPED-ADDRESS value (RFC 8489 section 14.1)."""
+    """MAPPED-ADDRESS value (section 14.1): zero, family (1 IPv4, 2 IPv6), port, address."""
     family = 1 if ep.ip.version == 4 else 2
-    return struct.pack("!BBH", 0, family, ep.port) + ep.ip.packed
+    return bytes((0, family)) + ep.port.to_bytes(2, "big") + ep.ip.packed
 
 
 def unpack_address(value: bytes) -> Endpoint:
+    """Inverse of :func:`pack_address`; the first byte is ignored, as section 14.1 asks."""
     if len(value) < 4:
         raise DecodeError("address attribute too short")
-    _, family, port = struct.unpack_from("!BBH", value, 0)
-    raw = value[4:]
-    if family == 1 and len(raw) == 4:
+    family, port, raw = value[1], int.from_bytes(value[2:4], "big"), value[4:]
+    if family == 1:
+        if len(raw) != 4:
+            raise DecodeError("bad address length")
         return Endpoint(ipaddress.IPv4Address(raw), port)
-    if family == 2 and len(raw) == 16:
-        return Endpoint(ipaddress.IPv6Address(raw), port)
-    raise DecodeError("bad address family or length")
+    if family == 2:
+        if len(raw) != 16:
+            raise DecodeError("bad address length")
+        return Endpoint.of(ipaddress.IPv6Address(raw), port)
+    raise DecodeError("bad address family")
+
+
+def _xor_mask(transaction_id: bytes) -> bytes:
+    # Lined up with MAPPED-ADDRESS: reserved and family untouched, port ^ cookie's top 16 bits,
+    # address ^ cookie (IPv4) or cookie || transaction id (IPv6).
+    return b"\x00\x00" + COOKIE_BYTES[:2] + COOKIE_BYTES + transaction_id
+
+
+def _xor(data: bytes, mask: bytes) -> bytes:
+    n = len(data)
+    return (int.from_bytes(data, "big") ^ int.from_bytes(mask[:n], "big")).to_bytes(n, "big")
 
 
 def pack_xor_address(ep: Endpoint, transaction_id: bytes) -> bytes:
-    """XOR-MAPPED-ADDRESS value (RFC 8489 section 14.2)."""
-    plain = pack_address(ep)
-    mask = b"\x00\x00" + COOKIE_BYTES[:2] + COOKIE_BYTES + transaction_id
-    return bytes(a ^ b for a, b in zip(plain, mask, strict=False))
+    """XOR-MAPPED-ADDRESS value (section 14.2)."""
+    _check_tid(transaction_id)
+    return _xor(pack_address(ep), _xor_mask(transaction_id))
 
 
 def unpack_xor_address(value: bytes, transaction_id: bytes) -> Endpoint:
-    mask = b"\x00\x00" + COOKIE_BYTES[:2] + COOKIE_BYTES + transaction_id
-    if len(value) not in (8, 20):
-        raise DecodeError("bad XOR-MAPPED-ADDRESS length")
-    return unpack_address(bytes(a ^ b for a, b in zip(value, mask, strict=False)))
+    """Inverse of :func:`pack_xor_address`."""
+    _check_tid(transaction_id)
+    if len(value) > 20:
+        raise DecodeError("bad address length")
+    return unpack_address(_xor(value, _xor_mask(transaction_id)))
+
+
+def _pack_text(text: str, what: str) -> bytes:
+    raw = text.encode("utf-8")
+    if len(text) >= 128 or len(raw) > MAX_TEXT:
+        raise LocalProtocolError(f"{what} is limited to 127 characters")
+    return raw
+
+
+def _unpack_text(raw: bytes, what: str) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError(f"{what} is not UTF-8") from None
+    if len(raw) > MAX_TEXT:
+        raise DecodeError(f"{what} too long")
+    return text
+
+
+def pack_software(text: str) -> bytes:
+    """SOFTWARE value (section 14.14): UTF-8, fewer than 128 characters."""
+    return _pack_text(text, "SOFTWARE")
+
+
+def unpack_software(value: bytes) -> str:
+    """Inverse of :func:`pack_software`."""
+    return _unpack_text(value, "SOFTWARE")
 
 
 def pack_error(code: int, reason: str) -> bytes:
-    """ERROR-CODE value (RFC 8489 section 14.8)."""
-    return struct.pack("!HBB", 0, code // 100, code % 100) + reason.encode()[:763]
+    """ERROR-CODE value (section 14.8): 21 zero bits, class (3-6), number (0-99), reason."""
+    if not 300 <= code <= 699:
+        raise LocalProtocolError("a STUN error code is 300-699")
+    return bytes((0, 0, code // 100, code % 100)) + _pack_text(reason, "ERROR-CODE reason")
 
 
 def unpack_error(value: bytes) -> tuple[int, str]:
+    """Inverse of :func:`pack_error`: ``(code, reason)``."""
     if len(value) < 4:
         raise DecodeError("ERROR-CODE too short")
-    cls, num = value[2] & 0x07, value[3]
-    return cls * 100 + num, value[4:].decode("utf-8", "replace")
+    cls, number = value[2] & 0x07, value[3]
+    if not 3 <= cls <= 6 or number > 99:
+        raise DecodeError("bad ERROR-CODE")
+    return cls * 100 + number, _unpack_text(value[4:], "ERROR-CODE reason")
 
 
-CODECS: dict[int, tuple[str, Callable[..., bytes], Callable[..., object]]] = {
-    ATTR_MAPPED_ADDRESS: ("MAPPED-ADDRESS", pack_address, unpack_address),
-    ATTR_XOR_MAPPED_ADDRESS: ("XOR-MAPPED-ADDRESS", pack_xor_address, unpack_xor_address),
-    ATTR_ERROR_CODE: ("ERROR-CODE", pack_error, unpack_error),
-    ATTR_SOFTWARE: ("SOFTWARE", str.encode, lambda v: v.decode("utf-8", "replace")),
-    ATTR_WG_PUBLIC_KEY: ("WG-PUBLIC-KEY", bytes, bytes),
-    ATTR_WG_SEALED: ("WG-SEALED", bytes, bytes),
+def pack_public_key(key: bytes) -> bytes:
+    """WG-PUBLIC-KEY value: the raw 32-byte key."""
+    if len(key) != WG_KEY_LEN:
+        raise LocalProtocolError("a WireGuard key is 32 bytes")
+    return bytes(key)
+
+
+def unpack_public_key(value: bytes) -> bytes:
+    """Inverse of :func:`pack_public_key`."""
+    if len(value) != WG_KEY_LEN:
+        raise DecodeError("bad WG-PUBLIC-KEY length")
+    return value
+
+
+def pack_sealed(box: bytes) -> bytes:
+    """WG-SEALED value: nonce || box, :data:`MIN_SEALED` to :data:`MAX_SEALED` bytes."""
+    if not MIN_SEALED <= len(box) <= MAX_SEALED:
+        raise LocalProtocolError("WG-SEALED length out of range")
+    return bytes(box)
+
+
+def unpack_sealed(value: bytes) -> bytes:
+    """Inverse of :func:`pack_sealed`."""
+    if not MIN_SEALED <= len(value) <= MAX_SEALED:
+        raise DecodeError("bad WG-SEALED length")
+    return value
+
+
+class AttributeCodec(NamedTuple):
+    """One row of :data:`CODECS`."""
+
+    name: str
+    """The name RFC 8489 (or docs/protocol.md, for ours) gives it."""
+    pack: Callable[..., bytes]
+    """Typed value(s) -> attribute value; LocalProtocolError if they break a limit."""
+    unpack: Callable[..., object]
+    """Attribute value -> typed value; DecodeError (only) if malformed."""
+
+
+CODECS: dict[int, AttributeCodec] = {
+    ATTR_MAPPED_ADDRESS: AttributeCodec("MAPPED-ADDRESS", pack_address, unpack_address),
+    ATTR_ERROR_CODE: AttributeCodec("ERROR-CODE", pack_error, unpack_error),
+    ATTR_XOR_MAPPED_ADDRESS: AttributeCodec(
+        "XOR-MAPPED-ADDRESS", pack_xor_address, unpack_xor_address
+    ),
+    ATTR_SOFTWARE: AttributeCodec("SOFTWARE", pack_software, unpack_software),
+    ATTR_FINGERPRINT: AttributeCodec("FINGERPRINT", _fingerprint, bytes),  # encode/decode only
+    ATTR_WG_PUBLIC_KEY: AttributeCodec("WG-PUBLIC-KEY", pack_public_key, unpack_public_key),
+    ATTR_WG_SEALED: AttributeCodec("WG-SEALED", pack_sealed, unpack_sealed),
 }
-"""One table per format (after aioice): attribute type -> (name, pack, unpack)."""
+"""Attribute type -> (name, pack, unpack): every attribute this codec understands."""
+
+
+def attribute_name(attr_type: int) -> str:
+    """A readable name for log lines: the table's, else the type in hex."""
+    codec = CODECS.get(attr_type)
+    return codec.name if codec is not None else f"0x{attr_type:04X}"
+
+
+# -- responses --------------------------------------------------------------------------------
 
 
 def binding_success(
     request: StunMessage,
     observed: Endpoint,
-    extra: Sequence[tuple[int, bytes]] = (),
-    software: str = "wgmesh",
+    extra: Iterable[tuple[int, bytes]] = (),
+    software: str = SOFTWARE,
 ) -> bytes:
-    """The wire bytes of a Binding Success answering ``request`` (section 7.3.1)."""
+    """The wire bytes of a Binding Success answering ``request`` (section 7.3.1).
+
+    XOR-MAPPED-ADDRESS of ``observed``, then ``extra`` in order, SOFTWARE and FINGERPRINT;
+    same transaction id as the request.
+    """
     attrs = (
         (ATTR_XOR_MAPPED_ADDRESS, pack_xor_address(observed, request.transaction_id)),
         *extra,
-        (ATTR_SOFTWARE, software.encode()),
+        (ATTR_SOFTWARE, pack_software(software)),
     )
     return encode(StunMessage(BINDING_SUCCESS, request.transaction_id, attrs))
 
 
 def classic_binding_success(data: bytes, observed: Endpoint) -> bytes | None:
-    """RFC 3489 clients (no magic cookie) get MAPPED-ADDRESS, as RFC 8489 section 12 asks;
-    None when ``data`` is not such a Binding Request."""
-    if len(data) < HEADER_LEN or len(data) > MAX_DATAGRAM:
+    """The answer to an RFC 3489 Binding Request (no magic cookie: a 128-bit transaction id):
+    MAPPED-ADDRESS, as RFC 8489 section 12 asks. None when ``data`` is not such a request or
+    ``observed`` is IPv6 (RFC 3489 has no IPv6)."""
+    if not HEADER_LEN <= len(data) <= MAX_DATAGRAM or observed.ip.version != 4:
         return None
-    msg_type, length = struct.unpack_from("!HH", data, 0)
-    if msg_type != BINDING_REQUEST or HEADER_LEN + length != len(data) or observed.ip.version != 4:
+    msg_type, length = _TYPE_LEN.unpack_from(data, 0)
+    if msg_type != BINDING_REQUEST or HEADER_LEN + length != len(data):
         return None
     value = pack_address(observed)
-    body = struct.pack("!HH", ATTR_MAPPED_ADDRESS, len(value)) + value
-    return struct.pack("!HH", BINDING_SUCCESS, len(body)) + data[4:20] + body
+    body = _TYPE_LEN.pack(ATTR_MAPPED_ADDRESS, len(value)) + value
+    return _TYPE_LEN.pack(BINDING_SUCCESS, len(body)) + bytes(data[4:20]) + body
