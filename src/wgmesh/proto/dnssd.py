@@ -4,32 +4,40 @@ Names (``<label>`` is the lowercase padded base32 of the key, :func:`key_label`)
 
     ZONE                                SOA, NS (+ glue A/AAAA for NS names inside the zone)
     _wireguard._udp.ZONE                PTR -> <label>._wireguard._udp.ZONE, one per peer
+                                        (RFC 6763 section 4.1, browsing)
     <label>._wireguard._udp.ZONE        SRV 0 0 <port> <label>._wireguard._udp.ZONE  (public)
                                         SRV <prio> 0 <port> <kind><i>.<label>._wireguard._udp.ZONE
+                                        (RFC 2782; sorted by priority)
                                         TXT txtvers=1 pub= allowed= name= nat= since=
+                                        (RFC 6763 section 6)
                                         A/AAAA of the public mapping
     <kind><i>.<label>._wireguard._udp.ZONE   A/AAAA of candidate i (lan, ipv6)
 
-Answers (RFC 1035 section 4, RFC 2308 for negative answers, RFC 6891 EDNS, RFC 8482 ANY): AA on
-every in-zone answer; NXDOMAIN or NODATA with the SOA in authority; REFUSED outside the zone (we
-are never a resolver); FORMERR for malformed queries with a readable header; NOTIMP for opcodes
-other than QUERY; nothing at all for garbage or responses. Over UDP an answer that does not fit
-the client's size (512 without EDNS) is sent with TC and no records, so the client retries over
-TCP, where it is answered in full.
+Answers: AA on every in-zone answer and RA never (RFC 1035 section 4.1.1; we are never a
+resolver); an SRV answer carries its targets' addresses and the TXT as additional data, a browse
+answer the SRV/TXT/addresses of the first peers if they fit (RFC 2782 "Usage rules", RFC 6763
+section 12); NXDOMAIN, or NODATA for names that exist without the type, with the SOA in
+authority (RFC 2308 sections 2.1, 2.2, 3); REFUSED outside the zone; FORMERR for malformed
+queries with a readable header and NOTIMP for opcodes other than QUERY (RFC 1035 section 4.1.1);
+nothing at all for garbage or responses. ANY gets one RRset (RFC 8482 section 4.2). EDNS (RFC 6891
+sections 6.1.3, 6.2.3-6.2.5, 7): OPT echoed with our size, the client's size honoured over UDP
+(512 without EDNS), DO echoed (RFC 3225 section 3), BADVERS for versions above 0. An answer that
+does not fit over UDP first loses its additional data (RFC 2181 section 9), then is sent with TC
+and no records, so the client retries over TCP (RFC 7766 section 5), where it is sent in full
+(a browse then lists the first ~900 peers: what fits in 64 KiB, see :data:`PTR_SIZE`).
 
-Speed: NOERROR answers with records are cached as wire bytes keyed by the exact question bytes
-and the request's shape; a hit only patches the message id. A zone change drops exactly the
-cached answers at the names it touches (the peer's names, the browse list, the apex); negative
-answers carry the SOA serial and are never cached.
+Speed: answers are cached as wire bytes (:mod:`wgmesh.proto.dnswire`); a zone change drops
+exactly the cached answers at the names it touches (the peer's names, the browse list, the apex)
+and makes every negative answer stale by raising the serial they carry.
 """
 
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
 
-import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
@@ -48,13 +56,23 @@ import dns.rdtypes.IN.AAAA
 import dns.rdtypes.IN.SRV
 import dns.rrset
 
+from wgmesh.errors import ConfigError
+from wgmesh.proto.dnswire import MIN_UDP, AnswerCache, QueryShape, query_shape
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, key_label
 
 IN = dns.rdataclass.IN
-T = dns.rdatatype
+T = dns.rdatatype.RdataType
 MAX_TCP = 65535
-MIN_UDP = 512
+"""Largest DNS message over TCP (RFC 1035 section 4.2.2: 2-byte length)."""
+PTR_SIZE = 71
+"""Bytes of one browse PTR record: owner pointer 2, type/class/TTL/length 10, the 56-character
+label 57 and a pointer 2. So a 64 KiB TCP message lists under a thousand peers, and a DNS
+message can never list a large mesh: per-peer lookups (SRV by key) never depend on browsing,
+which is for small meshes and for debugging."""
+BROWSE_ADDITIONAL = 32
+"""A browse of at most this many peers offers their SRV/TXT/addresses as additional data (as
+many as fit); a longer one offers none (it fills the message with PTRs anyway)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +82,7 @@ class Candidate:
     endpoint: Endpoint
     """ip:port."""
     kind: str
-    """``public`` (the observed mapping), ``lan`` or ``ipv6``."""
+    """``public`` (the observed mapping), ``lan`` or ``ipv6``; names target ``<kind><i>``."""
     priority: int
     """SRV priority; lower is preferred."""
 
@@ -74,13 +92,13 @@ class PublishedPeer:
     """What the zone publishes for one peer."""
 
     key: bytes
-    """WireGuard public key."""
+    """WireGuard public key (32 bytes)."""
     name: str
     """Name for TXT ``name=`` ("" for none)."""
     candidates: tuple[Candidate, ...]
-    """First: the public mapping (wgsd's single SRV); then the others."""
+    """First: the public mapping (wgsd's single SRV, on the peer's own name); then the others."""
     allowed_ips: tuple[str, ...]
-    """TXT ``allowed=``."""
+    """TXT ``allowed=`` (left out when empty)."""
     nat: str
     """TXT ``nat=``."""
     since: int
@@ -94,57 +112,92 @@ class ZoneConfig:
     origin: str
     """Absolute zone name, e.g. ``mesh.example.com.``."""
     ns: tuple[str, ...]
-    """NS names at the apex (absolute)."""
+    """NS names at the apex (absolute); the first is the SOA MNAME."""
     hostmaster: str
     """SOA RNAME (absolute)."""
     ttl: int = 5
     """TTL of positive answers."""
     negative_ttl: int = 5
-    """SOA minimum: how long "no such name" is cached."""
+    """SOA minimum and TTL of the SOA in negative answers: how long "no such name" is cached."""
     ns_addresses: tuple[str, ...] = ()
     """Glue addresses for NS names inside the zone."""
     max_udp: int = 1232
-    """Our EDNS UDP payload size."""
+    """Our EDNS UDP payload size (RFC 6891 section 6.2.5; 1232 avoids IP fragmentation)."""
     browse_limit: int = 4000
-    """Most PTRs in one browse answer; a 64 KiB TCP answer holds under a thousand anyway, so
-    per-peer lookups by key never depend on browsing."""
+    """Most PTRs in one browse answer (what fits in 64 KiB caps it further, see PTR_SIZE)."""
     cache_size: int = 200_000
-    """Most cached wire answers."""
+    """Most cached positive wire answers."""
+    negative_cache_size: int = 10_000
+    """Most cached negative wire answers (hostile queries for random names produce these)."""
 
 
 @dataclass(slots=True)
 class ZoneStats:
-    """Counters."""
+    """Counters, one per outcome; ``queries`` counts every call of :meth:`Zone.answer`."""
 
     queries: int = 0
+    """Calls of :meth:`Zone.answer`."""
     answered: int = 0
+    """Responses returned (any rcode)."""
     refused: int = 0
+    """REFUSED: outside the zone, another class, or a zone transfer."""
     formerr: int = 0
+    """FORMERR: a readable header over an unreadable or ill-formed message."""
+    notimp: int = 0
+    """NOTIMP: an opcode other than QUERY."""
     dropped: int = 0
+    """No response: shorter than a header, or a response (QR=1)."""
     truncated: int = 0
+    """UDP answers sent with TC and no records."""
     cache_hits: int = 0
+    """Responses served from the wire cache."""
     nxdomain: int = 0
+    """NXDOMAIN answers."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Node:
+    """A published peer and the names its candidates are on."""
+
     peer: PublishedPeer
-    target_names: dict[dns.name.Name, Candidate] = field(default_factory=dict)
+    """What was published."""
+    name: dns.name.Name
+    """``<label>._wireguard._udp.ZONE``."""
+    targets: tuple[tuple[dns.name.Name, Candidate], ...] = ()
+    """SRV target of each candidate, in candidate order (the first is :attr:`name`)."""
 
 
 class Zone:
     """The zone's records and its answers; see the module docstring."""
 
     def __init__(self, config: ZoneConfig, serial: int = 1) -> None:
+        if not config.ns:
+            raise ConfigError("the zone needs at least one NS name")
+        try:
+            self.origin = dns.name.from_text(config.origin)
+            self._ns = tuple(dns.name.from_text(n) for n in config.ns)
+            self._hostmaster = dns.name.from_text(config.hostmaster)
+            glue = tuple(Endpoint.of(a, 0) for a in config.ns_addresses)
+        except (dns.exception.DNSException, ValueError) as exc:
+            raise ConfigError(f"bad zone configuration: {exc}") from None
         self.config = config
-        self.origin = dns.name.from_text(config.origin)
         self.service = dns.name.from_text("_wireguard._udp", self.origin)
         self.serial = serial
         self.stats = ZoneStats()
+        self._glue_names = frozenset(n for n in self._ns if n.is_subdomain(self.origin))
+        self._glue = glue
+        self._ents = frozenset(
+            p for n in (*self._glue_names, self.service) for p in _parents(n, self.origin)
+        )
         self._peers: dict[dns.name.Name, _Node] = {}
-        self._targets: dict[dns.name.Name, tuple[dns.name.Name, Candidate]] = {}
-        self._cache: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()
-        self._cache_by_name: dict[bytes, set[bytes]] = {}
+        self._targets: dict[dns.name.Name, Candidate] = {}
+        self._cache = AnswerCache(config.cache_size, config.negative_cache_size)
+        # PTRs that fit in a TCP answer beside the header, question (<= 255 + 4) and OPT (11)
+        self._browse_fit = min(config.browse_limit, (MAX_TCP - 12 - 259 - 11) // PTR_SIZE)
+        self._browse_memo: tuple[dns.rrset.RRset, list[dns.rrset.RRset]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._peers)
 
     # -- changes ----------------------------------------------------------------------------
 
@@ -157,219 +210,195 @@ class Zone:
         old = self._peers.get(name)
         if old is not None and old.peer == peer:
             return False
+        targets = [(name, c) for c in peer.candidates[:1]]
+        for i, cand in enumerate(peer.candidates[1:], 1):
+            targets.append((dns.name.Name((f"{cand.kind}{i}".encode(),)).concatenate(name), cand))
+        node = _Node(peer, name, tuple(targets))
         if old is not None:
-            self._drop_node(name, old)
-        node = _Node(peer)
-        for i, cand in enumerate(peer.candidates):
-            if i == 0:
-                continue
-            target = dns.name.Name((f"{cand.kind}{i}".encode(),)).concatenate(name)
-            node.target_names[target] = cand
-            self._targets[target] = (name, cand)
+            self._withdraw(old)
         self._peers[name] = node
-        self._changed(name, node)
+        self._targets.update(node.targets[1:])
+        self._changed(node)
         return True
 
     def remove(self, key: bytes) -> bool:
         """Withdraw a peer; True (and serial + 1) if it was published."""
-        name = self._peer_name(key)
-        node = self._peers.pop(name, None)
+        node = self._peers.pop(self._peer_name(key), None)
         if node is None:
             return False
-        self._drop_node(name, node)
-        self._changed(name, node)
+        self._withdraw(node)
+        self._changed(node)
         return True
 
-    def _drop_node(self, name: dns.name.Name, node: _Node) -> None:
-        for target in node.target_names:
+    def _withdraw(self, node: _Node) -> None:
+        for target, _ in node.targets[1:]:
             self._targets.pop(target, None)
-            self._invalidate(target)
+            self._cache.invalidate(_wire(target))
 
-    def _changed(self, name: dns.name.Name, node: _Node) -> None:
+    def _changed(self, node: _Node) -> None:
+        # negative answers carry the serial: raising it makes every cached one stale
         self.serial = (self.serial + 1) % 2**32 or 1
-        self._invalidate(name)
-        for target in node.target_names:
-            self._invalidate(target)
-        self._invalidate(self.service)
-        self._invalidate(self.origin)
-
-    def _invalidate(self, name: dns.name.Name) -> None:
-        for key in self._cache_by_name.pop(_wire(name).lower(), ()):
-            self._cache.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._peers)
+        self._browse_memo = None
+        for target, _ in node.targets:
+            self._cache.invalidate(_wire(target))
+        for name in (node.name, self.service, self.origin):
+            self._cache.invalidate(_wire(name))
 
     # -- answers ----------------------------------------------------------------------------
 
     def answer(self, query: bytes, *, tcp: bool) -> bytes | None:
         """The wire answer to a query, or None to drop it. Never raises on hostile input."""
-        self.stats.queries += 1
-        # Hit path: for a query without EDNS options the bytes after the ID are the cache key
-        # (see _fast_shape), so a hit costs one dict lookup and no parsing at all.
-        cached = self._cache.get((b"T" if tcp else b"U") + query[2:])
-        if cached is None:
-            shape = _fast_shape(query, tcp)
-            if shape is None:
-                return self._slow(query, tcp, None)
-            cached = self._cache.get(shape[0])
-            if cached is None:
+        stats = self.stats
+        stats.queries += 1
+        # hit path: a query without EDNS options is its own cache key (dnswire.raw_key), so a
+        # repeated question costs one dict lookup and no parsing at all
+        key = (b"T" if tcp else b"U") + query[2:]
+        entry = self._cache.positive.get(key)
+        cached: bytes | None
+        if entry is not None:
+            cached = entry[0]
+        elif (cached := self._cache.get(key, self.serial)) is None:  # negative answers
+            shape = query_shape(query, tcp)
+            if shape is None or (cached := self._cache.get(shape.key, self.serial)) is None:
                 return self._slow(query, tcp, shape)
-        self.stats.cache_hits += 1
-        self.stats.answered += 1
-        return query[:2] + cached[0][2:]
+        stats.cache_hits += 1
+        stats.answered += 1
+        if cached[2] & 0x02:
+            stats.truncated += 1
+        if cached[3] & 0x0F == 3:  # NXDOMAIN
+            stats.nxdomain += 1
+        return query[:2] + cached[2:]
 
-    def _slow(self, query: bytes, tcp: bool, shape: tuple[bytes, bytes] | None) -> bytes | None:
+    def _slow(self, query: bytes, tcp: bool, shape: QueryShape | None) -> bytes | None:
         if len(query) < 12 or query[2] & 0x80:
             self.stats.dropped += 1
             return None
         try:
-            q = dns.message.from_wire(query, ignore_trailing=False)
-        except (dns.exception.DNSException, ValueError, UnicodeError):
+            q = dns.message.from_wire(query)
+        except (dns.exception.DNSException, ValueError, IndexError, struct.error):
             return self._formerr(query)
         r = dns.message.make_response(q, our_payload=self.config.max_udp)
-        r.flags &= ~dns.flags.RA
-        if q.opcode() != dns.opcode.QUERY:
-            r.set_rcode(dns.rcode.NOTIMP)
-            return self._finish(r, q, tcp, None)
+        if q.ednsflags & dns.flags.DO:
+            r.ednsflags |= dns.flags.DO
         if q.edns > 0:
             r.set_rcode(dns.rcode.BADVERS)
-            return self._finish(r, q, tcp, None)
+            return self._finish(r, q, tcp)
+        if q.opcode() != dns.opcode.QUERY:
+            self.stats.notimp += 1
+            r.set_rcode(dns.rcode.NOTIMP)
+            return self._finish(r, q, tcp)
         if len(q.question) != 1:
-            r.set_rcode(dns.rcode.FORMERR)
             self.stats.formerr += 1
-            return self._finish(r, q, tcp, None)
+            r.set_rcode(dns.rcode.FORMERR)
+            return self._finish(r, q, tcp)
         question = q.question[0]
         qname, qtype = question.name, question.rdtype
-        if question.rdclass != IN or not qname.is_subdomain(self.origin):
+        if (
+            question.rdclass != IN
+            or not qname.is_subdomain(self.origin)
+            or qtype in (T.AXFR, T.IXFR)
+        ):
             self.stats.refused += 1
             r.set_rcode(dns.rcode.REFUSED)
-            return self._finish(r, q, tcp, None)
+            return self._finish(r, q, tcp)
         r.flags |= dns.flags.AA
-        positive = self._fill(r, qname.canonicalize(), qtype)
-        cache_name = _wire(qname).lower() if positive and shape is not None else None
-        return self._finish(r, q, tcp, (shape, cache_name) if cache_name else None)
-
-    def _formerr(self, query: bytes) -> bytes | None:
-        self.stats.formerr += 1
-        if len(query) < 12:
-            return None
-        (qid, flags) = struct.unpack_from("!HH", query, 0)
-        if flags & 0x8000:
-            return None
-        out_flags = 0x8000 | (flags & 0x7900) | dns.rcode.FORMERR
-        return struct.pack("!HHHHHH", qid, out_flags, 0, 0, 0, 0)
-
-    def _finish(
-        self,
-        r: dns.message.Message,
-        q: dns.message.Message,
-        tcp: bool,
-        cache: tuple[tuple[bytes, bytes] | None, bytes] | None,
-    ) -> bytes:
-        limit = (
-            MAX_TCP if tcp else (max(MIN_UDP, min(q.payload, 65535)) if q.edns >= 0 else MIN_UDP)
-        )
-        self.stats.answered += 1
-        try:
-            wire = r.to_wire(max_size=limit, want_shuffle=False)
-        except dns.exception.TooBig:
-            # additional data is optional: leave it out before truncating (RFC 2181 section 9)
-            r.additional = []
-            try:
-                wire = r.to_wire(max_size=limit, want_shuffle=False)
-            except dns.exception.TooBig:
-                if tcp:
-                    return self._shrink(r, limit)
+        limit = self._limit(q, tcp)
+        positive = self._fill(r, qname, qtype, limit)
+        wire = self._finish(r, q, tcp)
+        if shape is not None:
+            if positive:
+                self._cache.put(shape.key, shape.qname, wire)
             else:
-                if cache is not None and cache[0] is not None:
-                    self._store(cache[0][0], cache[1], wire)
-                return wire
-            self.stats.truncated += 1
-            r.answer, r.authority, r.additional = [], [], []
-            r.flags |= dns.flags.TC
-            return r.to_wire(max_size=limit, want_shuffle=False)
-        if cache is not None and cache[0] is not None:
-            self._store(cache[0][0], cache[1], wire)
+                self._cache.put_negative(shape.key, self.serial, wire)
         return wire
 
-    @staticmethod
-    def _shrink(r: dns.message.Message, limit: int) -> bytes:
-        """Over TCP, a browse list longer than 64 KiB holds is cut to what fits (per-peer
-        lookups never depend on browsing)."""
-        rrset = r.answer[0]
-        items = list(rrset)
-        while len(items) > 1:
-            items = items[: len(items) // 2 + len(items) // 4]
-            smaller = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype)
-            smaller.update_ttl(rrset.ttl)
-            for rd in items:
-                smaller.add(rd)
-            r.answer = [smaller]
-            try:
-                return r.to_wire(max_size=limit, want_shuffle=False)
-            except dns.exception.TooBig:
-                continue
-        r.answer = []
+    def _formerr(self, query: bytes) -> bytes:
+        """A header-only FORMERR for a query whose body does not parse (RFC 1035 4.1.1)."""
+        self.stats.formerr += 1
+        self.stats.answered += 1
+        qid, flags = struct.unpack_from("!HH", query, 0)
+        out_flags = 0x8000 | (flags & 0x7900) | dns.rcode.FORMERR  # QR, echo opcode and RD
+        return struct.pack("!HHHHHH", qid, out_flags, 0, 0, 0, 0)
+
+    def _limit(self, q: dns.message.Message, tcp: bool) -> int:
+        """The answer size: 64 KiB over TCP; over UDP the smaller of the client's EDNS size
+        and ours, 512 at least and without EDNS (RFC 6891 section 6.2.5)."""
+        if tcp:
+            return MAX_TCP
+        if q.edns >= 0:
+            return max(MIN_UDP, min(q.payload, self.config.max_udp))
+        return MIN_UDP
+
+    def _finish(self, r: dns.message.Message, q: dns.message.Message, tcp: bool) -> bytes:
+        self.stats.answered += 1
+        limit = self._limit(q, tcp)
+        wire = _render(r, limit)
+        if wire is not None:
+            return wire
+        # additional data is optional: leave out as much as needed (RFC 2181 section 9)
+        extra = list(r.additional)
+        r.additional = []
+        wire = _render(r, limit) if extra else None
+        if wire is not None:
+            keep = len(extra) // 2
+            while keep:
+                r.additional = extra[:keep]
+                if (more := _render(r, limit)) is not None:
+                    return more
+                keep //= 2
+            return wire
+        # only a browse gets here, over UDP (over TCP _browse lists no more than fit in 64 KiB)
+        self.stats.truncated += 1
+        r.answer, r.authority, r.additional = [], [], []
         r.flags |= dns.flags.TC
         return r.to_wire(max_size=limit, want_shuffle=False)
 
-    def _store(self, key: bytes, name_wire: bytes, wire: bytes) -> None:
-        self._cache[key] = (wire, name_wire)
-        self._cache_by_name.setdefault(name_wire, set()).add(key)
-        if len(self._cache) > self.config.cache_size:
-            old_key, (_, old_name) = self._cache.popitem(last=False)
-            keys = self._cache_by_name.get(old_name)
-            if keys is not None:
-                keys.discard(old_key)
-                if not keys:
-                    del self._cache_by_name[old_name]
-
     # -- records ----------------------------------------------------------------------------
 
-    def _fill(self, r: dns.message.Message, qname: dns.name.Name, qtype: int) -> bool:
-        """Put the answer into ``r``; True when it is a positive (cacheable) answer."""
-        cfg = self.config
+    def _fill(self, r: dns.message.Message, qname: dns.name.Name, qtype: int, limit: int) -> bool:
+        """Put the answer into ``r``; True when it is positive (has answer records)."""
         if qtype == T.ANY:
-            qtype = self._any_type(qname)  # RFC 8482: one RRset is enough
+            qtype = self._any_type(qname)  # RFC 8482 section 4.2: one RRset is enough
         found: list[dns.rrset.RRset] = []
-        exists = True
         additional: list[dns.rrset.RRset] = []
+        exists = True
         if qname == self.origin:
             if qtype == T.SOA:
-                found.append(self._soa())
+                found.append(self._soa(self.config.ttl))
             elif qtype == T.NS:
-                found.append(self._rrset(qname, T.NS, [
-                    dns.rdtypes.ANY.NS.NS(IN, T.NS, dns.name.from_text(n)) for n in cfg.ns
-                ]))  # fmt: skip
-                additional += self._glue()
+                ns = [dns.rdtypes.ANY.NS.NS(IN, T.NS, n) for n in self._ns]
+                found.append(self._rrset(qname, T.NS, ns))
+                for name in self._ns:
+                    if name in self._glue_names:
+                        additional += self._glue_at(name, T.A) + self._glue_at(name, T.AAAA)
         elif qname == self.service:
             if qtype == T.PTR:
-                found.append(self._browse(additional))
-        elif qname in self._peers:
-            node = self._peers[qname]
+                ptrs, extra = self._browse()
+                if len(ptrs) > (most := limit // PTR_SIZE + 1):  # cannot fit: TC, found fast
+                    ptrs, extra = _subset(ptrs, list(ptrs)[:most]), []
+                found.append(ptrs)
+                additional += extra
+        elif (node := self._peers.get(qname)) is not None:
             if qtype == T.SRV:
-                found.append(self._srv(qname, node))
-                additional.append(self._txt(qname, node.peer))
-                additional += self._addresses_of(node)
+                found.append(self._srv(node))
+                additional += self._addresses(node)
+                additional.append(self._txt(node))
             elif qtype == T.TXT:
-                found.append(self._txt(qname, node.peer))
-            elif qtype in (T.A, T.AAAA) and node.peer.candidates:
+                found.append(self._txt(node))
+            elif node.peer.candidates:
                 found += self._address(qname, node.peer.candidates[0].endpoint, qtype)
-        elif qname in self._targets:
-            _, cand = self._targets[qname]
-            if qtype in (T.A, T.AAAA):
-                found += self._address(qname, cand.endpoint, qtype)
-        elif (glue := self._glue_for(qname)) is not None:
-            found += [g for g in glue if g.rdtype == qtype]
+        elif (cand := self._targets.get(qname)) is not None:
+            found += self._address(qname, cand.endpoint, qtype)
+        elif qname in self._glue_names:
+            found += self._glue_at(qname, qtype)
         else:
-            exists = self._is_empty_non_terminal(qname)
+            exists = qname in self._ents
         found = [f for f in found if len(f)]
         if found:
             r.answer += found
             r.additional += additional
             return True
-        r.authority.append(self._soa(ttl=cfg.negative_ttl))
+        r.authority.append(self._soa(self.config.negative_ttl))
         if not exists:
             self.stats.nxdomain += 1
             r.set_rcode(dns.rcode.NXDOMAIN)
@@ -382,148 +411,111 @@ class Zone:
             return T.PTR
         if qname in self._peers:
             return T.SRV
+        if (cand := self._targets.get(qname)) is not None:
+            return _address_type(cand.endpoint)
+        if qname in self._glue_names and self._glue:
+            return _address_type(self._glue[0])
         return T.A
 
-    def _is_empty_non_terminal(self, qname: dns.name.Name) -> bool:
-        if qname == self.service.parent():
-            return True
-        return any(n.is_subdomain(qname) for n in (*self._glue_names(),) if n != qname)
-
-    def _rrset(self, name: dns.name.Name, rdtype: int, rdatas: list[dns.rdata.Rdata],
-               ttl: int | None = None) -> dns.rrset.RRset:  # fmt: skip
-        rrs = dns.rrset.RRset(name, IN, dns.rdatatype.RdataType(rdtype))
-        rrs.update_ttl(self.config.ttl if ttl is None else ttl)
+    def _rrset(
+        self, name: dns.name.Name, rdtype: int, rdatas: Sequence[dns.rdata.Rdata], ttl: int = -1
+    ) -> dns.rrset.RRset:
+        rrs = dns.rrset.RRset(name, IN, T(rdtype))
+        rrs.update_ttl(self.config.ttl if ttl < 0 else ttl)
         for rd in rdatas:
             rrs.add(rd)
         return rrs
 
-    def _soa(self, ttl: int | None = None) -> dns.rrset.RRset:
+    def _soa(self, ttl: int) -> dns.rrset.RRset:
         cfg = self.config
         soa = dns.rdtypes.ANY.SOA.SOA(
-            IN, T.SOA, dns.name.from_text(cfg.ns[0]), dns.name.from_text(cfg.hostmaster),
-            self.serial, 60, 30, 3600, cfg.negative_ttl,
-        )  # fmt: skip
+            IN, T.SOA, self._ns[0], self._hostmaster, self.serial, 60, 30, 3600, cfg.negative_ttl
+        )
         return self._rrset(self.origin, T.SOA, [soa], ttl)
 
-    def _glue_names(self) -> list[dns.name.Name]:
-        return [
-            n
-            for n in (dns.name.from_text(x) for x in self.config.ns)
-            if n.is_subdomain(self.origin)
-        ]
-
-    def _glue(self) -> list[dns.rrset.RRset]:
-        out = []
-        for name in self._glue_names():
-            out += self._glue_for(name) or []
-        return out
-
-    def _glue_for(self, qname: dns.name.Name) -> list[dns.rrset.RRset] | None:
-        if qname not in self._glue_names():
-            return None
-        out = []
-        for addr in self.config.ns_addresses:
-            ep = Endpoint.of(addr, 0)
-            out += self._address(qname, ep, T.A if ep.ip.version == 4 else T.AAAA)
-        return out
+    def _glue_at(self, name: dns.name.Name, qtype: int) -> list[dns.rrset.RRset]:
+        rdatas = [rd for ep in self._glue for rd in _address_rdata(ep, qtype)]
+        return [self._rrset(name, qtype, rdatas)] if rdatas else []
 
     def _address(self, name: dns.name.Name, ep: Endpoint, qtype: int) -> list[dns.rrset.RRset]:
-        if qtype == T.A and ep.ip.version == 4:
-            return [self._rrset(name, T.A, [dns.rdtypes.IN.A.A(IN, T.A, str(ep.ip))])]
-        if qtype == T.AAAA and ep.ip.version == 6:
-            return [self._rrset(name, T.AAAA, [dns.rdtypes.IN.AAAA.AAAA(IN, T.AAAA, str(ep.ip))])]
-        return []
+        rdatas = _address_rdata(ep, qtype)
+        return [self._rrset(name, qtype, rdatas)] if rdatas else []
 
-    def _srv(self, name: dns.name.Name, node: _Node) -> dns.rrset.RRset:
-        rdatas: list[dns.rdata.Rdata] = []
-        targets = [name, *node.target_names]
-        for target, cand in zip(targets, node.peer.candidates, strict=False):
-            rdatas.append(
-                dns.rdtypes.IN.SRV.SRV(IN, T.SRV, cand.priority, 0, cand.endpoint.port, target)
-            )
-        rdatas.sort(key=lambda rd: rd.priority)  # type: ignore[attr-defined]
-        return self._rrset(name, T.SRV, rdatas)
-
-    def _addresses_of(self, node: _Node) -> list[dns.rrset.RRset]:
-        name = self._peer_name(node.peer.key)
+    def _addresses(self, node: _Node) -> list[dns.rrset.RRset]:
         out: list[dns.rrset.RRset] = []
-        targets = [name, *node.target_names]
-        for target, cand in zip(targets, node.peer.candidates, strict=False):
-            out += self._address(
-                target, cand.endpoint, T.A if cand.endpoint.ip.version == 4 else T.AAAA
-            )
+        for target, cand in node.targets:
+            out += self._address(target, cand.endpoint, _address_type(cand.endpoint))
         return out
 
-    def _txt(self, name: dns.name.Name, peer: PublishedPeer) -> dns.rrset.RRset:
+    def _srv(self, node: _Node) -> dns.rrset.RRset:
+        ordered = sorted(node.targets, key=lambda t: t[1].priority)
+        srvs = [
+            dns.rdtypes.IN.SRV.SRV(IN, T.SRV, cand.priority, 0, cand.endpoint.port, target)
+            for target, cand in ordered
+        ]
+        return self._rrset(node.name, T.SRV, srvs)
+
+    def _txt(self, node: _Node) -> dns.rrset.RRset:
+        peer = node.peer
         strings = [b"txtvers=1", f"pub={encode_key(peer.key)}".encode()]
         if peer.allowed_ips:
-            strings.append(f"allowed={','.join(peer.allowed_ips)}".encode())
+            strings.append(f"allowed={','.join(peer.allowed_ips)}".encode()[:255])
         if peer.name:
             strings.append(f"name={peer.name}".encode()[:255])
-        strings.append(f"nat={peer.nat}".encode())
+        strings.append(f"nat={peer.nat}".encode()[:255])
         strings.append(f"since={peer.since}".encode())
-        return self._rrset(name, T.TXT, [dns.rdtypes.ANY.TXT.TXT(IN, T.TXT, strings)])
+        return self._rrset(node.name, T.TXT, [dns.rdtypes.ANY.TXT.TXT(IN, T.TXT, strings)])
 
-    def _browse(self, additional: list[dns.rrset.RRset]) -> dns.rrset.RRset:
-        names = sorted(self._peers)[: self.config.browse_limit]
-        rdatas: list[dns.rdata.Rdata] = [dns.rdtypes.ANY.PTR.PTR(IN, T.PTR, n) for n in names]
-        if len(names) <= 20:  # small meshes get everything in one answer (RFC 6763 section 12.1)
-            for n in names:
-                node = self._peers[n]
-                additional.append(self._srv(n, node))
-                additional.append(self._txt(n, node.peer))
-                additional += self._addresses_of(node)
-        return self._rrset(self.service, T.PTR, rdatas)
+    def _browse(self) -> tuple[dns.rrset.RRset, list[dns.rrset.RRset]]:
+        """The browse PTRs and additional data, built once per zone change (hashing rdata in
+        dnspython costs ~30 us a record)."""
+        if self._browse_memo is None:
+            listed = (node for node in self._peers.values() if node.peer.candidates)
+            nodes = list(islice(listed, self._browse_fit))
+            ptrs = [dns.rdtypes.ANY.PTR.PTR(IN, T.PTR, node.name) for node in nodes]
+            additional: list[dns.rrset.RRset] = []
+            if len(nodes) <= BROWSE_ADDITIONAL:
+                for node in nodes:
+                    additional += [self._srv(node), self._txt(node), *self._addresses(node)]
+            self._browse_memo = (self._rrset(self.service, T.PTR, ptrs), additional)
+        return self._browse_memo
+
+
+def _render(r: dns.message.Message, limit: int) -> bytes | None:
+    try:
+        return r.to_wire(max_size=limit, want_shuffle=False)
+    except dns.exception.TooBig:
+        return None
+
+
+def _subset(rrset: dns.rrset.RRset, items: list[dns.rdata.Rdata]) -> dns.rrset.RRset:
+    out = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype)
+    out.update_ttl(rrset.ttl)
+    for rd in items:
+        out.add(rd)
+    return out
+
+
+def _address_type(ep: Endpoint) -> int:
+    return T.A if ep.ip.version == 4 else T.AAAA
+
+
+def _address_rdata(ep: Endpoint, qtype: int) -> list[dns.rdata.Rdata]:
+    if qtype == T.A and ep.ip.version == 4:
+        return [dns.rdtypes.IN.A.A(IN, T.A, str(ep.ip))]
+    if qtype == T.AAAA and ep.ip.version == 6:
+        return [dns.rdtypes.IN.AAAA.AAAA(IN, T.AAAA, str(ep.ip))]
+    return []
+
+
+def _parents(name: dns.name.Name, origin: dns.name.Name) -> Iterator[dns.name.Name]:
+    """The names strictly between ``name`` and ``origin`` (empty non-terminals if unowned)."""
+    while name != origin and len(name) > len(origin):
+        name = name.parent()
+        if name != origin:
+            yield name
 
 
 def _wire(name: dns.name.Name) -> bytes:
-    """Uncompressed wire form of a name."""
-    return name.to_wire() or b""
-
-
-def _fast_shape(query: bytes, tcp: bool) -> tuple[bytes, bytes] | None:
-    """(cache key, question name wire) for a plain one-question query, or None.
-
-    Hand-parsed (dnspython costs ~30 us a parse): header with QR=0, opcode QUERY, QDCOUNT 1,
-    no answer/authority, at most an OPT record; an uncompressed question name.
-    """
-    n = len(query)
-    if n < 17 or n > 512:
-        return None
-    flags, qd, an, ns, ar = struct.unpack_from("!HHHHH", query, 2)
-    if flags & 0xF800 or qd != 1 or an or ns or ar > 1:
-        return None
-    pos = 12
-    while True:
-        if pos >= n:
-            return None
-        length = query[pos]
-        if length & 0xC0:
-            return None
-        pos += 1 + length
-        if length == 0:
-            break
-    end_q = pos + 4
-    if end_q > n:
-        return None
-    edns = b"-"
-    options = False
-    if ar:
-        # OPT: root name, type 41, class = payload size, ttl = ext-rcode/version/flags, rdlen
-        if end_q + 11 > n or query[end_q] != 0:
-            return None
-        rtype, payload, ext, version, eflags, rdlen = struct.unpack_from(
-            "!HHBBHH", query, end_q + 1
-        )
-        if rtype != 41 or ext or version or end_q + 11 + rdlen != n:
-            return None
-        size = 0 if tcp else max(MIN_UDP, payload)
-        edns = struct.pack("!HH", size, eflags & 0x8000)
-        options = rdlen > 0
-    elif end_q != n:
-        return None
-    if not options:  # the exact bytes after the ID: what answer() looks up without parsing
-        return (b"T" if tcp else b"U") + query[2:], query[12 : end_q - 4].lower()
-    # with options (cookies, padding) the answer does not depend on them: normalise them away
-    key = b"%c%s%s%s" % (tcp, query[2:4], edns, query[12:end_q])
-    return key, query[12 : end_q - 4].lower()
+    """Uncompressed, lowercased wire form of a name (the cache's name index)."""
+    return (name.to_wire() or b"").lower()
