@@ -14,6 +14,9 @@ RFC 8489 sections followed:
 - 6.3.1 (unknown comprehension-required attributes): kept, listed by :func:`unknown_required`;
   the server decides what to do with them.
 - 12 (RFC 3489 clients, no magic cookie): :func:`classic_binding_success`.
+- 7.3.1 again, fast: :class:`PlainBindingResponder` answers the commonest request, a Binding
+  Request with no attributes but FINGERPRINT, from a template, byte for byte what
+  :func:`binding_success` gives, without decoding the request or building an ``Endpoint``.
 
 Decoded messages keep every attribute but FINGERPRINT as raw ``(type, value)`` pairs in wire
 order. Typed values are packed and unpacked on demand by the functions in :data:`CODECS`, one
@@ -395,3 +398,77 @@ def classic_binding_success(data: bytes, observed: Endpoint) -> bytes | None:
     value = pack_address(observed)
     body = _TYPE_LEN.pack(ATTR_MAPPED_ADDRESS, len(value)) + value
     return _TYPE_LEN.pack(BINDING_SUCCESS, len(body)) + bytes(data[4:20]) + body
+
+
+_PLAIN_REQUEST = _TYPE_LEN.pack(BINDING_REQUEST, 0) + COOKIE_BYTES
+_PLAIN_REQUEST_FP = _TYPE_LEN.pack(BINDING_REQUEST, 8) + COOKIE_BYTES
+_XOR_PORT = MAGIC_COOKIE >> 16
+_U32 = struct.Struct("!I")
+
+
+class PlainBindingResponder:
+    """The fast path of a STUN server: ``answer(data, host, port)`` returns the Binding Success
+    for a plain Binding Request (a 20-byte header with no attributes, or followed only by a
+    correct FINGERPRINT) from an IPv4 source, the same bytes as
+    ``binding_success(decode(data), Endpoint.of(host, port), software=software)``; None for
+    anything else (IPv6 sources included), which the caller hands to the general path.
+
+    ``host`` and ``port`` are the socket address as the event loop gives it (a dotted-quad
+    string, an int). The answer's bytes after the port (the XORed address, SOFTWARE) are kept
+    per source address, at most ``max_sources`` of them (the table is emptied when full), so a
+    repeat source costs no address parsing.
+    """
+
+    __slots__ = ("_head", "_pack", "_pack_fingerprint", "_software", "_sources", "max_sources")
+
+    def __init__(self, software: str = SOFTWARE, max_sources: int = 4096) -> None:
+        text = pack_software(software)
+        self._software = (
+            _TYPE_LEN.pack(ATTR_SOFTWARE, len(text)) + text + b"\x00" * (-len(text) % 4)
+        )
+        # type, length | cookie, transaction id | XOR-MAPPED-ADDRESS type, length, family |
+        # port | address, SOFTWARE; then FINGERPRINT over all of that
+        layout = struct.Struct(f"!4s16s6sH{4 + len(self._software)}s")
+        self._pack = layout.pack
+        self._pack_fingerprint = struct.Struct(f"!{layout.size}s4sI").pack
+        self._head = (
+            _TYPE_LEN.pack(BINDING_SUCCESS, layout.size - HEADER_LEN + 8),
+            _TYPE_LEN.pack(ATTR_XOR_MAPPED_ADDRESS, 8) + b"\x00\x01",
+        )
+        self._sources: dict[str, bytes] = {}
+        self.max_sources = max_sources
+
+    def answer(self, data: bytes, host: str, port: int) -> bytes | None:
+        """The answer to ``data`` from ``host``:``port``, or None when the fast path does not
+        apply (the general path then decides, and refuses what it must)."""
+        size = len(data)
+        if size == HEADER_LEN:
+            if data[:8] != _PLAIN_REQUEST:
+                return None
+        elif size != HEADER_LEN + 8 or (
+            data[:8] != _PLAIN_REQUEST_FP
+            or data[20:24] != _FINGERPRINT_TLV
+            or _U32.unpack_from(data, 24)[0] != zlib.crc32(data[:20]) ^ FINGERPRINT_XOR
+        ):
+            return None
+        tail = self._sources.get(host)
+        if tail is None:
+            tail = self._learn(host)
+            if tail is None:
+                return None
+        success, xor_tlv = self._head
+        msg = self._pack(success, data[4:20], xor_tlv, port ^ _XOR_PORT, tail)
+        return self._pack_fingerprint(msg, _FINGERPRINT_TLV, zlib.crc32(msg) ^ FINGERPRINT_XOR)
+
+    def _learn(self, host: str) -> bytes | None:
+        if ":" in host:  # IPv6, or IPv4-mapped IPv6: the general path normalises those
+            return None
+        try:
+            packed = ipaddress.IPv4Address(host).packed
+        except ValueError:
+            return None
+        if len(self._sources) >= self.max_sources:
+            self._sources.clear()
+        tail = _xor(packed, COOKIE_BYTES) + self._software
+        self._sources[host] = tail
+        return tail
