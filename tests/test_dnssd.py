@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 from typing import Any
 
 import dns.edns
@@ -18,6 +20,7 @@ import pytest
 
 from wgmesh.errors import ConfigError
 from wgmesh.proto.dnssd import Candidate, PublishedPeer, Zone, ZoneConfig
+from wgmesh.proto.dnswire import ENTRY_OVERHEAD, label_key, query_shape
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, key_label
 
@@ -392,3 +395,73 @@ def test_uncacheable_queries_still_answer() -> None:
     assert r.answer and not r.flags & dns.flags.RD
     assert send(z, dns.message.make_query(name(K1), "SRV")).flags & dns.flags.RD
     assert r.question[0].rdclass == dns.rdataclass.IN
+
+
+# -- the packed records and the fast encoder -------------------------------------------------
+
+
+def test_peer_answers_are_dnspythons_byte_for_byte() -> None:
+    """Every answer the fast encoder writes equals what the dnspython path renders for it."""
+    rng = random.Random(6)
+    z = Zone(config(cache_size=0))
+    keys = [rng.randbytes(32) for _ in range(12)]
+    for i, key in enumerate(keys):
+        cands = [Candidate(Endpoint.parse(f"198.51.100.{i}:{1000 + i}"), "public", 0)]
+        for j in range(i % 6):
+            ep = f"[2001:db8::{j}]:{j + 1}" if j % 2 else f"10.0.{i}.{j}:{j + 1}"
+            kind = "ipv6" if j % 2 else "lan"
+            cands.append(Candidate(Endpoint.parse(ep), kind, rng.choice([5, 10])))
+        z.upsert(PublishedPeer(key, "n" * (i * 25), tuple(cands), ("10.1.0.0/16",) * (i % 3),
+                               "cone", rng.randrange(2**40)))  # fmt: skip
+    edns: list[dict[str, Any]] = [{}, {"use_edns": 0}, {"use_edns": 0, "payload": 4096},
+                                  {"use_edns": 0, "payload": 600, "want_dnssec": True}]  # fmt: skip
+    covered = 0
+    for key in keys * 3:
+        names = [name(key), name(key).upper(), "lan1." + name(key), "IPV62." + name(key)]
+        types = ("SRV", "TXT", "A", "AAAA")
+        for qname, rdtype, kw, tcp in itertools.product(names, types, edns, (False, True)):
+            if kw.get("payload") == 600:  # sizes around where additional data is cut
+                kw = {**kw, "payload": rng.randrange(512, 1000)}
+            q = dns.message.make_query(qname, rdtype, **kw)
+            if rng.random() < 0.3:
+                q.flags &= ~dns.flags.RD
+            wire = q.to_wire()
+            shape = query_shape(wire, tcp)
+            assert shape is not None
+            found = z._locate(shape.qname)
+            fast = None if found is None else z._encoder.answer(wire, shape, tcp, *found)
+            if fast is not None:
+                covered += 1
+                assert fast == z._slow(wire, tcp, shape), (qname, rdtype, kw, tcp)
+    assert covered > 500
+
+
+def test_labels_map_back_to_keys_only_when_canonical() -> None:
+    for key in (bytes(32), b"\xff" * 32, K1, os.urandom(32)):
+        label = key_label(key).encode()
+        assert label_key(label) == key
+        assert label_key(label[:51] + b"b====") is None  # the same bits plus a stray one
+        assert label_key(label.upper()) is None  # callers lowercase the question first
+    bad = key_label(K1).encode()
+    for other in (bad[:-1], bad + b"=", bad[:52] + b"a===", b"0" + bad[1:], b"_" + bad[1:],
+                  b"+" + bad[1:], bad[:10] + b" " + bad[11:]):  # fmt: skip
+        assert label_key(other) is None
+
+
+def test_cache_is_capped_in_bytes_and_stays_exact() -> None:
+    z = Zone(config(cache_bytes=20_000))
+    keys = [os.urandom(32) for _ in range(40)]
+    for key in keys:
+        z.upsert(peer(key))
+    for key in keys:
+        ask(z, name(key), "SRV")
+        ask(z, name(key), "TXT")
+    cache = z._cache
+    assert 0 < len(cache) < 40 and cache.indexed == len(cache) and cache.bytes <= 20_000
+    costs = [len(k) + len(w) + ENTRY_OVERHEAD for k, (w, _) in cache.positive.items()]
+    assert cache.bytes == sum(costs)
+    last = keys[-1]
+    assert ask(z, name(last), "TXT").answer and z.stats.cache_hits == 1
+    z.upsert(PublishedPeer(last, "renamed", peer(last).candidates, (), "cone", 1))
+    assert "name=renamed" in str(ask(z, name(last), "TXT").answer[0])
+    assert z.stats.cache_hits == 1 and cache.indexed == len(cache)

@@ -10,13 +10,16 @@ from nacl.public import PrivateKey
 from wgmesh.proto import sealed, stun
 from wgmesh.proto.dnssd import Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.peerrow import WATCHER, pack_endpoint
 from wgmesh.proto.ratelimit import RateLimitConfig
 from wgmesh.proto.registry import (
     Admission,
     AdmittedPeer,
     Change,
+    PeerEntry,
     Registry,
     RegistryConfig,
+    _row,
 )
 from wgmesh.proto.sealed import NatKind
 
@@ -344,3 +347,69 @@ def test_new_mapping_forgets_the_secondary_observation(reg_private: PrivateKey) 
     assert r.peers[alice.key].nat == NatKind.UNKNOWN  # not "symmetric" from a stale probe
     r.receive(alice.register(reg_key, NOW + 1, secondary=True), rebound, ALT, NOW + 1)
     assert r.peers[alice.key].nat == NatKind.CONE
+
+
+# -- the packed rows ---------------------------------------------------------------------------
+
+V6 = Endpoint.parse("[2001:db8::7]:51820")
+LAN = Endpoint.parse("10.0.0.7:51820")
+
+
+@pytest.mark.parametrize(
+    "endpoint, addresses, secondary",
+    [
+        (SRC, (), None),
+        (SRC, (LAN, V6), SRC),  # a cone NAT: kept as "the same", without a copy
+        (SRC, (LAN,), SRC2),  # symmetric: the other mapping is kept
+        (V6, (V6,), None),
+    ],
+)
+def test_a_row_unpacks_to_the_entry_it_was_packed_from(
+    reg_private: PrivateKey,
+    endpoint: Endpoint,
+    addresses: tuple[Endpoint, ...],
+    secondary: Endpoint | None,
+) -> None:
+    r = make(reg_private)
+    entry = PeerEntry(bytes(range(32)), "bé", endpoint, addresses, NatKind.CONE, NOW - 0.25, NOW,
+                      2**64 - 1, 7, "wgmesh/1", (), secondary)  # fmt: skip
+    assert r._entry(entry.key, _row(entry)) == entry
+
+
+def test_refresh_rewrites_the_row_and_reports_the_full_entry(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key, addresses=(LAN,)), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key, secondary=True, addresses=(LAN,)), SRC, ALT, NOW)
+    serial = r.zone.serial
+    r.events()
+    r.receive(alice.register(reg_key, NOW + 20, addresses=(LAN,)), SRC, PORT, NOW + 20)
+    (event,) = r.events()
+    assert event.change == Change.REFRESHED and r.zone.serial == serial
+    assert event.peer == r.peers[alice.key]
+    assert (event.peer.last_seen, event.peer.since, event.peer.secondary) == (NOW + 20, NOW, SRC)
+    assert event.peer.register_counter == alice.counter and event.peer.nat == NatKind.CONE
+
+
+def test_one_key_object_per_peer_across_the_tables(reg_private: PrivateKey) -> None:
+    """The key is stored once: the table, the zone and the shared-key cache share the object
+    of the first registration (a refresh or an update must not swap in its own copy)."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    first = next(iter(r._rows))
+    r.receive(alice.register(reg_key, NOW + 1), SRC, PORT, NOW + 1)  # refresh
+    r.receive(alice.register(reg_key, NOW + 2), SRC2, PORT, NOW + 2)  # new mapping
+    r.receive(alice.watch(reg_key, NOW + 2), SRC2, PORT, NOW + 2)
+    assert next(iter(r._rows)) is first and next(iter(r.zone._peers)) is first
+    assert r.peers[alice.key].endpoint == SRC2 and r.peers[alice.key].watch_counter > 0
+
+
+def test_expiry_of_many_watchers_is_one_pass(reg_private: PrivateKey) -> None:
+    r = make(reg_private, expiry=50.0)
+    for i in range(3000):
+        r.watchers[i.to_bytes(32, "big")] = WATCHER.pack(NOW + i / 100, 1) + pack_endpoint(SRC)
+    r.expire(NOW + 50 + 15)
+    assert len(r.watchers) == 1500 and r.next_timer() == NOW + 15 + 50

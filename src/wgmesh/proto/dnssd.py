@@ -26,9 +26,13 @@ does not fit over UDP first loses its additional data (RFC 2181 section 9), then
 and no records, so the client retries over TCP (RFC 7766 section 5), where it is sent in full
 (a browse then lists the first ~900 peers: what fits in 64 KiB, see :data:`PTR_SIZE`).
 
-Speed: answers are cached as wire bytes (:mod:`wgmesh.proto.dnswire`); a zone change drops
-exactly the cached answers at the names it touches (the peer's names, the browse list, the apex)
-and makes every negative answer stale by raising the serial they carry.
+Speed and memory: each peer is held as one packed ``bytes`` keyed by its raw key
+(:func:`~wgmesh.proto.dnswire.pack_record`), its names are parsed from the question, not stored;
+the answers daemons ask for (SRV, TXT, A/AAAA of a peer) are written from that record by
+:class:`~wgmesh.proto.dnswire.PeerAnswers`, everything else by dnspython. Answers are cached as
+wire bytes (:mod:`wgmesh.proto.dnswire`, capped in entries and bytes); a zone change drops
+exactly the cached answers it touches (the peer's names, the browse list, the apex) and makes
+every negative answer stale by raising the serial they carry.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from itertools import islice
 
 import dns.exception
 import dns.flags
+import dns.ipv4
+import dns.ipv6
 import dns.message
 import dns.name
 import dns.opcode
@@ -57,14 +63,24 @@ import dns.rdtypes.IN.SRV
 import dns.rrset
 
 from wgmesh.errors import ConfigError
-from wgmesh.proto.dnswire import MIN_UDP, AnswerCache, QueryShape, query_shape
+from wgmesh.proto.dnswire import (
+    MAX_TCP,
+    MIN_UDP,
+    AnswerCache,
+    PeerAnswers,
+    QueryShape,
+    Target,
+    label_key,
+    pack_record,
+    query_shape,
+    txt_strings,
+    unpack_record,
+)
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.keys import encode_key, key_label
+from wgmesh.proto.keys import key_label
 
 IN = dns.rdataclass.IN
 T = dns.rdatatype.RdataType
-MAX_TCP = 65535
-"""Largest DNS message over TCP (RFC 1035 section 4.2.2: 2-byte length)."""
 PTR_SIZE = 71
 """Bytes of one browse PTR record: owner pointer 2, type/class/TTL/length 10, the 56-character
 label 57 and a pointer 2. So a 64 KiB TCP message lists under a thousand peers, and a DNS
@@ -127,6 +143,9 @@ class ZoneConfig:
     """Most PTRs in one browse answer (what fits in 64 KiB caps it further, see PTR_SIZE)."""
     cache_size: int = 200_000
     """Most cached positive wire answers."""
+    cache_bytes: int = 16 * 2**20
+    """Most bytes of cached positive answers, bookkeeping included (an SRV answer with two
+    addresses costs ~1 KB, a TXT ~0.7): ~18,000-24,000 answers, 17 bytes a peer at a million."""
     negative_cache_size: int = 10_000
     """Most cached negative wire answers (hostile queries for random names produce these)."""
 
@@ -155,18 +174,6 @@ class ZoneStats:
     """NXDOMAIN answers."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Node:
-    """A published peer and the names its candidates are on."""
-
-    peer: PublishedPeer
-    """What was published."""
-    name: dns.name.Name
-    """``<label>._wireguard._udp.ZONE``."""
-    targets: tuple[tuple[dns.name.Name, Candidate], ...] = ()
-    """SRV target of each candidate, in candidate order (the first is :attr:`name`)."""
-
-
 class Zone:
     """The zone's records and its answers; see the module docstring."""
 
@@ -189,9 +196,12 @@ class Zone:
         self._ents = frozenset(
             p for n in (*self._glue_names, self.service) for p in _parents(n, self.origin)
         )
-        self._peers: dict[dns.name.Name, _Node] = {}
-        self._targets: dict[dns.name.Name, Candidate] = {}
-        self._cache = AnswerCache(config.cache_size, config.negative_cache_size)
+        self._peers: dict[bytes, bytes] = {}
+        """Raw key -> packed record (dnswire.pack_record), in order of first publication."""
+        self._service_wire = _wire(self.service)
+        self._origin_wire = _wire(self.origin)
+        self._cache = AnswerCache(config.cache_size, config.negative_cache_size, config.cache_bytes)
+        self._encoder = PeerAnswers(self.service.to_wire() or b"", config.ttl, config.max_udp)
         # PTRs that fit in a TCP answer beside the header, question (<= 255 + 4) and OPT (11)
         self._browse_fit = min(config.browse_limit, (MAX_TCP - 12 - 259 - 11) // PTR_SIZE)
         self._browse_memo: tuple[dns.rrset.RRset, list[dns.rrset.RRset]] | None = None
@@ -201,48 +211,52 @@ class Zone:
 
     # -- changes ----------------------------------------------------------------------------
 
-    def _peer_name(self, key: bytes) -> dns.name.Name:
-        return dns.name.Name((key_label(key).encode(),)).concatenate(self.service)
-
     def upsert(self, peer: PublishedPeer) -> bool:
         """Publish or update a peer; True (and serial + 1) when anything published changed."""
-        name = self._peer_name(peer.key)
-        old = self._peers.get(name)
-        if old is not None and old.peer == peer:
+        record = _record(peer)
+        if self._peers.get(peer.key) == record:
             return False
-        targets = [(name, c) for c in peer.candidates[:1]]
-        for i, cand in enumerate(peer.candidates[1:], 1):
-            targets.append((dns.name.Name((f"{cand.kind}{i}".encode(),)).concatenate(name), cand))
-        node = _Node(peer, name, tuple(targets))
-        if old is not None:
-            self._withdraw(old)
-        self._peers[name] = node
-        self._targets.update(node.targets[1:])
-        self._changed(node)
+        self._peers[peer.key] = record
+        self._changed(peer.key)
         return True
 
     def remove(self, key: bytes) -> bool:
         """Withdraw a peer; True (and serial + 1) if it was published."""
-        node = self._peers.pop(self._peer_name(key), None)
-        if node is None:
+        if self._peers.pop(key, None) is None:
             return False
-        self._withdraw(node)
-        self._changed(node)
+        self._changed(key)
         return True
 
-    def _withdraw(self, node: _Node) -> None:
-        for target, _ in node.targets[1:]:
-            self._targets.pop(target, None)
-            self._cache.invalidate(_wire(target))
-
-    def _changed(self, node: _Node) -> None:
+    def _changed(self, key: bytes) -> None:
         # negative answers carry the serial: raising it makes every cached one stale
         self.serial = (self.serial + 1) % 2**32 or 1
         self._browse_memo = None
-        for target, _ in node.targets:
-            self._cache.invalidate(_wire(target))
-        for name in (node.name, self.service, self.origin):
-            self._cache.invalidate(_wire(name))
+        for subject in (key, self._service_wire, self._origin_wire):
+            self._cache.invalidate(subject)
+
+    def _locate(self, qname: bytes) -> tuple[bytes, bytes, int] | None:
+        """The peer a name (lowercased wire form) belongs to: ``(key, record, index)`` with
+        index 0 for ``<label>._wireguard._udp.ZONE`` and i for its i-th target's name."""
+        head = len(qname) - len(self._service_wire)
+        if head < 57 or not qname.endswith(self._service_wire):
+            return None
+        first = qname[0]
+        if head == 57 and first == 56:
+            target = b""
+        elif first + 58 == head and qname[first + 1] == 56:
+            target = qname[1 : first + 1]
+        else:
+            return None
+        key = label_key(qname[head - 56 : head])
+        record = None if key is None else self._peers.get(key)
+        if key is None or record is None:
+            return None
+        if not target:
+            return key, record, 0
+        for i, t in enumerate(unpack_record(record)[0][1:], 1):
+            if t.label.lower() == target:
+                return key, record, i
+        return None
 
     # -- answers ----------------------------------------------------------------------------
 
@@ -260,7 +274,7 @@ class Zone:
         elif (cached := self._cache.get(key, self.serial)) is None:  # negative answers
             shape = query_shape(query, tcp)
             if shape is None or (cached := self._cache.get(shape.key, self.serial)) is None:
-                return self._slow(query, tcp, shape)
+                return self._miss(query, tcp, shape)
         stats.cache_hits += 1
         stats.answered += 1
         if cached[2] & 0x02:
@@ -268,6 +282,16 @@ class Zone:
         if cached[3] & 0x0F == 3:  # NXDOMAIN
             stats.nxdomain += 1
         return query[:2] + cached[2:]
+
+    def _miss(self, query: bytes, tcp: bool, shape: QueryShape | None) -> bytes | None:
+        """An answer not cached: written from the peer's record when the encoder covers it."""
+        if shape is not None and (found := self._locate(shape.qname)) is not None:
+            wire = self._encoder.answer(query, shape, tcp, *found)
+            if wire is not None:
+                self.stats.answered += 1
+                self._cache.put(shape.key, found[0], wire)
+                return wire
+        return self._slow(query, tcp, shape)
 
     def _slow(self, query: bytes, tcp: bool, shape: QueryShape | None) -> bytes | None:
         if len(query) < 12 or query[2] & 0x80:
@@ -307,7 +331,8 @@ class Zone:
         wire = self._finish(r, q, tcp)
         if shape is not None:
             if positive:
-                self._cache.put(shape.key, shape.qname, wire)
+                found = self._locate(shape.qname)
+                self._cache.put(shape.key, shape.qname if found is None else found[0], wire)
             else:
                 self._cache.put_negative(shape.key, self.serial, wire)
         return wire
@@ -378,17 +403,20 @@ class Zone:
                     ptrs, extra = _subset(ptrs, list(ptrs)[:most]), []
                 found.append(ptrs)
                 additional += extra
-        elif (node := self._peers.get(qname)) is not None:
-            if qtype == T.SRV:
-                found.append(self._srv(node))
-                additional += self._addresses(node)
-                additional.append(self._txt(node))
+        elif (located := self._locate(_wire(qname))) is not None:
+            key, record, index = located
+            targets, tail = unpack_record(record)
+            if index:
+                found += self._address(qname, targets[index].ip, qtype)
+            elif qtype == T.SRV:
+                name = self._peer_name(key)
+                found.append(self._srv(name, targets))
+                additional += self._addresses(name, targets)
+                additional.append(self._txt(name, key, tail))
             elif qtype == T.TXT:
-                found.append(self._txt(node))
-            elif node.peer.candidates:
-                found += self._address(qname, node.peer.candidates[0].endpoint, qtype)
-        elif (cand := self._targets.get(qname)) is not None:
-            found += self._address(qname, cand.endpoint, qtype)
+                found.append(self._txt(self._peer_name(key), key, tail))
+            elif targets:
+                found += self._address(qname, targets[0].ip, qtype)
         elif qname in self._glue_names:
             found += self._glue_at(qname, qtype)
         else:
@@ -409,13 +437,15 @@ class Zone:
             return T.SOA
         if qname == self.service:
             return T.PTR
-        if qname in self._peers:
-            return T.SRV
-        if (cand := self._targets.get(qname)) is not None:
-            return _address_type(cand.endpoint)
+        if (located := self._locate(_wire(qname))) is not None:
+            _, record, index = located
+            return unpack_record(record)[0][index].rdtype if index else T.SRV
         if qname in self._glue_names and self._glue:
-            return _address_type(self._glue[0])
+            return T.A if self._glue[0].ip.version == 4 else T.AAAA
         return T.A
+
+    def _peer_name(self, key: bytes) -> dns.name.Name:
+        return dns.name.Name((key_label(key).encode(),)).concatenate(self.service)
 
     def _rrset(
         self, name: dns.name.Name, rdtype: int, rdatas: Sequence[dns.rdata.Rdata], ttl: int = -1
@@ -434,51 +464,65 @@ class Zone:
         return self._rrset(self.origin, T.SOA, [soa], ttl)
 
     def _glue_at(self, name: dns.name.Name, qtype: int) -> list[dns.rrset.RRset]:
-        rdatas = [rd for ep in self._glue for rd in _address_rdata(ep, qtype)]
+        rdatas = [rd for ep in self._glue for rd in _address_rdata(ep.ip.packed, qtype)]
         return [self._rrset(name, qtype, rdatas)] if rdatas else []
 
-    def _address(self, name: dns.name.Name, ep: Endpoint, qtype: int) -> list[dns.rrset.RRset]:
-        rdatas = _address_rdata(ep, qtype)
+    def _address(self, name: dns.name.Name, ip: bytes, qtype: int) -> list[dns.rrset.RRset]:
+        rdatas = _address_rdata(ip, qtype)
         return [self._rrset(name, qtype, rdatas)] if rdatas else []
 
-    def _addresses(self, node: _Node) -> list[dns.rrset.RRset]:
+    def _addresses(self, name: dns.name.Name, targets: list[Target]) -> list[dns.rrset.RRset]:
         out: list[dns.rrset.RRset] = []
-        for target, cand in node.targets:
-            out += self._address(target, cand.endpoint, _address_type(cand.endpoint))
+        for t in targets:
+            out += self._address(_target_name(name, t), t.ip, t.rdtype)
         return out
 
-    def _srv(self, node: _Node) -> dns.rrset.RRset:
-        ordered = sorted(node.targets, key=lambda t: t[1].priority)
+    def _srv(self, name: dns.name.Name, targets: list[Target]) -> dns.rrset.RRset:
         srvs = [
-            dns.rdtypes.IN.SRV.SRV(IN, T.SRV, cand.priority, 0, cand.endpoint.port, target)
-            for target, cand in ordered
+            dns.rdtypes.IN.SRV.SRV(IN, T.SRV, t.priority, 0, t.port, _target_name(name, t))
+            for t in sorted(targets, key=lambda t: t.priority)
         ]
-        return self._rrset(node.name, T.SRV, srvs)
+        return self._rrset(name, T.SRV, srvs)
 
-    def _txt(self, node: _Node) -> dns.rrset.RRset:
-        peer = node.peer
-        strings = [b"txtvers=1", f"pub={encode_key(peer.key)}".encode()]
-        if peer.allowed_ips:
-            strings.append(f"allowed={','.join(peer.allowed_ips)}".encode()[:255])
-        if peer.name:
-            strings.append(f"name={peer.name}".encode()[:255])
-        strings.append(f"nat={peer.nat}".encode()[:255])
-        strings.append(f"since={peer.since}".encode())
-        return self._rrset(node.name, T.TXT, [dns.rdtypes.ANY.TXT.TXT(IN, T.TXT, strings)])
+    def _txt(self, name: dns.name.Name, key: bytes, tail: bytes) -> dns.rrset.RRset:
+        txt = dns.rdtypes.ANY.TXT.TXT(IN, T.TXT, txt_strings(key, tail))
+        return self._rrset(name, T.TXT, [txt])
 
     def _browse(self) -> tuple[dns.rrset.RRset, list[dns.rrset.RRset]]:
         """The browse PTRs and additional data, built once per zone change (hashing rdata in
         dnspython costs ~30 us a record)."""
         if self._browse_memo is None:
-            listed = (node for node in self._peers.values() if node.peer.candidates)
-            nodes = list(islice(listed, self._browse_fit))
-            ptrs = [dns.rdtypes.ANY.PTR.PTR(IN, T.PTR, node.name) for node in nodes]
+            listed = ((k, r) for k, r in self._peers.items() if r[0])  # has an endpoint
+            peers = list(islice(listed, self._browse_fit))
+            names = [self._peer_name(key) for key, _ in peers]
+            ptrs = [dns.rdtypes.ANY.PTR.PTR(IN, T.PTR, name) for name in names]
             additional: list[dns.rrset.RRset] = []
-            if len(nodes) <= BROWSE_ADDITIONAL:
-                for node in nodes:
-                    additional += [self._srv(node), self._txt(node), *self._addresses(node)]
+            if len(peers) <= BROWSE_ADDITIONAL:
+                for name, (key, record) in zip(names, peers, strict=True):
+                    targets, tail = unpack_record(record)
+                    additional += [self._srv(name, targets), self._txt(name, key, tail)]
+                    additional += self._addresses(name, targets)
             self._browse_memo = (self._rrset(self.service, T.PTR, ptrs), additional)
         return self._browse_memo
+
+
+def _record(peer: PublishedPeer) -> bytes:
+    """The zone's packed form of a peer (see dnswire.pack_record)."""
+    targets = [
+        Target(
+            f"{c.kind}{i}".encode() if i else b"", c.priority, c.endpoint.port, c.endpoint.ip.packed
+        )
+        for i, c in enumerate(peer.candidates)
+    ]
+    txt = [f"allowed={','.join(peer.allowed_ips)}".encode()] if peer.allowed_ips else []
+    if peer.name:
+        txt.append(f"name={peer.name}".encode())
+    txt += (f"nat={peer.nat}".encode(), f"since={peer.since}".encode())
+    return pack_record(targets, [t[:255] for t in txt])
+
+
+def _target_name(name: dns.name.Name, target: Target) -> dns.name.Name:
+    return dns.name.Name((target.label,)).concatenate(name) if target.label else name
 
 
 def _render(r: dns.message.Message, limit: int) -> bytes | None:
@@ -496,15 +540,11 @@ def _subset(rrset: dns.rrset.RRset, items: list[dns.rdata.Rdata]) -> dns.rrset.R
     return out
 
 
-def _address_type(ep: Endpoint) -> int:
-    return T.A if ep.ip.version == 4 else T.AAAA
-
-
-def _address_rdata(ep: Endpoint, qtype: int) -> list[dns.rdata.Rdata]:
-    if qtype == T.A and ep.ip.version == 4:
-        return [dns.rdtypes.IN.A.A(IN, T.A, str(ep.ip))]
-    if qtype == T.AAAA and ep.ip.version == 6:
-        return [dns.rdtypes.IN.AAAA.AAAA(IN, T.AAAA, str(ep.ip))]
+def _address_rdata(ip: bytes, qtype: int) -> list[dns.rdata.Rdata]:
+    if qtype == T.A and len(ip) == 4:
+        return [dns.rdtypes.IN.A.A(IN, T.A, dns.ipv4.inet_ntoa(ip))]
+    if qtype == T.AAAA and len(ip) == 16:
+        return [dns.rdtypes.IN.AAAA.AAAA(IN, T.AAAA, dns.ipv6.inet_ntoa(ip))]
     return []
 
 
@@ -517,5 +557,5 @@ def _parents(name: dns.name.Name, origin: dns.name.Name) -> Iterator[dns.name.Na
 
 
 def _wire(name: dns.name.Name) -> bytes:
-    """Uncompressed, lowercased wire form of a name (the cache's name index)."""
+    """Uncompressed, lowercased wire form of a name (the cache's index for names)."""
     return (name.to_wire() or b"").lower()

@@ -1,4 +1,5 @@
-"""The zone's fast path: a hand-written question parser and the wire-answer cache, sans-IO.
+"""The zone's fast path, sans-IO: a hand-written question parser, the wire-answer cache, and the
+packed per-peer record with the encoder that writes a peer's answers straight from it.
 
 dnspython takes ~30 us to parse a query; a daemon asks the same few questions every probe
 interval, so :class:`~wgmesh.proto.dnssd.Zone` answers repeats from :class:`AnswerCache` as wire
@@ -7,25 +8,51 @@ bytes after the id, so the answer echoes the question's case (RFC 4343 section 4
 header bit that shapes the answer (RD, the EDNS size and DO bit of RFC 6891 section 6.1) is part
 of it. A query with EDNS options (cookies, padding) is keyed with the options left out.
 
-Invalidation: positive answers are indexed by their question name and dropped when that name
-changes; negative answers (RFC 2308) carry the SOA serial and are stored with it, so any change
-makes them all stale at once. Both tables are capped and evict the oldest entry first, and
+Invalidation: positive answers are indexed by what they are about (a peer's key for the peer's
+names, else the question name) and dropped when that changes; negative answers (RFC 2308) carry
+the SOA serial and are stored with it, so any change makes them all stale at once. Both tables
+are capped (entries, and bytes for the positive one) and evict the oldest entry first, and
 negative answers (which hostile queries for random names produce) have their own, smaller cap,
 so a flood of them cannot push out the answers real peers ask for.
+
+Memory: a zone of a million peers holds each as one ``bytes`` (:func:`pack_record`, ~100 bytes:
+the SRV targets' labels, priorities, ports and addresses, and the TXT strings that are not
+derived from the key), and :class:`PeerAnswers` writes the SRV/TXT/A/AAAA answers about a peer
+from it in a few microseconds, byte for byte as dnspython renders them (tests compare the two).
 """
 
 from __future__ import annotations
 
+import base64
 import struct
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 MIN_UDP = 512
 """The UDP answer size a client without EDNS gets (RFC 1035 section 4.2.1)."""
+MAX_TCP = 65535
+"""Largest DNS message over TCP (RFC 1035 section 4.2.2: 2-byte length)."""
 MAX_FAST_QUERY = 512
 """Longer queries go to the slow path (a real query is under 100 bytes)."""
+ENTRY_OVERHEAD = 400
+"""Bytes a cached positive answer costs besides its key and wire bytes (table and index slots,
+object headers, the subject; measured on CPython 3.11), counted against
+:attr:`AnswerCache.max_bytes`."""
+A, TXT, AAAA, SRV = 1, 16, 28, 33
 _OPT = 41
 _DO = 0x8000
+_QTAIL = struct.Struct("!HH")
+_HEADER = struct.Struct("!HHHHH")  # after the id: flags, QD, AN, NS, AR counts
+_RR = struct.Struct("!HHIH")  # type, class, TTL, RDLENGTH
+_SRV = struct.Struct("!HHH")  # priority, weight, port (RFC 2782)
+_OPT_RR = struct.Struct("!BHHIH")  # root owner, type 41, UDP size, ext-rcode/version/flags, 0
+_TARGET = struct.Struct("!HHB")  # priority, port, address length
+_HERE = b"\xc0\x0c"  # a pointer to the question name (RFC 1035 section 4.1.4)
+_B32 = bytearray(b"!" * 256)  # lowercase base32 -> the digits int(..., 32) reads; else invalid
+for _i, _c in enumerate(b"abcdefghijklmnopqrstuvwxyz234567"):
+    _B32[_c] = b"0123456789abcdefghijklmnopqrstuv"[_i]
+_B32_DIGITS = bytes(_B32)
 
 
 def raw_key(query: bytes, tcp: bool) -> bytes:
@@ -41,6 +68,8 @@ class QueryShape:
     """Cache key: :func:`raw_key` when there are no EDNS options, else a normalised form."""
     qname: bytes
     """The question name in uncompressed wire form, ASCII-lowercased (the invalidation index)."""
+    end: int
+    """Offset just past the question (its type and class included)."""
 
 
 def query_shape(query: bytes, tcp: bool) -> QueryShape | None:
@@ -72,7 +101,7 @@ def query_shape(query: bytes, tcp: bool) -> QueryShape | None:
         return None
     qname = query[12:pos].lower()
     if not ar:
-        return QueryShape(raw_key(query, tcp), qname) if end_q == n else None
+        return QueryShape(raw_key(query, tcp), qname, end_q) if end_q == n else None
     # OPT (RFC 6891 section 6.1.2): root owner, type 41, CLASS = UDP size, TTL = ext-rcode,
     # version, flags; then RDLENGTH and the options
     if end_q + 11 > n or query[end_q] != 0:
@@ -81,22 +110,30 @@ def query_shape(query: bytes, tcp: bool) -> QueryShape | None:
     if rtype != _OPT or ext or version or end_q + 11 + rdlen != n:
         return None
     if rdlen == 0:
-        return QueryShape(raw_key(query, tcp), qname)
+        return QueryShape(raw_key(query, tcp), qname, end_q)
     # the answer does not depend on the options: key by what it does depend on
     size = 0 if tcp else max(MIN_UDP, payload)
     shape = struct.pack("!HH", size, eflags & _DO)
-    return QueryShape(b"%c%s%s%s" % (tcp, query[2:4], shape, query[12:end_q]), qname)
+    return QueryShape(b"%c%s%s%s" % (tcp, query[2:4], shape, query[12:end_q]), qname, end_q)
 
 
 class AnswerCache:
-    """Wire answers by cache key: positive ones indexed by name, negative ones by serial."""
+    """Wire answers by cache key: positive ones indexed by subject, negative ones by serial."""
 
-    def __init__(self, size: int, negative_size: int) -> None:
+    def __init__(self, size: int, negative_size: int, max_bytes: int = 2**62) -> None:
         self.size = size
+        """Most positive answers."""
+        self.max_bytes = max_bytes
+        """Most bytes of positive answers: keys, wires and :data:`ENTRY_OVERHEAD` each."""
         self.negative_size = negative_size
+        """Most negative answers."""
+        self.bytes = 0
+        """Bytes the positive answers count for now."""
         self.positive: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()
-        """Positive answers: key -> (wire, qname). Public for the zone's inlined hit path."""
-        self._by_name: dict[bytes, set[bytes]] = {}
+        """Positive answers: key -> (wire, subject). Public for the zone's inlined hit path."""
+        # subject -> its one cached key, or a set of them (one per asked variant: case, type,
+        # transport, EDNS size); a set is made only for a second key, as most have one
+        self._index: dict[bytes, bytes | set[bytes]] = {}
         self._negative: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -110,8 +147,8 @@ class AnswerCache:
 
     @property
     def indexed(self) -> int:
-        """Keys in the name index (equal to ``len(self)`` unless there is a bug)."""
-        return sum(len(keys) for keys in self._by_name.values())
+        """Keys in the subject index (equal to ``len(self)`` unless there is a bug)."""
+        return sum(len(k) if isinstance(k, set) else 1 for k in self._index.values())
 
     def get(self, key: bytes, serial: int) -> bytes | None:
         """The cached answer for ``key``, if any is valid at ``serial``."""
@@ -126,19 +163,36 @@ class AnswerCache:
             return None
         return negative[0]
 
-    def put(self, key: bytes, qname: bytes, wire: bytes) -> None:
-        """Cache a positive answer to a question about ``qname``."""
-        if self.size <= 0:
+    def put(self, key: bytes, subject: bytes, wire: bytes) -> None:
+        """Cache a positive answer about ``subject``: a peer's key for the names of that peer,
+        else the question name (lowercased wire form)."""
+        cost = len(key) + len(wire) + ENTRY_OVERHEAD
+        if self.size <= 0 or cost > self.max_bytes:
             return
-        self.positive[key] = (wire, qname)
-        self._by_name.setdefault(qname, set()).add(key)
-        if len(self.positive) > self.size:
-            old_key, (_, old_name) = self.positive.popitem(last=False)
-            keys = self._by_name.get(old_name)
-            if keys is not None:
-                keys.discard(old_key)
-                if not keys:
-                    del self._by_name[old_name]
+        if key in self.positive:
+            self._drop(key)
+        self.positive[key] = (wire, subject)
+        self.bytes += cost
+        have = self._index.get(subject)
+        if have is None:
+            self._index[subject] = key
+        elif isinstance(have, set):
+            have.add(key)
+        else:
+            self._index[subject] = {have, key}
+        while len(self.positive) > self.size or self.bytes > self.max_bytes:
+            self._drop(next(iter(self.positive)))
+
+    def _drop(self, key: bytes) -> None:
+        wire, subject = self.positive.pop(key)
+        self.bytes -= len(key) + len(wire) + ENTRY_OVERHEAD
+        have = self._index.get(subject)
+        if isinstance(have, set):
+            have.discard(key)
+            if not have:
+                del self._index[subject]
+        elif have == key:
+            del self._index[subject]
 
     def put_negative(self, key: bytes, serial: int, wire: bytes) -> None:
         """Cache a negative answer, valid while the zone's serial is ``serial``."""
@@ -148,7 +202,170 @@ class AnswerCache:
         if len(self._negative) > self.negative_size:
             self._negative.popitem(last=False)
 
-    def invalidate(self, qname: bytes) -> None:
-        """Forget every positive answer about ``qname`` (lowercased wire form)."""
-        for key in self._by_name.pop(qname, ()):
-            self.positive.pop(key, None)
+    def invalidate(self, subject: bytes) -> None:
+        """Forget every positive answer about ``subject``."""
+        have = self._index.pop(subject, None)
+        if have is None:
+            return
+        for key in have if isinstance(have, set) else (have,):
+            wire, _ = self.positive.pop(key)
+            self.bytes -= len(key) + len(wire) + ENTRY_OVERHEAD
+
+
+# -- the packed per-peer record -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One SRV target of a peer as its packed record holds it (one per candidate address)."""
+
+    label: bytes
+    """First label of the target's name (``lan1``); empty for the peer's own name."""
+    priority: int
+    """SRV priority."""
+    port: int
+    """SRV port."""
+    ip: bytes
+    """The A (4 bytes) or AAAA (16 bytes) address at the target's name."""
+
+    @property
+    def rdtype(self) -> int:
+        """A or AAAA."""
+        return A if len(self.ip) == 4 else AAAA
+
+
+def pack_record(targets: Sequence[Target], txt: Sequence[bytes]) -> bytes:
+    """A peer's published data as one ``bytes``: the targets, then the TXT character-strings
+    that follow ``txtvers=1`` and ``pub=`` (those two are derived from the key when answering).
+    Raises ValueError for a label over 63 bytes (RFC 1035 section 2.3.4) or a bad address."""
+    parts = [bytes((len(targets),))]
+    for t in targets:
+        if len(t.label) > 63 or len(t.ip) not in (4, 16):
+            raise ValueError(f"bad SRV target {t!r}")
+        parts += (bytes((len(t.label),)), t.label, _TARGET.pack(t.priority, t.port, len(t.ip)))
+        parts.append(t.ip)
+    parts += (bytes((len(s),)) + s for s in txt)
+    return b"".join(parts)
+
+
+def unpack_record(record: bytes) -> tuple[list[Target], bytes]:
+    """The targets of a packed record and its TXT tail (wire-form character-strings)."""
+    targets = []
+    pos = 1
+    for _ in range(record[0]):
+        end = pos + 1 + record[pos]
+        priority, port, iplen = _TARGET.unpack_from(record, end)
+        ip = record[end + 5 : end + 5 + iplen]
+        targets.append(Target(record[pos + 1 : end], priority, port, ip))
+        pos = end + 5 + iplen
+    return targets, record[pos:]
+
+
+def txt_strings(key: bytes, tail: bytes) -> list[bytes]:
+    """The TXT character-strings of a peer (RFC 6763 section 6): txtvers, pub, then ``tail``."""
+    out = [b"txtvers=1", b"pub=" + base64.b64encode(key)]
+    pos = 0
+    while pos < len(tail):
+        out.append(tail[pos + 1 : pos + 1 + tail[pos]])
+        pos += 1 + tail[pos]
+    return out
+
+
+def label_key(label: bytes) -> bytes | None:
+    """The key whose wgsd label (:func:`wgmesh.proto.keys.key_label`) is ``label``, given in
+    lowercase; None unless ``label`` is exactly such a label (so one name maps to one key)."""
+    if len(label) != 56 or not label.endswith(b"===="):
+        return None
+    try:
+        value = int(label[:52].translate(_B32_DIGITS), 32)
+    except ValueError:
+        return None
+    if value & 0xF:  # 52 characters carry 260 bits: the last 4 are zero in a canonical label
+        return None
+    return (value >> 4).to_bytes(32, "big")
+
+
+class PeerAnswers:
+    """Positive answers about a peer's names, encoded from its packed record.
+
+    Covers what daemons ask: SRV, TXT, A/AAAA at the peer's name and A/AAAA at its targets'
+    names, for a query without EDNS options. Anything else (a negative answer, ANY, TC) gives
+    None and is left to dnspython. The layout is dnspython's for the same records: owner names
+    point at the question, SRV targets are uncompressed (RFC 2782), additional data is the
+    targets' addresses then the TXT, cut by halves to fit as :meth:`Zone._finish
+    <wgmesh.proto.dnssd.Zone._finish>` cuts it, and OPT comes last.
+    """
+
+    def __init__(self, service: bytes, ttl: int, max_udp: int) -> None:
+        self._service = service
+        self._ttl = ttl
+        self._max_udp = max_udp
+
+    def answer(
+        self,
+        query: bytes,
+        shape: QueryShape,
+        tcp: bool,
+        key: bytes,
+        record: bytes,
+        index: int,
+    ) -> bytes | None:
+        """The answer to ``query`` about target ``index`` (0: the peer's own name) of the peer
+        ``key`` whose packed record is ``record``; None when this encoder does not cover it."""
+        end = shape.end
+        qtype, qclass = _QTAIL.unpack_from(query, end - 4)
+        if qclass != 1:
+            return None
+        opt = b""
+        limit = MAX_TCP if tcp else MIN_UDP
+        if query[11]:  # one OPT record (query_shape allows no other)
+            if len(query) != end + 11:
+                return None  # EDNS options: padding (RFC 8467) changes the answer
+            if not tcp:
+                limit = max(MIN_UDP, min((query[end + 3] << 8) | query[end + 4], self._max_udp))
+            opt = _OPT_RR.pack(0, _OPT, self._max_udp, ((query[end + 7] << 8) & _DO), 0)
+        targets, tail = unpack_record(record)
+        ttl = self._ttl
+        answers: list[bytes] = []
+        extra: list[bytes] = []
+        if index:
+            target = targets[index]
+            if qtype != target.rdtype:
+                return None
+            answers.append(_HERE + _RR.pack(qtype, 1, ttl, len(target.ip)) + target.ip)
+        elif qtype == SRV and targets:
+            name = shape.qname[:57] + self._service  # the peer's label as the zone spells it
+            for t in sorted(targets, key=_priority):
+                target_name = bytes((len(t.label),)) + t.label + name if t.label else name
+                rdata = _SRV.pack(t.priority, 0, t.port) + target_name
+                answers.append(_HERE + _RR.pack(SRV, 1, ttl, len(rdata)) + rdata)
+            for t in targets:
+                owner = bytes((len(t.label),)) + t.label + _HERE if t.label else _HERE
+                extra.append(owner + _RR.pack(t.rdtype, 1, ttl, len(t.ip)) + t.ip)
+            extra.append(self._txt(key, tail))
+        elif qtype == TXT:
+            answers.append(self._txt(key, tail))
+        elif targets and qtype == targets[0].rdtype:
+            answers.append(_HERE + _RR.pack(qtype, 1, ttl, len(targets[0].ip)) + targets[0].ip)
+        else:
+            return None
+        question = query[12:end]
+        size = 12 + len(question) + sum(map(len, answers)) + len(opt)
+        if size > limit:
+            return None
+        keep = len(extra)
+        if size + sum(map(len, extra)) > limit:  # additional data is optional (RFC 2181 s. 9)
+            keep //= 2
+            while keep and size + sum(map(len, extra[:keep])) > limit:
+                keep //= 2
+        flags = 0x8400 | (query[2] << 8 & 0x0100)  # QR, AA, RD echoed
+        header = _HEADER.pack(flags, 1, len(answers), 0, keep + (1 if opt else 0))
+        return b"".join((query[:2], header, question, *answers, *extra[:keep], opt))
+
+    def _txt(self, key: bytes, tail: bytes) -> bytes:
+        rdata = b"\x09txtvers=1\x30pub=" + base64.b64encode(key) + tail
+        return _HERE + _RR.pack(TXT, 1, self._ttl, len(rdata)) + rdata
+
+
+def _priority(t: Target) -> int:
+    return t.priority

@@ -19,7 +19,9 @@ What it accepts (docs/protocol.md has the wire format):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TypeVar
@@ -29,6 +31,18 @@ from wgmesh.proto import sealed, stun
 from wgmesh.proto.dnssd import Candidate, PublishedPeer, Zone
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import KEY_LEN
+from wgmesh.proto.peerrow import (
+    NATS,
+    ROW,
+    SAME,
+    WATCHER,
+    pack_endpoint,
+    pack_row,
+    pack_seen,
+    row_parts,
+    unpack_endpoint,
+    unpack_seen,
+)
 from wgmesh.proto.ratelimit import RateLimitConfig, RateLimiter
 from wgmesh.proto.sealed import NatKind
 
@@ -180,10 +194,13 @@ class Registry:
         self.zone = zone
         self._nonce = nonce
         self.primary_port = primary_port
-        self.peers: dict[bytes, PeerEntry] = {}
-        self.watchers: dict[bytes, tuple[Endpoint, float, int]] = {}
-        """Control address, last Watch time and Watch counter per key, for pushes."""
+        self._rows: OrderedDict[bytes, bytes] = OrderedDict()
+        """Each peer's packed PeerEntry (wgmesh.proto.peerrow), oldest refresh first."""
+        self.watchers: dict[bytes, bytes] = {}
+        """Per key, for pushes: last Watch time, Watch counter and control address, packed
+        (peerrow.WATCHER), oldest Watch first."""
         self._limiter = RateLimiter(config.rate_limit)
+        self._plain = stun.PlainBindingResponder(config.software)
         self._events: list[PeerEvent] = []
         self._push_counter = 0
         self.counters: dict[str, int] = dict.fromkeys(
@@ -194,6 +211,11 @@ class Registry:
             ),
             0,
         )  # fmt: skip
+
+    @property
+    def peers(self) -> Mapping[bytes, PeerEntry]:
+        """The registered peers, oldest refresh first (read-only: unpacked when read)."""
+        return PeerTable(self._rows, self._entry)
 
     # -- state loading --------------------------------------------------------------------
 
@@ -206,27 +228,45 @@ class Registry:
             if admitted is None:
                 continue
             entry = self._apply_admission(entry, admitted)
-            self.peers[entry.key] = entry
+            try:
+                self._rows[entry.key] = _row(entry)
+            except (struct.error, ValueError):
+                continue  # a counter out of range: not a row we wrote
             self.zone.upsert(published(entry))
         # expire() relies on refresh order
-        self.peers = dict(sorted(self.peers.items(), key=lambda kv: kv[1].last_seen))
+        rows = sorted(self._rows.items(), key=lambda kv: ROW.unpack_from(kv[1])[0])
+        self._rows = OrderedDict(rows)
 
     def set_admission(self, admission: Admission, now: float) -> list[Outgoing]:
         """Replace the admission list (SIGHUP); withdraw or republish affected peers."""
-        self.admission = admission
+        previous, self.admission = self.admission, admission
         out: list[Outgoing] = []
-        for key, entry in list(self.peers.items()):
+        for key, row in list(self._rows.items()):
             admitted = admission.lookup(key)
+            if admitted == previous.lookup(key):
+                continue
+            entry = self._entry(key, row, previous)
             if admitted is None:
                 out += self._withdraw(entry, now)
                 continue
             updated = self._apply_admission(entry, admitted)
             if updated != entry:
-                self.peers[key] = updated
                 out += self._publish(Change.CHANGED, updated, now)
         return out
 
     # -- the datagram path ----------------------------------------------------------------
+
+    def answer_plain_binding(self, data: bytes, host: str, port: int) -> bytes | None:
+        """The fast path of :meth:`receive`: the answer to a plain Binding Request (no
+        attributes but FINGERPRINT) from the IPv4 socket address ``(host, port)``, counted as
+        ``receive`` counts it; None for any other datagram, which then goes to ``receive``.
+        Plain Binding Requests are not rate limited on either path (only sealed ones are)."""
+        reply = self._plain.answer(data, host, port)
+        if reply is not None:
+            c = self.counters
+            c["datagrams"] += 1
+            c["binding"] += 1
+        return reply
 
     def receive(self, data: bytes, source: Endpoint, local_port: int, now: float) -> list[Outgoing]:
         """Handle one datagram; returns the datagrams to send. Never raises on bad input."""
@@ -297,64 +337,77 @@ class Registry:
         """Record a registration. Not answered: the answer would land in WireGuard's socket
         and be dropped there; the daemon learns what we saw from the Status to its Watch."""
         c = self.counters
-        old = self.peers.get(key)
-        if old is not None and reg.counter <= old.register_counter:
+        row = self._rows.get(key)
+        head = None if row is None else ROW.unpack_from(row)
+        if head is not None and reg.counter <= head[2]:
             c["replay"] += 1
             return []
         if reg.secondary or local_port != self.primary_port:
-            if old is None:
+            if row is None:
                 return []  # nothing to compare with yet; the next round will classify
+            old = self._entry(key, row)
             nat = classify(old.endpoint, old.addresses, source)
             entry = replace(old, secondary=source, register_counter=reg.counter, nat=nat)
-            self.peers[key] = entry
+            self._rows[key] = _row(entry)
             if nat != old.nat:
                 c["registered"] += 1
                 return self._publish(Change.CHANGED, entry, now)
             return []
-        if old is None and len(self.peers) >= self.config.max_peers:
+        if row is None and len(self._rows) >= self.config.max_peers:
             c["table_full"] += 1
             return []
         c["registered"] += 1
         name = admitted.name or reg.name
-        unchanged = (
-            old is not None
-            and old.endpoint == source
-            and old.addresses == reg.addresses
-            and old.name == name
-            and old.allowed_ips == admitted.allowed_ips
-        )
+        seen = pack_seen(source, reg.addresses, name)
+        if (
+            row is not None
+            and head is not None
+            and head[5] == len(seen)
+            and row.startswith(seen, ROW.size)
+        ):
+            # the common case, a refresh: nothing published changes (the allowed IPs neither:
+            # set_admission republishes when they change)
+            _, since, _, watch_counter, nat, _, secondary_len = head
+            secondary = row[ROW.size + len(seen) : ROW.size + len(seen) + secondary_len]
+            self._rows[key] = b"".join((
+                ROW.pack(now, since, reg.counter, watch_counter, nat, len(seen), secondary_len),
+                seen, secondary, reg.software.encode(),
+            ))  # fmt: skip
+            self._rows.move_to_end(key)
+            entry = PeerEntry(key, name, source, reg.addresses, NATS[nat], since, now, reg.counter,
+                              watch_counter, reg.software, admitted.allowed_ips,
+                              _secondary(secondary, source))  # fmt: skip
+            self._events.append(PeerEvent(Change.REFRESHED, entry))
+            return []
+        previous = None if row is None else self._entry(key, row)
+        # a new mapping invalidates the alternate port's observation (re-probed by the daemon)
+        kept = previous if previous is not None and previous.endpoint == source else None
+        secondary_ep = None if kept is None else kept.secondary
         entry = PeerEntry(
             key=key,
             name=name,
             endpoint=source,
             addresses=reg.addresses,
-            nat=old.nat if unchanged and old is not None else NatKind.UNKNOWN,
-            since=now if old is None or old.endpoint != source else old.since,
+            nat=classify(source, reg.addresses, secondary_ep),
+            since=now if kept is None else kept.since,
             last_seen=now,
             register_counter=reg.counter,
-            watch_counter=0 if old is None else old.watch_counter,
+            watch_counter=0 if previous is None else previous.watch_counter,
             software=reg.software,
             allowed_ips=admitted.allowed_ips,
-            # a new mapping invalidates the alternate port's observation (re-probed by the daemon)
-            secondary=None if old is None or old.endpoint != source else old.secondary,
+            secondary=secondary_ep,
         )
-        if unchanged:  # the common case, a refresh: nothing published changes
-            self.peers.pop(key, None)
-            self.peers[key] = entry
-            self._events.append(PeerEvent(Change.REFRESHED, entry))
-            return []
-        entry = replace(entry, nat=classify(source, reg.addresses, entry.secondary))
-        if old is None:
-            return self._publish(Change.ADDED, entry, now)
-        return self._publish(Change.CHANGED, entry, now)
+        return self._publish(Change.ADDED if previous is None else Change.CHANGED, entry, now)
 
     def _watch(
         self, msg: stun.StunMessage, key: bytes, watch: sealed.Watch, source: Endpoint, now: float
     ) -> list[Outgoing]:
         c = self.counters
-        entry = self.peers.get(key)
+        row = self._rows.get(key)
+        entry = None if row is None else self._entry(key, row)
         known = self.watchers.get(key)
-        floor = max(0 if entry is None else entry.watch_counter, 0 if known is None else known[2])
+        floor = max(0 if entry is None else entry.watch_counter,
+                    0 if known is None else WATCHER.unpack_from(known)[1])  # fmt: skip
         if watch.counter <= floor:
             c["replay"] += 1
             return []
@@ -363,9 +416,9 @@ class Registry:
             return []
         if entry is not None:
             entry = replace(entry, watch_counter=watch.counter)
-            self.peers[key] = entry
+            self._rows[key] = _row(entry)
         self.watchers.pop(key, None)
-        self.watchers[key] = (source, now, watch.counter)
+        self.watchers[key] = WATCHER.pack(now, watch.counter) + pack_endpoint(source)
         c["watched"] += 1
         status = sealed.Status(
             timestamp_ms=int(now * 1000),
@@ -388,8 +441,8 @@ class Registry:
 
     def next_timer(self) -> float | None:
         """When ``expire`` next has something to do (the earliest expiry), or None."""
-        times = [e.last_seen for e in self._oldest(self.peers)]
-        times += [t for _, t, _ in self._oldest(self.watchers)]
+        times = [ROW.unpack_from(row)[0] for row in self._oldest(self._rows)]
+        times += [WATCHER.unpack_from(w)[0] for w in self._oldest(self.watchers)]
         return min(times) + self.config.expiry if times else None
 
     @staticmethod
@@ -403,17 +456,19 @@ class Registry:
         # Both tables are kept in refresh order (an entry is re-inserted when refreshed), so
         # the stale ones are at the front and this costs O(expired), not O(peers).
         limit = now - self.config.expiry
-        while self.watchers:
-            key, (_, seen, _) = next(iter(self.watchers.items()))
-            if seen >= limit:
+        stale = []
+        for key, watcher in self.watchers.items():  # one pass: a dict's front is slow to find
+            if WATCHER.unpack_from(watcher)[0] >= limit:
                 break
+            stale.append(key)
+        for key in stale:
             del self.watchers[key]
         out: list[Outgoing] = []
-        while self.peers:
-            entry = next(iter(self.peers.values()))
-            if entry.last_seen >= limit:
+        while self._rows:
+            key, row = next(iter(self._rows.items()))
+            if ROW.unpack_from(row)[0] >= limit:
                 break
-            out += self._withdraw(entry, now)
+            out += self._withdraw(self._entry(key, row), now)
         return out
 
     def events(self) -> list[PeerEvent]:
@@ -423,21 +478,32 @@ class Registry:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _entry(self, key: bytes, row: bytes, admission: Admission | None = None) -> PeerEntry:
+        """Unpack a row. The allowed IPs are not stored: they are the admission file's."""
+        last_seen, since, register_counter, watch_counter, nat, _, _ = ROW.unpack_from(row)
+        seen, secondary, software = row_parts(row)
+        endpoint, addresses, name = unpack_seen(seen)
+        admitted = (admission or self.admission).lookup(key)
+        return PeerEntry(key, name, endpoint, addresses, NATS[nat], since, last_seen,
+                         register_counter, watch_counter, software,
+                         () if admitted is None else admitted.allowed_ips,
+                         _secondary(secondary, endpoint))  # fmt: skip
+
     @staticmethod
     def _apply_admission(entry: PeerEntry, admitted: AdmittedPeer) -> PeerEntry:
         name = admitted.name or entry.name
         return replace(entry, name=name, allowed_ips=admitted.allowed_ips)
 
     def _withdraw(self, entry: PeerEntry, now: float) -> list[Outgoing]:
-        del self.peers[entry.key]
+        del self._rows[entry.key]
         self.zone.remove(entry.key)
         self._events.append(PeerEvent(Change.WITHDRAWN, entry))
         return self._push(entry.key, now)
 
     def _publish(self, change: Change, entry: PeerEntry, now: float) -> list[Outgoing]:
+        self._rows[entry.key] = _row(entry)
         if entry.last_seen == now:
-            self.peers.pop(entry.key, None)  # a refresh moves to the back (see expire)
-        self.peers[entry.key] = entry
+            self._rows.move_to_end(entry.key)  # a refresh moves to the back (see expire)
         self.zone.upsert(published(entry))
         self._events.append(PeerEvent(change, entry))
         return self._push(entry.key, now)
@@ -450,9 +516,10 @@ class Registry:
     def _push(self, changed: bytes, now: float) -> list[Outgoing]:
         """Tell every watcher but the changed peer itself to re-resolve ``changed`` now."""
         out: list[Outgoing] = []
-        for key, (addr, _, _) in self.watchers.items():
+        for key, watcher in self.watchers.items():
             if key == changed:
                 continue
+            addr, _ = unpack_endpoint(watcher, WATCHER.size)
             push = sealed.Push(
                 timestamp_ms=int(now * 1000),
                 counter=self._next_counter(now),
@@ -475,6 +542,45 @@ class Registry:
             )
         self.counters["pushed"] += len(out)
         return out
+
+
+class PeerTable(Mapping[bytes, PeerEntry]):
+    """A read-only view of the registry's rows, each unpacked into a PeerEntry when read."""
+
+    def __init__(self, rows: Mapping[bytes, bytes], unpack: Callable[[bytes, bytes], PeerEntry]):
+        self._rows = rows
+        self._unpack = unpack
+
+    def __getitem__(self, key: bytes) -> PeerEntry:
+        return self._unpack(key, self._rows[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def _row(entry: PeerEntry) -> bytes:
+    """Pack a PeerEntry (its allowed IPs left out, see Registry._entry)."""
+    if entry.secondary is None:
+        secondary = b""
+    elif entry.secondary == entry.endpoint:
+        secondary = SAME
+    else:
+        secondary = pack_endpoint(entry.secondary)
+    seen = pack_seen(entry.endpoint, entry.addresses, entry.name)
+    return pack_row(entry.last_seen, entry.since, entry.register_counter, entry.watch_counter,
+                    entry.nat, seen, secondary, entry.software)  # fmt: skip
+
+
+def _secondary(packed: bytes, endpoint: Endpoint) -> Endpoint | None:
+    if not packed:
+        return None
+    return endpoint if packed == SAME else unpack_endpoint(packed)[0]
 
 
 def classify(

@@ -8,7 +8,7 @@ Changes are written in one transaction per batch; the adapter flushes a batch ev
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from wgmesh.errors import ConfigError, DecodeError
@@ -48,34 +48,35 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"--state-dir {state_dir}: {exc}") from None
 
-    def load(self) -> tuple[list[PeerEntry], int]:
-        """All stored peers (oldest refresh first) and the last zone serial."""
+    def load(self) -> tuple[Iterator[PeerEntry], int]:
+        """All stored peers (oldest refresh first, read as they are consumed: a million of them
+        never exist as PeerEntry objects at once) and the last zone serial."""
+        serial = self._db.execute("SELECT value FROM meta WHERE name='serial'").fetchone()
+        return self._entries(), int(serial[0]) if serial else 1
+
+    def _entries(self) -> Iterator[PeerEntry]:
         rows = self._db.execute(
             "SELECT key, name, endpoint, addresses, nat, since, last_seen, register_counter,"
             " watch_counter, software, secondary FROM peers ORDER BY last_seen"
-        ).fetchall()
-        entries = []
+        )
         for row in rows:
             try:
-                entries.append(
-                    PeerEntry(
-                        key=bytes(row[0]),
-                        name=row[1],
-                        endpoint=Endpoint.parse(row[2]),
-                        addresses=tuple(Endpoint.parse(a) for a in row[3].split()),
-                        nat=NatKind(row[4]),
-                        since=row[5],
-                        last_seen=row[6],
-                        register_counter=row[7],
-                        watch_counter=row[8],
-                        software=row[9],
-                        secondary=Endpoint.parse(row[10]) if row[10] else None,
-                    )
+                entry = PeerEntry(
+                    key=bytes(row[0]),
+                    name=row[1],
+                    endpoint=Endpoint.parse(row[2]),
+                    addresses=tuple(Endpoint.parse(a) for a in row[3].split()),
+                    nat=NatKind(row[4]),
+                    since=row[5],
+                    last_seen=row[6],
+                    register_counter=row[7],
+                    watch_counter=row[8],
+                    software=row[9],
+                    secondary=Endpoint.parse(row[10]) if row[10] else None,
                 )
             except (DecodeError, ValueError):
                 continue  # a row we cannot read is skipped, not fatal
-        serial = self._db.execute("SELECT value FROM meta WHERE name='serial'").fetchone()
-        return entries, int(serial[0]) if serial else 1
+            yield entry
 
     def apply(self, events: Iterable[PeerEvent], serial: int) -> None:
         """Persist a batch of peer changes and the zone serial in one transaction."""
