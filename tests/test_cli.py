@@ -90,3 +90,35 @@ def test_daemon_on_a_missing_interface_exits_with_its_name() -> None:
     out = run("daemon", "-i", "wgnosuch9", "--registrar", "192.0.2.1", "--registrar-key",
               key, "--zone", "mesh.test", "--backend", "wg")  # fmt: skip
     assert out.returncode == 1 and "no WireGuard interface 'wgnosuch9'" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("office-1", True), ("b" * 63, True), ("bé" * 21, True), ("b" * 64, False),
+     ("é" * 32, False), ("tab\there", False), ("line\n", False), ("\x7f", False)],
+)  # fmt: skip
+def test_daemon_name_follows_the_register_codec_rule(name: str, ok: bool) -> None:
+    """--name is checked at startup with the rule the sealed Register enforces (printable,
+    at most 63 bytes of UTF-8), so a bad name fails with a clear message, not at the first probe."""
+    from wgmesh.cli.daemon import DEFAULTS, settings_from
+    from wgmesh.errors import ConfigError, LocalProtocolError
+    from wgmesh.proto import sealed
+
+    values = dict(DEFAULTS, interface="wg9", registrar="192.0.2.1", zone="mesh.test",
+                  registrar_key="A" * 43 + "=", name=name)  # fmt: skip
+    register = sealed.Register(0, 1, name, (), "wgmesh/0", False)
+    if ok:
+        assert settings_from(values).name == name
+        sealed.encode_payload(register, bytes(12))
+    else:
+        with pytest.raises(ConfigError, match=r"--name .*printable text of at most 63 bytes"):
+            settings_from(values)
+        with pytest.raises(LocalProtocolError):
+            sealed.encode_payload(register, bytes(12))
+
+
+def test_daemon_bad_name_exits_with_a_clear_error() -> None:
+    key = run("genkey").stdout.strip()
+    out = run("daemon", "-i", "wg9", "--registrar", "192.0.2.1", "--registrar-key", key,
+              "--zone", "mesh.test", "--name", "x" * 64)  # fmt: skip
+    assert out.returncode == 1 and "--name" in out.stderr and "63 bytes" in out.stderr

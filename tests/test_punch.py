@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
+
+import pytest
 
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.punch import Hint, PeerRecord, Planner, PunchConfig, Source
@@ -171,6 +174,17 @@ def test_our_mapping_change_rekicks_working_peers() -> None:
     assert p.plan(device(peer(PUB, hs=1000.0)), 1010.5).updates == ()
 
 
+def test_our_mapping_change_also_kicks_peers_without_a_record() -> None:
+    static = Endpoint.parse("192.0.2.5:51820")
+    p = Planner(PunchConfig())
+    p.set_our_mapping(Endpoint.parse("203.0.113.50:51820"), "cone")
+    assert p.plan(device(peer(static, hs=999.0)), 1000.0).updates == ()
+    assert p.set_our_mapping(Endpoint.parse("203.0.113.50:40000"), "cone")
+    u = p.plan(device(peer(static, hs=999.0)), 1000.5).updates
+    assert u and u[0].handshake_now and u[0].endpoint is None
+    assert p.plan(device(peer(static, hs=999.0)), 1001.0).updates == ()
+
+
 def test_missing_keepalive_is_set() -> None:
     p = Planner(PunchConfig(punch_delay=0, keepalive=25))
     p.set_record(record(PUBLIC))
@@ -228,3 +242,207 @@ def test_punch_primes_first_and_initiates_after_the_delay() -> None:
     assert second.updates[0].endpoint == PUB and second.updates[0].handshake_now
     # the trial runs from the kick, not from the priming
     assert p.next_deadline() == 1000.2 + PunchConfig().candidate_trial
+
+
+# -- who initiates when (rule 6) ---------------------------------------------------------------
+
+LOW, HIGH = bytes([0]) * 32, bytes([2]) * 32  # A (the peer) sorts between them
+
+
+def test_lower_key_leads_and_the_higher_key_follows_later() -> None:
+    cfg = PunchConfig(punch_delay=0.05, punch_stagger=0.3)
+    lead, follow = Planner(cfg), Planner(cfg)
+    lead.own_key, follow.own_key = LOW, HIGH
+    for p in (lead, follow):
+        p.set_record(record(PUBLIC))
+        assert p.plan(device(peer()), 1000.0).prime == (PUB,)
+    assert lead.next_deadline() == 1000.05
+    assert follow.next_deadline() == 1000.35
+    assert lead.plan(device(peer()), 1000.05).updates[0].handshake_now
+    assert follow.plan(device(peer()), 1000.05).updates == ()
+    assert follow.plan(device(peer()), 1000.35).updates[0].handshake_now
+
+
+def test_delays_grow_with_the_registrar_round_trip() -> None:
+    p = Planner(PunchConfig(punch_delay=0.05, punch_stagger=0.3))
+    p.observe_rtt(0.2)
+    p.own_key = LOW
+    assert p.punch_delay(A) == 0.4
+    p.own_key = HIGH
+    assert p.punch_delay(A) == pytest.approx(0.4 + 0.6)
+    assert p.punch_delay(A, session=True) == 0.4  # a keepalive cannot cross anything
+    p.observe_rtt(1.8)  # one slow answer moves the estimate by an eighth
+    assert p.registrar_rtt == pytest.approx(0.4)
+
+
+def test_follower_keeps_quiet_when_the_leads_handshake_came_through() -> None:
+    p = Planner(PunchConfig(punch_delay=0.05, punch_stagger=0.3))
+    p.own_key = HIGH
+    p.set_record(record(PUBLIC))
+    p.plan(device(peer()), 1000.0)
+    # the lead's initiation arrived; WireGuard learned the endpoint from it
+    done = device(peer(PUB, hs=1000.1))
+    assert p.plan(done, 1000.35).updates == ()
+    assert p.next_deadline() is None
+    assert p.views(done, 1000.4)[0].source == "registrar"
+    assert p.plan(done, 1010.0).updates == ()
+
+
+def test_follower_of_a_working_session_does_not_wait_for_the_stagger() -> None:
+    p = Planner(PunchConfig(punch_delay=0.05, punch_stagger=0.3))
+    p.own_key = HIGH
+    p.set_record(record(PUBLIC))
+    p.plan(device(peer()), 1000.0)
+    p.plan(device(peer(PUB, hs=1000.1)), 1000.35)
+    p.set_record(record(Hint(PUB2, "public", 0)))  # the peer's NAT rebound
+    plan = p.plan(device(peer(PUB, hs=1000.1)), 1010.0)
+    assert plan.prime == (PUB2,) and p.next_deadline() == 1010.05
+    u = p.plan(device(peer(PUB, hs=1000.1)), 1010.05).updates
+    assert u[0].endpoint == PUB2 and u[0].handshake_now
+
+
+# -- stalled paths (rule 7) ----------------------------------------------------------------------
+
+
+def counters(rx: int, tx: int, hs: float = 990.0) -> DeviceState:
+    return device(PeerState(A, PUB, ("100.64.0.2/32",), hs, rx, tx, 25))
+
+
+def test_unanswered_traffic_asks_for_one_probe() -> None:
+    p = Planner(PunchConfig(stall_after=1.0))
+    assert not p.watch_traffic(counters(1000, 1000), 1000.0)
+    assert not p.watch_traffic(counters(1100, 1100), 1000.5)  # both ways: fine
+    assert not p.watch_traffic(counters(1100, 1200), 1001.0)  # tx only, once
+    assert not p.watch_traffic(counters(1100, 1300), 1001.3)  # twice, but within stall_after
+    assert p.watch_traffic(counters(1100, 1400), 1001.6)
+    assert not p.watch_traffic(counters(1100, 1500), 1002.0)  # reported once
+    assert not p.watch_traffic(counters(1200, 1600), 1002.5)  # answered again: re-armed
+    assert not p.watch_traffic(counters(1200, 1700), 1003.0)
+    assert p.watch_traffic(counters(1200, 1800), 1003.5)
+
+
+def test_a_busy_peer_going_silent_asks_for_a_probe() -> None:
+    """Pings from the peer: rx and tx grow together, then nothing at all (our NAT rebound, so
+    its packets no longer reach us and we have nothing to answer)."""
+    p = Planner(PunchConfig(stall_after=1.0))
+    for i in range(4):
+        assert not p.watch_traffic(counters(1000 + 100 * i, 1000 + 100 * i), 1000.0 + i / 2)
+    assert not p.watch_traffic(counters(1300, 1300), 1002.0)
+    assert p.watch_traffic(counters(1300, 1300), 1002.5)
+    assert not p.watch_traffic(counters(1300, 1300), 1003.0)
+
+
+def test_samples_too_close_together_are_ignored() -> None:
+    p = Planner(PunchConfig(stall_after=1.0))
+    p.watch_traffic(counters(1000, 1000), 1000.0)
+    p.watch_traffic(counters(1100, 1100), 1000.5)
+    p.watch_traffic(counters(1100, 1100), 1000.51)  # a plan right after: no new information
+    p.watch_traffic(counters(1200, 1200), 1001.0)
+    assert p.traffic[A].busy  # two growing samples in a row, despite the extra read
+    assert p.traffic_active
+
+
+def test_idle_counters_are_not_worth_sampling_often() -> None:
+    p = Planner(PunchConfig(stall_after=1.0))
+    p.watch_traffic(counters(1000, 1000), 1000.0)
+    p.watch_traffic(counters(1000, 1000), 1002.0)
+    assert not p.traffic_active
+    p.watch_traffic(counters(1032, 1032), 1004.0)  # keepalives both ways
+    assert not p.traffic_active
+    p.watch_traffic(counters(1032, 1032 + 5 * 116), 1006.0)  # pings
+    assert p.traffic_active
+
+
+def test_one_sample_of_data_then_silence_asks_for_a_probe() -> None:
+    """Traffic began just before the rebinding: one (sparse) sample saw it, as data."""
+    p = Planner(PunchConfig(stall_after=1.0, busy_bytes=256))
+    p.watch_traffic(counters(1000, 1000), 1000.0)
+    assert not p.watch_traffic(counters(1000 + 5 * 116, 1000 + 5 * 116), 1002.0)
+    assert not p.watch_traffic(counters(1580, 1580), 1002.5)
+    assert p.watch_traffic(counters(1580, 1580), 1003.0)
+    q = Planner(PunchConfig(stall_after=1.0, busy_bytes=256))  # a handshake is not data
+    q.watch_traffic(counters(1000, 1000), 1000.0)
+    q.watch_traffic(counters(1000 + 148 + 32, 1000 + 92), 1002.0)
+    for i in range(1, 10):
+        assert not q.watch_traffic(counters(1180, 1092), 1002.0 + i / 2)
+
+
+def test_a_handshake_and_its_keepalive_are_not_data() -> None:
+    p = Planner(PunchConfig(stall_after=1.0))
+    p.watch_traffic(counters(0, 0, hs=0.0), 1000.0)
+    p.watch_traffic(counters(148 + 32, 92, hs=1000.2), 1000.5)  # handshake, first keepalive
+    assert not p.traffic[A].busy
+    p.watch_traffic(counters(212, 92, hs=1000.2), 1001.0)  # one more keepalive
+    for i in range(1, 10):
+        assert not p.watch_traffic(counters(212, 92, hs=1000.2), 1001.0 + i / 2)
+
+
+def test_keepalives_and_quiet_peers_never_ask() -> None:
+    p = Planner(PunchConfig(stall_after=1.0))
+    rx = tx = 1000
+    for i in range(40):  # 20 s: the peer's keepalive every 5 s, ours offset by 2.5 s
+        now = 1000.0 + i / 2
+        rx += 32 if i % 10 == 0 else 0
+        tx += 32 if i % 10 == 5 else 0
+        assert not p.watch_traffic(counters(rx, tx), now), now
+    q = Planner(PunchConfig(stall_after=1.0))
+    for i in range(10):  # never had a handshake: connecting, not stalled
+        assert not q.watch_traffic(counters(0, 148 * i, hs=0.0), 1000.0 + i / 2)
+
+
+def test_stall_probes_are_rate_limited() -> None:
+    p = Planner(PunchConfig(stall_after=1.0, stall_probes=1, stall_refill=10.0))
+    now, rx, tx = 1000.0, 1000, 1000
+    fired = []
+    for _ in range(60):  # a peer that answers in bursts: 1.5 s of traffic, 1.5 s of nothing
+        for step in range(6):
+            now += 0.5
+            if step < 3:
+                rx, tx = rx + 100, tx + 100
+            if p.watch_traffic(counters(rx, tx), now):
+                fired.append(now)
+    assert len(fired) <= 1 + (now - 1000.0) / 10.0
+    assert all(b - a >= 10.0 - 1e-9 for a, b in itertools.pairwise(fired))
+
+
+def test_a_stall_without_tokens_fires_when_one_is_earned() -> None:
+    p = Planner(PunchConfig(stall_after=1.0, stall_probes=1, stall_refill=10.0))
+    p._tokens = 0.0
+    p.watch_traffic(counters(1000, 1000), 1000.0)
+    for i in range(1, 4):
+        assert not p.watch_traffic(counters(1000, 1000 + 100 * i), 1000.0 + i / 2)
+    assert not p.watch_traffic(counters(1000, 1400), 1005.0)
+    assert p.watch_traffic(counters(1000, 1500), 1010.0)
+
+
+def test_rebinding_is_repaired_by_both_planners() -> None:
+    """Our NAT rebinds while the peer pings us: we notice the silence, our probe reports a new
+    mapping, which kicks our side; the peer's new record makes it punch toward the new port."""
+    old_us, new_us = Endpoint.parse("198.51.100.11:51820"), Endpoint.parse("198.51.100.11:61000")
+    B = bytes([9]) * 32
+    us, them = Planner(PunchConfig()), Planner(PunchConfig())
+    us.own_key, them.own_key = A, B
+    us.set_our_mapping(old_us, "cone")
+    us_dev = lambda rx, hs=990.0: DeviceState(  # noqa: E731
+        "wg0", A, 51820, (PeerState(B, PUB, ("100.64.0.2/32",), hs, rx, rx, 25),)
+    )
+    them_dev = DeviceState("wg1", B, 51820, (PeerState(A, old_us, (), 990.0, 5000, 9000, 25),))
+    them.set_record(PeerRecord(A, (Hint(old_us, "public", 0),)))
+    assert them.plan(them_dev, 995.0).updates == ()  # working
+    us.set_record(PeerRecord(B, (Hint(PUB, "public", 0),)))
+    assert us.plan(us_dev(1000), 995.0).updates == ()
+    for i in range(4):
+        us.watch_traffic(us_dev(1000 + 100 * i), 1000.0 + i / 2)
+    assert not us.watch_traffic(us_dev(1300), 1002.0)
+    assert us.watch_traffic(us_dev(1300), 1002.5)  # -> probe
+    assert us.set_our_mapping(new_us, "cone")  # the registrar saw the new port
+    kick = us.plan(us_dev(1300), 1002.51).updates
+    assert kick and kick[0].handshake_now and kick[0].endpoint is None
+    # the registrar pushed; the peer resolved our new record
+    them.set_record(PeerRecord(A, (Hint(new_us, "public", 0),)))
+    plan = them.plan(them_dev, 1002.53)
+    assert plan.prime == (new_us,)
+    deadline = them.next_deadline()
+    assert deadline is not None and deadline - 1002.53 < 0.1  # a session: no stagger
+    u = them.plan(them_dev, deadline).updates
+    assert u[0].endpoint == new_us and u[0].handshake_now

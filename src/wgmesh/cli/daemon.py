@@ -85,7 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         metavar="SECONDS",
         help="seconds between registrations (default 20; keep it under your NAT's UDP timeout)",
     )
-    a("--name", help="name to report to the registrar (the admission file's name wins)")
+    a(
+        "--name",
+        help="name to report to the registrar: printable, at most 63 bytes (the admission "
+        "file's name wins)",
+    )
     a(
         "--wait-interface",
         action="store_true",
@@ -131,6 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 def settings_from(values: dict[str, Any]) -> Any:
     from wgmesh.daemon.service import DaemonSettings
     from wgmesh.proto.punch import PunchConfig
+    from wgmesh.proto.sealed import MAX_NAME
 
     for flag in ("interface", "registrar", "registrar_key", "zone"):
         if not values[flag]:
@@ -153,6 +158,11 @@ def settings_from(values: dict[str, Any]) -> Any:
             dns_server = Endpoint.parse(str(values["dns"]), default_port=53)
         except DecodeError as exc:
             raise ConfigError(f"--dns: {exc}") from None
+    name = str(values["name"])  # the rule the sealed Register codec enforces
+    if not name.isprintable() or len(name.encode()) > MAX_NAME:
+        raise ConfigError(
+            f"--name {name!r}: must be printable text of at most {MAX_NAME} bytes (UTF-8)"
+        )
     interface = str(values["interface"])
     sock = values["status_socket"]
     return DaemonSettings(
@@ -164,7 +174,7 @@ def settings_from(values: dict[str, Any]) -> Any:
         registrar_alt_port=values["registrar_alt_port"],
         mode=str(values["mode"]),
         probe_interval=float(values["probe_interval"]),
-        name=str(values["name"]),
+        name=name,
         wait_interface=bool(values["wait_interface"]),
         status_socket=Path(sock) if sock else status_socket_for(interface),
         backend=str(values["backend"]),

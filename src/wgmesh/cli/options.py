@@ -8,7 +8,6 @@ here, so we can tell "not given" from "given as the default".
 from __future__ import annotations
 
 import argparse
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ def resolve(args: argparse.Namespace, defaults: Mapping[str, Any]) -> dict[str, 
     file_values: dict[str, Any] = {}
     path: Path | None = getattr(args, "config", None)
     if path is not None:
+        import tomllib  # only with --config: every start of the daemon would pay for it
+
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:

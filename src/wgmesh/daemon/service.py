@@ -4,6 +4,9 @@
   WireGuard port through the raw socket, and a sealed Watch leaves the control socket; the
   registrar's Status reply says what mapping it observed for the WireGuard port;
 - Push indications on the control socket name peers that changed: they are resolved at once;
+- every ``traffic_poll`` seconds the peers' transfer counters are read; a path that stalls (the
+  Planner's ``watch_traffic``) triggers a probe at once, so a rebinding of our NAT reaches the
+  registrar, and through its pushes the peers, in about a second;
 - records come from DNS-SD (``ZoneResolver``); the Planner decides endpoints; WireGuard is
   changed through the one ``WireGuardControl`` interface, in a thread (blocking calls never run
   on the event loop);
@@ -59,6 +62,8 @@ class DaemonSettings:
     """``endpoints`` or ``mesh``."""
     probe_interval: float = 20.0
     """Seconds between registrations (keeps NAT mappings alive; conntrack often forgets at 30 s)."""
+    traffic_poll: float = 0.5
+    """Seconds between reads of the peers' counters to spot stalled paths (0: off)."""
     name: str = ""
     """Name reported to the registrar."""
     wait_interface: bool = False
@@ -108,6 +113,7 @@ class Daemon:
         self._first_probe = asyncio.Event()
         self.lan: LanDiscovery | None = None
         self._probe_now = asyncio.Event()
+        self._traffic_wake = asyncio.Event()
         self._resolve_keys: set[bytes] = set()
         self._resolve_all = True
         self._status_waiters: dict[int, asyncio.Future[sealed.Status]] = {}
@@ -133,6 +139,7 @@ class Daemon:
         if self.device.public_key is None:
             raise WireGuardError(f"interface {self.s.interface} has no private key set")
         self.own_key = self.device.public_key
+        self.planner.own_key = self.own_key
         self.sealer = sealed.Sealer(_private_of(self.wg))
         self._raw = RawSender(self.device.listen_port)
         loop = asyncio.get_running_loop()
@@ -150,6 +157,8 @@ class Daemon:
             asyncio.create_task(self._resolve_loop()),
             asyncio.create_task(self._plan_loop()),
         ]
+        if self.s.traffic_poll > 0:
+            tasks.append(asyncio.create_task(self._traffic_loop()))
         server = None
         if self.s.status_socket is not None:
             server = await self._serve_status(self.s.status_socket)
@@ -191,13 +200,15 @@ class Daemon:
         self.counter = max(self.counter + 1, time.time_ns() // 1000)
         return self.counter
 
-    def _send_register(self, secondary: bool = False) -> int:
-        assert self._raw is not None and self.device is not None
+    async def _local_addresses(self) -> tuple[Endpoint, ...]:
+        """Our LAN candidates (``ip -j addr`` runs in a thread, never on the event loop)."""
+        assert self.device is not None
+        ips = await asyncio.to_thread(local_addresses, exclude=(self.s.interface,))
+        return tuple(Endpoint.of(ip, self.device.listen_port) for ip in ips)[:8]
+
+    def _send_register(self, addrs: tuple[Endpoint, ...], secondary: bool = False) -> int:
+        assert self._raw is not None
         counter = self._next()
-        addrs = tuple(
-            Endpoint.of(ip, self.device.listen_port)
-            for ip in local_addresses(exclude=(self.s.interface,))
-        )[:8]
         payload = sealed.Register(
             timestamp_ms=int(time.time() * 1000),
             counter=counter,
@@ -233,13 +244,16 @@ class Daemon:
     async def probe(self) -> bool:
         """One registration round; True when the registrar confirmed it."""
         classify = self.planner.our_nat == "unknown"
+        addrs = await self._local_addresses()
         for attempt in range(3):
             try:
-                reg = self._send_register()
+                sent = time.monotonic()
+                reg = self._send_register(addrs)
                 status = await self._watch(reg, timeout=0.5 * (attempt + 1))
             except (TimeoutError, OSError) as exc:
                 log.debug("probe attempt %d: %s", attempt + 1, exc or "no answer")
                 continue
+            self.planner.observe_rtt(time.monotonic() - sent)
             if status.register_counter < reg:
                 await asyncio.sleep(0.05)
                 with contextlib.suppress(TimeoutError, OSError):
@@ -247,9 +261,10 @@ class Daemon:
                 if status.register_counter < reg:
                     continue
             self._on_status(status)
+            classify = classify or self.planner.our_nat == "unknown"  # e.g. after a rebinding
             if classify and self.s.registrar_alt_port != 0:
                 with contextlib.suppress(OSError):
-                    sec = self._send_register(secondary=True)
+                    sec = self._send_register(addrs, secondary=True)
                     await asyncio.sleep(0.1)
                     self._on_status(await self._watch(sec, timeout=0.5))
             return True
@@ -270,6 +285,7 @@ class Daemon:
         backoff = 1.0
         reachable = True
         while True:
+            self._probe_now.clear()  # a request made during this probe asks for another
             ok = await self.probe()
             self._first_probe.set()
             if ok:
@@ -287,7 +303,6 @@ class Daemon:
                 reachable = False
                 delay = backoff
                 backoff = min(backoff * 2, self.s.probe_interval)
-            self._probe_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._probe_now.wait(), delay)
 
@@ -380,6 +395,8 @@ class Daemon:
         except WireGuardError as exc:
             log.warning("reading %s: %s", self.s.interface, exc)
             return
+        if self.s.traffic_poll > 0:
+            self._watch_traffic(self.device)
         plan = self.planner.plan(self.device, time.time())
         assert self._raw is not None
         for ep in plan.prime:
@@ -412,6 +429,29 @@ class Daemon:
                 await self._plan()
             else:  # new work was scheduled elsewhere: recompute the deadline
                 self._plan_wake.clear()
+
+    async def _traffic_loop(self) -> None:
+        """Sample the peers' counters every ``traffic_poll`` while traffic flows; an idle
+        interface is sampled only by the plan loop's reads (every 2 s), which keeps the idle
+        daemon's CPU where it was."""
+        while True:
+            if not self.planner.traffic_active:
+                self._traffic_wake.clear()
+                await self._traffic_wake.wait()  # set when a plan's read sees data move
+            await asyncio.sleep(self.s.traffic_poll)
+            try:
+                self.device = await self.read_device()
+            except WireGuardError as exc:
+                log.debug("reading %s: %s", self.s.interface, exc)
+                continue
+            self._watch_traffic(self.device)
+
+    def _watch_traffic(self, device: DeviceState) -> None:
+        if self.planner.watch_traffic(device, time.time()):
+            log.info("a peer's path stalled: probing the registrar now")
+            self._probe_now.set()
+        if self.planner.traffic_active:
+            self._traffic_wake.set()
 
     # -- status for `wgmesh peers` ------------------------------------------------------------
 

@@ -17,6 +17,16 @@ Rules (docs/protocol.md, "Choosing an endpoint"):
    registrar saw it behind our own public address), else in SRV priority order (public first).
 5. When our own public mapping changes, every peer is made to shake hands again, so that the
    new mapping opens toward them while the registrar tells them about it.
+6. Both peers act on the same registrar event, so the two initiations are staggered: the peer
+   with the lower key (the *lead*) initiates ``punch_delay`` after opening its NAT, the other one
+   ``punch_stagger`` later, and only if no handshake came in meanwhile. WireGuard drops the
+   response to its own initiation once it has answered the peer's, so two initiations that
+   cross in flight both fail and the next try waits for WireGuard's 5 s retry; a lost lead
+   initiation (the far NAT not open yet) costs only the stagger, since the follower's then
+   finds both NATs open.
+7. A path that stops carrying traffic (see :meth:`Planner.watch_traffic`) asks for a registrar
+   probe at once, so a NAT rebinding is registered and pushed to the peers within a second or
+   two instead of at the next periodic probe.
 """
 
 from __future__ import annotations
@@ -83,10 +93,22 @@ class PunchConfig:
     candidate_trial: float = 6.0
     """Seconds a candidate has to produce a handshake before the next is tried. Longer than
     WireGuard's own retry (REKEY_TIMEOUT 5 s + jitter), so that retry lands on the same one."""
-    punch_delay: float = 0.2
+    punch_delay: float = 0.05
     """Seconds between opening our NAT toward a candidate (the low-TTL priming packet) and
-    making WireGuard initiate to it, so that the peer, acting at the same moment, has opened
-    its NAT too before either initiation arrives."""
+    making WireGuard initiate to it when we lead, so that the peer, acting at about the same
+    moment, has opened its NAT too (at least this, and twice the registrar round trip)."""
+    punch_stagger: float = 0.3
+    """Further seconds the follower (the higher key) waits before initiating, and then only if
+    no handshake came in (at least this, and three registrar round trips)."""
+    stall_after: float = 1.0
+    """Seconds without received bytes after which a busy path counts as stalled."""
+    busy_bytes: int = 256
+    """Bytes received in one sample that show the peer is sending data, not just a handshake
+    (148 + 32 bytes) or a keepalive (32); two samples in a row with any growth show it too."""
+    stall_probes: int = 3
+    """Stall-triggered registrar probes allowed in a burst ..."""
+    stall_refill: float = 10.0
+    """... and seconds to earn one more (a token bucket)."""
     retry_min: float = 5.0
     """First pause after every candidate failed."""
     retry_max: float = 60.0
@@ -110,6 +132,27 @@ class _Peer:
     next_round: float = 0.0
     added_by_us: bool = False
     kick: bool = False
+    hs_at_prime: float = 0.0
+
+
+@dataclass(slots=True)
+class _Traffic:
+    """What :meth:`Planner.watch_traffic` remembers of one peer's counters."""
+
+    rx: int
+    tx: int
+    rx_at: float
+    """When rx last grew (or when first seen)."""
+    handshake: float = 0.0
+    """latest_handshake at the last sample."""
+    rx_streak: int = 0
+    """Consecutive samples in which rx grew."""
+    tx_only: int = 0
+    """Samples in which tx grew but rx did not, since rx last grew."""
+    busy: bool = False
+    """The peer has been sending data to us (since the last stall)."""
+    stalled: bool = False
+    """A stall was reported; not again until rx grows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +195,18 @@ class Planner:
         self.our_nat: str = "unknown"
         self.lan_keys: set[bytes] = set()
         """Peers seen on our LAN (mDNS)."""
+        self.own_key = b""
+        """Our public key: decides which side of a pair leads the punch (rule 6)."""
+        self.registrar_rtt = 0.0
+        """Smoothed registration round trip in seconds (scales the punch delays)."""
+        self.traffic: dict[bytes, _Traffic] = {}
+        self.traffic_active = False
+        """The last :meth:`watch_traffic` saw data move (``busy_bytes`` or more; keepalives
+        do not count) or a stall building up: worth sampling often (the daemon samples idle
+        interfaces only as often as it plans)."""
+        self._kick_others = False
+        self._tokens = float(config.stall_probes)
+        self._tokens_at: float | None = None
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -182,7 +237,16 @@ class Planner:
         if changed:
             for peer in self.peers.values():
                 peer.kick = True
+            self._kick_others = True
         return changed
+
+    def observe_rtt(self, sample: float) -> None:
+        """One registration round trip: smoothed as TCP's SRTT (RFC 6298: 1/8 of each new
+        sample), so one slow answer does not stretch the next punch."""
+        if self.registrar_rtt == 0.0:
+            self.registrar_rtt = sample
+        else:
+            self.registrar_rtt += (sample - self.registrar_rtt) / 8
 
     # -- the decision -------------------------------------------------------------------------
 
@@ -192,6 +256,17 @@ class Planner:
         on_device = {p.public_key: p for p in device.peers}
         updates: list[PeerUpdate] = []
         prime: list[Endpoint] = []
+        if self._kick_others:  # rule 5 for peers without a record (static endpoints): a
+            self._kick_others = False  # public one roams to our new port when it hears us
+            for other in device.peers:
+                if other.public_key in self.peers or not other.endpoint:
+                    continue
+                if _fresh(other, now, cfg):
+                    keepalive = None if other.persistent_keepalive else cfg.keepalive
+                    updates.append(
+                        PeerUpdate(other.public_key, handshake_now=True,
+                                   persistent_keepalive=keepalive)
+                    )  # fmt: skip
         for key, peer in self.peers.items():
             dev = on_device.get(key)
             if dev is None:
@@ -213,6 +288,12 @@ class Planner:
             if peer.fire_at is not None:
                 if now >= peer.fire_at:
                     peer.fire_at = None
+                    if dev.latest_handshake > peer.hs_at_prime:
+                        # the peer's initiation came through: keep the path it used
+                        peer.chosen, peer.pending = dev.endpoint, None
+                        peer.chosen_source = self._source_of(peer, dev.endpoint)
+                        peer.rounds = 0
+                        continue
                     peer.pending_since = now
                     keepalive = None if dev.persistent_keepalive else cfg.keepalive
                     assert peer.pending is not None
@@ -226,11 +307,23 @@ class Planner:
                 continue
             if update.endpoint is not None and update.endpoint != dev.endpoint:
                 prime.append(update.endpoint)  # open our NAT toward it first
-            if update.endpoint is not None and cfg.punch_delay > 0:
-                peer.fire_at = now + cfg.punch_delay  # set and initiate after punch_delay
+            delay = self.punch_delay(key, session=_fresh(dev, now, cfg))
+            if update.endpoint is not None and delay > 0:
+                peer.fire_at = now + delay  # set and initiate after the delay
+                peer.hs_at_prime = dev.latest_handshake
             else:
                 updates.append(update)
         return Plan(tuple(updates), tuple(prime))
+
+    def punch_delay(self, key: bytes, session: bool = False) -> float:
+        """Seconds from priming to initiating toward peer ``key`` (rule 6). With a live
+        ``session`` the kick sends a keepalive, not an initiation, so nothing can cross and the
+        follower does not wait."""
+        cfg = self.config
+        delay = max(cfg.punch_delay, 2 * self.registrar_rtt) if cfg.punch_delay > 0 else 0.0
+        if not session and self.own_key and self.own_key > key:
+            delay += max(cfg.punch_stagger, 3 * self.registrar_rtt)
+        return delay
 
     def next_deadline(self) -> float | None:
         """When ``plan`` next has something to do on its own (a delayed punch, a trial end)."""
@@ -244,7 +337,7 @@ class Planner:
 
     def _plan_peer(self, key: bytes, peer: _Peer, dev: PeerState, now: float) -> PeerUpdate | None:
         cfg = self.config
-        fresh = dev.latest_handshake > 0 and now - dev.latest_handshake < cfg.handshake_fresh
+        fresh = _fresh(dev, now, cfg)
         keepalive = None if dev.persistent_keepalive else cfg.keepalive
         kick, peer.kick = peer.kick, False
         if peer.pending is not None:
@@ -318,6 +411,76 @@ class Planner:
                 if h.endpoint == endpoint:
                     return Source.LAN if h.source == Source.LAN else Source.REGISTRAR
         return Source.ROAMING if peer.chosen_source is not None else Source.STATIC
+
+    # -- stalled paths ------------------------------------------------------------------------
+
+    def watch_traffic(self, device: DeviceState, now: float) -> bool:
+        """Feed the interface's transfer counters, sampled every fraction of a second; True when
+        a registrar probe should go out now, because a path that carried traffic has stalled:
+
+        - we keep sending but nothing has come back for ``stall_after`` seconds (tx grew in two
+          samples since rx last did), or
+        - the peer was sending data (rx grew in two samples in a row, or by ``busy_bytes`` in
+          one) and went silent for ``stall_after`` seconds.
+
+        Either is what a rebinding of our NAT looks like from inside (both also happen when
+        traffic merely ends, which costs one probe). A sample in which a handshake completed
+        does not count as data, so a new connection that carries nothing is not a stall. Only
+        peers that have completed a handshake count; each stall is reported once, until rx
+        grows again; probes are rate-limited by a token bucket (``stall_probes``, one more
+        every ``stall_refill`` seconds), and a stall that finds the bucket empty waits for the
+        next token. Samples closer than a quarter of ``stall_after`` to the previous one are
+        ignored (a plan right after a sample).
+        """
+        cfg = self.config
+        if self._tokens_at is not None and now - self._tokens_at < cfg.stall_after / 4:
+            return False  # too close to the last sample to say anything about rates
+        if self._tokens_at is not None:
+            earned = (now - self._tokens_at) / cfg.stall_refill
+            self._tokens = min(float(cfg.stall_probes), self._tokens + earned)
+        self._tokens_at = now
+        stalled: list[_Traffic] = []
+        seen = set()
+        self.traffic_active = False
+        for dev in device.peers:
+            seen.add(dev.public_key)
+            t = self.traffic.get(dev.public_key)
+            if t is None or dev.rx_bytes < t.rx or dev.tx_bytes < t.tx:  # new, or counters reset
+                self.traffic[dev.public_key] = _Traffic(
+                    dev.rx_bytes, dev.tx_bytes, now, dev.latest_handshake
+                )
+                continue
+            moved = dev.rx_bytes - t.rx + dev.tx_bytes - t.tx
+            shook, t.handshake = dev.latest_handshake != t.handshake, dev.latest_handshake
+            if dev.rx_bytes > t.rx and shook:  # handshake bytes are not data: a connection
+                t.rx_at, t.tx_only, t.stalled = now, 0, False  # that stays quiet after it
+                t.rx_streak = 0  # has not stalled
+            elif dev.rx_bytes > t.rx:
+                t.rx_at, t.tx_only, t.stalled = now, 0, False
+                t.rx_streak += 1
+                t.busy = t.busy or t.rx_streak >= 2 or dev.rx_bytes - t.rx >= cfg.busy_bytes
+            else:
+                t.rx_streak = 0
+                if dev.tx_bytes > t.tx:
+                    t.tx_only += 1
+            t.rx, t.tx = dev.rx_bytes, dev.tx_bytes
+            if moved >= cfg.busy_bytes or (t.busy and not t.stalled):
+                self.traffic_active = True  # data flows, or a stall may be building up
+            if (
+                not t.stalled
+                and dev.latest_handshake > 0
+                and (t.busy or t.tx_only >= 2)
+                and now - t.rx_at >= cfg.stall_after
+            ):
+                stalled.append(t)
+        for key in self.traffic.keys() - seen:
+            del self.traffic[key]
+        if not stalled or self._tokens < 1.0:
+            return False  # without a token the stall stays pending until one is earned
+        self._tokens -= 1.0
+        for t in stalled:
+            t.stalled, t.busy = True, False
+        return True
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -399,6 +562,10 @@ def why_not_direct(
     if dev.latest_handshake > 0:
         return "last handshake is stale; retrying candidates"
     return "no handshake yet on any candidate"
+
+
+def _fresh(dev: PeerState, now: float, cfg: PunchConfig) -> bool:
+    return dev.latest_handshake > 0 and now - dev.latest_handshake < cfg.handshake_fresh
 
 
 def _endpoints(record: PeerRecord) -> list[Endpoint]:
