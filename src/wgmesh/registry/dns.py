@@ -13,12 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
 from wgmesh.errors import RemoteProtocolError
 from wgmesh.proto.dnssd import Zone
+from wgmesh.registry import udpbatch
+from wgmesh.registry.udpbatch import BatchedUdp
 
 log = logging.getLogger("wgmesh.dns")
 
@@ -55,27 +59,43 @@ class DnsAdapterStats:
     errors: int = 0
     """Messages the zone rejected with a RemoteProtocolError (it is not meant to raise)."""
 
+    def count_dropped(self) -> None:
+        """One more datagram dropped for its size."""
+        self.udp_dropped += 1
+
+
+def _udp_answerer(
+    zone: Zone, limits: DnsLimits, stats: DnsAdapterStats
+) -> Callable[[bytes], bytes | None]:
+    """The UDP answer to one datagram, or None; the same for the batched and plain sockets."""
+    answer, low, high = zone.answer, MIN_QUERY, limits.max_udp_query
+
+    def on_datagram(data: bytes) -> bytes | None:
+        if not low <= len(data) <= high:
+            stats.udp_dropped += 1
+            return None
+        try:
+            return answer(data, tcp=False)
+        except RemoteProtocolError as exc:
+            stats.errors += 1
+            log.debug("dns udp: %s", exc)
+            return None
+
+    return on_datagram
+
 
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, zone: Zone, limits: DnsLimits, stats: DnsAdapterStats) -> None:
-        self.zone = zone
-        self.limits = limits
-        self.stats = stats
+    """The portable UDP path (where udpbatch is not available)."""
+
+    def __init__(self, on_datagram: Callable[[bytes], bytes | None]) -> None:
+        self.on_datagram = on_datagram
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        if not MIN_QUERY <= len(data) <= self.limits.max_udp_query:
-            self.stats.udp_dropped += 1
-            return
-        try:
-            answer = self.zone.answer(data, tcp=False)
-        except RemoteProtocolError as exc:
-            self.stats.errors += 1
-            log.debug("dns udp from %s: %s", addr, exc)
-            return
+        answer = self.on_datagram(data)
         if answer is not None and self.transport is not None:
             self.transport.sendto(answer, addr)
 
@@ -92,7 +112,7 @@ class DnsServer:
         self.stats = DnsAdapterStats()
         self.udp_port = 0
         self.tcp_port = 0
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: asyncio.DatagramTransport | BatchedUdp | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
 
@@ -151,23 +171,55 @@ class DnsServer:
 
 
 async def start_dns(zone: Zone, host: str, port: int, limits: DnsLimits | None = None) -> DnsServer:
-    """Serve ``zone`` on host:port over UDP and TCP (port 0: a free port, the same for both)."""
+    """Serve ``zone`` on host:port over UDP and TCP (port 0: a free port, the same for both).
+
+    UDP is read in batches (:mod:`wgmesh.registry.udpbatch`) where the platform allows."""
     server = DnsServer(zone, limits or DnsLimits())
+    on_datagram = _udp_answerer(zone, server.limits, server.stats)
     loop = asyncio.get_running_loop()
     attempts = 8 if port == 0 else 1
     for attempt in range(1, attempts + 1):
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(zone, server.limits, server.stats), local_addr=(host, port)
+        udp = await _bind_udp(
+            loop, host, port, on_datagram, server.limits.max_udp_query, server.stats.count_dropped
         )
-        udp_port = int(transport.get_extra_info("sockname")[1])
+        udp_port = int(cast(tuple[str, int], udp.get_extra_info("sockname"))[1])
         try:
             server._tcp = await asyncio.start_server(server._serve_tcp, host, udp_port)
         except OSError:
-            transport.close()
+            udp.close()
             if attempt == attempts:
                 raise
             continue  # port 0: the free UDP port is taken for TCP; pick another
-        server._udp, server.udp_port = transport, udp_port
+        server._udp, server.udp_port = udp, udp_port
         server.tcp_port = int(server._tcp.sockets[0].getsockname()[1])
         break
     return server
+
+
+async def _bind_udp(
+    loop: asyncio.AbstractEventLoop,
+    host: str,
+    port: int,
+    on_datagram: Callable[[bytes], bytes | None],
+    max_query: int,
+    on_truncated: Callable[[], None],
+) -> asyncio.DatagramTransport | BatchedUdp:
+    if not udpbatch.available():
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Udp(on_datagram), local_addr=(host, port)
+        )
+        return transport
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    batched = BatchedUdp(
+        sock, lambda data, _name: on_datagram(data), size=max_query, on_truncated=on_truncated
+    )
+    batched.start(loop)
+    return batched

@@ -1,0 +1,249 @@
+"""Serve a UDP socket in batches: recvmmsg(2) and sendmmsg(2) from the event loop's reader.
+
+Why: a registrar's DNS and STUN sockets answer small datagrams that mostly hit a cache, so the
+cost per datagram is the event loop's per-datagram work and two system calls, not our code
+(a DNS cache hit is 0.65 us of Python; uvloop's datagram path costs about 7 us more). Linux can
+receive and send up to :data:`BATCH` datagrams per system call; neither asyncio nor uvloop
+exposes that, so this module calls libc through ctypes. bench/dns_qps.py measures the gain
+(docs/benchmarks.md). Where libc has no recvmmsg (not Linux), :func:`available` is False and
+the callers use an ordinary asyncio DatagramProtocol.
+
+The handler gets each datagram's bytes and the raw sockaddr it came from, and returns the
+reply (sent to that sockaddr) or None. Datagrams that did not fit :attr:`BatchedUdp.size` bytes
+are dropped unread and counted; replies too large for a send slot go out with a plain
+``sendto``. One reader callback handles at most :data:`MAX_BATCHES` batches, so a flood cannot
+starve the rest of the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("wgmesh.udp")
+
+BATCH = 64
+"""Datagrams per recvmmsg/sendmmsg call."""
+MAX_BATCHES = 16
+"""Batches handled per reader callback before yielding to the event loop."""
+NAME_SIZE = 128
+"""sizeof(struct sockaddr_storage)."""
+MSG_DONTWAIT = 0x40
+MSG_TRUNC = 0x20
+
+Handler = Callable[[bytes, bytes], bytes | None]
+"""(datagram, raw sockaddr) -> reply or None."""
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = (
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.POINTER(_Iovec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    )
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = (("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint))
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+    if not hasattr(lib, "recvmmsg") or not hasattr(lib, "sendmmsg"):
+        return None
+    for fn in (lib.recvmmsg, lib.sendmmsg):
+        fn.restype = ctypes.c_int
+    return lib
+
+
+_LIBC = _libc()
+
+
+def available() -> bool:
+    """True where recvmmsg/sendmmsg can be called (Linux with a libc that has them)."""
+    return _LIBC is not None
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """What the batched socket saw."""
+
+    received: int = 0
+    sent: int = 0
+    truncated: int = 0
+    """Datagrams longer than the receive slot, dropped unread."""
+    send_failed: int = 0
+    """Replies the kernel did not take (socket buffer full, unreachable)."""
+    batches: int = 0
+    """recvmmsg calls that returned datagrams."""
+
+
+class BatchedUdp:
+    """Reads ``sock`` (non-blocking, bound) in batches and answers through ``handler``.
+
+    ``start(loop)`` registers the reader; ``close()`` removes it and closes the socket.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        handler: Handler,
+        size: int = 4096,
+        on_truncated: Callable[[], None] | None = None,
+    ) -> None:
+        if _LIBC is None:
+            raise OSError("recvmmsg/sendmmsg are not available here")
+        self.sock = sock
+        self.handler = handler
+        self.size = size
+        self.stats = BatchStats()
+        self.on_truncated = on_truncated
+        """Called for each datagram dropped for its size (the caller's own counter)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        n = BATCH
+        # receive slots are one byte longer than `size`, so a datagram that fills a slot was
+        # longer than `size` even where MSG_TRUNC is not reported
+        self._slot = size + 1
+        self._in = ctypes.create_string_buffer(n * self._slot)
+        self._names = ctypes.create_string_buffer(n * NAME_SIZE)
+        self._out = ctypes.create_string_buffer(n * size)
+        self._riov = (_Iovec * n)()
+        self._siov = (_Iovec * n)()
+        self._rmsg = (_Mmsghdr * n)()
+        self._smsg = (_Mmsghdr * n)()
+        self._in_at = ctypes.addressof(self._in)
+        self._names_at = ctypes.addressof(self._names)
+        self._out_at = ctypes.addressof(self._out)
+        for i in range(n):
+            self._riov[i].iov_base = self._in_at + i * self._slot
+            self._riov[i].iov_len = self._slot
+            self._siov[i].iov_base = self._out_at + i * size
+            r = self._rmsg[i].msg_hdr
+            r.msg_name = self._names_at + i * NAME_SIZE
+            r.msg_iov = ctypes.pointer(self._riov[i])
+            r.msg_iovlen = 1
+            s = self._smsg[i].msg_hdr
+            s.msg_iov = ctypes.pointer(self._siov[i])
+            s.msg_iovlen = 1
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start answering from ``loop``."""
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        """As a transport's: "sockname" and "socket" are known."""
+        if name == "sockname":
+            return self.sock.getsockname()
+        return self.sock if name == "socket" else default
+
+    def close(self) -> None:
+        """Stop reading and close the socket."""
+        if self._loop is not None and self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+        self._loop = None
+        self.sock.close()
+
+    def _on_readable(self) -> None:
+        try:
+            for _ in range(MAX_BATCHES):
+                if self._batch() < BATCH:
+                    return
+        except Exception:  # a bug in a handler must not kill the socket
+            log.exception("udp batch on port %s", self.sock.getsockname()[1])
+
+    def _batch(self) -> int:
+        assert _LIBC is not None
+        fd = self.sock.fileno()
+        if fd < 0:
+            return 0
+        rmsg, smsg, siov = self._rmsg, self._smsg, self._siov
+        for i in range(BATCH):
+            rmsg[i].msg_hdr.msg_namelen = NAME_SIZE
+        n: int = _LIBC.recvmmsg(fd, ctypes.byref(rmsg), BATCH, MSG_DONTWAIT, None)
+        if n <= 0:
+            return 0
+        stats = self.stats
+        stats.batches += 1
+        stats.received += n
+        string_at, memmove = ctypes.string_at, ctypes.memmove
+        slot, size, handler = self._slot, self.size, self.handler
+        in_at, names_at, out_at = self._in_at, self._names_at, self._out_at
+        k = 0
+        for i in range(n):
+            r = rmsg[i]
+            length = r.msg_len
+            hdr = r.msg_hdr
+            if length >= slot or hdr.msg_flags & MSG_TRUNC:
+                stats.truncated += 1
+                if self.on_truncated is not None:
+                    self.on_truncated()
+                continue
+            namelen = hdr.msg_namelen
+            name = string_at(names_at + i * NAME_SIZE, namelen)
+            reply = handler(string_at(in_at + i * slot, length), name)
+            if reply is None:
+                continue
+            if len(reply) > size:
+                self._send_one(reply, name)
+                continue
+            memmove(out_at + k * size, reply, len(reply))
+            siov[k].iov_len = len(reply)
+            s = smsg[k].msg_hdr
+            s.msg_name = names_at + i * NAME_SIZE
+            s.msg_namelen = namelen
+            k += 1
+        sent = 0
+        while sent < k:  # sendmmsg may take fewer than asked; a failing datagram is skipped
+            m: int = _LIBC.sendmmsg(
+                fd, ctypes.byref(smsg, sent * ctypes.sizeof(_Mmsghdr)), k - sent, MSG_DONTWAIT
+            )
+            if m <= 0:
+                stats.send_failed += 1
+                sent += 1
+            else:
+                stats.sent += m
+                sent += m
+        return n
+
+    def _send_one(self, reply: bytes, name: bytes) -> None:
+        addr = sockaddr_tuple(name)
+        if addr is None:
+            self.stats.send_failed += 1
+            return
+        try:
+            self.sock.sendto(reply, addr)
+            self.stats.sent += 1
+        except OSError:
+            self.stats.send_failed += 1
+
+
+def sockaddr_tuple(name: bytes) -> tuple[str, int] | None:
+    """The (host, port) of a raw sockaddr_in/sockaddr_in6, or None for anything else."""
+    family = int.from_bytes(name[:2], sys.byteorder) if len(name) >= 2 else -1
+    if len(name) >= 8 and family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, name[4:8]), int.from_bytes(name[2:4], "big")
+    if len(name) >= 24 and family == socket.AF_INET6:
+        host = socket.inet_ntop(socket.AF_INET6, name[8:24])
+        return host, int.from_bytes(name[2:4], "big")
+    return None

@@ -1,0 +1,164 @@
+"""The batched UDP socket (recvmmsg/sendmmsg through ctypes) and its fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import dns.asyncquery
+import dns.message
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wgmesh.proto.dnssd import Zone, ZoneConfig
+from wgmesh.registry import dns as dns_adapter
+from wgmesh.registry import udpbatch
+from wgmesh.registry.dns import start_dns
+from wgmesh.registry.udpbatch import BATCH, BatchedUdp, sockaddr_tuple
+
+pytestmark = pytest.mark.skipif(not udpbatch.available(), reason="no recvmmsg (not Linux)")
+
+
+def bound(family: int = socket.AF_INET, host: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    s.bind((host, 0))
+    return s
+
+
+def client(family: int = socket.AF_INET, host: str = "127.0.0.1") -> socket.socket:
+    c = socket.socket(family, socket.SOCK_DGRAM)
+    c.bind((host, 0))
+    c.settimeout(2)
+    return c
+
+
+def collect(c: socket.socket, n: int) -> list[tuple[bytes, tuple[str, int]]]:
+    return [c.recvfrom(70000)[:2] for _ in range(n)]  # type: ignore[misc]
+
+
+async def test_many_datagrams_are_answered_to_their_senders() -> None:
+    seen: list[bytes] = []
+
+    def handler(data: bytes, name: bytes) -> bytes | None:
+        seen.append(name)
+        return None if data.startswith(b"drop") else b"re:" + data
+
+    server = BatchedUdp(bound(), handler, size=512)
+    server.start(asyncio.get_running_loop())
+    a, b = client(), client()
+    try:
+        addr = server.get_extra_info("sockname")
+        count = 3 * BATCH + 5  # more than one batch per readable event
+        for i in range(count):
+            (a if i % 2 else b).sendto(b"q%d" % i, addr)
+        a.sendto(b"drop me", addr)
+        await asyncio.sleep(0.2)
+        got_a = {d for d, _ in await asyncio.to_thread(collect, a, count // 2)}
+        got_b = {d for d, _ in await asyncio.to_thread(collect, b, count - count // 2)}
+        assert got_a == {b"re:q%d" % i for i in range(1, count, 2)}
+        assert got_b == {b"re:q%d" % i for i in range(0, count, 2)}
+        assert server.stats.received == count + 1 and server.stats.sent == count
+        assert {sockaddr_tuple(n) for n in seen} == {a.getsockname(), b.getsockname()}
+        a.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            a.recvfrom(100)  # "drop me" got no answer
+    finally:
+        server.close()
+        a.close()
+        b.close()
+
+
+async def test_ipv6() -> None:
+    server = BatchedUdp(bound(socket.AF_INET6, "::1"), lambda d, _n: d[::-1])
+    server.start(asyncio.get_running_loop())
+    c = client(socket.AF_INET6, "::1")
+    try:
+        c.sendto(b"abc", server.get_extra_info("sockname"))  # type: ignore[arg-type]
+        data, _ = await asyncio.to_thread(c.recvfrom, 100)
+        assert data == b"cba"
+    finally:
+        server.close()
+        c.close()
+
+
+async def test_oversized_datagrams_are_dropped_and_counted_and_big_replies_still_go() -> None:
+    dropped: list[int] = []
+    server = BatchedUdp(
+        bound(), lambda d, _n: d * 100, size=64, on_truncated=lambda: dropped.append(1)
+    )
+    server.start(asyncio.get_running_loop())
+    c = client()
+    try:
+        addr = server.get_extra_info("sockname")
+        c.sendto(b"x" * 65, addr)  # one byte over the slot: dropped unread
+        c.sendto(b"y" * 64, addr)  # fits; its 6400-byte reply is larger than a send slot
+        data, _ = await asyncio.to_thread(c.recvfrom, 70000)
+        assert data == b"y" * 6400
+        assert server.stats.truncated == 1 and dropped == [1]
+    finally:
+        server.close()
+        c.close()
+
+
+async def test_a_failing_handler_does_not_stop_the_socket() -> None:
+    def handler(data: bytes, _name: bytes) -> bytes | None:
+        if data == b"boom":
+            raise RuntimeError("handler bug")
+        return b"ok"
+
+    server = BatchedUdp(bound(), handler)
+    server.start(asyncio.get_running_loop())
+    c = client()
+    try:
+        addr = server.get_extra_info("sockname")
+        c.sendto(b"boom", addr)
+        await asyncio.sleep(0.05)
+        c.sendto(b"fine", addr)
+        data, _ = await asyncio.to_thread(c.recvfrom, 100)
+        assert data == b"ok"
+    finally:
+        server.close()
+        c.close()
+
+
+@given(st.binary(max_size=200))
+def test_sockaddr_tuple_never_raises(name: bytes) -> None:
+    r = sockaddr_tuple(name)
+    assert r is None or (isinstance(r[0], str) and 0 <= r[1] < 65536)
+
+
+def test_sockaddr_tuple_reads_what_the_kernel_writes() -> None:
+    fam4 = struct.pack("=H", socket.AF_INET)
+    assert sockaddr_tuple(fam4 + b"\x1f\x90" + bytes([192, 0, 2, 7]) + bytes(8)) == (
+        "192.0.2.7",
+        8080,
+    )
+    fam6 = struct.pack("=H", socket.AF_INET6)
+    addr6 = socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    assert sockaddr_tuple(fam6 + b"\x00\x35" + bytes(4) + addr6 + bytes(4)) == ("2001:db8::1", 53)
+    assert sockaddr_tuple(struct.pack("=H", socket.AF_UNIX) + bytes(20)) is None
+
+
+@pytest.mark.parametrize("batched", [True, False])
+async def test_dns_serves_with_and_without_batching(
+    batched: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dns_adapter.udpbatch, "available", lambda: batched)
+    zone = Zone(ZoneConfig("mesh.test.", ("ns1.mesh.test.",), "hostmaster.mesh.test."))
+    server = await start_dns(zone, "127.0.0.1", 0)
+    try:
+        assert isinstance(server._udp, BatchedUdp) == batched
+        q = dns.message.make_query("mesh.test.", "SOA")
+        r = await dns.asyncquery.udp(q, "127.0.0.1", port=server.udp_port, timeout=2)
+        assert r.answer and r.id == q.id
+        c = client()
+        c.sendto(b"\x00" * 5000, ("127.0.0.1", server.udp_port))  # over max_udp_query
+        c.close()
+        await asyncio.sleep(0.1)
+        assert server.stats.udp_dropped == 1
+    finally:
+        server.close()
+        await server.wait_closed()
