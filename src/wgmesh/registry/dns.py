@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +20,7 @@ from typing import cast
 
 from wgmesh.errors import RemoteProtocolError
 from wgmesh.proto.dnssd import Zone
-from wgmesh.registry import udpbatch
-from wgmesh.registry.udpbatch import BatchedUdp
+from wgmesh.registry.udpbatch import UdpEndpoint, open_udp
 
 log = logging.getLogger("wgmesh.dns")
 
@@ -66,12 +64,12 @@ class DnsAdapterStats:
 
 def _udp_answerer(
     zone: Zone, limits: DnsLimits, stats: DnsAdapterStats
-) -> Callable[[bytes], bytes | None]:
-    """The UDP answer to one datagram, or None; the same for the batched and plain sockets."""
-    answer, low, high = zone.answer, MIN_QUERY, limits.max_udp_query
+) -> Callable[[bytes, object], bytes | None]:
+    """The UDP answer to one datagram (at most max_udp_query bytes), or None."""
+    answer = zone.answer
 
-    def on_datagram(data: bytes) -> bytes | None:
-        if not low <= len(data) <= high:
+    def on_datagram(data: bytes, _addr: object) -> bytes | None:
+        if len(data) < MIN_QUERY:
             stats.udp_dropped += 1
             return None
         try:
@@ -84,25 +82,6 @@ def _udp_answerer(
     return on_datagram
 
 
-class _Udp(asyncio.DatagramProtocol):
-    """The portable UDP path (where udpbatch is not available)."""
-
-    def __init__(self, on_datagram: Callable[[bytes], bytes | None]) -> None:
-        self.on_datagram = on_datagram
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        answer = self.on_datagram(data)
-        if answer is not None and self.transport is not None:
-            self.transport.sendto(answer, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("dns udp: %s", exc)
-
-
 class DnsServer:
     """A running DNS server: ``udp_port``/``tcp_port`` are the bound ports."""
 
@@ -112,7 +91,7 @@ class DnsServer:
         self.stats = DnsAdapterStats()
         self.udp_port = 0
         self.tcp_port = 0
-        self._udp: asyncio.DatagramTransport | BatchedUdp | None = None
+        self._udp: UdpEndpoint | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
 
@@ -176,11 +155,15 @@ async def start_dns(zone: Zone, host: str, port: int, limits: DnsLimits | None =
     UDP is read in batches (:mod:`wgmesh.registry.udpbatch`) where the platform allows."""
     server = DnsServer(zone, limits or DnsLimits())
     on_datagram = _udp_answerer(zone, server.limits, server.stats)
-    loop = asyncio.get_running_loop()
     attempts = 8 if port == 0 else 1
     for attempt in range(1, attempts + 1):
-        udp = await _bind_udp(
-            loop, host, port, on_datagram, server.limits.max_udp_query, server.stats.count_dropped
+        udp = await open_udp(
+            host,
+            port,
+            on_datagram,
+            max_datagram=server.limits.max_udp_query,
+            on_truncated=server.stats.count_dropped,
+            with_address=False,
         )
         udp_port = int(cast(tuple[str, int], udp.get_extra_info("sockname"))[1])
         try:
@@ -194,32 +177,3 @@ async def start_dns(zone: Zone, host: str, port: int, limits: DnsLimits | None =
         server.tcp_port = int(server._tcp.sockets[0].getsockname()[1])
         break
     return server
-
-
-async def _bind_udp(
-    loop: asyncio.AbstractEventLoop,
-    host: str,
-    port: int,
-    on_datagram: Callable[[bytes], bytes | None],
-    max_query: int,
-    on_truncated: Callable[[], None],
-) -> asyncio.DatagramTransport | BatchedUdp:
-    if not udpbatch.available():
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(on_datagram), local_addr=(host, port)
-        )
-        return transport
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    batched = BatchedUdp(
-        sock, lambda data, _name: on_datagram(data), size=max_query, on_truncated=on_truncated
-    )
-    batched.start(loop)
-    return batched

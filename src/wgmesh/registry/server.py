@@ -12,10 +12,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from wgmesh.proto import sealed
 from wgmesh.proto.dnssd import Zone, ZoneConfig
@@ -25,6 +24,7 @@ from wgmesh.proto.registry import Change, Outgoing, PeerEvent, Registry, Registr
 from wgmesh.registry.admission import load_admission
 from wgmesh.registry.dns import DnsServer, start_dns
 from wgmesh.registry.store import Store
+from wgmesh.registry.udpbatch import UdpEndpoint, open_udp
 
 log = logging.getLogger("wgmesh.registrar")
 
@@ -57,32 +57,34 @@ class RegistrarSettings:
     """Seconds between SQLite flushes of peer changes."""
 
 
-class _StunProtocol(asyncio.DatagramProtocol):
-    def __init__(self, registrar: Registrar, local_port: int) -> None:
+class _StunSocket:
+    """One STUN socket's datagram handler; the socket itself is a :mod:`udpbatch` endpoint."""
+
+    def __init__(self, registrar: Registrar) -> None:
         self.registrar = registrar
-        self.local_port = local_port
-        self.transport: asyncio.DatagramTransport | None = None
+        self.local_port = 0
+        self.endpoint: UdpEndpoint | None = None
         self._answer_plain = registrar.registry.answer_plain_binding
-        self._sendto: Callable[[bytes, tuple[Any, ...]], None] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        self._sendto = self.transport.sendto
+    def count_oversize(self) -> None:
+        """A datagram over max_datagram, dropped unread: counted as ``receive`` counts it."""
+        c = self.registrar.registry.counters
+        c["datagrams"] += 1
+        c["oversize"] += 1
 
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    def on_datagram(self, data: bytes, addr: tuple[str, int] | None) -> bytes | None:
+        """The reply to send back to ``addr``, or None (anything else goes out by itself)."""
+        assert addr is not None
         # Most of a STUN server's traffic is plain Binding Requests: answered from a template,
         # with no Endpoint built and no clock read (bench/stun_qps.py measures this path).
         reply = self._answer_plain(data, addr[0], addr[1])
-        if reply is not None and self._sendto is not None:
-            self._sendto(reply, addr)
-            return
+        if reply is not None:
+            return reply
         source = Endpoint.from_sockaddr(addr)
         out = self.registrar.registry.receive(data, source, self.local_port, time.time())
         if out:
-            self.registrar.send(out, self.transport, source)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("stun socket error: %s", exc)
+            self.registrar.send(out, self.endpoint, source)
+        return None
 
 
 class Registrar:
@@ -105,8 +107,8 @@ class Registrar:
         now = time.time()
         self.registry.restore(entries, now)
         log.info("restored %d live peers from %s", len(self.registry.peers), self.store.path)
-        self._primary: asyncio.DatagramTransport | None = None
-        self._transports: list[asyncio.BaseTransport] = []
+        self._primary: UdpEndpoint | None = None
+        self._transports: list[UdpEndpoint] = []
         self._dns: DnsServer | None = None
         self._pending: list[PeerEvent] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,22 +117,25 @@ class Registrar:
     @classmethod
     async def start(cls, settings: RegistrarSettings) -> Registrar:
         self = cls(settings)
-        loop = asyncio.get_running_loop()
         ports = [settings.stun_port]
         if settings.stun_alt_port:
             ports.append(settings.stun_alt_port)
         bound = []
         for port in ports:
-            transport, proto = await loop.create_datagram_endpoint(
-                lambda p=port: _StunProtocol(self, p),  # type: ignore[misc]
-                local_addr=(settings.listen, port),
+            stun = _StunSocket(self)
+            endpoint = await open_udp(
+                settings.listen,
+                port,
+                stun.on_datagram,
+                max_datagram=settings.registry.max_datagram,
+                on_truncated=stun.count_oversize,
             )
-            actual = transport.get_extra_info("sockname")[1]
-            proto.local_port = actual
-            bound.append(actual)
-            self._transports.append(transport)
+            stun.endpoint = endpoint
+            stun.local_port = int(cast(tuple[str, int], endpoint.get_extra_info("sockname"))[1])
+            bound.append(stun.local_port)
+            self._transports.append(endpoint)
             if self._primary is None:
-                self._primary = transport
+                self._primary = endpoint
         self.stun_ports = tuple(bound)
         self.registry.primary_port = bound[0]
         self._dns = await start_dns(self.zone, settings.listen, settings.dns_port)
@@ -157,7 +162,7 @@ class Registrar:
     def send(
         self,
         out: list[Outgoing],
-        transport: asyncio.DatagramTransport | None = None,
+        transport: UdpEndpoint | None = None,
         source: Endpoint | None = None,
     ) -> None:
         """Replies leave by the socket the request came in on; pushes by the primary port, which

@@ -25,6 +25,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 log = logging.getLogger("wgmesh.udp")
 
@@ -39,6 +40,8 @@ MSG_TRUNC = 0x20
 
 Handler = Callable[[bytes, bytes], bytes | None]
 """(datagram, raw sockaddr) -> reply or None."""
+AddressHandler = Callable[[bytes, "tuple[str, int] | None"], bytes | None]
+"""(datagram, (host, port) or None when not asked for) -> reply or None."""
 
 
 class _Iovec(ctypes.Structure):
@@ -157,6 +160,19 @@ class BatchedUdp:
             return self.sock.getsockname()
         return self.sock if name == "socket" else default
 
+    def is_closing(self) -> bool:
+        """As a transport's."""
+        return self.sock.fileno() < 0
+
+    def sendto(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        """Send one datagram outside the batches (pushes, replies to other addresses)."""
+        try:
+            self.sock.sendto(data, addr)
+            self.stats.sent += 1
+        except OSError as exc:
+            self.stats.send_failed += 1
+            log.debug("udp send to %s: %s", addr, exc)
+
     def close(self) -> None:
         """Stop reading and close the socket."""
         if self._loop is not None and self.sock.fileno() >= 0:
@@ -231,11 +247,7 @@ class BatchedUdp:
         if addr is None:
             self.stats.send_failed += 1
             return
-        try:
-            self.sock.sendto(reply, addr)
-            self.stats.sent += 1
-        except OSError:
-            self.stats.send_failed += 1
+        self.sendto(reply, addr)
 
 
 def sockaddr_tuple(name: bytes) -> tuple[str, int] | None:
@@ -247,3 +259,77 @@ def sockaddr_tuple(name: bytes) -> tuple[str, int] | None:
         host = socket.inet_ntop(socket.AF_INET6, name[8:24])
         return host, int.from_bytes(name[2:4], "big")
     return None
+
+
+class _Plain(asyncio.DatagramProtocol):
+    """The portable path, where recvmmsg is not available."""
+
+    def __init__(
+        self, handler: AddressHandler, max_datagram: int, on_truncated: Callable[[], None]
+    ):
+        self.handler = handler
+        self.max_datagram = max_datagram
+        self.on_truncated = on_truncated
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) > self.max_datagram:
+            self.on_truncated()
+            return
+        reply = self.handler(data, addr)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp: %s", exc)
+
+
+UdpEndpoint = asyncio.DatagramTransport | BatchedUdp
+"""What :func:`open_udp` returns: both have sendto, is_closing, close, get_extra_info."""
+
+
+async def open_udp(
+    host: str,
+    port: int,
+    handler: AddressHandler,
+    *,
+    max_datagram: int,
+    on_truncated: Callable[[], None] = lambda: None,
+    with_address: bool = True,
+) -> UdpEndpoint:
+    """Bind host:port and answer every datagram of at most ``max_datagram`` bytes through
+    ``handler`` (longer ones are dropped unread and reported to ``on_truncated``): batched
+    where :func:`available`, an asyncio datagram endpoint elsewhere. ``with_address=False``
+    spares a handler that ignores the sender the cost of decoding the address (it gets None)."""
+    loop = asyncio.get_running_loop()
+    if not available():
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Plain(handler, max_datagram, on_truncated), local_addr=(host, port)
+        )
+        return transport
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    if with_address:
+
+        def raw(data: bytes, name: bytes) -> bytes | None:
+            addr = sockaddr_tuple(name)
+            return None if addr is None else handler(data, addr)
+
+    else:
+
+        def raw(data: bytes, name: bytes) -> bytes | None:
+            return handler(data, None)
+
+    batched = BatchedUdp(sock, raw, size=max_datagram, on_truncated=on_truncated)
+    batched.start(loop)
+    return batched
