@@ -2,10 +2,10 @@
 
 For each size N (100,000 and 1,000,000 by default), in a fresh process: N peers each send what a
 daemon sends every probe round, a sealed Register from its WireGuard port and a sealed Watch
-from its control socket, through `Registry.receive` (the registrar's code path: peer table,
-watchers, published zone, shared-key cache, rate limiter; default limits, so at most 100,000
-watchers and 65,536 cached shared keys); then every peer's SRV record is asked once (EDNS 1232,
-as daemons ask) so the wire-answer cache fills to its cap. RSS is read after each stage.
+from its control socket, through `Registry.receive` (the registrar's code path: peer table with
+each peer's 32-byte shared key in its row, watchers with theirs, published zone, rate limiter;
+default limits, so at most 100,000 watchers); then every peer's SRV record is asked once (EDNS
+1232, as daemons ask) so the wire-answer cache fills to its cap. RSS is read after each stage.
 `--rounds 2` repeats the probe round (the steady state: every record rewritten once).
 Anchor, same run, own process: a plain dict of N slotted dataclasses with the same fields
 (the issue's 0.6 KiB/peer reference). Target (issue 6): <= 1 KiB/peer, caches included.

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import pickle
+from pathlib import Path
 
 import pytest
+from nacl.bindings import crypto_box_beforenm
 from nacl.public import PrivateKey
 
 from wgmesh.proto import sealed, stun
 from wgmesh.proto.dnssd import Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.peerrow import WATCHER, pack_endpoint
+from wgmesh.proto.peerrow import NO_KEY, SHARED_AT, WATCHER, WATCHER_SHARED_AT, pack_endpoint
 from wgmesh.proto.ratelimit import RateLimitConfig
 from wgmesh.proto.registry import (
     Admission,
@@ -22,6 +25,7 @@ from wgmesh.proto.registry import (
     _row,
 )
 from wgmesh.proto.sealed import NatKind
+from wgmesh.registry.store import Store
 
 NOW = 1_800_000_000.0
 PORT = 3478
@@ -373,7 +377,7 @@ def test_a_row_unpacks_to_the_entry_it_was_packed_from(
     r = make(reg_private)
     entry = PeerEntry(bytes(range(32)), "bé", endpoint, addresses, NatKind.CONE, NOW - 0.25, NOW,
                       2**64 - 1, 7, "wgmesh/1", (), secondary)  # fmt: skip
-    assert r._entry(entry.key, _row(entry)) == entry
+    assert r._entry(entry.key, _row(entry, NO_KEY)) == entry
 
 
 def test_refresh_rewrites_the_row_and_reports_the_full_entry(reg_private: PrivateKey) -> None:
@@ -393,8 +397,8 @@ def test_refresh_rewrites_the_row_and_reports_the_full_entry(reg_private: Privat
 
 
 def test_one_key_object_per_peer_across_the_tables(reg_private: PrivateKey) -> None:
-    """The key is stored once: the table, the zone and the shared-key cache share the object
-    of the first registration (a refresh or an update must not swap in its own copy)."""
+    """The key is stored once: the table and the zone share the object of the first
+    registration (a refresh or an update must not swap in its own copy)."""
     r = make(reg_private)
     reg_key = bytes(reg_private.public_key)
     alice = Peer()
@@ -410,6 +414,165 @@ def test_one_key_object_per_peer_across_the_tables(reg_private: PrivateKey) -> N
 def test_expiry_of_many_watchers_is_one_pass(reg_private: PrivateKey) -> None:
     r = make(reg_private, expiry=50.0)
     for i in range(3000):
-        r.watchers[i.to_bytes(32, "big")] = WATCHER.pack(NOW + i / 100, 1) + pack_endpoint(SRC)
+        r.watchers[i.to_bytes(32, "big")] = WATCHER.pack(
+            NOW + i / 100, 1, bytes(range(32))
+        ) + pack_endpoint(SRC)
     r.expire(NOW + 50 + 15)
     assert len(r.watchers) == 1500 and r.next_timer() == NOW + 15 + 50
+
+
+# -- shared keys -------------------------------------------------------------------------------
+
+
+def shared_of(reg_private: PrivateKey, peer: Peer) -> bytes:
+    return crypto_box_beforenm(peer.key, bytes(reg_private))
+
+
+def stored(r: Registry, key: bytes) -> tuple[bytes | None, bytes | None]:
+    """The shared key in the key's row and in its watcher record (None: no such record)."""
+    row, watcher = r._rows.get(key), r.watchers.get(key)
+    return (
+        None if row is None else row[SHARED_AT : SHARED_AT + 32],
+        None if watcher is None else watcher[WATCHER_SHARED_AT : WATCHER_SHARED_AT + 32],
+    )
+
+
+def tampered(data: bytes) -> bytes:
+    msg = stun.decode(data)
+    attrs = tuple(
+        (t, v[:-1] + bytes([v[-1] ^ 1]) if t == stun.ATTR_WG_SEALED else v)
+        for t, v in msg.attributes
+    )
+    return stun.encode(stun.StunMessage(msg.msg_type, msg.transaction_id, attrs))
+
+
+def test_refreshes_open_with_the_shared_key_in_the_row(reg_private: PrivateKey) -> None:
+    """One X25519 step per peer: refreshes, Watches, Status answers and pushes use the stored
+    shared key."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice, bob = Peer(), Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    assert r.sealer.agreements == 1
+    assert stored(r, alice.key) == (shared_of(reg_private, alice), None)
+    control = Endpoint.parse("198.51.100.20:50000")
+    for i in range(1, 6):
+        assert r.receive(alice.register(reg_key, NOW + i), SRC, PORT, NOW + i) == []
+        ((status, _),) = r.receive(alice.watch(reg_key, NOW + i), control, PORT, NOW + i)
+        assert isinstance(sealed.open_sealed(alice.sealer, stun.decode(status), reg_key)[1],
+                          sealed.Status)  # fmt: skip
+    assert r.counters["registered"] == 6 and r.counters["watched"] == 5
+    assert r.sealer.agreements == 1 and r.sealer.cached_keys == 0
+    assert stored(r, alice.key) == (shared_of(reg_private, alice),) * 2
+    out = r.receive(bob.register(reg_key, NOW + 6), SRC2, PORT, NOW + 6)  # pushed to alice
+    assert [a for _, a in out] == [control] and r.sealer.agreements == 2
+    assert isinstance(sealed.open_sealed(alice.sealer, stun.decode(out[0][0]), reg_key)[1],
+                      sealed.Push)  # fmt: skip
+
+
+def test_tampered_box_under_a_stored_key_is_rejected(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice, mallory = Peer(), Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    row = r._rows[alice.key]
+    assert r.receive(tampered(alice.register(reg_key, NOW + 1)), SRC2, PORT, NOW + 1) == []
+    # Mallory's genuine box claiming Alice's key
+    msg = stun.decode(mallory.register(reg_key, NOW + 1))
+    attrs = tuple((t, alice.key if t == stun.ATTR_WG_PUBLIC_KEY else v) for t, v in msg.attributes)
+    data = stun.encode(stun.StunMessage(msg.msg_type, msg.transaction_id, attrs))
+    assert r.receive(data, SRC2, PORT, NOW + 1) == []
+    assert r.counters["bad_box"] == 2 and r.counters["registered"] == 1
+    assert r._rows[alice.key] is row and r.peers[alice.key].endpoint == SRC
+    assert r.sealer.agreements == 1  # forgeries under a registered key cost no X25519
+
+
+def test_a_key_is_stored_only_for_an_accepted_message(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    refused = [
+        tampered(alice.register(reg_key)),  # does not open
+        alice.register(bytes(PrivateKey.generate().public_key)),  # sealed to another registrar
+        alice.register(reg_key, NOW - 500),  # opens, but stale
+        alice.register(reg_key, secondary=True),  # opens, but nothing to compare with yet
+    ]
+    for data in refused:
+        assert r.receive(data, SRC, PORT, NOW) == []
+    assert not r._rows and not r.watchers
+    assert r.sealer.agreements == 4 and r.sealer.cached_keys == 0  # each paid, none kept
+    assert r.counters["bad_box"] == 2 and r.counters["stale"] == 1
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    assert stored(r, alice.key) == (shared_of(reg_private, alice), None)
+
+
+def test_a_watch_before_any_register_keeps_the_key_with_the_watcher(
+    reg_private: PrivateKey,
+) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    control = Endpoint.parse("198.51.100.20:50000")
+    ((status, _),) = r.receive(alice.watch(reg_key), control, PORT, NOW)
+    assert sealed.open_sealed(alice.sealer, stun.decode(status), reg_key)[1] == sealed.Status(
+        int(NOW * 1000), int(NOW * 1_000_000), alice.counter, 0, None, NatKind.UNKNOWN,
+        r.zone.serial)  # fmt: skip
+    assert stored(r, alice.key) == (None, shared_of(reg_private, alice))
+    r.receive(alice.watch(reg_key, NOW + 1), control, PORT, NOW + 1)
+    r.receive(alice.register(reg_key, NOW + 1), SRC, PORT, NOW + 1)
+    assert stored(r, alice.key) == (shared_of(reg_private, alice),) * 2
+    assert r.sealer.agreements == 1
+
+
+def test_expiry_and_withdrawal_drop_the_shared_key(reg_private: PrivateKey) -> None:
+    alice, bob = Peer(), Peer()
+    adm = {p.key: AdmittedPeer(p.key) for p in (alice, bob)}
+    r = make(reg_private, Admission(open=False, peers=adm), expiry=50.0)
+    reg_key = bytes(reg_private.public_key)
+    for peer, src in ((alice, SRC), (bob, SRC2)):
+        r.receive(peer.register(reg_key), src, PORT, NOW)
+        r.receive(peer.watch(reg_key), src, PORT, NOW)
+    assert r.sealer.agreements == 2
+    # bob's key is revoked: his row and his watcher go, with their shared keys
+    r.set_admission(Admission(open=False, peers={alice.key: adm[alice.key]}), NOW + 1)
+    assert stored(r, bob.key) == (None, None)
+    assert stored(r, alice.key) == (shared_of(reg_private, alice),) * 2
+    r.expire(NOW + 51)
+    assert stored(r, alice.key) == (None, None) and not r._rows and not r.watchers
+    # back after expiry: first contact again, one X25519 step
+    r.receive(alice.register(reg_key, NOW + 60), SRC, PORT, NOW + 60)
+    assert r.sealer.agreements == 3
+    assert stored(r, alice.key) == (shared_of(reg_private, alice), None)
+
+
+def test_restored_rows_get_their_key_at_the_first_refresh(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r2 = make(reg_private)
+    r2.restore(r.peers.values(), NOW + 1)
+    assert stored(r2, alice.key) == (NO_KEY, None)  # shared keys are not persisted
+    r2.receive(alice.register(reg_key, NOW + 2), SRC, PORT, NOW + 2)
+    r2.receive(alice.register(reg_key, NOW + 3), SRC, PORT, NOW + 3)
+    assert stored(r2, alice.key) == (shared_of(reg_private, alice), None)
+    assert r2.sealer.agreements == 1 and r2.counters["registered"] == 2
+
+
+def test_shared_keys_reach_neither_events_nor_the_store(
+    reg_private: PrivateKey, tmp_path: Path
+) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(alice.watch(reg_key), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key, NOW + 1), SRC, PORT, NOW + 1)
+    shared = shared_of(reg_private, alice)
+    events = r.events()
+    assert len(events) == 2 and shared not in pickle.dumps(events)
+    store = Store(tmp_path)
+    store.apply(events, r.zone.serial)
+    store.close()
+    on_disk = b"".join(f.read_bytes() for f in tmp_path.iterdir() if f.is_file())
+    assert alice.key in on_disk and shared not in on_disk

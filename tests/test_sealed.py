@@ -212,16 +212,66 @@ def test_sealer_cache_is_a_capped_lru(keys: dict[str, PrivateKey]) -> None:
         s.seal(r.public_key, b"x", bytes(24))
     s.seal(remotes[0].public_key, b"x", bytes(24))  # now the most recently used
     s.seal(remotes[4].public_key, b"x", bytes(24))  # evicts remotes[1]
-    assert s.cached_boxes == 4
-    assert set(s._boxes) == {r.public_key for r in (remotes[0], remotes[2], remotes[3], remotes[4])}
+    assert s.cached_keys == 4
+    assert set(s._keys) == {r.public_key for r in (remotes[0], remotes[2], remotes[3], remotes[4])}
     # a box that opens is cached; forgeries under new keys are not
     box = remotes[5].seal(s.public_key, b"hi", bytes(24))
     for _ in range(10):
         with pytest.raises(DecodeError):
             s.open(bytes(PrivateKey.generate().public_key), box)
-    assert remotes[5].public_key not in s._boxes and s.cached_boxes == 4
+    assert remotes[5].public_key not in s._keys and s.cached_keys == 4
     assert s.open(remotes[5].public_key, box) == b"hi"
-    assert remotes[5].public_key in s._boxes and s.cached_boxes == 4
+    assert remotes[5].public_key in s._keys and s.cached_keys == 4
+
+
+def test_a_precomputed_shared_key_seals_and_opens_the_same_boxes(
+    keys: dict[str, PrivateKey],
+) -> None:
+    """open_box/seal_box with Sealer.shared_key are the same wire format as Sealer.seal/open."""
+    s_alice, s_reg = sealed.Sealer(bytes(keys["alice"])), sealed.Sealer(bytes(keys["registrar"]))
+    shared = s_reg.shared_key(pub(keys["alice"]))
+    assert shared is not None and shared == s_alice.shared_key(pub(keys["registrar"]))
+    assert s_reg.agreements == 1 and s_reg.cached_keys == 0  # computed, not cached
+    nonce = os.urandom(24)
+    box = s_alice.seal(pub(keys["registrar"]), b"hello", nonce)
+    assert sealed.seal_box(shared, b"hello", nonce) == box
+    assert sealed.open_box(shared, box) == b"hello"
+    assert s_alice.open(pub(keys["registrar"]), sealed.seal_box(shared, b"back", nonce)) == b"back"
+    mallory = s_reg.shared_key(pub(keys["mallory"]))
+    assert mallory is not None
+    bad = [
+        (mallory, box),  # the key of another pair
+        (shared, box[:-1] + bytes([box[-1] ^ 1])),  # tampered ciphertext
+        (shared, bytes([box[0] ^ 1]) + box[1:]),  # tampered nonce
+        (shared, box[:39]),  # shorter than nonce + MAC
+        (shared, box + bytes(600)),  # longer than MAX_SEALED
+    ]
+    for key, data in bad:
+        with pytest.raises(DecodeError) as exc:
+            sealed.open_box(key, data)
+        assert str(exc.value) == "sealed box does not open"
+    with pytest.raises(LocalProtocolError):
+        sealed.seal_box(shared[:31], b"x", nonce)
+    with pytest.raises(LocalProtocolError):
+        sealed.seal_box(shared, b"x", nonce[:12])
+
+
+def test_shared_key_refuses_malformed_and_low_order_keys(keys: dict[str, PrivateKey]) -> None:
+    s = sealed.Sealer(bytes(keys["alice"]))
+    assert s.shared_key(bytes(31)) is None
+    assert s.shared_key(bytes(32)) is None  # a low-order point: X25519 gives all zeros
+    assert s.shared_key((1).to_bytes(32, "little")) is None
+    assert s.cached_keys == 0
+
+
+def test_sealer_pays_x25519_once_per_cached_remote(keys: dict[str, PrivateKey]) -> None:
+    s_alice, s_reg = sealed.Sealer(bytes(keys["alice"])), sealed.Sealer(bytes(keys["registrar"]))
+    for _ in range(5):
+        box = s_alice.seal(pub(keys["registrar"]), b"x", os.urandom(24))
+        assert s_reg.open(pub(keys["alice"]), box) == b"x"
+        with pytest.raises(DecodeError):  # a tampered box under a cached key: refused, no X25519
+            s_reg.open(pub(keys["alice"]), box[:-1] + bytes([box[-1] ^ 1]))
+    assert s_alice.agreements == 1 and s_reg.agreements == 1
 
 
 # -- whole messages ----------------------------------------------------------------------------

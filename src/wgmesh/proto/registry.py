@@ -15,6 +15,11 @@ What it accepts (docs/protocol.md has the wire format):
 - a sealed ``Watch`` from the daemon's ordinary control socket: answered with a sealed
   ``Status`` (the observed WireGuard mapping), and the source is remembered so that peer changes
   are pushed there (sealed ``Push`` indications).
+
+Boxes open and seal with the shared key kept in the sender's row or watcher record (see
+wgmesh.proto.peerrow; never persisted, PeerEntry does not carry it), stored once a box opened
+with it and the message was accepted. Other senders pay the X25519 step, after the rate limit
+and the admission check.
 """
 
 from __future__ import annotations
@@ -33,13 +38,17 @@ from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import KEY_LEN
 from wgmesh.proto.peerrow import (
     NATS,
+    NO_KEY,
     ROW,
     SAME,
+    SHARED_AT,
     WATCHER,
+    WATCHER_SHARED_AT,
     pack_endpoint,
     pack_row,
     pack_seen,
     row_parts,
+    shared_key,
     unpack_endpoint,
     unpack_seen,
 )
@@ -229,7 +238,7 @@ class Registry:
                 continue
             entry = self._apply_admission(entry, admitted)
             try:
-                self._rows[entry.key] = _row(entry)
+                self._rows[entry.key] = _row(entry, NO_KEY)  # the shared key is never stored
             except (struct.error, ValueError):
                 continue  # a counter out of range: not a row we wrote
             self.zone.upsert(published(entry))
@@ -240,6 +249,8 @@ class Registry:
     def set_admission(self, admission: Admission, now: float) -> list[Outgoing]:
         """Replace the admission list (SIGHUP); withdraw or republish affected peers."""
         previous, self.admission = self.admission, admission
+        for key in [key for key in self.watchers if admission.lookup(key) is None]:
+            del self.watchers[key]  # and its shared key
         out: list[Outgoing] = []
         for key, row in list(self._rows.items()):
             admitted = admission.lookup(key)
@@ -251,7 +262,8 @@ class Registry:
                 continue
             updated = self._apply_admission(entry, admitted)
             if updated != entry:
-                out += self._publish(Change.CHANGED, updated, now)
+                shared = row[SHARED_AT : SHARED_AT + 32]
+                out += self._publish(Change.CHANGED, updated, now, shared)
         return out
 
     # -- the datagram path ----------------------------------------------------------------
@@ -291,13 +303,20 @@ class Registry:
             c["unexpected"] += 1
             return []
         key = msg.get(stun.ATTR_WG_PUBLIC_KEY)
-        if key is None or msg.get(stun.ATTR_WG_SEALED) is None:
+        box = msg.get(stun.ATTR_WG_SEALED)
+        if key is None or box is None:
             c["binding"] += 1
             return [(stun.binding_success(msg, source, software=self.config.software), source)]
-        return self._sealed(msg, key, source, local_port, now)
+        return self._sealed(msg, key, box, source, local_port, now)
 
     def _sealed(
-        self, msg: stun.StunMessage, key: bytes, source: Endpoint, local_port: int, now: float
+        self,
+        msg: stun.StunMessage,
+        key: bytes,
+        box: bytes,
+        source: Endpoint,
+        local_port: int,
+        now: float,
     ) -> list[Outgoing]:
         c = self.counters
         if not self._limiter.allow(source.ip, now):
@@ -310,20 +329,40 @@ class Registry:
         if admitted is None:
             c["unauthorized"] += 1
             return []
+        shared = self._shared_key(key)
         try:
-            _, payload = sealed.open_sealed(self.sealer, msg, None)
-        except DecodeError as exc:
-            c["bad_box" if "does not open" in str(exc) else "malformed"] += 1
+            if shared is None:  # a low-order key: no box can open
+                raise DecodeError("sealed box does not open")
+            plaintext = sealed.open_box(shared, box)
+        except DecodeError:
+            c["bad_box"] += 1
+            return []
+        try:
+            payload = sealed.decode_payload(plaintext, msg.transaction_id)
+        except DecodeError:
+            c["malformed"] += 1
             return []
         if abs(payload.timestamp_ms / 1000.0 - now) > self.config.freshness_window:
             c["stale"] += 1
             return []
         if isinstance(payload, sealed.Register):
-            return self._register(key, admitted, payload, source, local_port, now)
+            return self._register(key, admitted, payload, source, local_port, now, shared)
         if isinstance(payload, sealed.Watch):
-            return self._watch(msg, key, payload, source, now)
+            return self._watch(msg, key, payload, source, now, shared)
         c["unexpected"] += 1
         return []
+
+    def _shared_key(self, key: bytes) -> bytes | None:
+        """The shared key kept with ``key``'s row or watcher, else computed now (X25519)."""
+        row = self._rows.get(key)
+        if row is not None:
+            shared = shared_key(row, SHARED_AT)
+            if shared is not None:
+                return shared
+        watcher = self.watchers.get(key)
+        if watcher is not None:
+            return watcher[WATCHER_SHARED_AT : WATCHER_SHARED_AT + 32]
+        return self.sealer.shared_key(key)
 
     def _register(
         self,
@@ -333,9 +372,11 @@ class Registry:
         source: Endpoint,
         local_port: int,
         now: float,
+        shared: bytes,
     ) -> list[Outgoing]:
-        """Record a registration. Not answered: the answer would land in WireGuard's socket
-        and be dropped there; the daemon learns what we saw from the Status to its Watch."""
+        """Record a registration (``shared``: the key its box opened with). Not answered: the
+        answer would land in WireGuard's socket and be dropped there; the daemon learns what we
+        saw from the Status to its Watch."""
         c = self.counters
         row = self._rows.get(key)
         head = None if row is None else ROW.unpack_from(row)
@@ -348,10 +389,10 @@ class Registry:
             old = self._entry(key, row)
             nat = classify(old.endpoint, old.addresses, source)
             entry = replace(old, secondary=source, register_counter=reg.counter, nat=nat)
-            self._rows[key] = _row(entry)
+            self._rows[key] = _row(entry, shared)
             if nat != old.nat:
                 c["registered"] += 1
-                return self._publish(Change.CHANGED, entry, now)
+                return self._publish(Change.CHANGED, entry, now, shared)
             return []
         if row is None and len(self._rows) >= self.config.max_peers:
             c["table_full"] += 1
@@ -367,10 +408,11 @@ class Registry:
         ):
             # the common case, a refresh: nothing published changes (the allowed IPs neither:
             # set_admission republishes when they change)
-            _, since, _, watch_counter, nat, _, secondary_len = head
+            _, since, _, watch_counter, nat, _, secondary_len, _ = head
             secondary = row[ROW.size + len(seen) : ROW.size + len(seen) + secondary_len]
             self._rows[key] = b"".join((
-                ROW.pack(now, since, reg.counter, watch_counter, nat, len(seen), secondary_len),
+                ROW.pack(now, since, reg.counter, watch_counter, nat, len(seen), secondary_len,
+                         shared),
                 seen, secondary, reg.software.encode(),
             ))  # fmt: skip
             self._rows.move_to_end(key)
@@ -397,10 +439,17 @@ class Registry:
             allowed_ips=admitted.allowed_ips,
             secondary=secondary_ep,
         )
-        return self._publish(Change.ADDED if previous is None else Change.CHANGED, entry, now)
+        change = Change.ADDED if previous is None else Change.CHANGED
+        return self._publish(change, entry, now, shared)
 
     def _watch(
-        self, msg: stun.StunMessage, key: bytes, watch: sealed.Watch, source: Endpoint, now: float
+        self,
+        msg: stun.StunMessage,
+        key: bytes,
+        watch: sealed.Watch,
+        source: Endpoint,
+        now: float,
+        shared: bytes,
     ) -> list[Outgoing]:
         c = self.counters
         row = self._rows.get(key)
@@ -416,9 +465,9 @@ class Registry:
             return []
         if entry is not None:
             entry = replace(entry, watch_counter=watch.counter)
-            self._rows[key] = _row(entry)
+            self._rows[key] = _row(entry, shared)
         self.watchers.pop(key, None)
-        self.watchers[key] = WATCHER.pack(now, watch.counter) + pack_endpoint(source)
+        self.watchers[key] = WATCHER.pack(now, watch.counter, shared) + pack_endpoint(source)
         c["watched"] += 1
         status = sealed.Status(
             timestamp_ms=int(now * 1000),
@@ -429,8 +478,8 @@ class Registry:
             nat=NatKind.UNKNOWN if entry is None else entry.nat,
             serial=self.zone.serial,
         )
-        box = self.sealer.seal(
-            key, sealed.encode_payload(status, msg.transaction_id), self._nonce(24)
+        box = sealed.seal_box(
+            shared, sealed.encode_payload(status, msg.transaction_id), self._nonce(24)
         )
         data = stun.binding_success(
             msg, source, extra=((stun.ATTR_WG_SEALED, box),), software=self.config.software
@@ -480,7 +529,7 @@ class Registry:
 
     def _entry(self, key: bytes, row: bytes, admission: Admission | None = None) -> PeerEntry:
         """Unpack a row. The allowed IPs are not stored: they are the admission file's."""
-        last_seen, since, register_counter, watch_counter, nat, _, _ = ROW.unpack_from(row)
+        last_seen, since, register_counter, watch_counter, nat, *_ = ROW.unpack_from(row)
         seen, secondary, software = row_parts(row)
         endpoint, addresses, name = unpack_seen(seen)
         admitted = (admission or self.admission).lookup(key)
@@ -500,8 +549,10 @@ class Registry:
         self._events.append(PeerEvent(Change.WITHDRAWN, entry))
         return self._push(entry.key, now)
 
-    def _publish(self, change: Change, entry: PeerEntry, now: float) -> list[Outgoing]:
-        self._rows[entry.key] = _row(entry)
+    def _publish(
+        self, change: Change, entry: PeerEntry, now: float, shared: bytes
+    ) -> list[Outgoing]:
+        self._rows[entry.key] = _row(entry, shared)
         if entry.last_seen == now:
             self._rows.move_to_end(entry.key)  # a refresh moves to the back (see expire)
         self.zone.upsert(published(entry))
@@ -519,6 +570,7 @@ class Registry:
         for key, watcher in self.watchers.items():
             if key == changed:
                 continue
+            _, _, shared = WATCHER.unpack_from(watcher)
             addr, _ = unpack_endpoint(watcher, WATCHER.size)
             push = sealed.Push(
                 timestamp_ms=int(now * 1000),
@@ -528,10 +580,9 @@ class Registry:
             )
             out.append(
                 (
-                    sealed.build_sealed_request(
-                        self.sealer,
+                    sealed.build_sealed_with(
+                        shared,
                         None,
-                        key,
                         push,
                         self._nonce(12),
                         self._nonce(24),
@@ -564,8 +615,9 @@ class PeerTable(Mapping[bytes, PeerEntry]):
         return len(self._rows)
 
 
-def _row(entry: PeerEntry) -> bytes:
-    """Pack a PeerEntry (its allowed IPs left out, see Registry._entry)."""
+def _row(entry: PeerEntry, shared: bytes) -> bytes:
+    """Pack a PeerEntry (its allowed IPs left out, see Registry._entry) and the peer's shared
+    key (peerrow.NO_KEY: none yet)."""
     if entry.secondary is None:
         secondary = b""
     elif entry.secondary == entry.endpoint:
@@ -574,7 +626,7 @@ def _row(entry: PeerEntry) -> bytes:
         secondary = pack_endpoint(entry.secondary)
     seen = pack_seen(entry.endpoint, entry.addresses, entry.name)
     return pack_row(entry.last_seen, entry.since, entry.register_counter, entry.watch_counter,
-                    entry.nat, seen, secondary, entry.software)  # fmt: skip
+                    entry.nat, seen, secondary, entry.software, shared)  # fmt: skip
 
 
 def _secondary(packed: bytes, endpoint: Endpoint) -> Endpoint | None:

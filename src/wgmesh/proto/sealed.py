@@ -30,8 +30,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
+from nacl.bindings import (
+    crypto_box_beforenm,
+    crypto_box_easy_afternm,
+    crypto_box_open_easy_afternm,
+)
 from nacl.exceptions import CryptoError
-from nacl.public import Box, PrivateKey, PublicKey
+from nacl.public import PrivateKey
 
 from wgmesh.errors import DecodeError, LocalProtocolError
 from wgmesh.proto import stun
@@ -339,50 +344,86 @@ def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
 # -- the box ----------------------------------------------------------------------------------
 
 
+def open_box(shared: bytes, sealed: bytes) -> bytes:
+    """The plaintext of ``nonce || ciphertext`` under a precomputed shared key
+    (:meth:`Sealer.shared_key`). Raises DecodeError("sealed box does not open") for a forged or
+    tampered box or a length outside ``stun.MIN_SEALED..MAX_SEALED``."""
+    if not stun.MIN_SEALED <= len(sealed) <= stun.MAX_SEALED:
+        raise DecodeError("sealed box does not open")
+    try:
+        return crypto_box_open_easy_afternm(sealed[NONCE_LEN:], sealed[:NONCE_LEN], shared)
+    except CryptoError:
+        raise DecodeError("sealed box does not open") from None
+
+
+def seal_box(shared: bytes, plaintext: bytes, nonce: bytes) -> bytes:
+    """``nonce || ciphertext`` under a precomputed shared key; LocalProtocolError on bad
+    arguments."""
+    if len(shared) != KEY_LEN or len(nonce) != NONCE_LEN:
+        raise LocalProtocolError("seal takes a 32-byte shared key and a 24-byte nonce")
+    return nonce + crypto_box_easy_afternm(plaintext, nonce, shared)
+
+
 class Sealer:
     """Seals and opens boxes between our private key and remote public keys.
 
-    One ``Box`` (it holds the X25519 shared key) is cached per remote key in an LRU of at most
-    ``cache_size`` entries: the X25519 step costs tens of microseconds, the box itself a few.
-    :meth:`open` caches a box only once it has opened something, so forgeries under random keys
-    cost their X25519 step but never evict a genuine sender's box.
+    The X25519 step (``crypto_box_beforenm``, 40-80 us) turns a remote key into a 32-byte
+    shared key; the box itself then costs a few microseconds (:func:`open_box`, :func:`seal_box`).
+    :meth:`shared_key` does that step and keeps nothing: whoever holds state per remote key keeps
+    the shared key with it (the registry, in each peer's row and watcher record). :meth:`seal`
+    and :meth:`open` keep their own LRU of at most ``cache_size`` shared keys, for callers that
+    talk to a few remotes (a daemon has one: its registrar). :meth:`open` caches a key only once
+    it has opened something, so forgeries under random keys cost their X25519 step but never
+    evict a genuine sender's key.
     """
 
-    def __init__(self, private_key: bytes, cache_size: int = 65536) -> None:
+    def __init__(self, private_key: bytes, cache_size: int = 16) -> None:
         if len(private_key) != KEY_LEN:
             raise LocalProtocolError("a WireGuard private key is 32 bytes")
         if cache_size < 1:
             raise LocalProtocolError("cache_size must be at least 1")
-        self._private = PrivateKey(private_key)
-        self.public_key: bytes = bytes(self._private.public_key)
+        self._private = bytes(private_key)
+        self.public_key: bytes = bytes(PrivateKey(self._private).public_key)
         """Our public key (what ATTR_WG_PUBLIC_KEY carries)."""
-        self._boxes: OrderedDict[bytes, Box] = OrderedDict()
+        self._keys: OrderedDict[bytes, bytes] = OrderedDict()
         self._cache_size = cache_size
+        self.agreements = 0
+        """X25519 steps done so far (tens of microseconds each); for tests and benchmarks."""
 
     @property
-    def cached_boxes(self) -> int:
-        """How many remote keys have a cached box."""
-        return len(self._boxes)
+    def cached_keys(self) -> int:
+        """How many remote keys have a cached shared key."""
+        return len(self._keys)
 
-    def _remember(self, remote_key: bytes, box: Box) -> None:
-        self._boxes[remote_key] = box
-        if len(self._boxes) > self._cache_size:
-            self._boxes.popitem(last=False)
+    def shared_key(self, remote_key: bytes) -> bytes | None:
+        """The X25519 + HSalsa20 shared key with ``remote_key``, computed now and not cached;
+        None for a malformed key or a low-order point (no shared key at all)."""
+        if len(remote_key) != KEY_LEN:
+            return None
+        self.agreements += 1
+        try:
+            return crypto_box_beforenm(remote_key, self._private)
+        except CryptoError:
+            return None
+
+    def _remember(self, remote_key: bytes, shared: bytes) -> None:
+        self._keys[remote_key] = shared
+        if len(self._keys) > self._cache_size:
+            self._keys.popitem(last=False)
 
     def seal(self, remote_key: bytes, plaintext: bytes, nonce: bytes) -> bytes:
         """``nonce || ciphertext`` for ``remote_key``; LocalProtocolError on bad arguments."""
         if len(remote_key) != KEY_LEN or len(nonce) != NONCE_LEN:
             raise LocalProtocolError("seal takes a 32-byte key and a 24-byte nonce")
-        box = self._boxes.get(remote_key)
-        if box is None:
-            try:
-                box = Box(self._private, PublicKey(remote_key))
-            except CryptoError:  # a low-order point: no shared key
-                raise LocalProtocolError("cannot seal to that key") from None
-            self._remember(remote_key, box)
+        shared = self._keys.get(remote_key)
+        if shared is None:
+            shared = self.shared_key(remote_key)
+            if shared is None:
+                raise LocalProtocolError("cannot seal to that key")
+            self._remember(remote_key, shared)
         else:
-            self._boxes.move_to_end(remote_key)
-        return bytes(box.encrypt(plaintext, nonce))
+            self._keys.move_to_end(remote_key)
+        return seal_box(shared, plaintext, nonce)
 
     def open(self, remote_key: bytes, sealed: bytes) -> bytes:
         """The plaintext of ``nonce || ciphertext`` sealed by ``remote_key``.
@@ -392,22 +433,30 @@ class Sealer:
         """
         if len(remote_key) != KEY_LEN or not stun.MIN_SEALED <= len(sealed) <= stun.MAX_SEALED:
             raise DecodeError("sealed box does not open")
-        box = self._boxes.get(remote_key)
-        try:
-            fresh = box is None
-            if box is None:
-                box = Box(self._private, PublicKey(remote_key))
-            plaintext = bytes(box.decrypt(sealed[NONCE_LEN:], sealed[:NONCE_LEN]))
-        except CryptoError:
-            raise DecodeError("sealed box does not open") from None
-        if fresh:
-            self._remember(remote_key, box)
-        else:
-            self._boxes.move_to_end(remote_key)
+        shared = self._keys.get(remote_key)
+        if shared is not None:
+            plaintext = open_box(shared, sealed)
+            self._keys.move_to_end(remote_key)
+            return plaintext
+        shared = self.shared_key(remote_key)
+        if shared is None:
+            raise DecodeError("sealed box does not open")
+        plaintext = open_box(shared, sealed)
+        self._remember(remote_key, shared)
         return plaintext
 
 
 # -- whole messages ---------------------------------------------------------------------------
+
+
+def _carrying(
+    box: bytes, own_public_key: bytes | None, transaction_id: bytes, msg_type: int
+) -> bytes:
+    attrs: list[tuple[int, bytes]] = []
+    if own_public_key is not None:
+        attrs.append((stun.ATTR_WG_PUBLIC_KEY, stun.pack_public_key(own_public_key)))
+    attrs.append((stun.ATTR_WG_SEALED, stun.pack_sealed(box)))
+    return stun.encode(stun.StunMessage(msg_type, transaction_id, tuple(attrs)))
 
 
 def build_sealed_request(
@@ -425,11 +474,20 @@ def build_sealed_request(
     the receiver knows who its registrar is). Raises LocalProtocolError on bad arguments.
     """
     box = sealer.seal(remote_key, encode_payload(payload, transaction_id), nonce)
-    attrs: list[tuple[int, bytes]] = []
-    if own_public_key is not None:
-        attrs.append((stun.ATTR_WG_PUBLIC_KEY, stun.pack_public_key(own_public_key)))
-    attrs.append((stun.ATTR_WG_SEALED, stun.pack_sealed(box)))
-    return stun.encode(stun.StunMessage(msg_type, transaction_id, tuple(attrs)))
+    return _carrying(box, own_public_key, transaction_id, msg_type)
+
+
+def build_sealed_with(
+    shared: bytes,
+    own_public_key: bytes | None,
+    payload: Payload,
+    transaction_id: bytes,
+    nonce: bytes,
+    msg_type: int = stun.BINDING_REQUEST,
+) -> bytes:
+    """:func:`build_sealed_request` with a precomputed shared key instead of a Sealer."""
+    box = seal_box(shared, encode_payload(payload, transaction_id), nonce)
+    return _carrying(box, own_public_key, transaction_id, msg_type)
 
 
 def open_sealed(
