@@ -26,7 +26,7 @@ import time
 
 import wgmesh
 from wgmesh.lab.mesh import Mesh
-from wgmesh.lab.topology import Lab, NatKind
+from wgmesh.lab.topology import Lab, RouterKind
 
 
 def pct(values: list[float], q: float) -> float:
@@ -37,8 +37,8 @@ def pct(values: list[float], q: float) -> float:
 def trial_wgmesh(probe_interval: str) -> tuple[float | None, float | None]:
     with Lab() as lab:
         reg = lab.add_public_host("reg")
-        a_host = lab.add_peer("a", lab.add_nat("na", NatKind.PORT_RESTRICTED))
-        b_host = lab.add_peer("b", lab.add_nat("nb", NatKind.PORT_RESTRICTED))
+        a_host = lab.add_peer("a", lab.add_nat("na", RouterKind.PORT_RESTRICTED))
+        b_host = lab.add_peer("b", lab.add_nat("nb", RouterKind.PORT_RESTRICTED))
         mesh = Mesh(lab, reg)
         a, b = mesh.add_peer("a", a_host), mesh.add_peer("b", b_host)
         mesh.link(a, b)
@@ -61,8 +61,8 @@ def trial_wgmesh(probe_interval: str) -> tuple[float | None, float | None]:
 
 def trial_by_hand() -> float | None:
     with Lab() as lab:
-        na = lab.add_nat("na", NatKind.PORT_RESTRICTED)
-        nb = lab.add_nat("nb", NatKind.PORT_RESTRICTED)
+        na = lab.add_nat("na", RouterKind.PORT_RESTRICTED)
+        nb = lab.add_nat("nb", RouterKind.PORT_RESTRICTED)
         a_host, b_host = lab.add_peer("a", na), lab.add_peer("b", nb)
         wa = a_host.start_wireguard(address="100.64.0.1/24")
         wb = b_host.start_wireguard(address="100.64.0.2/24")

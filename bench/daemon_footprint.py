@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from wgmesh.lab.mesh import Mesh
-from wgmesh.lab.topology import Lab, NatKind
+from wgmesh.lab.topology import Lab, RouterKind
 
 
 def cpu_seconds(pid: int) -> float:
@@ -43,7 +43,7 @@ def main() -> int:
     with Lab() as lab:
         reg = lab.add_public_host("reg")
         mesh = Mesh(lab, reg)
-        nodes = [mesh.add_peer(f"p{i}", lab.add_peer(f"p{i}", lab.add_nat(f"n{i}", NatKind.PORT_RESTRICTED)))
+        nodes = [mesh.add_peer(f"p{i}", lab.add_peer(f"p{i}", lab.add_nat(f"n{i}", RouterKind.PORT_RESTRICTED)))
                  for i in range(args.peers + 1)]  # fmt: skip
         for i, a in enumerate(nodes):
             for b in nodes[i + 1 :]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from wgmesh.proto.dnssd import Candidate, PublishedPeer, Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, key_label
+from wgmesh.proto.kinds import CandidateKind
 
 ORIGIN = "mesh.test."
 
@@ -41,7 +42,7 @@ def peers(n: int, seed: int) -> list[PublishedPeer]:
         port = 1024 + rng.randrange(60000)
         pub = Endpoint.parse(f"198.51.{100 + (i >> 16) % 2}.{(i >> 8) & 255}:{port}")
         lan = Endpoint.parse(f"10.{(i >> 8) & 255}.{i & 255}.7:{port}")
-        cands = (Candidate(pub, "public", 0), Candidate(lan, "lan", 10))
+        cands = (Candidate(pub, CandidateKind.PUBLIC, 0), Candidate(lan, CandidateKind.LAN, 10))
         out.append(PublishedPeer(key, f"p{i}", cands, (f"100.64.{i >> 8 & 255}.{i & 255}/32",),
                                  "cone", 1_800_000_000))  # fmt: skip
     return out

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from wgmesh.lab.mesh import Mesh
-from wgmesh.lab.topology import Host, Lab, NatKind
+from wgmesh.lab.topology import Host, Lab, RouterKind
 from wgmesh.lab.wireguard import WgIface
 
 TARGET = 2.0
@@ -81,9 +81,9 @@ def start_pinger(lab: Lab, host: Host, target: str, name: str) -> Path:
 def trial_wgmesh(pinger: str) -> tuple[float | None, dict[str, float | None]]:
     with Lab() as lab:
         reg = lab.add_public_host("reg")
-        na = lab.add_nat("na", NatKind.PORT_RESTRICTED)
+        na = lab.add_nat("na", RouterKind.PORT_RESTRICTED)
         a_host = lab.add_peer("a", na)
-        b_host = lab.add_peer("b", lab.add_nat("nb", NatKind.PORT_RESTRICTED))
+        b_host = lab.add_peer("b", lab.add_nat("nb", RouterKind.PORT_RESTRICTED))
         mesh = Mesh(lab, reg)
         a, b = mesh.add_peer("a", a_host), mesh.add_peer("b", b_host)
         mesh.link(a, b)
@@ -123,8 +123,8 @@ def new_port(nat_run: str, lan_ip: str, port: int) -> int | None:
 
 def trial_by_hand() -> float | None:
     with Lab() as lab:
-        na = lab.add_nat("na", NatKind.PORT_RESTRICTED)
-        nb = lab.add_nat("nb", NatKind.PORT_RESTRICTED)
+        na = lab.add_nat("na", RouterKind.PORT_RESTRICTED)
+        nb = lab.add_nat("nb", RouterKind.PORT_RESTRICTED)
         a_host, b_host = lab.add_peer("a", na), lab.add_peer("b", nb)
         wa = a_host.start_wireguard(address="100.64.0.1/24")
         wb = b_host.start_wireguard(address="100.64.0.2/24")

@@ -20,9 +20,10 @@ import pytest
 
 from wgmesh.errors import ConfigError
 from wgmesh.proto.dnssd import Candidate, PublishedPeer, Zone, ZoneConfig
-from wgmesh.proto.dnswire import ENTRY_OVERHEAD, label_key, query_shape
+from wgmesh.proto.dnswire import ENTRY_OVERHEAD, query_shape
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.keys import encode_key, key_label
+from wgmesh.proto.keys import encode_key, key_label, label_key
+from wgmesh.proto.kinds import CandidateKind
 
 K1, K2, K3 = bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 34))
 ORIGIN = "mesh.test."
@@ -30,9 +31,9 @@ SERVICE = "_wireguard._udp.mesh.test."
 
 
 def peer(key: bytes, port: int = 51820, lan: bool = True, *extra: Candidate) -> PublishedPeer:
-    cands = [Candidate(Endpoint.parse(f"198.51.100.7:{port}"), "public", 0)]
+    cands = [Candidate(Endpoint.parse(f"198.51.100.7:{port}"), CandidateKind.PUBLIC, 0)]
     if lan:
-        cands.append(Candidate(Endpoint.parse(f"10.0.0.7:{port}"), "lan", 10))
+        cands.append(Candidate(Endpoint.parse(f"10.0.0.7:{port}"), CandidateKind.LAN, 10))
     cands += extra
     return PublishedPeer(key, "alice", tuple(cands), ("100.64.0.1/32",), "cone", 1700000000)
 
@@ -97,7 +98,7 @@ def test_srv_layout_is_wgsds_with_public_first() -> None:
 
 def test_srv_sorted_by_priority_and_ipv6_targets() -> None:
     z = Zone(config())
-    v6 = Candidate(Endpoint.parse("[2001:db8::7]:51821"), "ipv6", 5)
+    v6 = Candidate(Endpoint.parse("[2001:db8::7]:51821"), CandidateKind.IPV6, 5)
     z.upsert(peer(K1, 51820, True, v6))
     r = ask(z, name(K1), "SRV", use_edns=0)
     assert [(s.priority, str(s.target)) for s in r.answer[0]] == [
@@ -264,7 +265,9 @@ def test_truncation_over_udp_full_over_tcp() -> None:
 
 def test_additional_data_goes_before_truncation() -> None:
     z = Zone(config())
-    lans = [Candidate(Endpoint.parse(f"10.0.{i}.7:51820"), "lan", 10 + i) for i in range(2)]
+    lans = [
+        Candidate(Endpoint.parse(f"10.0.{i}.7:51820"), CandidateKind.LAN, 10 + i) for i in range(2)
+    ]
     z.upsert(peer(K1, 51820, False, *lans))
     small = ask(z, name(K1), "SRV")  # 512 bytes without EDNS: the SRVs fit, not all extras
     assert not small.flags & dns.flags.TC and len(small.answer[0]) == 3
@@ -319,7 +322,7 @@ def test_cache_serves_repeats_and_patches_the_id() -> None:
 
 def test_a_change_invalidates_exactly_the_answers_it_touches() -> None:
     z = zone()
-    v6 = Candidate(Endpoint.parse("[2001:db8::7]:51821"), "ipv6", 5)
+    v6 = Candidate(Endpoint.parse("[2001:db8::7]:51821"), CandidateKind.IPV6, 5)
     z.upsert(peer(K1, 51820, True, v6))
     k1 = [(name(K1), t) for t in ("SRV", "TXT", "A")] + [("lan1." + name(K1), "A")]
     k2 = [(name(K2), t) for t in ("SRV", "TXT", "A", "AAAA")]  # AAAA: a cached NODATA
@@ -331,8 +334,8 @@ def test_a_change_invalidates_exactly_the_answers_it_touches() -> None:
         ask(z, *q)
     assert z.stats.cache_hits == hits + len(k1 + k2 + shared)  # all cached, negatives too
 
-    z.upsert(PublishedPeer(K1, "bob", (Candidate(Endpoint.parse("192.0.2.1:4444"), "public", 0),
-                                       v6), (), "none", 1))  # fmt: skip
+    bob = Candidate(Endpoint.parse("192.0.2.1:4444"), CandidateKind.PUBLIC, 0)
+    z.upsert(PublishedPeer(K1, "bob", (bob, v6), (), "none", 1))
     hits = z.stats.cache_hits
     for q in k2[:3]:  # K2's positive answers are untouched by a change of K1
         ask(z, *q)
@@ -406,10 +409,10 @@ def test_peer_answers_are_dnspythons_byte_for_byte() -> None:
     z = Zone(config(cache_size=0))
     keys = [rng.randbytes(32) for _ in range(12)]
     for i, key in enumerate(keys):
-        cands = [Candidate(Endpoint.parse(f"198.51.100.{i}:{1000 + i}"), "public", 0)]
+        cands = [Candidate(Endpoint.parse(f"198.51.100.{i}:{1000 + i}"), CandidateKind.PUBLIC, 0)]
         for j in range(i % 6):
             ep = f"[2001:db8::{j}]:{j + 1}" if j % 2 else f"10.0.{i}.{j}:{j + 1}"
-            kind = "ipv6" if j % 2 else "lan"
+            kind = CandidateKind.IPV6 if j % 2 else CandidateKind.LAN
             cands.append(Candidate(Endpoint.parse(ep), kind, rng.choice([5, 10])))
         z.upsert(PublishedPeer(key, "n" * (i * 25), tuple(cands), ("10.1.0.0/16",) * (i % 3),
                                "cone", rng.randrange(2**40)))  # fmt: skip

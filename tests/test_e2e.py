@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from wgmesh.lab.mesh import PYTHON, Mesh, MeshPeer
-from wgmesh.lab.topology import Lab, NatKind
+from wgmesh.lab.topology import Lab, RouterKind
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -25,18 +25,20 @@ FAST = ("--probe-interval", "5")
 
 @contextmanager
 def mesh_of(
-    kind_a: NatKind | None, kind_b: NatKind | None
+    kind_a: RouterKind | None, kind_b: RouterKind | None
 ) -> Iterator[tuple[Mesh, MeshPeer, MeshPeer]]:
     """A registrar and two linked peers behind NATs of the given kinds (None: a public host)."""
     with Lab() as lab:
         reg = lab.add_public_host("reg")
         hosts = []
         for name, kind in (("a", kind_a), ("b", kind_b)):
-            if kind is None or kind == NatKind.NONE:
+            if kind is None or kind == RouterKind.NONE:
                 hosts.append(lab.add_peer(name, None))
             else:
                 nat = lab.add_nat(
-                    f"n{name}", kind, forward_port=51820 if kind == NatKind.PORT_FORWARD else None
+                    f"n{name}",
+                    kind,
+                    forward_port=51820 if kind == RouterKind.PORT_FORWARD else None,
                 )
                 hosts.append(lab.add_peer(name, nat))
         mesh = Mesh(lab, reg)
@@ -73,14 +75,14 @@ def assert_direct(mesh: Mesh, a: MeshPeer, b: MeshPeer) -> None:
 @pytest.mark.parametrize(
     ("kind_a", "kind_b"),
     [
-        (NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED),
-        (None, NatKind.PORT_RESTRICTED),
-        (NatKind.PORT_FORWARD, NatKind.SYMMETRIC),
-        (NatKind.OPEN, NatKind.OPEN),
+        (RouterKind.PORT_RESTRICTED, RouterKind.PORT_RESTRICTED),
+        (None, RouterKind.PORT_RESTRICTED),
+        (RouterKind.PORT_FORWARD, RouterKind.SYMMETRIC),
+        (RouterKind.OPEN, RouterKind.OPEN),
     ],
     ids=["restricted-x-restricted", "public-x-restricted", "forward-x-symmetric", "open-x-open"],
 )
-def test_direct_connection(kind_a: NatKind | None, kind_b: NatKind) -> None:
+def test_direct_connection(kind_a: RouterKind | None, kind_b: RouterKind) -> None:
     with mesh_of(kind_a, kind_b) as (mesh, a, b):
         connect(mesh, a, b)
         assert_direct(mesh, a, b)
@@ -90,12 +92,12 @@ def test_direct_connection(kind_a: NatKind | None, kind_b: NatKind) -> None:
 @pytest.mark.parametrize(
     ("kind_a", "kind_b", "words"),
     [
-        (NatKind.PORT_RESTRICTED, NatKind.SYMMETRIC, "symmetric NAT"),
-        (NatKind.SYMMETRIC, NatKind.SYMMETRIC, "both peers are behind symmetric NATs"),
+        (RouterKind.PORT_RESTRICTED, RouterKind.SYMMETRIC, "symmetric NAT"),
+        (RouterKind.SYMMETRIC, RouterKind.SYMMETRIC, "both peers are behind symmetric NATs"),
     ],
     ids=["restricted-x-symmetric", "symmetric-x-symmetric"],
 )
-def test_no_direct_path_is_explained(kind_a: NatKind, kind_b: NatKind, words: str) -> None:
+def test_no_direct_path_is_explained(kind_a: RouterKind, kind_b: RouterKind, words: str) -> None:
     with mesh_of(kind_a, kind_b) as (mesh, a, b):
         mesh.start_daemon(a, *FAST)
         mesh.start_daemon(b, *FAST)
@@ -108,13 +110,14 @@ def test_no_direct_path_is_explained(kind_a: NatKind, kind_b: NatKind, words: st
             time.sleep(0.5)
         assert row["path"] == "none", row
         assert words in str(row["reason"]), row
+        assert row["nat"] == kind_b.classified, row  # the registrar classified b's router
         assert not a.host.ping(b.tunnel_ip, count=1, timeout=1.0)
 
 
 def test_nat_rebinding_reconnects_on_its_own() -> None:
     """Default settings (a probe every 20 s): the tunnel must come back within seconds because
     a's daemon sees its path stall and probes the registrar at once (Planner.watch_traffic)."""
-    with mesh_of(NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED) as (mesh, a, b):
+    with mesh_of(RouterKind.PORT_RESTRICTED, RouterKind.PORT_RESTRICTED) as (mesh, a, b):
         connect(mesh, a, b, fast=False)
         before = mesh.peer_row(b, a)["endpoint"]
         nat_a = a.host.nat
@@ -132,7 +135,7 @@ def test_nat_rebinding_reconnects_on_its_own() -> None:
 
 
 def test_registrar_restart_keeps_tunnels_and_records() -> None:
-    with mesh_of(NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED) as (mesh, a, b):
+    with mesh_of(RouterKind.PORT_RESTRICTED, RouterKind.PORT_RESTRICTED) as (mesh, a, b):
         connect(mesh, a, b)
         mesh.stop_registrar(kill=True)
         assert a.host.ping(b.tunnel_ip, count=3, timeout=1.0), "tunnel dropped with the registrar"
@@ -146,7 +149,7 @@ def test_registrar_restart_keeps_tunnels_and_records() -> None:
 
 
 def test_peer_that_goes_away_is_withdrawn() -> None:
-    with mesh_of(NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED) as (mesh, a, b):
+    with mesh_of(RouterKind.PORT_RESTRICTED, RouterKind.PORT_RESTRICTED) as (mesh, a, b):
         mesh.stop_registrar()
         mesh.start_registrar("--expiry", "6")
         connect(mesh, a, b)
@@ -166,8 +169,8 @@ def test_mesh_mode_adds_peers_from_the_zone() -> None:
     with Lab() as lab:
         reg = lab.add_public_host("reg")
         mesh = Mesh(lab, reg, authorized=True)
-        a = mesh.add_peer("a", lab.add_peer("a", lab.add_nat("na", NatKind.PORT_RESTRICTED)))
-        b = mesh.add_peer("b", lab.add_peer("b", lab.add_nat("nb", NatKind.PORT_RESTRICTED)))
+        a = mesh.add_peer("a", lab.add_peer("a", lab.add_nat("na", RouterKind.PORT_RESTRICTED)))
+        b = mesh.add_peer("b", lab.add_peer("b", lab.add_nat("nb", RouterKind.PORT_RESTRICTED)))
         mesh.start_registrar()
         try:
             connect(mesh, a, b, "--mode", "mesh")
@@ -179,7 +182,7 @@ def test_mesh_mode_adds_peers_from_the_zone() -> None:
 
 
 def test_peers_without_a_daemon_reads_interface_and_zone() -> None:
-    with mesh_of(NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED) as (mesh, a, b):
+    with mesh_of(RouterKind.PORT_RESTRICTED, RouterKind.PORT_RESTRICTED) as (mesh, a, b):
         connect(mesh, a, b)
         mesh.stop_daemon(a)
         out = a.host.run(
@@ -203,11 +206,11 @@ def test_same_nat_peers_connect_over_lan_and_a_third_reaches_both(mdns: bool) ->
     publishes from their sealed registrations; c, behind another NAT, uses public ones."""
     with Lab() as lab:
         reg = lab.add_public_host("reg")
-        home = lab.add_nat("home", NatKind.PORT_RESTRICTED)
+        home = lab.add_nat("home", RouterKind.PORT_RESTRICTED)
         mesh = Mesh(lab, reg)
         a = mesh.add_peer("a", lab.add_peer("a", home))
         b = mesh.add_peer("b", lab.add_peer("b", home), listen_port=51821)
-        c = mesh.add_peer("c", lab.add_peer("c", lab.add_nat("away", NatKind.PORT_RESTRICTED)))
+        c = mesh.add_peer("c", lab.add_peer("c", lab.add_nat("away", RouterKind.PORT_RESTRICTED)))
         for x, y in ((a, b), (a, c), (b, c)):
             mesh.link(x, y)
         mesh.start_registrar()
@@ -251,7 +254,7 @@ def test_avahi_browse_sees_the_daemon_on_its_lan(tmp_path: Path) -> None:
     """Debian's avahi (on another host of the LAN, with a private D-Bus) lists our service."""
     with Lab() as lab:
         reg = lab.add_public_host("reg")
-        home = lab.add_nat("home", NatKind.PORT_RESTRICTED)
+        home = lab.add_nat("home", RouterKind.PORT_RESTRICTED)
         mesh = Mesh(lab, reg)
         a = mesh.add_peer("a", lab.add_peer("a", home))
         observer = lab.add_peer("obs", home)

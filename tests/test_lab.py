@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from wgmesh.lab.nat import REBIND_RANGES
-from wgmesh.lab.netns import RUN_DIR, UAPI_DIR, lab_namespaces, process_start_time, run
-from wgmesh.lab.topology import Host, Lab, NatKind, cleanup_stale, stale_namespaces
+from wgmesh.lab.netns import RUN_DIR, lab_namespaces, process_start_time, run
+from wgmesh.lab.topology import Host, Lab, RouterKind, cleanup_stale, stale_namespaces
 from wgmesh.lab.wireguard import WgIface
+from wgmesh.wg.control import UAPI_DIR
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 
@@ -106,9 +107,9 @@ def hand_link(a: WgIface, b: WgIface, keepalive: int = 25) -> None:
 def test_port_restricted_lets_replies_in_and_nothing_else() -> None:
     with lab_for_test() as lab:
         reg = lab.add_public_host("reg")
-        home = lab.add_nat("home", NatKind.PORT_RESTRICTED)
+        home = lab.add_nat("home", RouterKind.PORT_RESTRICTED)
         peer = lab.add_peer("peer", home)
-        open_nat = lab.add_nat("open", NatKind.OPEN)
+        open_nat = lab.add_nat("open", RouterKind.OPEN)
         other = lab.add_peer("other", open_nat)
         assert peer.ping(reg.address)
         # Give the internet a route to both LANs, so only the firewall can stop the ping.
@@ -134,7 +135,7 @@ def lab_inet_route(lab: Lab, subnet: str, via: str) -> None:
 def test_port_forward_lets_its_port_in() -> None:
     with lab_for_test() as lab:
         reg = lab.add_public_host("reg")
-        nat = lab.add_nat("fwd", NatKind.PORT_FORWARD, forward_port=51820)
+        nat = lab.add_nat("fwd", RouterKind.PORT_FORWARD, forward_port=51820)
         server = lab.add_peer("srv", nat)
         echo_server(server, 51820)
         echo_server(server, 40000)
@@ -144,8 +145,8 @@ def test_port_forward_lets_its_port_in() -> None:
 
 def test_hand_punch_between_two_port_restricted_nats() -> None:
     with lab_for_test() as lab:
-        a = lab.add_peer("a", lab.add_nat("na", NatKind.PORT_RESTRICTED))
-        b = lab.add_peer("b", lab.add_nat("nb", NatKind.PORT_RESTRICTED))
+        a = lab.add_peer("a", lab.add_nat("na", RouterKind.PORT_RESTRICTED))
+        b = lab.add_peer("b", lab.add_nat("nb", RouterKind.PORT_RESTRICTED))
         wa = a.start_wireguard(listen_port=51820, address="100.64.0.1/24")
         wb = b.start_wireguard(listen_port=51821, address="100.64.0.2/24")
         hand_link(wa, wb)
@@ -159,8 +160,8 @@ def test_hand_punch_between_two_port_restricted_nats() -> None:
 
 def test_port_restricted_cannot_punch_a_symmetric_nat() -> None:
     with lab_for_test() as lab:
-        a = lab.add_peer("a", lab.add_nat("na", NatKind.PORT_RESTRICTED))
-        sym = lab.add_nat("nb", NatKind.SYMMETRIC)
+        a = lab.add_peer("a", lab.add_nat("na", RouterKind.PORT_RESTRICTED))
+        sym = lab.add_nat("nb", RouterKind.SYMMETRIC)
         b = lab.add_peer("b", sym)
         wa = a.start_wireguard(listen_port=51820, address="100.64.0.1/24")
         wb = b.start_wireguard(listen_port=51821, address="100.64.0.2/24")
@@ -184,7 +185,7 @@ def test_port_restricted_cannot_punch_a_symmetric_nat() -> None:
 
 def test_same_nat_no_hairpin_but_lan_works() -> None:
     with lab_for_test() as lab:
-        home = lab.add_nat("home", NatKind.PORT_RESTRICTED)
+        home = lab.add_nat("home", RouterKind.PORT_RESTRICTED)
         a, b = lab.add_peer("a", home), lab.add_peer("b", home)
         echo_server(b, 40000)
         assert a.ping(b.address)
@@ -195,7 +196,7 @@ def test_same_nat_no_hairpin_but_lan_works() -> None:
 def test_rebind_changes_the_public_port() -> None:
     with lab_for_test() as lab:
         reg = lab.add_public_host("reg")
-        nat = lab.add_nat("home", NatKind.PORT_RESTRICTED)
+        nat = lab.add_nat("home", RouterKind.PORT_RESTRICTED)
         peer = lab.add_peer("peer", nat)
         echo_server(reg, 7000)
         assert udp_send(peer, 40000, reg.address, 7000) == f"{nat.wan_ip}:40000"
@@ -215,7 +216,7 @@ def test_close_leaves_nothing(fail: bool) -> None:
     holder: list[Lab] = []
     with pytest.raises(RuntimeError) if fail else contextlib.nullcontext(), Lab(prefix) as lab:
         holder.append(lab)
-        peer = lab.add_peer("peer", lab.add_nat("home", NatKind.SYMMETRIC))
+        peer = lab.add_peer("peer", lab.add_nat("home", RouterKind.SYMMETRIC))
         wg = peer.start_wireguard()
         echo_server(peer, 40000)
         if fail:
@@ -230,9 +231,9 @@ def test_close_leaves_nothing(fail: bool) -> None:
 # A lab in another process, so the test can kill it: prints the run and the wireguard-go PID.
 LAB_CHILD = """
 import json, sys, time
-from wgmesh.lab.topology import Lab, NatKind
+from wgmesh.lab.topology import Lab, RouterKind
 lab = Lab(sys.argv[1])
-peer = lab.add_peer("peer", lab.add_nat("home", NatKind.PORT_RESTRICTED))
+peer = lab.add_peer("peer", lab.add_nat("home", RouterKind.PORT_RESTRICTED))
 wg = peer.start_wireguard()
 print(json.dumps({"run": lab.run_id, "wg": lab.procs[0].proc.pid, "sock": str(wg.uapi_socket)}),
       flush=True)

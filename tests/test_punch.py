@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import pytest
 
+from wgmesh.proto.device import DeviceState, PeerState
 from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.kinds import CandidateKind
 from wgmesh.proto.punch import Hint, PeerRecord, Planner, PunchConfig, Source
-from wgmesh.wg.control import DeviceState, PeerState
 
 A = bytes([1]) * 32
 PUB = Endpoint.parse("198.51.100.7:51820")
@@ -29,8 +30,8 @@ def record(*hints: Hint, allowed: tuple[str, ...] = ()) -> PeerRecord:
     return PeerRecord(A, hints, name="a", allowed_ips=allowed)
 
 
-PUBLIC = Hint(PUB, "public", 0)
-LANH = Hint(LAN, "lan", 10)
+PUBLIC = Hint(PUB, CandidateKind.PUBLIC, 0)
+LANH = Hint(LAN, CandidateKind.LAN, 10)
 
 
 def test_new_record_sets_best_candidate_and_shakes_hands_now() -> None:
@@ -82,7 +83,9 @@ def test_fresh_endpoint_is_kept_when_a_new_candidate_appears() -> None:
     p.set_record(record(PUBLIC))
     p.plan(device(peer()), 1000.0)
     p.plan(device(peer(PUB, hs=1000.0)), 1000.5)
-    p.set_record(record(PUBLIC, LANH, Hint(Endpoint.parse("[2001:db8::7]:51820"), "ipv6", 5)))
+    p.set_record(
+        record(PUBLIC, LANH, Hint(Endpoint.parse("[2001:db8::7]:51820"), CandidateKind.IPV6, 5))
+    )
     assert p.plan(device(peer(PUB, hs=1000.0)), 1010.0).updates == ()
 
 
@@ -95,7 +98,7 @@ def test_peer_that_moved_is_followed_even_while_the_handshake_is_fresh() -> None
     p.set_record(record(PUBLIC))
     p.plan(device(peer()), 1000.0)
     p.plan(device(peer(PUB, hs=1000.0)), 1000.5)
-    p.set_record(record(Hint(PUB2, "public", 0)))
+    p.set_record(record(Hint(PUB2, CandidateKind.PUBLIC, 0)))
     u = p.plan(device(peer(PUB, hs=1000.0)), 1020.0).updates
     assert u and u[0].endpoint == PUB2 and u[0].handshake_now
 
@@ -294,7 +297,7 @@ def test_follower_of_a_working_session_does_not_wait_for_the_stagger() -> None:
     p.set_record(record(PUBLIC))
     p.plan(device(peer()), 1000.0)
     p.plan(device(peer(PUB, hs=1000.1)), 1000.35)
-    p.set_record(record(Hint(PUB2, "public", 0)))  # the peer's NAT rebound
+    p.set_record(record(Hint(PUB2, CandidateKind.PUBLIC, 0)))  # the peer's NAT rebound
     plan = p.plan(device(peer(PUB, hs=1000.1)), 1010.0)
     assert plan.prime == (PUB2,) and p.next_deadline() == 1010.05
     u = p.plan(device(peer(PUB, hs=1000.1)), 1010.05).updates
@@ -427,9 +430,9 @@ def test_rebinding_is_repaired_by_both_planners() -> None:
         "wg0", A, 51820, (PeerState(B, PUB, ("100.64.0.2/32",), hs, rx, rx, 25),)
     )
     them_dev = DeviceState("wg1", B, 51820, (PeerState(A, old_us, (), 990.0, 5000, 9000, 25),))
-    them.set_record(PeerRecord(A, (Hint(old_us, "public", 0),)))
+    them.set_record(PeerRecord(A, (Hint(old_us, CandidateKind.PUBLIC, 0),)))
     assert them.plan(them_dev, 995.0).updates == ()  # working
-    us.set_record(PeerRecord(B, (Hint(PUB, "public", 0),)))
+    us.set_record(PeerRecord(B, (Hint(PUB, CandidateKind.PUBLIC, 0),)))
     assert us.plan(us_dev(1000), 995.0).updates == ()
     for i in range(4):
         us.watch_traffic(us_dev(1000 + 100 * i), 1000.0 + i / 2)
@@ -439,7 +442,7 @@ def test_rebinding_is_repaired_by_both_planners() -> None:
     kick = us.plan(us_dev(1300), 1002.51).updates
     assert kick and kick[0].handshake_now and kick[0].endpoint is None
     # the registrar pushed; the peer resolved our new record
-    them.set_record(PeerRecord(A, (Hint(new_us, "public", 0),)))
+    them.set_record(PeerRecord(A, (Hint(new_us, CandidateKind.PUBLIC, 0),)))
     plan = them.plan(them_dev, 1002.53)
     assert plan.prime == (new_us,)
     deadline = them.next_deadline()

@@ -13,6 +13,7 @@ from nacl.public import PrivateKey
 from wgmesh.proto import sealed, stun
 from wgmesh.proto.dnssd import Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.kinds import NatKind
 from wgmesh.proto.peerrow import NO_KEY, SHARED_AT, WATCHER, WATCHER_SHARED_AT, pack_endpoint
 from wgmesh.proto.ratelimit import RateLimitConfig
 from wgmesh.proto.registry import (
@@ -24,7 +25,6 @@ from wgmesh.proto.registry import (
     RegistryConfig,
     _row,
 )
-from wgmesh.proto.sealed import NatKind
 from wgmesh.registry.store import Store
 
 NOW = 1_800_000_000.0

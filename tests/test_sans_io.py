@@ -1,4 +1,5 @@
-"""The sans-IO rule: nothing under wgmesh.proto imports IO or clock modules."""
+"""The sans-IO rule: nothing under wgmesh.proto imports IO or clock modules, nor the adapter
+packages (the core depends on nobody; the adapters depend on it)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ BANNED = {
     "dns.query",
     "dns.resolver",
     "dns.asyncresolver",
+    "os",
+    "random",
+    "secrets",
+    "datetime",
+    "wgmesh.wg",
+    "wgmesh.daemon",
+    "wgmesh.registry",
+    "wgmesh.cli",
+    "wgmesh.lab",
 }
 
 
@@ -49,3 +59,14 @@ def test_proto_has_no_io_imports() -> None:
             if any(name == b or name.startswith(b + ".") for b in BANNED):
                 offenders.append(f"{path.name}: {name}")
     assert offenders == []
+
+
+def test_the_check_sees_adapter_imports(tmp_path: Path) -> None:
+    """The rule is enforced, not described: an import of an adapter package is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from wgmesh.wg.control import DeviceState\nimport wgmesh.daemon.service\n")
+    names = _imports(bad)
+    assert {n for n in names if any(n == b or n.startswith(b + ".") for b in BANNED)} >= {
+        "wgmesh.wg.control",
+        "wgmesh.daemon.service",
+    }

@@ -14,7 +14,8 @@ from nacl.public import PrivateKey
 from wgmesh.errors import DecodeError, LocalProtocolError
 from wgmesh.proto import sealed, stun
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.sealed import NatKind, Push, Register, Status, Watch
+from wgmesh.proto.kinds import NatKind
+from wgmesh.proto.sealed import Push, Register, Status, Watch
 
 TID = b"\x42" * 12
 EP4 = Endpoint.parse("10.1.0.5:51820")

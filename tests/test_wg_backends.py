@@ -22,9 +22,10 @@ import pytest
 from nacl.public import PrivateKey
 
 from wgmesh.errors import InterfaceNotFound, WireGuardError
+from wgmesh.proto.device import DEFAULT_KEEPALIVE, PeerState, PeerUpdate
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, public_key
-from wgmesh.wg.control import KICK_KEEPALIVE, PeerState, PeerUpdate, WireGuardControl, open_control
+from wgmesh.wg.control import WireGuardControl, open_control
 from wgmesh.wg.uapi import Uapi
 from wgmesh.wg.wgtool import WgCli
 
@@ -158,7 +159,7 @@ def test_read_write_kick_traffic_remove(pair: tuple[Side, Side], backend: Backen
     took = wait_for(lambda: the_peer(ctl).latest_handshake > 0, 3.0)
     print(f"handshake_now -> handshake in {took * 1000:.0f} ms")
     peer = the_peer(ctl)
-    assert peer.persistent_keepalive == KICK_KEEPALIVE and peer.rx_bytes > 0
+    assert peer.persistent_keepalive == DEFAULT_KEEPALIVE and peer.rx_bytes > 0
     assert abs(peer.latest_handshake - time.time()) < 5
     seen_by_b = the_peer(backend(b.iface))
     assert seen_by_b.latest_handshake > 0 and seen_by_b.endpoint == a.endpoint  # B roamed to A

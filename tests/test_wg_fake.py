@@ -18,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wgmesh.errors import ConfigError, InterfaceNotFound, LocalProtocolError, WireGuardError
+from wgmesh.proto.device import DEFAULT_KEEPALIVE, DeviceState, PeerUpdate, keepalive_for
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import decode_key, encode_key
-from wgmesh.wg.control import KICK_KEEPALIVE, DeviceState, PeerUpdate, keepalive_for, open_control
+from wgmesh.wg.control import open_control
 from wgmesh.wg.fake import FakeWireGuard
 from wgmesh.wg.uapi import Uapi, format_set, parse_uapi
 from wgmesh.wg.wgtool import MAX_ARGS_CHARS, WgCli, parse_dump, set_arguments
@@ -198,7 +199,7 @@ def test_peer_update_refuses_misuse() -> None:
 @pytest.mark.parametrize(
     ("update", "current", "expected"),
     [
-        (PeerUpdate(K1, handshake_now=True), 0, KICK_KEEPALIVE),
+        (PeerUpdate(K1, handshake_now=True), 0, DEFAULT_KEEPALIVE),
         (PeerUpdate(K1, handshake_now=True), 10, 10),
         (PeerUpdate(K1, handshake_now=True, persistent_keepalive=15), 10, 15),
         (PeerUpdate(K1, persistent_keepalive=0), 10, 0),
@@ -428,7 +429,7 @@ def test_fake_records_updates_and_mutates_state() -> None:
     assert [u.public_key for u in fake.applied] == [K1, K2, K1, K3]
     assert fake.kicks == [K2, K1]
     assert fake.peer(K1).persistent_keepalive == 10  # a kick keeps a non-zero keepalive
-    assert fake.peer(K2).persistent_keepalive == KICK_KEEPALIVE
+    assert fake.peer(K2).persistent_keepalive == DEFAULT_KEEPALIVE
     assert fake.peer(K2).endpoint == EP and fake.peer(K1).allowed_ips == ("10.77.0.2/32",)
     fake.apply([PeerUpdate(K1, remove=True)])
     assert [p.public_key for p in fake.read().peers] == [K2]

@@ -27,6 +27,7 @@ from typing import Any
 
 from wgmesh.cli.options import add_config_argument, resolve, setup_logging
 from wgmesh.errors import ConfigError, DecodeError
+from wgmesh.proto.device import DEFAULT_KEEPALIVE
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import decode_key
 
@@ -43,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "wait_interface": False,
     "status_socket": None,
     "backend": "auto",
-    "keepalive": 25,
+    "keepalive": DEFAULT_KEEPALIVE,
     "no_mdns": False,
     "mdns_interface": [],
     "verbose": False,

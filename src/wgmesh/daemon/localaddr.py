@@ -7,12 +7,10 @@ import ipaddress
 import json
 import socket
 import subprocess
-from pathlib import Path
 
 from wgmesh.errors import InterfaceNotFound, WireGuardError
 from wgmesh.proto.keys import decode_key
-
-UAPI_DIR = Path("/var/run/wireguard")
+from wgmesh.wg.control import UAPI_DIR
 
 
 def local_addresses(

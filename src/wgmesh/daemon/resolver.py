@@ -20,9 +20,10 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from wgmesh.errors import ConfigError, DecodeError, RemoteProtocolError
+from wgmesh.errors import ConfigError, RemoteProtocolError
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import key_label, label_key
+from wgmesh.proto.kinds import CandidateKind
 from wgmesh.proto.punch import Hint, PeerRecord
 
 log = logging.getLogger("wgmesh.daemon")
@@ -104,10 +105,15 @@ class ZoneResolver:
                         if rrs.rdtype == dns.rdatatype.from_text(rdtype)
                         for rr in rrs
                     ]
-            kind = "public" if target == name else target.labels[0].decode().rstrip("0123456789")
+            if target == name:
+                kind: CandidateKind | None = CandidateKind.PUBLIC
+            else:
+                kind = CandidateKind.of_target_label(target.labels[0].decode("ascii", "replace"))
+            if kind is None:
+                continue
             for ip in addresses[target]:
                 try:
-                    hints.append(Hint(Endpoint.of(ip, srv.port), kind or "lan", srv.priority))
+                    hints.append(Hint(Endpoint.of(ip, srv.port), kind, srv.priority))
                 except ValueError:
                     continue
         allowed = tuple(a for a in txt.get("allowed", "").split(",") if a)
@@ -129,10 +135,11 @@ class ZoneResolver:
             if rrs.rdtype != dns.rdatatype.PTR:
                 continue
             for rr in rrs:
-                try:
-                    keys.append(label_key(rr.target.labels[0].decode()))
-                except (DecodeError, UnicodeDecodeError):
+                key = label_key(rr.target.labels[0].lower())
+                if key is None:
                     log.debug("ignoring odd PTR target %s", rr.target)
+                else:
+                    keys.append(key)
         return keys
 
 

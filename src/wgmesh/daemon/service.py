@@ -31,10 +31,12 @@ from wgmesh.daemon.rawsend import RawSender
 from wgmesh.daemon.resolver import ZoneResolver
 from wgmesh.errors import DecodeError, InterfaceNotFound, RemoteProtocolError, WireGuardError
 from wgmesh.proto import sealed, stun
+from wgmesh.proto.device import DeviceState
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, short_key
+from wgmesh.proto.kinds import CandidateKind
 from wgmesh.proto.punch import Hint, PeerRecord, Planner, PunchConfig, Source, merge_hints
-from wgmesh.wg.control import DeviceState, WireGuardControl
+from wgmesh.wg.control import WireGuardControl
 
 if TYPE_CHECKING:
     from wgmesh.daemon.mdns import LanDiscovery
@@ -369,7 +371,7 @@ class Daemon:
 
     def on_lan_peer(self, key: bytes, endpoints: tuple[Endpoint, ...]) -> None:
         """mDNS saw a peer on our LAN: a hint, trusted once a handshake goes through it."""
-        self.lan_hints[key] = tuple(Hint(ep, "lan", 1, Source.LAN) for ep in endpoints)
+        self.lan_hints[key] = tuple(Hint(ep, CandidateKind.LAN, 1, Source.LAN) for ep in endpoints)
         self.planner.lan_keys.add(key)
         current = self.planner.peers.get(key)
         self._set_record(key, current.record if current is not None else None)

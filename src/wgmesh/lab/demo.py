@@ -12,7 +12,7 @@ import time
 
 from wgmesh.lab.mesh import PYTHON, Mesh
 from wgmesh.lab.preflight import lab_missing
-from wgmesh.lab.topology import Lab, NatKind
+from wgmesh.lab.topology import Lab, RouterKind
 
 
 def say(text: str) -> None:
@@ -27,8 +27,8 @@ def main() -> int:
     with Lab() as lab:
         say("building the lab: an internet, a public registrar, two home routers (NAT + firewall)")
         reg = lab.add_public_host("reg")
-        nat_a = lab.add_nat("na", NatKind.PORT_RESTRICTED)
-        nat_b = lab.add_nat("nb", NatKind.PORT_RESTRICTED)
+        nat_a = lab.add_nat("na", RouterKind.PORT_RESTRICTED)
+        nat_b = lab.add_nat("nb", RouterKind.PORT_RESTRICTED)
         host_a = lab.add_peer("alice", nat_a)
         host_b = lab.add_peer("bob", nat_b)
         print(

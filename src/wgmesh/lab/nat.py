@@ -14,6 +14,7 @@ import subprocess
 from enum import StrEnum
 
 from wgmesh.lab.netns import in_netns, run
+from wgmesh.proto.kinds import NatKind
 
 WAN_IF = "eth0"
 """The router's interface on the internet."""
@@ -24,8 +25,9 @@ REBIND_RANGES = ("61000-62999", "63000-64999")
 (32768-60999) and the usual WireGuard ports, so a flow's port really changes."""
 
 
-class NatKind(StrEnum):
-    """Kinds of NAT the lab builds."""
+class RouterKind(StrEnum):
+    """Kinds of router (NAT and firewall) the lab builds; what the registrar should classify
+    each as is :attr:`classified` (a wgmesh.proto.kinds.NatKind)."""
 
     PORT_RESTRICTED = "port-restricted"
     """Port-preserving masquerade + stateful firewall: a typical home router."""
@@ -38,9 +40,16 @@ class NatKind(StrEnum):
     OPEN = "open"
     """Port-preserving masquerade with no firewall at all."""
 
+    @property
+    def classified(self) -> NatKind:
+        """What the registrar should classify a peer behind this router as."""
+        if self is RouterKind.SYMMETRIC:
+            return NatKind.SYMMETRIC
+        return NatKind.NONE if self is RouterKind.NONE else NatKind.CONE
+
 
 def ruleset(
-    kind: NatKind,
+    kind: RouterKind,
     *,
     forward: tuple[str, int] | None = None,
     port_range: str | None = None,
@@ -50,15 +59,15 @@ def ruleset(
     ``forward``: (LAN address, UDP port) forwarded from the WAN, for PORT_FORWARD.
     ``port_range``: ``"LO-HI"`` to pin TCP/UDP public ports into (what :meth:`Nat.rebind` uses).
     """
-    if kind == NatKind.NONE:
-        raise ValueError("NatKind.NONE has no router")
-    random = " fully-random" if kind == NatKind.SYMMETRIC else ""
+    if kind == RouterKind.NONE:
+        raise ValueError("RouterKind.NONE has no router")
+    random = " fully-random" if kind == RouterKind.SYMMETRIC else ""
     wan = f'iifname "{WAN_IF}"'
     pre: list[str] = []
     post: list[str] = []
     fwd: list[str] = []
     inp: list[str] = []
-    if kind == NatKind.PORT_FORWARD:
+    if kind == RouterKind.PORT_FORWARD:
         if forward is None:
             raise ValueError("PORT_FORWARD needs the forwarded (address, port)")
         address, port = forward
@@ -67,9 +76,9 @@ def ruleset(
         post.append(f'oifname "{WAN_IF}" meta l4proto {{ tcp, udp }} masquerade to :{port_range}'
                     f"{random}")  # fmt: skip
     post.append(f'oifname "{WAN_IF}" masquerade{random}')
-    if kind != NatKind.OPEN:
+    if kind != RouterKind.OPEN:
         fwd.append(f"{wan} ct state established,related accept")
-        if kind == NatKind.PORT_FORWARD:
+        if kind == RouterKind.PORT_FORWARD:
             fwd.append(f"{wan} ct status dnat accept")
         fwd.append(f"{wan} drop")
         inp.append(f"{wan} ct state established,related accept")
@@ -96,7 +105,7 @@ class Nat:
     def __init__(
         self,
         name: str,
-        kind: NatKind,
+        kind: RouterKind,
         netns: str,
         wan_ip: str,
         index: int,
@@ -136,7 +145,7 @@ class Nat:
     def ruleset(self) -> str:
         """The nft ruleset this router runs now."""
         forward = None
-        if self.kind == NatKind.PORT_FORWARD:
+        if self.kind == RouterKind.PORT_FORWARD:
             if self.forward_port is None:
                 raise ValueError(f"{self.name}: PORT_FORWARD needs forward_port")
             forward = (str(self.forward_target), self.forward_port)

@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
+from wgmesh.wg.control import UAPI_DIR  # wireguard-go's sockets, shared by every namespace
+
 RUN_DIR = Path("/run/wgmesh-lab/runs")
 """One JSON record per live (or crashed) lab run."""
-UAPI_DIR = Path("/var/run/wireguard")
-"""wireguard-go's control sockets; shared by every namespace."""
 STATUS_DIR = Path("/run/wgmesh-lab")
 """Where lab daemons put their status sockets (``wgmesh.lab.mesh``)."""
 

@@ -36,7 +36,7 @@ import uuid
 from pathlib import Path
 from types import FrameType
 
-from wgmesh.lab.nat import LAN_IF, WAN_IF, Nat, NatKind
+from wgmesh.lab.nat import LAN_IF, WAN_IF, Nat, RouterKind
 from wgmesh.lab.netns import (
     RUN_DIR,
     LabError,
@@ -54,7 +54,7 @@ from wgmesh.lab.netns import (
 )
 from wgmesh.lab.wireguard import WgIface, start_wireguard
 
-__all__ = ["Host", "Lab", "LabError", "Nat", "NatKind", "cleanup_stale", "stale_namespaces"]
+__all__ = ["Host", "Lab", "LabError", "Nat", "RouterKind", "cleanup_stale", "stale_namespaces"]
 
 INET_GW = ipaddress.IPv4Address("203.0.113.1")
 """The internet router's address (on its loopback)."""
@@ -223,12 +223,12 @@ class Lab:
         self.hosts.append(host)
         return host
 
-    def add_nat(self, name: str, kind: NatKind, forward_port: int | None = None) -> Nat:
+    def add_nat(self, name: str, kind: RouterKind, forward_port: int | None = None) -> Nat:
         """A NAT router of ``kind``: WAN 198.51.100.(10+N), empty LAN 10.N.0.0/24 behind it.
         PORT_FORWARD forwards UDP ``forward_port`` to the first host added to its LAN."""
-        if kind == NatKind.NONE:
-            raise ValueError("NatKind.NONE has no router: use add_peer(name, None)")
-        if kind == NatKind.PORT_FORWARD and forward_port is None:
+        if kind == RouterKind.NONE:
+            raise ValueError("RouterKind.NONE has no router: use add_peer(name, None)")
+        if kind == RouterKind.PORT_FORWARD and forward_port is None:
             raise ValueError("PORT_FORWARD needs forward_port")
         index = len(self.nats) + 1
         if index > 240:

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from nacl.public import PrivateKey
 
-from wgmesh.lab.netns import UAPI_DIR, LabError
+from wgmesh.lab.netns import LabError
 from wgmesh.proto.keys import decode_key, encode_key, public_key
+from wgmesh.wg.control import UAPI_DIR
 
 if TYPE_CHECKING:
     from wgmesh.lab.topology import Host

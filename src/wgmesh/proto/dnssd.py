@@ -70,14 +70,15 @@ from wgmesh.proto.dnswire import (
     PeerAnswers,
     QueryShape,
     Target,
-    label_key,
     pack_record,
     query_shape,
+    raw_key,
     txt_strings,
     unpack_record,
 )
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.keys import key_label
+from wgmesh.proto.keys import key_label, label_key
+from wgmesh.proto.kinds import CandidateKind
 
 IN = dns.rdataclass.IN
 T = dns.rdatatype.RdataType
@@ -97,8 +98,8 @@ class Candidate:
 
     endpoint: Endpoint
     """ip:port."""
-    kind: str
-    """``public`` (the observed mapping), ``lan`` or ``ipv6``; names target ``<kind><i>``."""
+    kind: CandidateKind
+    """What the address is; names the SRV target (:meth:`CandidateKind.target_label`)."""
     priority: int
     """SRV priority; lower is preferred."""
 
@@ -266,7 +267,7 @@ class Zone:
         stats.queries += 1
         # hit path: a query without EDNS options is its own cache key (dnswire.raw_key), so a
         # repeated question costs one dict lookup and no parsing at all
-        key = (b"T" if tcp else b"U") + query[2:]
+        key = raw_key(query, tcp)
         entry = self._cache.positive.get(key)
         cached: bytes | None
         if entry is not None:
@@ -509,9 +510,7 @@ class Zone:
 def _record(peer: PublishedPeer) -> bytes:
     """The zone's packed form of a peer (see dnswire.pack_record)."""
     targets = [
-        Target(
-            f"{c.kind}{i}".encode() if i else b"", c.priority, c.endpoint.port, c.endpoint.ip.packed
-        )
+        Target(c.kind.target_label(i).encode(), c.priority, c.endpoint.port, c.endpoint.ip.packed)
         for i, c in enumerate(peer.candidates)
     ]
     txt = [f"allowed={','.join(peer.allowed_ips)}".encode()] if peer.allowed_ips else []

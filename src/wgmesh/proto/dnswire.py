@@ -49,10 +49,6 @@ _SRV = struct.Struct("!HHH")  # priority, weight, port (RFC 2782)
 _OPT_RR = struct.Struct("!BHHIH")  # root owner, type 41, UDP size, ext-rcode/version/flags, 0
 _TARGET = struct.Struct("!HHB")  # priority, port, address length
 _HERE = b"\xc0\x0c"  # a pointer to the question name (RFC 1035 section 4.1.4)
-_B32 = bytearray(b"!" * 256)  # lowercase base32 -> the digits int(..., 32) reads; else invalid
-for _i, _c in enumerate(b"abcdefghijklmnopqrstuvwxyz234567"):
-    _B32[_c] = b"0123456789abcdefghijklmnopqrstuv"[_i]
-_B32_DIGITS = bytes(_B32)
 
 
 def raw_key(query: bytes, tcp: bool) -> bytes:
@@ -269,20 +265,6 @@ def txt_strings(key: bytes, tail: bytes) -> list[bytes]:
         out.append(tail[pos + 1 : pos + 1 + tail[pos]])
         pos += 1 + tail[pos]
     return out
-
-
-def label_key(label: bytes) -> bytes | None:
-    """The key whose wgsd label (:func:`wgmesh.proto.keys.key_label`) is ``label``, given in
-    lowercase; None unless ``label`` is exactly such a label (so one name maps to one key)."""
-    if len(label) != 56 or not label.endswith(b"===="):
-        return None
-    try:
-        value = int(label[:52].translate(_B32_DIGITS), 32)
-    except ValueError:
-        return None
-    if value & 0xF:  # 52 characters carry 260 bits: the last 4 are zero in a canonical label
-        return None
-    return (value >> 4).to_bytes(32, "big")
 
 
 class PeerAnswers:

@@ -30,7 +30,7 @@ import ipaddress
 import struct
 
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.sealed import NatKind
+from wgmesh.proto.kinds import NatKind
 
 ROW = struct.Struct("<ddQQBHB32s")
 """The fixed head of a row: last_seen, since, counters, NAT class, lengths of seen/secondary,

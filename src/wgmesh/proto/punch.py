@@ -35,9 +35,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from wgmesh.proto.device import DEFAULT_KEEPALIVE, DeviceState, PeerState, PeerUpdate
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key
-from wgmesh.wg.control import DeviceState, PeerState, PeerUpdate
+from wgmesh.proto.kinds import CandidateKind
 
 HANDSHAKE_FRESH = 135.0
 """A handshake this recent proves a path (WireGuard re-handshakes every 120 s when busy)."""
@@ -58,8 +59,8 @@ class Hint:
 
     endpoint: Endpoint
     """Where to send."""
-    kind: str
-    """``public`` (the registrar-observed mapping), ``lan``, ``ipv6``."""
+    kind: CandidateKind
+    """What the address is (the registrar-observed mapping, a LAN or an IPv6 address)."""
     priority: int
     """SRV priority: lower is tried first."""
     source: Source = Source.REGISTRAR
@@ -113,7 +114,7 @@ class PunchConfig:
     """First pause after every candidate failed."""
     retry_max: float = 60.0
     """Longest pause between rounds of attempts (doubling from ``retry_min``)."""
-    keepalive: int = 25
+    keepalive: int = DEFAULT_KEEPALIVE
     """Persistent keepalive set on managed peers that have none (keeps NAT mappings open)."""
     mesh: bool = False
     """Mesh mode: add peers found in the zone, remove them when withdrawn."""
@@ -389,13 +390,14 @@ class Planner:
         lan_first = record.key in self.lan_keys or (
             self.our_public is not None
             and any(
-                h.kind == "public" and h.endpoint.ip == self.our_public.ip for h in record.hints
+                h.kind == CandidateKind.PUBLIC and h.endpoint.ip == self.our_public.ip
+                for h in record.hints
             )
         )
 
         def rank(h: Hint) -> tuple[int, int]:
             if lan_first:
-                return (0 if h.kind == "lan" else 1, h.priority)
+                return (0 if h.kind == CandidateKind.LAN else 1, h.priority)
             return (0, h.priority)
 
         out: list[Endpoint] = []

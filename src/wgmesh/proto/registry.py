@@ -36,6 +36,7 @@ from wgmesh.proto import sealed, stun
 from wgmesh.proto.dnssd import Candidate, PublishedPeer, Zone
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import KEY_LEN
+from wgmesh.proto.kinds import CandidateKind, NatKind
 from wgmesh.proto.peerrow import (
     NATS,
     NO_KEY,
@@ -53,7 +54,6 @@ from wgmesh.proto.peerrow import (
     unpack_seen,
 )
 from wgmesh.proto.ratelimit import RateLimitConfig, RateLimiter
-from wgmesh.proto.sealed import NatKind
 
 Outgoing = tuple[bytes, Endpoint]
 _V = TypeVar("_V")
@@ -160,16 +160,16 @@ class PeerEvent:
 def candidates_of(entry: PeerEntry) -> tuple[Candidate, ...]:
     """Published candidates: the public mapping first (priority 0, what wgsd-client reads),
     then global IPv6 (5) and LAN (10) addresses the peer reported."""
-    out = [Candidate(entry.endpoint, "public", 0)]
+    out = [Candidate(entry.endpoint, CandidateKind.PUBLIC, 0)]
     seen = {entry.endpoint}
     for ep in entry.addresses:
         if ep in seen or ep.ip.is_loopback or ep.ip.is_link_local or ep.ip.is_unspecified:
             continue
         seen.add(ep)
         if ep.ip.version == 6 and ep.ip.is_global:
-            out.append(Candidate(ep, "ipv6", 5))
+            out.append(Candidate(ep, CandidateKind.IPV6, 5))
         else:
-            out.append(Candidate(ep, "lan", 10))
+            out.append(Candidate(ep, CandidateKind.LAN, 10))
     return tuple(out)
 
 

@@ -28,7 +28,7 @@ import ipaddress
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 
 from nacl.bindings import (
     crypto_box_beforenm,
@@ -41,6 +41,7 @@ from nacl.public import PrivateKey
 from wgmesh.errors import DecodeError, LocalProtocolError
 from wgmesh.proto import stun
 from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.kinds import NatKind
 
 VERSION = 1
 MAX_PAYLOAD = 512
@@ -67,15 +68,6 @@ class Kind(IntEnum):
     WATCH = 2
     STATUS = 3
     PUSH = 4
-
-
-class NatKind(StrEnum):
-    """A peer's NAT as the registrar classified it."""
-
-    UNKNOWN = "unknown"
-    NONE = "none"
-    CONE = "cone"
-    SYMMETRIC = "symmetric"
 
 
 _NAT_CODES = (NatKind.UNKNOWN, NatKind.NONE, NatKind.CONE, NatKind.SYMMETRIC)

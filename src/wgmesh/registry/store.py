@@ -13,8 +13,8 @@ from pathlib import Path
 
 from wgmesh.errors import ConfigError, DecodeError
 from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.kinds import NatKind
 from wgmesh.proto.registry import Change, PeerEntry, PeerEvent
-from wgmesh.proto.sealed import NatKind
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS peers (

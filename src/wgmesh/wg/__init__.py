@@ -3,12 +3,7 @@ UAPI-socket backend (:mod:`wgmesh.wg.uapi`), a ``wg`` command backend (:mod:`wgm
 and an in-memory fake for unit tests (:mod:`wgmesh.wg.fake`). The real backends block; callers
 run them in a thread. See docs/architecture.md for the contract."""
 
-from wgmesh.wg.control import (
-    DeviceState,
-    PeerState,
-    PeerUpdate,
-    WireGuardControl,
-    open_control,
-)
+from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate
+from wgmesh.wg.control import WireGuardControl, open_control
 
 __all__ = ["DeviceState", "PeerState", "PeerUpdate", "WireGuardControl", "open_control"]

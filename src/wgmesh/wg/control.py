@@ -34,84 +34,16 @@ carries on, to the endpoint set last.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from wgmesh.errors import ConfigError, LocalProtocolError
-from wgmesh.proto.endpoint import Endpoint
+from wgmesh.errors import ConfigError
+from wgmesh.proto.device import DeviceState, PeerUpdate
 
 UAPI_DIR = Path("/var/run/wireguard")
 """Where wireguard-go, boringtun and other userspace implementations put IFACE.sock."""
 
-KICK_KEEPALIVE = 25
-"""Persistent keepalive (s) a handshake kick leaves behind when the peer had none."""
-
 BACKENDS = ("auto", "uapi", "wg")
-
-
-@dataclass(frozen=True, slots=True)
-class PeerState:
-    """One peer as the interface reports it."""
-
-    public_key: bytes
-    """The peer's public key (32 bytes)."""
-    endpoint: Endpoint | None
-    """Where WireGuard sends to now (set by us, by wg, or learned by roaming)."""
-    allowed_ips: tuple[str, ...]
-    """CIDRs routed to this peer, in the order WireGuard reports them."""
-    latest_handshake: float
-    """Unix seconds of the last completed handshake; 0.0 = never."""
-    rx_bytes: int
-    """Bytes received from the peer."""
-    tx_bytes: int
-    """Bytes sent to the peer."""
-    persistent_keepalive: int
-    """Seconds; 0 = off."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceState:
-    """The interface as a whole (never its private key)."""
-
-    name: str
-    """Interface name."""
-    public_key: bytes | None
-    """The interface's public key, None when no private key is set."""
-    listen_port: int
-    """UDP port WireGuard listens on (0 when none is bound yet)."""
-    peers: tuple[PeerState, ...]
-    """Every configured peer."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerUpdate:
-    """A change to one peer; None fields are left as they are.
-
-    Raises LocalProtocolError for a key that is not 32 bytes, a keepalive outside 0..65535, or
-    ``handshake_now`` with ``persistent_keepalive=0`` (the kick needs a non-zero keepalive).
-    """
-
-    public_key: bytes
-    """Which peer (created if absent, unless ``remove``)."""
-    endpoint: Endpoint | None = None
-    """New endpoint."""
-    allowed_ips: tuple[str, ...] | None = None
-    """Replace the allowed IPs (``()`` clears them)."""
-    persistent_keepalive: int | None = None
-    """New persistent keepalive in seconds (0 = off)."""
-    handshake_now: bool = False
-    """Make WireGuard initiate a handshake at once (see the module docstring)."""
-    remove: bool = False
-    """Remove the peer; every other field is then ignored."""
-
-    def __post_init__(self) -> None:
-        if len(self.public_key) != 32:
-            raise LocalProtocolError("a WireGuard public key is 32 bytes")
-        if self.persistent_keepalive is not None and not 0 <= self.persistent_keepalive <= 0xFFFF:
-            raise LocalProtocolError(f"keepalive out of range: {self.persistent_keepalive}")
-        if self.handshake_now and self.persistent_keepalive == 0:
-            raise LocalProtocolError("handshake_now needs a non-zero persistent keepalive")
 
 
 class WireGuardControl(Protocol):
@@ -126,16 +58,6 @@ class WireGuardControl(Protocol):
     def apply(self, updates: Sequence[PeerUpdate]) -> None:
         """Apply peer changes in order; InterfaceNotFound / WireGuardError on failure."""
         ...
-
-
-def keepalive_for(update: PeerUpdate, current: int) -> int:
-    """The keepalive a peer ends up with after ``update``, given its ``current`` one: the
-    update's own value, else the current one, else (for a kick) :data:`KICK_KEEPALIVE`."""
-    if update.persistent_keepalive is not None:
-        return update.persistent_keepalive
-    if update.handshake_now and current == 0:
-        return KICK_KEEPALIVE
-    return current
 
 
 def parse_uint(text: str, limit: int = 2**64 - 1) -> int:

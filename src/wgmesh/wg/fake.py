@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from wgmesh.errors import InterfaceNotFound, WireGuardError
+from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate, keepalive_for
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.wg.control import DeviceState, PeerState, PeerUpdate, keepalive_for
 
 
 class FakeWireGuard:

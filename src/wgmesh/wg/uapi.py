@@ -18,16 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wgmesh.errors import DecodeError, InterfaceNotFound, WireGuardError
+from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate, keepalive_for
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import public_key as derive_public_key
-from wgmesh.wg.control import (
-    UAPI_DIR,
-    DeviceState,
-    PeerState,
-    PeerUpdate,
-    keepalive_for,
-    parse_uint,
-)
+from wgmesh.wg.control import UAPI_DIR, parse_uint
 
 TIMEOUT = 5.0
 """Default seconds for a whole request (connect, send, answer)."""

@@ -19,9 +19,10 @@ import subprocess
 from collections.abc import Sequence
 
 from wgmesh.errors import DecodeError, InterfaceNotFound, WireGuardError
+from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate, keepalive_for
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import decode_key, encode_key
-from wgmesh.wg.control import DeviceState, PeerState, PeerUpdate, keepalive_for, parse_uint
+from wgmesh.wg.control import parse_uint
 
 TIMEOUT = 5.0
 """Default seconds any one ``wg`` run may take."""

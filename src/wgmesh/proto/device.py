@@ -1,0 +1,91 @@
+"""The WireGuard interface as values: what the daemon reads (:class:`DeviceState`,
+:class:`PeerState`) and what it asks to change (:class:`PeerUpdate`).
+
+These are the sans-IO core's view of WireGuard; the backends in :mod:`wgmesh.wg` produce and
+consume them (``WireGuardControl.read`` / ``apply``). No IO here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wgmesh.errors import LocalProtocolError
+from wgmesh.proto.endpoint import Endpoint
+
+DEFAULT_KEEPALIVE = 25
+"""Persistent keepalive (s) set on managed peers that have none, and the one a handshake kick
+leaves behind when the peer had none (keeps NAT mappings open; WireGuard's own suggestion)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    """One peer as the interface reports it."""
+
+    public_key: bytes
+    """The peer's public key (32 bytes)."""
+    endpoint: Endpoint | None
+    """Where WireGuard sends to now (set by us, by wg, or learned by roaming)."""
+    allowed_ips: tuple[str, ...]
+    """CIDRs routed to this peer, in the order WireGuard reports them."""
+    latest_handshake: float
+    """Unix seconds of the last completed handshake; 0.0 = never."""
+    rx_bytes: int
+    """Bytes received from the peer."""
+    tx_bytes: int
+    """Bytes sent to the peer."""
+    persistent_keepalive: int
+    """Seconds; 0 = off."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """The interface as a whole (never its private key)."""
+
+    name: str
+    """Interface name."""
+    public_key: bytes | None
+    """The interface's public key, None when no private key is set."""
+    listen_port: int
+    """UDP port WireGuard listens on (0 when none is bound yet)."""
+    peers: tuple[PeerState, ...]
+    """Every configured peer."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUpdate:
+    """A change to one peer; None fields are left as they are.
+
+    Raises LocalProtocolError for a key that is not 32 bytes, a keepalive outside 0..65535, or
+    ``handshake_now`` with ``persistent_keepalive=0`` (the kick needs a non-zero keepalive).
+    """
+
+    public_key: bytes
+    """Which peer (created if absent, unless ``remove``)."""
+    endpoint: Endpoint | None = None
+    """New endpoint."""
+    allowed_ips: tuple[str, ...] | None = None
+    """Replace the allowed IPs (``()`` clears them)."""
+    persistent_keepalive: int | None = None
+    """New persistent keepalive in seconds (0 = off)."""
+    handshake_now: bool = False
+    """Make WireGuard initiate a handshake at once (see the module docstring)."""
+    remove: bool = False
+    """Remove the peer; every other field is then ignored."""
+
+    def __post_init__(self) -> None:
+        if len(self.public_key) != 32:
+            raise LocalProtocolError("a WireGuard public key is 32 bytes")
+        if self.persistent_keepalive is not None and not 0 <= self.persistent_keepalive <= 0xFFFF:
+            raise LocalProtocolError(f"keepalive out of range: {self.persistent_keepalive}")
+        if self.handshake_now and self.persistent_keepalive == 0:
+            raise LocalProtocolError("handshake_now needs a non-zero persistent keepalive")
+
+
+def keepalive_for(update: PeerUpdate, current: int) -> int:
+    """The keepalive a peer ends up with after ``update``, given its ``current`` one: the
+    update's own value, else the current one, else (for a kick) :data:`DEFAULT_KEEPALIVE`."""
+    if update.persistent_keepalive is not None:
+        return update.persistent_keepalive
+    if update.handshake_now and current == 0:
+        return DEFAULT_KEEPALIVE
+    return current
