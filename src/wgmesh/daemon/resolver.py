@@ -1,4 +1,5 @@
-"""Read the registrar's DNS-SD records with dnspython (RFC 6763 layout, docs/protocol.md).
+"""Ask the registrar's DNS server for its DNS-SD records with dnspython (RFC 6763 layout,
+docs/protocol.md); the answers are read by :mod:`wgmesh.proto.records` (sans-IO).
 
 Per-peer lookups go by key (``<base32 key>._wireguard._udp.ZONE SRV``) and never depend on
 browsing, which cannot list more than a few thousand peers in one answer. Targets whose
@@ -8,25 +9,23 @@ crashes on such answers; we do not). Answers that are truncated over UDP are ret
 
 from __future__ import annotations
 
-import logging
-
 import dns.asyncquery
 import dns.asyncresolver
 import dns.exception
 import dns.flags
 import dns.message
 import dns.name
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 
 from wgmesh.errors import ConfigError, RemoteProtocolError
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.keys import key_label, label_key
-from wgmesh.proto.kinds import CandidateKind
-from wgmesh.proto.punch import Hint, PeerRecord
-
-log = logging.getLogger("wgmesh.daemon")
+from wgmesh.proto.punch import PeerRecord
+from wgmesh.proto.records import (
+    browse_keys,
+    instance_name,
+    peer_record,
+    read_srv_answer,
+    service_name,
+)
 
 
 class ZoneResolver:
@@ -34,7 +33,7 @@ class ZoneResolver:
 
     def __init__(self, zone: str, server: Endpoint | None, timeout: float = 2.0) -> None:
         self.origin = dns.name.from_text(zone)
-        self.service = dns.name.from_text("_wireguard._udp", self.origin)
+        self.service = service_name(self.origin)
         self.server = server
         self.timeout = timeout
 
@@ -70,86 +69,21 @@ class ZoneResolver:
         return r
 
     async def lookup(self, key: bytes) -> PeerRecord | None:
-        """The record of one peer, or None when the zone has none (NXDOMAIN/NODATA)."""
-        name = dns.name.Name((key_label(key).encode(),)).concatenate(self.service)
-        r = await self.query(name, "SRV")
-        if r.rcode() == dns.rcode.NXDOMAIN:
+        """The record of one peer, or None when the zone has none (NXDOMAIN/NODATA).
+        RemoteProtocolError when a query fails. What the answers mean is
+        :mod:`wgmesh.proto.records`; this only asks what they left out."""
+        name = instance_name(key, self.origin)
+        answer = read_srv_answer(name, await self.query(name, "SRV"))
+        if answer is None:
             return None
-        if r.rcode() != dns.rcode.NOERROR:
-            raise RemoteProtocolError(f"DNS {name} SRV: {dns.rcode.to_text(r.rcode())}")
-        srvs = [rr for rrs in r.answer if rrs.rdtype == dns.rdatatype.SRV for rr in rrs]
-        if not srvs:
-            return None
-        addresses: dict[dns.name.Name, list[str]] = {}
-        txt: dict[str, str] = {}
-        for rrs in list(r.additional) + list(r.answer):
-            if rrs.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                addresses.setdefault(rrs.name, []).extend(rr.address for rr in rrs)
-            elif rrs.rdtype == dns.rdatatype.TXT and rrs.name == name:
-                txt.update(parse_txt(rrs))
-        if not txt:
-            t = await self.query(name, "TXT")
-            for rrs in t.answer:
-                if rrs.rdtype == dns.rdatatype.TXT:
-                    txt.update(parse_txt(rrs))
-        hints = []
-        for srv in srvs:
-            target = srv.target
-            if target not in addresses:
-                addresses[target] = []
-                for rdtype in ("A", "AAAA"):
-                    a = await self.query(target, rdtype)
-                    addresses[target] += [
-                        rr.address
-                        for rrs in a.answer
-                        if rrs.rdtype == dns.rdatatype.from_text(rdtype)
-                        for rr in rrs
-                    ]
-            if target == name:
-                kind: CandidateKind | None = CandidateKind.PUBLIC
-            else:
-                kind = CandidateKind.of_target_label(target.labels[0].decode("ascii", "replace"))
-            if kind is None:
-                continue
-            for ip in addresses[target]:
-                try:
-                    hints.append(Hint(Endpoint.of(ip, srv.port), kind, srv.priority))
-                except ValueError:
-                    continue
-        allowed = tuple(a for a in txt.get("allowed", "").split(",") if a)
-        since = txt.get("since", "0")
-        return PeerRecord(
-            key=key,
-            hints=tuple(hints),
-            name=txt.get("name", ""),
-            allowed_ips=allowed,
-            nat=txt.get("nat", "unknown"),
-            since=int(since) if since.isdigit() else 0,
-        )
+        for target in answer.missing_targets:
+            answer = answer.with_addresses(
+                target, (await self.query(target, "A"), await self.query(target, "AAAA"))
+            )
+        if answer.txt is None:
+            answer = answer.with_txt(await self.query(name, "TXT"))
+        return peer_record(key, answer)
 
     async def browse(self) -> list[bytes]:
         """Keys of every peer listed under _wireguard._udp.ZONE (mesh mode)."""
-        r = await self.query(self.service, "PTR")
-        keys = []
-        for rrs in r.answer:
-            if rrs.rdtype != dns.rdatatype.PTR:
-                continue
-            for rr in rrs:
-                key = label_key(rr.target.labels[0].lower())
-                if key is None:
-                    log.debug("ignoring odd PTR target %s", rr.target)
-                else:
-                    keys.append(key)
-        return keys
-
-
-def parse_txt(rrset: dns.rrset.RRset) -> dict[str, str]:
-    """``key=value`` strings of a TXT RRset (RFC 6763 section 6.3); odd strings ignored."""
-    out: dict[str, str] = {}
-    for rr in rrset:
-        for raw in rr.strings:
-            text = raw.decode("utf-8", "replace")
-            k, sep, v = text.partition("=")
-            if sep and k and k.lower() not in out:
-                out[k.lower()] = v
-    return out
+        return browse_keys(await self.query(self.service, "PTR"))
