@@ -116,6 +116,26 @@ def test_kill_9_and_restart_serves_records_at_once(tmp_path: Path) -> None:
         alice.close()
 
 
+def test_expired_records_are_withdrawn_on_time_and_stay_withdrawn(tmp_path: Path) -> None:
+    with registrar(tmp_path, ["--open", "--expiry", "1"]) as r:
+        alice = Client(r.key)
+        alice.register(r.endpoint, name="alice")
+        registered = time.monotonic()
+        name = f"{key_label(alice.key)}._wireguard._udp.mesh.test"
+        assert dig(r.dns_port, "+short", name, "SRV").split()[2] == str(alice.port)
+        time.sleep(max(0.0, registered + 0.7 - time.monotonic()))
+        assert "status: NOERROR" in dig(r.dns_port, name, "SRV")  # not yet
+        time.sleep(max(0.0, registered + 1.4 - time.monotonic()))
+        assert "status: NXDOMAIN" in dig(r.dns_port, name, "SRV")
+        assert "withdrawn" in r.log.read_text()
+        time.sleep(0.4)  # the withdrawal's flush
+        r.kill()
+        r.args[r.args.index("--expiry") + 1] = "60"  # the stored row would be live again
+        r.start()
+        assert "status: NXDOMAIN" in dig(r.dns_port, name, "SRV")
+        alice.close()
+
+
 def test_refuses_to_start_without_an_admission_policy(tmp_path: Path) -> None:
     from tests.procs import RegistrarProcess
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 
@@ -104,24 +105,100 @@ async def test_oversized_datagrams_are_dropped_and_counted_and_big_replies_still
         c.close()
 
 
-async def test_a_failing_handler_does_not_stop_the_socket() -> None:
+def failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "wgmesh.udp" and r.levelno == logging.ERROR]
+
+
+async def test_one_failing_datagram_costs_no_other_reply_of_its_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     def handler(data: bytes, _name: bytes) -> bytes | None:
         if data == b"boom":
             raise RuntimeError("handler bug")
+        return b"re:" + data
+
+    errors: list[int] = []
+    server = BatchedUdp(bound(), handler, on_error=lambda: errors.append(1))
+    c = client()
+    try:
+        addr = server.get_extra_info("sockname")
+        sent = [b"q%d" % i for i in range(10)]
+        for d in [*sent[:5], b"boom", *sent[5:]]:
+            c.sendto(d, addr)  # all queued before the reader is registered: one batch
+        server.start(asyncio.get_running_loop())
+        got = {d for d, _ in await asyncio.to_thread(collect, c, len(sent))}
+        assert got == {b"re:" + d for d in sent}
+        assert server.stats.batches == 1 and server.stats.received == 11
+        assert server.stats.sent == 10 and server.stats.errors == 1 and errors == [1]
+        (record,) = failures(caplog)
+        assert record.exc_info is not None and "handler bug" in str(record.exc_info[1])
+        assert str(c.getsockname()[1]) in record.getMessage()  # names the sender
+        c.sendto(b"fine", addr)  # and the socket lives on
+        assert (await asyncio.to_thread(c.recvfrom, 100))[0] == b"re:fine"
+    finally:
+        server.close()
+        c.close()
+
+
+async def test_a_flood_of_failures_is_counted_but_not_logged_line_by_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def handler(data: bytes, _name: bytes) -> bytes | None:
+        if data.startswith(b"boom"):
+            raise ValueError(data.decode())
         return b"ok"
 
-    server = BatchedUdp(bound(), handler)
+    server = BatchedUdp(bound(), handler, error_log_interval=0.3)
     server.start(asyncio.get_running_loop())
     c = client()
     try:
         addr = server.get_extra_info("sockname")
-        c.sendto(b"boom", addr)
-        await asyncio.sleep(0.05)
+        flood = 3 * BATCH
+        for i in range(flood):
+            c.sendto(b"boom%d" % i, addr)
         c.sendto(b"fine", addr)
-        data, _ = await asyncio.to_thread(c.recvfrom, 100)
-        assert data == b"ok"
+        assert (await asyncio.to_thread(c.recvfrom, 100))[0] == b"ok"
+        assert server.stats.errors == flood and len(failures(caplog)) == 1
+        await asyncio.sleep(0.35)  # the next one after the interval is logged, with the count
+        c.sendto(b"boom again", addr)
+        c.sendto(b"fine", addr)
+        assert (await asyncio.to_thread(c.recvfrom, 100))[0] == b"ok"
+        _, second = failures(caplog)
+        assert f"({flood - 1} more since the last one logged)" in second.getMessage()
+        assert server.stats.errors == flood + 1
     finally:
         server.close()
+        c.close()
+
+
+async def test_the_asyncio_fallback_drops_only_the_failing_datagram(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(udpbatch, "available", lambda: False)
+
+    def handler(data: bytes, _addr: tuple[str, int] | None) -> bytes | None:
+        if data.startswith(b"boom"):
+            raise RuntimeError("handler bug")
+        return b"re:" + data
+
+    errors: list[int] = []
+    transport = await udpbatch.open_udp(
+        "127.0.0.1", 0, handler, max_datagram=512, on_error=lambda: errors.append(1)
+    )
+    c = client()
+    try:
+        assert not isinstance(transport, BatchedUdp)
+        addr = transport.get_extra_info("sockname")
+        sent = [b"q%d" % i for i in range(6)]
+        for d in [*sent[:3], b"boom", b"boom 2", *sent[3:]]:
+            c.sendto(d, addr)
+        got = {d for d, _ in await asyncio.to_thread(collect, c, len(sent))}
+        assert got == {b"re:" + d for d in sent}
+        assert errors == [1, 1]
+        (record,) = failures(caplog)
+        assert record.exc_info is not None and "handler bug" in str(record.exc_info[1])
+    finally:
+        transport.close()
         c.close()
 
 

@@ -2,8 +2,8 @@
 
 WireGuard owns its port, so we cannot bind it; but a raw IPPROTO_UDP socket may send a
 datagram whose hand-built UDP header names that port as the source. Behind a port-preserving
-NAT it gets exactly the public mapping WireGuard's own packets get (LAB-NOTES), which is what
-the registrar must observe.
+NAT it gets exactly the public mapping WireGuard's own packets get (docs/lab.md, "What the lab
+machines do"), which is what the registrar must observe.
 
 A raw UDP socket also receives a copy of every UDP datagram the host gets; we never read from
 it, so a classic-BPF filter that accepts nothing (``ret #0``) is attached to keep the kernel

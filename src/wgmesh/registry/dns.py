@@ -56,10 +56,17 @@ class DnsAdapterStats:
     """TCP connections ended by a message over :attr:`DnsLimits.max_tcp_query`."""
     errors: int = 0
     """Messages the zone rejected with a RemoteProtocolError (it is not meant to raise)."""
+    internal_errors: int = 0
+    """UDP queries dropped because answering them raised anything else (a bug: logged with
+    its traceback by :mod:`wgmesh.registry.udpbatch`, rate-limited)."""
 
     def count_dropped(self) -> None:
         """One more datagram dropped for its size."""
         self.udp_dropped += 1
+
+    def count_internal_error(self) -> None:
+        """One more datagram dropped because answering it raised."""
+        self.internal_errors += 1
 
 
 def _udp_answerer(
@@ -163,6 +170,7 @@ async def start_dns(zone: Zone, host: str, port: int, limits: DnsLimits | None =
             on_datagram,
             max_datagram=server.limits.max_udp_query,
             on_truncated=server.stats.count_dropped,
+            on_error=server.stats.count_internal_error,
             with_address=False,
         )
         udp_port = int(cast(tuple[str, int], udp.get_extra_info("sockname"))[1])

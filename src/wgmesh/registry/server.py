@@ -1,8 +1,20 @@
 """The registrar process: asyncio adapters around the sans-IO :class:`Registry` and :class:`Zone`.
 
-One DatagramProtocol per STUN socket (the primary port and the alternate port used to tell
-cone from symmetric NATs), the DNS UDP+TCP server, a 1-second timer for expiry and for flushing
-peer changes to SQLite, and SIGHUP to reload the authorized-keys file.
+One datagram handler per STUN socket (the primary port and the alternate port used to tell
+cone from symmetric NATs), the DNS UDP+TCP server, and SIGHUP to reload the authorized-keys file.
+
+Nothing polls. After every input that can change the registry (a batch of datagrams, a reload,
+the restore at startup, the expiry timer itself) the adapter drains the registry's events and
+re-arms two loop timers:
+
+- one expiry timer at ``Registry.next_timer()``: when it fires, ``expire(now)`` withdraws what
+  is due, its pushes are sent, and the timer is re-armed from ``next_timer()`` again (none while
+  nothing can expire);
+- one flush timer, armed only while peer changes are waiting to be written to SQLite: they are
+  written ``flush_interval`` seconds after the first of them (0.2 s), in one transaction.
+
+An idle registrar with no peers therefore has no timer at all, and one with peers wakes up only
+when the oldest of them is due to expire.
 """
 
 from __future__ import annotations
@@ -54,7 +66,8 @@ class RegistrarSettings:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     """Timings and limits."""
     flush_interval: float = 0.2
-    """Seconds between SQLite flushes of peer changes."""
+    """Most seconds a peer change waits before it is written to SQLite (with the changes that
+    came after it, in one transaction): what a ``kill -9`` can lose."""
 
 
 class _StunSocket:
@@ -72,6 +85,10 @@ class _StunSocket:
         c["datagrams"] += 1
         c["oversize"] += 1
 
+    def count_error(self) -> None:
+        """A datagram dropped because handling it raised (a bug; udpbatch logs it)."""
+        self.registrar.registry.counters["errors"] += 1
+
     def on_datagram(self, data: bytes, addr: tuple[str, int] | None) -> bytes | None:
         """The reply to send back to ``addr``, or None (anything else goes out by itself)."""
         assert addr is not None
@@ -81,9 +98,11 @@ class _StunSocket:
         if reply is not None:
             return reply
         source = Endpoint.from_sockaddr(addr)
-        out = self.registrar.registry.receive(data, source, self.local_port, time.time())
+        registrar = self.registrar
+        out = registrar.registry.receive(data, source, self.local_port, time.time())
         if out:
-            self.registrar.send(out, self.endpoint, source)
+            registrar.send(out, self.endpoint, source)
+        registrar.changed()
         return None
 
 
@@ -91,6 +110,7 @@ class Registrar:
     """A running registrar: ``r = await Registrar.start(settings)``, ``await r.serve_forever()``."""
 
     def __init__(self, settings: RegistrarSettings) -> None:
+        self._loop = asyncio.get_running_loop()  # constructed by start(), inside the loop
         self.settings = settings
         self.store = Store(settings.state_dir)
         entries, serial = self.store.load()
@@ -104,6 +124,7 @@ class Registrar:
             os.urandom,
             settings.stun_port,
         )
+        self.registry.counters.setdefault("errors", 0)  # datagrams whose handling raised
         now = time.time()
         self.registry.restore(entries, now)
         log.info("restored %d live peers from %s", len(self.registry.peers), self.store.path)
@@ -111,11 +132,18 @@ class Registrar:
         self._transports: list[UdpEndpoint] = []
         self._dns: DnsServer | None = None
         self._pending: list[PeerEvent] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._settle: asyncio.Handle | None = None
+        """Scheduled :meth:`_after_input`: once per loop iteration that fed the registry."""
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at: float | None = None
+        """The ``next_timer()`` (wall clock) the expiry timer is armed for."""
+        self._flush: asyncio.TimerHandle | None = None
+        self._closed = False
         self.stun_ports: tuple[int, ...] = ()
 
     @classmethod
     async def start(cls, settings: RegistrarSettings) -> Registrar:
+        """Bind the sockets, arm the expiry timer for the restored peers, and serve."""
         self = cls(settings)
         ports = [settings.stun_port]
         if settings.stun_alt_port:
@@ -129,6 +157,7 @@ class Registrar:
                 stun.on_datagram,
                 max_datagram=settings.registry.max_datagram,
                 on_truncated=stun.count_oversize,
+                on_error=stun.count_error,
             )
             stun.endpoint = endpoint
             stun.local_port = int(cast(tuple[str, int], endpoint.get_extra_info("sockname"))[1])
@@ -139,7 +168,7 @@ class Registrar:
         self.stun_ports = tuple(bound)
         self.registry.primary_port = bound[0]
         self._dns = await start_dns(self.zone, settings.listen, settings.dns_port)
-        self._tasks.append(asyncio.create_task(self._tick()))
+        self._after_input()  # the restore
         log.info(
             "registrar %s for zone %s: STUN %s:%s, DNS %s:%d, %s",
             encode_key(public_key(settings.private_key)),
@@ -171,7 +200,6 @@ class Registrar:
             t = transport if dest == source else self._primary
             if t is not None and not t.is_closing():
                 t.sendto(data, dest.sockaddr())
-        self._collect()
 
     def reload(self) -> None:
         """SIGHUP: re-read the authorized-keys file; keep the old list if the new one is bad."""
@@ -183,33 +211,66 @@ class Registrar:
             return
         out = self.registry.set_admission(admission, time.time())
         self.send(out)
+        self._after_input()
         log.info("reloaded admission list: %d keys", len(admission.peers))
 
-    def _collect(self) -> None:
-        for ev in self.registry.events():
+    # -- after every input ---------------------------------------------------------------
+
+    def changed(self) -> None:
+        """The registry was fed a datagram: settle once the current reader callback is done, so
+        a batch of datagrams costs one :meth:`_after_input`, not one per datagram."""
+        if self._settle is None and not self._closed:
+            self._settle = self._loop.call_soon(self._after_input)
+
+    def _after_input(self) -> None:
+        """Drain the registry's events (arming the flush) and re-arm the expiry timer."""
+        self._settle = None
+        if self._closed:
+            return
+        if self._drain() and self._flush is None:
+            self._flush = self._loop.call_later(self.settings.flush_interval, self._write)
+        self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        """Arm the one expiry timer at ``Registry.next_timer()``, or disarm it when nothing can
+        expire. ``next_timer()`` is wall-clock time (the ``now`` the registry is given); the
+        loop's clock is monotonic, so the timer is set by the delay from now."""
+        when = self.registry.next_timer()
+        if when == self._expiry_at and (when is None or self._expiry is not None):
+            return  # the usual case: the oldest peer did not change
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self._expiry_at = when
+        if when is not None:
+            delay = max(0.0, when - time.time())
+            self._expiry = self._loop.call_at(self._loop.time() + delay, self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        self._expiry = self._expiry_at = None
+        self.send(self.registry.expire(time.time()))
+        self._after_input()
+
+    def _drain(self) -> bool:
+        """Log the registry's new events and queue them for SQLite; True if there were any."""
+        events = self.registry.events()
+        for ev in events:
             if ev.change != Change.REFRESHED:
                 p = ev.peer
                 log.info(
                     "peer %s %s (%s) endpoint %s nat %s",
                     short_key(p.key), ev.change, p.name or "-", p.endpoint, p.nat,
                 )  # fmt: skip
-            self._pending.append(ev)
+        self._pending += events
+        return bool(events)
 
-    async def _tick(self) -> None:
-        interval = self.settings.flush_interval
-        next_expire = 0.0
-        while True:
-            await asyncio.sleep(interval)
-            now = time.time()
-            if now >= next_expire:
-                out = self.registry.expire(now)
-                if out:
-                    self.send(out)
-                next_expire = now + 1.0
-            self._collect()
-            if self._pending:
-                batch, self._pending = self._pending, []
-                self.store.apply(batch, self.zone.serial)
+    def _write(self) -> None:
+        """The flush timer: write every queued change and the zone serial in one transaction."""
+        self._flush = None
+        self._drain()
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self.store.apply(batch, self.zone.serial)
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -218,18 +279,23 @@ class Registrar:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("stopping: %s", self.registry.counters)
+        dns = None if self._dns is None else self._dns.stats
+        log.info("stopping: %s, dns %s", self.registry.counters, dns)
         await self.close()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        """Stop serving and write what is still queued."""
+        self._closed = True
+        for handle in (self._settle, self._expiry, self._flush):
+            if handle is not None:
+                handle.cancel()
+        self._settle = self._expiry = self._flush = None
         for t in self._transports:
             t.close()
         if self._dns is not None:
             self._dns.close()
             await self._dns.wait_closed()
-        self._collect()
+        self._drain()
         if self._pending:
             self.store.apply(self._pending, self.zone.serial)
             self._pending = []

@@ -13,6 +13,12 @@ reply (sent to that sockaddr) or None. Datagrams that did not fit :attr:`Batched
 are dropped unread and counted; replies too large for a send slot go out with a plain
 ``sendto``. One reader callback handles at most :data:`MAX_BATCHES` batches, so a flood cannot
 starve the rest of the event loop.
+
+A handler that raises is a bug, but it costs only the datagram it was handling: that datagram
+is dropped and counted (``errors``, and the caller's ``on_error``), the exception is logged with
+its traceback at most once per ``error_log_interval`` seconds per socket (:class:`ErrorLog`), and
+the rest of the batch is answered as usual. Failed sends (OSError: a full socket buffer, an
+unreachable address, a firewall's EPERM) are expected and only counted (``send_failed``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import ctypes.util
 import logging
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -37,6 +44,8 @@ NAME_SIZE = 128
 """sizeof(struct sockaddr_storage)."""
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20
+ERROR_LOG_INTERVAL = 60.0
+"""Default seconds between two logged handler exceptions on one socket."""
 
 Handler = Callable[[bytes, bytes], bytes | None]
 """(datagram, raw sockaddr) -> reply or None."""
@@ -99,6 +108,38 @@ class BatchStats:
     """Replies the kernel did not take (socket buffer full, unreachable)."""
     batches: int = 0
     """recvmmsg calls that returned datagrams."""
+    errors: int = 0
+    """Datagrams dropped because the handler raised (a bug; see :class:`ErrorLog`)."""
+
+
+class ErrorLog:
+    """Logs an unexpected exception (a handler's, or the batch loop's own) with its traceback,
+    at most once per ``interval`` seconds: a flood of datagrams that each trip the same bug
+    cannot fill the log. The exceptions in between are only counted, and the next line logged
+    says how many there were."""
+
+    def __init__(self, what: str, interval: float = ERROR_LOG_INTERVAL) -> None:
+        self.what = what
+        """Names the socket in the log line."""
+        self.interval = interval
+        self.suppressed = 0
+        """Exceptions not logged since the last one that was."""
+        self._quiet_until = -float("inf")  # time.monotonic()
+
+    def __call__(self, exc: Exception, message: str) -> None:
+        now = time.monotonic()
+        if now < self._quiet_until:
+            self.suppressed += 1
+            return
+        self._quiet_until = now + self.interval
+        more, self.suppressed = self.suppressed, 0
+        log.error(
+            "%s: %s%s",
+            self.what,
+            message,
+            f" ({more} more since the last one logged)" if more else "",
+            exc_info=exc,
+        )
 
 
 class BatchedUdp:
@@ -113,6 +154,8 @@ class BatchedUdp:
         handler: Handler,
         size: int = 4096,
         on_truncated: Callable[[], None] | None = None,
+        on_error: Callable[[], None] | None = None,
+        error_log_interval: float = ERROR_LOG_INTERVAL,
     ) -> None:
         if _LIBC is None:
             raise OSError("recvmmsg/sendmmsg are not available here")
@@ -122,6 +165,9 @@ class BatchedUdp:
         self.stats = BatchStats()
         self.on_truncated = on_truncated
         """Called for each datagram dropped for its size (the caller's own counter)."""
+        self.on_error = on_error
+        """Called for each datagram dropped because the handler raised (the caller's counter)."""
+        self._error_log = ErrorLog(f"udp port {sock.getsockname()[1]}", error_log_interval)
         self._loop: asyncio.AbstractEventLoop | None = None
         n = BATCH
         # receive slots are one byte longer than `size`, so a datagram that fills a slot was
@@ -185,8 +231,8 @@ class BatchedUdp:
             for _ in range(MAX_BATCHES):
                 if self._batch() < BATCH:
                     return
-        except Exception:  # a bug in a handler must not kill the socket
-            log.exception("udp batch on port %s", self.sock.getsockname()[1])
+        except Exception as exc:  # a bug here, not in a handler: the socket must live on
+            self._error_log(exc, "bug in the batch loop; this batch's replies are lost")
 
     def _batch(self) -> int:
         assert _LIBC is not None
@@ -217,7 +263,11 @@ class BatchedUdp:
                 continue
             namelen = hdr.msg_namelen
             name = string_at(names_at + i * NAME_SIZE, namelen)
-            reply = handler(string_at(in_at + i * slot, length), name)
+            try:
+                reply = handler(string_at(in_at + i * slot, length), name)
+            except Exception as exc:  # a bug: drop this datagram, answer the rest of the batch
+                self._handler_failed(exc, name)
+                continue
             if reply is None:
                 continue
             if len(reply) > size:
@@ -242,6 +292,14 @@ class BatchedUdp:
                 sent += m
         return n
 
+    def _handler_failed(self, exc: Exception, name: bytes) -> None:
+        self.stats.errors += 1
+        if self.on_error is not None:
+            self.on_error()
+        self._error_log(
+            exc, f"handler raised on a datagram from {sockaddr_tuple(name)}; dropped it"
+        )
+
     def _send_one(self, reply: bytes, name: bytes) -> None:
         addr = sockaddr_tuple(name)
         if addr is None:
@@ -265,21 +323,36 @@ class _Plain(asyncio.DatagramProtocol):
     """The portable path, where recvmmsg is not available."""
 
     def __init__(
-        self, handler: AddressHandler, max_datagram: int, on_truncated: Callable[[], None]
+        self,
+        handler: AddressHandler,
+        max_datagram: int,
+        on_truncated: Callable[[], None],
+        on_error: Callable[[], None],
+        error_log_interval: float,
     ):
         self.handler = handler
         self.max_datagram = max_datagram
         self.on_truncated = on_truncated
+        self.on_error = on_error
+        self.error_log = ErrorLog("udp", error_log_interval)
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        sockname = self.transport.get_extra_info("sockname")
+        if sockname:
+            self.error_log.what = f"udp port {sockname[1]}"
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) > self.max_datagram:
             self.on_truncated()
             return
-        reply = self.handler(data, addr)
+        try:
+            reply = self.handler(data, addr)
+        except Exception as exc:  # a bug: this datagram is dropped, the socket lives on
+            self.on_error()
+            self.error_log(exc, f"handler raised on a datagram from {addr}; dropped it")
+            return
         if reply is not None and self.transport is not None:
             self.transport.sendto(reply, addr)
 
@@ -298,16 +371,21 @@ async def open_udp(
     *,
     max_datagram: int,
     on_truncated: Callable[[], None] = lambda: None,
+    on_error: Callable[[], None] = lambda: None,
+    error_log_interval: float = ERROR_LOG_INTERVAL,
     with_address: bool = True,
 ) -> UdpEndpoint:
     """Bind host:port and answer every datagram of at most ``max_datagram`` bytes through
     ``handler`` (longer ones are dropped unread and reported to ``on_truncated``): batched
-    where :func:`available`, an asyncio datagram endpoint elsewhere. ``with_address=False``
-    spares a handler that ignores the sender the cost of decoding the address (it gets None)."""
+    where :func:`available`, an asyncio datagram endpoint elsewhere. A datagram whose handler
+    raises is dropped and reported to ``on_error``, its exception logged (at most once per
+    ``error_log_interval`` seconds). ``with_address=False`` spares a handler that ignores the
+    sender the cost of decoding the address (it gets None)."""
     loop = asyncio.get_running_loop()
     if not available():
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Plain(handler, max_datagram, on_truncated), local_addr=(host, port)
+            lambda: _Plain(handler, max_datagram, on_truncated, on_error, error_log_interval),
+            local_addr=(host, port),
         )
         return transport
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
@@ -330,6 +408,13 @@ async def open_udp(
         def raw(data: bytes, name: bytes) -> bytes | None:
             return handler(data, None)
 
-    batched = BatchedUdp(sock, raw, size=max_datagram, on_truncated=on_truncated)
+    batched = BatchedUdp(
+        sock,
+        raw,
+        size=max_datagram,
+        on_truncated=on_truncated,
+        on_error=on_error,
+        error_log_interval=error_log_interval,
+    )
     batched.start(loop)
     return batched
