@@ -138,7 +138,7 @@ class Client:
         reply, _ = self.sock.recvfrom(2048)
         _, status = sealed.open_sealed(self.sealer, stun.decode(reply), self.registrar_key)
         assert isinstance(status, sealed.Status) and status.register_counter == registered
-        assert status.observed == Endpoint.parse(f"127.0.0.1:{self.port}")
+        assert status.observed == (Endpoint.parse(f"127.0.0.1:{self.port}"),)
         return data
 
     def _sealed(self, payload: sealed.Payload) -> bytes:

@@ -23,7 +23,7 @@ from wgmesh.proto.dnssd import Candidate, PublishedPeer, Zone, ZoneConfig
 from wgmesh.proto.dnswire import ENTRY_OVERHEAD, query_shape
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, key_label, label_key
-from wgmesh.proto.kinds import CandidateKind
+from wgmesh.proto.kinds import CandidateKind, NatKind
 
 K1, K2, K3 = bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 34))
 ORIGIN = "mesh.test."
@@ -35,7 +35,7 @@ def peer(key: bytes, port: int = 51820, lan: bool = True, *extra: Candidate) -> 
     if lan:
         cands.append(Candidate(Endpoint.parse(f"10.0.0.7:{port}"), CandidateKind.LAN, 10))
     cands += extra
-    return PublishedPeer(key, "alice", tuple(cands), ("100.64.0.1/32",), "cone", 1700000000)
+    return PublishedPeer(key, "alice", tuple(cands), ("100.64.0.1/32",), NatKind.CONE, 1700000000)
 
 
 def config(**kw: object) -> ZoneConfig:
@@ -119,7 +119,7 @@ def test_txt_keys() -> None:
     assert strings == ["txtvers=1", f"pub={encode_key(K1)}", "allowed=100.64.0.1/32",
                        "name=alice", "nat=cone", "since=1700000000"]  # fmt: skip
     z = Zone(config())
-    z.upsert(PublishedPeer(K3, "", peer(K3).candidates, (), "symmetric", 5))
+    z.upsert(PublishedPeer(K3, "", peer(K3).candidates, (), NatKind.SYMMETRIC, 5))
     bare = only(ask(z, name(K3), "TXT").answer[0]).strings
     assert [s.decode() for s in bare] == ["txtvers=1", f"pub={encode_key(K3)}",
                                           "nat=symmetric", "since=5"]  # fmt: skip
@@ -127,7 +127,9 @@ def test_txt_keys() -> None:
 
 def test_browse_lists_every_peer_with_its_records_as_additional() -> None:
     z = zone()
-    z.upsert(PublishedPeer(K3, "nothing yet", (), (), "unknown", 0))  # no endpoint: not listed
+    z.upsert(
+        PublishedPeer(K3, "nothing yet", (), (), NatKind.UNKNOWN, 0)
+    )  # no endpoint: not listed
     r = ask(z, SERVICE, "PTR", use_edns=0, payload=4096)
     assert r.flags & dns.flags.AA
     assert sorted(str(rr.target) for rr in r.answer[0]) == sorted([name(K1), name(K2)])
@@ -335,7 +337,7 @@ def test_a_change_invalidates_exactly_the_answers_it_touches() -> None:
     assert z.stats.cache_hits == hits + len(k1 + k2 + shared)  # all cached, negatives too
 
     bob = Candidate(Endpoint.parse("192.0.2.1:4444"), CandidateKind.PUBLIC, 0)
-    z.upsert(PublishedPeer(K1, "bob", (bob, v6), (), "none", 1))
+    z.upsert(PublishedPeer(K1, "bob", (bob, v6), (), NatKind.NONE, 1))
     hits = z.stats.cache_hits
     for q in k2[:3]:  # K2's positive answers are untouched by a change of K1
         ask(z, *q)
@@ -415,7 +417,7 @@ def test_peer_answers_are_dnspythons_byte_for_byte() -> None:
             kind = CandidateKind.IPV6 if j % 2 else CandidateKind.LAN
             cands.append(Candidate(Endpoint.parse(ep), kind, rng.choice([5, 10])))
         z.upsert(PublishedPeer(key, "n" * (i * 25), tuple(cands), ("10.1.0.0/16",) * (i % 3),
-                               "cone", rng.randrange(2**40)))  # fmt: skip
+                               NatKind.CONE, rng.randrange(2**40)))  # fmt: skip
     edns: list[dict[str, Any]] = [{}, {"use_edns": 0}, {"use_edns": 0, "payload": 4096},
                                   {"use_edns": 0, "payload": 600, "want_dnssec": True}]  # fmt: skip
     covered = 0
@@ -465,6 +467,6 @@ def test_cache_is_capped_in_bytes_and_stays_exact() -> None:
     assert cache.bytes == sum(costs)
     last = keys[-1]
     assert ask(z, name(last), "TXT").answer and z.stats.cache_hits == 1
-    z.upsert(PublishedPeer(last, "renamed", peer(last).candidates, (), "cone", 1))
+    z.upsert(PublishedPeer(last, "renamed", peer(last).candidates, (), NatKind.CONE, 1))
     assert "name=renamed" in str(ask(z, name(last), "TXT").answer[0])
     assert z.stats.cache_hits == 1 and cache.indexed == len(cache)

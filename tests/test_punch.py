@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 
 import pytest
 
+from wgmesh.errors import LocalProtocolError
 from wgmesh.proto.device import DeviceState, PeerState
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.kinds import CandidateKind
+from wgmesh.proto.kinds import CandidateKind, NatKind
 from wgmesh.proto.punch import Hint, PeerRecord, Planner, PunchConfig, Source
 
 A = bytes([1]) * 32
@@ -137,7 +139,7 @@ def test_lan_first_when_the_registrar_saw_us_behind_the_same_address() -> None:
             punch_delay=0,
         )
     )
-    p.set_our_mapping(Endpoint.parse("198.51.100.7:51821"), "cone")
+    p.set_our_mapping((Endpoint.parse("198.51.100.7:51821"),), NatKind.CONE)
     p.set_record(record(PUBLIC, LANH))
     assert p.plan(device(peer()), 1000.0).updates[0].endpoint == LAN
     q = Planner(
@@ -145,7 +147,7 @@ def test_lan_first_when_the_registrar_saw_us_behind_the_same_address() -> None:
             punch_delay=0,
         )
     )
-    q.set_our_mapping(Endpoint.parse("203.0.113.50:51820"), "cone")
+    q.set_our_mapping((Endpoint.parse("203.0.113.50:51820"),), NatKind.CONE)
     q.set_record(record(PUBLIC, LANH))
     assert q.plan(device(peer()), 1000.0).updates[0].endpoint == PUB
 
@@ -156,7 +158,7 @@ def test_lan_first_when_seen_over_mdns() -> None:
             punch_delay=0,
         )
     )
-    p.lan_keys.add(A)
+    p.add_lan_peer(A)
     p.set_record(record(PUBLIC, replace(LANH, source=Source.LAN)))
     assert p.plan(device(peer()), 1000.0).updates[0].endpoint == LAN
 
@@ -170,8 +172,8 @@ def test_our_mapping_change_rekicks_working_peers() -> None:
     p.set_record(record(PUBLIC))
     p.plan(device(peer()), 1000.0)
     p.plan(device(peer(PUB, hs=1000.0)), 1000.5)
-    assert not p.set_our_mapping(Endpoint.parse("203.0.113.50:51820"), "cone")
-    assert p.set_our_mapping(Endpoint.parse("203.0.113.50:40000"), "cone")
+    assert not p.set_our_mapping((Endpoint.parse("203.0.113.50:51820"),), NatKind.CONE)
+    assert p.set_our_mapping((Endpoint.parse("203.0.113.50:40000"),), NatKind.CONE)
     u = p.plan(device(peer(PUB, hs=1000.0)), 1010.0).updates
     assert u and u[0].handshake_now and u[0].endpoint is None
     assert p.plan(device(peer(PUB, hs=1000.0)), 1010.5).updates == ()
@@ -180,9 +182,9 @@ def test_our_mapping_change_rekicks_working_peers() -> None:
 def test_our_mapping_change_also_kicks_peers_without_a_record() -> None:
     static = Endpoint.parse("192.0.2.5:51820")
     p = Planner(PunchConfig())
-    p.set_our_mapping(Endpoint.parse("203.0.113.50:51820"), "cone")
+    p.set_our_mapping((Endpoint.parse("203.0.113.50:51820"),), NatKind.CONE)
     assert p.plan(device(peer(static, hs=999.0)), 1000.0).updates == ()
-    assert p.set_our_mapping(Endpoint.parse("203.0.113.50:40000"), "cone")
+    assert p.set_our_mapping((Endpoint.parse("203.0.113.50:40000"),), NatKind.CONE)
     u = p.plan(device(peer(static, hs=999.0)), 1000.5).updates
     assert u and u[0].handshake_now and u[0].endpoint is None
     assert p.plan(device(peer(static, hs=999.0)), 1001.0).updates == ()
@@ -224,12 +226,12 @@ def test_reasons_for_no_direct_path() -> None:
             punch_delay=0,
         )
     )
-    p.set_our_mapping(Endpoint.parse("203.0.113.50:40000"), "cone")
-    p.set_record(replace(record(PUBLIC), nat="symmetric"))
+    p.set_our_mapping((Endpoint.parse("203.0.113.50:40000"),), NatKind.CONE)
+    p.set_record(replace(record(PUBLIC), nat=NatKind.SYMMETRIC))
     v = p.views(device(peer()), 1000.0)[0]
     assert v.path == "none"
     assert "symmetric NAT" in v.reason
-    p.our_nat = "symmetric"
+    p.set_our_mapping((Endpoint.parse("203.0.113.50:40000"),), NatKind.SYMMETRIC)
     assert "both peers are behind symmetric NATs" in p.views(device(peer()), 1000.0)[0].reason
 
 
@@ -254,8 +256,7 @@ LOW, HIGH = bytes([0]) * 32, bytes([2]) * 32  # A (the peer) sorts between them
 
 def test_lower_key_leads_and_the_higher_key_follows_later() -> None:
     cfg = PunchConfig(punch_delay=0.05, punch_stagger=0.3)
-    lead, follow = Planner(cfg), Planner(cfg)
-    lead.own_key, follow.own_key = LOW, HIGH
+    lead, follow = Planner(cfg, own_key=LOW), Planner(cfg, own_key=HIGH)
     for p in (lead, follow):
         p.set_record(record(PUBLIC))
         assert p.plan(device(peer()), 1000.0).prime == (PUB,)
@@ -267,11 +268,11 @@ def test_lower_key_leads_and_the_higher_key_follows_later() -> None:
 
 
 def test_delays_grow_with_the_registrar_round_trip() -> None:
-    p = Planner(PunchConfig(punch_delay=0.05, punch_stagger=0.3))
+    cfg = PunchConfig(punch_delay=0.05, punch_stagger=0.3)
+    lead, p = Planner(cfg, own_key=LOW), Planner(cfg, own_key=HIGH)
+    lead.observe_rtt(0.2)
     p.observe_rtt(0.2)
-    p.own_key = LOW
-    assert p.punch_delay(A) == 0.4
-    p.own_key = HIGH
+    assert lead.punch_delay(A) == 0.4
     assert p.punch_delay(A) == pytest.approx(0.4 + 0.6)
     assert p.punch_delay(A, session=True) == 0.4  # a keepalive cannot cross anything
     p.observe_rtt(1.8)  # one slow answer moves the estimate by an eighth
@@ -279,8 +280,7 @@ def test_delays_grow_with_the_registrar_round_trip() -> None:
 
 
 def test_follower_keeps_quiet_when_the_leads_handshake_came_through() -> None:
-    p = Planner(PunchConfig(punch_delay=0.05, punch_stagger=0.3))
-    p.own_key = HIGH
+    p = Planner(PunchConfig(punch_delay=0.05, punch_stagger=0.3), own_key=HIGH)
     p.set_record(record(PUBLIC))
     p.plan(device(peer()), 1000.0)
     # the lead's initiation arrived; WireGuard learned the endpoint from it
@@ -292,8 +292,7 @@ def test_follower_keeps_quiet_when_the_leads_handshake_came_through() -> None:
 
 
 def test_follower_of_a_working_session_does_not_wait_for_the_stagger() -> None:
-    p = Planner(PunchConfig(punch_delay=0.05, punch_stagger=0.3))
-    p.own_key = HIGH
+    p = Planner(PunchConfig(punch_delay=0.05, punch_stagger=0.3), own_key=HIGH)
     p.set_record(record(PUBLIC))
     p.plan(device(peer()), 1000.0)
     p.plan(device(peer(PUB, hs=1000.1)), 1000.35)
@@ -341,7 +340,7 @@ def test_samples_too_close_together_are_ignored() -> None:
     p.watch_traffic(counters(1100, 1100), 1000.5)
     p.watch_traffic(counters(1100, 1100), 1000.51)  # a plan right after: no new information
     p.watch_traffic(counters(1200, 1200), 1001.0)
-    assert p.traffic[A].busy  # two growing samples in a row, despite the extra read
+    assert p._stalls.traffic[A].busy  # two growing samples in a row, despite the extra read
     assert p.traffic_active
 
 
@@ -370,11 +369,24 @@ def test_one_sample_of_data_then_silence_asks_for_a_probe() -> None:
         assert not q.watch_traffic(counters(1180, 1092), 1002.0 + i / 2)
 
 
+def test_a_handshake_with_data_in_the_same_sample_counts_as_busy() -> None:
+    """The sparse samples of an idle daemon: the one before the handshake, then one after the
+    peer's pings flowed for a while and our NAT rebound. The data is seen despite the handshake
+    in the same sample, and the silence after it is a stall."""
+    p = Planner(PunchConfig(stall_after=1.0, busy_bytes=256))
+    p.watch_traffic(counters(0, 0, hs=0.0), 1000.0)
+    data = 148 + 32 + 6 * 128  # a handshake, then six pings received
+    assert not p.watch_traffic(counters(data, 92 + 6 * 128, hs=1000.2), 1002.0)
+    assert p._stalls.traffic[A].busy and p.traffic_active
+    assert not p.watch_traffic(counters(data, 92 + 6 * 128, hs=1000.2), 1002.5)
+    assert p.watch_traffic(counters(data, 92 + 6 * 128, hs=1000.2), 1003.0)
+
+
 def test_a_handshake_and_its_keepalive_are_not_data() -> None:
     p = Planner(PunchConfig(stall_after=1.0))
     p.watch_traffic(counters(0, 0, hs=0.0), 1000.0)
     p.watch_traffic(counters(148 + 32, 92, hs=1000.2), 1000.5)  # handshake, first keepalive
-    assert not p.traffic[A].busy
+    assert not p._stalls.traffic[A].busy
     p.watch_traffic(counters(212, 92, hs=1000.2), 1001.0)  # one more keepalive
     for i in range(1, 10):
         assert not p.watch_traffic(counters(212, 92, hs=1000.2), 1001.0 + i / 2)
@@ -410,7 +422,7 @@ def test_stall_probes_are_rate_limited() -> None:
 
 def test_a_stall_without_tokens_fires_when_one_is_earned() -> None:
     p = Planner(PunchConfig(stall_after=1.0, stall_probes=1, stall_refill=10.0))
-    p._tokens = 0.0
+    p._stalls.tokens = 0.0
     p.watch_traffic(counters(1000, 1000), 1000.0)
     for i in range(1, 4):
         assert not p.watch_traffic(counters(1000, 1000 + 100 * i), 1000.0 + i / 2)
@@ -423,9 +435,8 @@ def test_rebinding_is_repaired_by_both_planners() -> None:
     mapping, which kicks our side; the peer's new record makes it punch toward the new port."""
     old_us, new_us = Endpoint.parse("198.51.100.11:51820"), Endpoint.parse("198.51.100.11:61000")
     B = bytes([9]) * 32
-    us, them = Planner(PunchConfig()), Planner(PunchConfig())
-    us.own_key, them.own_key = A, B
-    us.set_our_mapping(old_us, "cone")
+    us, them = Planner(PunchConfig(), own_key=A), Planner(PunchConfig(), own_key=B)
+    us.set_our_mapping((old_us,), NatKind.CONE)
     us_dev = lambda rx, hs=990.0: DeviceState(  # noqa: E731
         "wg0", A, 51820, (PeerState(B, PUB, ("100.64.0.2/32",), hs, rx, rx, 25),)
     )
@@ -438,7 +449,7 @@ def test_rebinding_is_repaired_by_both_planners() -> None:
         us.watch_traffic(us_dev(1000 + 100 * i), 1000.0 + i / 2)
     assert not us.watch_traffic(us_dev(1300), 1002.0)
     assert us.watch_traffic(us_dev(1300), 1002.5)  # -> probe
-    assert us.set_our_mapping(new_us, "cone")  # the registrar saw the new port
+    assert us.set_our_mapping((new_us,), NatKind.CONE)  # the registrar saw the new port
     kick = us.plan(us_dev(1300), 1002.51).updates
     assert kick and kick[0].handshake_now and kick[0].endpoint is None
     # the registrar pushed; the peer resolved our new record
@@ -449,3 +460,73 @@ def test_rebinding_is_repaired_by_both_planners() -> None:
     assert deadline is not None and deadline - 1002.53 < 0.1  # a session: no stagger
     u = them.plan(them_dev, deadline).updates
     assert u[0].endpoint == new_us and u[0].handshake_now
+
+
+# -- the Planner's inputs and what it holds ------------------------------------------------------
+
+V4, V4_NEW = Endpoint.parse("203.0.113.50:51820"), Endpoint.parse("203.0.113.50:40000")
+V6, V6_NEW = Endpoint.parse("[2001:db8::1]:51820"), Endpoint.parse("[2001:db8::1]:40000")
+
+
+def test_our_mappings_are_kept_one_per_family() -> None:
+    p = Planner(PunchConfig())
+    assert p.our_mappings == () and p.our_nat is NatKind.UNKNOWN
+    assert not p.set_our_mapping((V4,), NatKind.CONE)
+    assert not p.set_our_mapping((V4, V6), NatKind.CONE)  # a new family is not a change
+    assert p.our_mappings == (V4, V6) and p.our_nat is NatKind.CONE
+    assert p.set_our_mapping((V4, V6_NEW), NatKind.CONE)  # the IPv6 one moved
+    assert not p.set_our_mapping((V4,), NatKind.SYMMETRIC)  # no IPv6 mapping now: forgotten
+    assert p.our_mappings == (V4,) and p.our_nat is NatKind.SYMMETRIC
+    assert not p.set_our_mapping((V6,), NatKind.CONE)  # IPv4 forgotten, IPv6 back: no change
+    assert p.our_mappings == (V6,)
+    assert not p.set_our_mapping((V6, V4), NatKind.CONE)
+    assert p.our_mappings == (V4, V6)  # IPv4 first, whatever the order given
+    with pytest.raises(LocalProtocolError, match="two observed mappings for IPv4"):
+        p.set_our_mapping((V4, V4_NEW), NatKind.CONE)
+
+
+def test_a_changed_mapping_of_either_family_kicks_every_peer() -> None:
+    p = Planner(PunchConfig(punch_delay=0))
+    p.set_our_mapping((V4, V6), NatKind.CONE)
+    p.set_record(record(PUBLIC))
+    p.plan(device(peer()), 1000.0)
+    p.plan(device(peer(PUB, hs=1000.0)), 1000.5)
+    assert p.set_our_mapping((V4, V6_NEW), NatKind.CONE)
+    u = p.plan(device(peer(PUB, hs=1000.0)), 1001.0).updates
+    assert u and u[0].handshake_now and u[0].endpoint is None
+
+
+def test_lan_first_compares_with_our_mapping_of_the_same_family() -> None:
+    v6_public = Hint(Endpoint.parse("[2001:db8::1]:51821"), CandidateKind.PUBLIC, 0)
+    p = Planner(PunchConfig(punch_delay=0))
+    p.set_our_mapping((V4, V6), NatKind.NONE)  # the peer's IPv6 public address is ours
+    p.set_record(record(v6_public, LANH))
+    assert p.plan(device(peer()), 1000.0).updates[0].endpoint == LAN
+    q = Planner(PunchConfig(punch_delay=0))
+    q.set_our_mapping((Endpoint.parse("198.51.100.7:51821"),), NatKind.CONE)
+    q.set_our_mapping((V6,), NatKind.CONE)  # the IPv4 mapping is gone: nothing to compare
+    q.set_record(record(PUBLIC, LANH))
+    assert q.plan(device(peer()), 1000.0).updates[0].endpoint == PUB
+
+
+def test_records_are_read_through_the_api() -> None:
+    p = Planner(PunchConfig())
+    rec = record(PUBLIC)
+    assert p.record(A) is None and p.recorded_keys() == set()
+    p.set_record(rec)
+    assert p.record(A) is rec and p.recorded_keys() == {A}
+    p.withdraw(A)
+    assert p.record(A) is None and p.recorded_keys() == set()
+    p.withdraw(bytes([7]) * 32)  # unknown: nothing happens
+    assert p.own_key == b"" and Planner(PunchConfig(), own_key=A).own_key == A
+
+
+def test_the_peers_row_shows_nat_as_its_string_value() -> None:
+    p = Planner(PunchConfig())
+    assert PeerRecord(A, ()).nat is NatKind.UNKNOWN
+    p.set_record(replace(record(PUBLIC), nat=NatKind.CONE))
+    row = asdict(p.views(device(peer()), 1000.0)[0])
+    assert type(row["nat"]) is str and json.loads(json.dumps(row))["nat"] == "cone"
+    assert asdict(p.views(device(replace(peer(), public_key=bytes(32))), 1000.0)[0])["nat"] == (
+        "unknown"
+    )

@@ -4,26 +4,39 @@ from __future__ import annotations
 
 import os
 import pickle
+import sqlite3
 from pathlib import Path
 
+import dns.message
 import pytest
 from nacl.bindings import crypto_box_beforenm
 from nacl.public import PrivateKey
 
-from wgmesh.proto import sealed, stun
-from wgmesh.proto.dnssd import Zone, ZoneConfig
+from wgmesh.proto import peerrow, sealed, stun
+from wgmesh.proto.dnssd import Candidate, Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.kinds import NatKind
-from wgmesh.proto.peerrow import NO_KEY, SHARED_AT, WATCHER, WATCHER_SHARED_AT, pack_endpoint
+from wgmesh.proto.keys import key_label
+from wgmesh.proto.kinds import CandidateKind, NatKind
+from wgmesh.proto.peerrow import (
+    NO_KEY,
+    SAME,
+    SHARED_AT,
+    WATCHER,
+    WATCHER_SHARED_AT,
+    pack_endpoint,
+)
 from wgmesh.proto.ratelimit import RateLimitConfig
 from wgmesh.proto.registry import (
     Admission,
     AdmittedPeer,
     Change,
     PeerEntry,
+    PeerEvent,
     Registry,
     RegistryConfig,
     _row,
+    candidates_of,
+    classify,
 )
 from wgmesh.registry.store import Store
 
@@ -248,7 +261,7 @@ def test_watch_returns_the_observed_mapping_sealed(reg_private: PrivateKey) -> N
     assert len(out) == 1 and out[0][1] == control
     _, status = sealed.open_sealed(alice.sealer, stun.decode(out[0][0]), reg_key)
     assert isinstance(status, sealed.Status)
-    assert status.observed == SRC and status.register_counter == alice.counter - 1
+    assert status.observed == (SRC,) and status.register_counter == alice.counter - 1
 
 
 def test_changes_are_pushed_to_other_watchers(reg_private: PrivateKey) -> None:
@@ -359,25 +372,63 @@ V6 = Endpoint.parse("[2001:db8::7]:51820")
 LAN = Endpoint.parse("10.0.0.7:51820")
 
 
+V6B = Endpoint.parse("[2001:db8::8]:40001")
+
+
 @pytest.mark.parametrize(
-    "endpoint, addresses, secondary",
+    "mappings, addresses, secondary",
     [
-        (SRC, (), None),
-        (SRC, (LAN, V6), SRC),  # a cone NAT: kept as "the same", without a copy
-        (SRC, (LAN,), SRC2),  # symmetric: the other mapping is kept
-        (V6, (V6,), None),
+        ((SRC,), (), ()),
+        ((SRC,), (LAN, V6), (SRC,)),  # a cone NAT: kept as "the same", without a copy
+        ((SRC,), (LAN,), (SRC2,)),  # symmetric: the other mapping is kept
+        ((V6,), (V6,), ()),
+        ((SRC, V6), (LAN, V6), ()),  # one mapping per family
+        ((SRC, V6), (), (SRC, V6)),
+        ((SRC, V6), (LAN,), (SRC2, V6B)),
+        ((SRC, V6), (), (V6B,)),  # the alternate port saw only the IPv6 side so far
+        ((V6,), (), (V6B,)),
     ],
 )
 def test_a_row_unpacks_to_the_entry_it_was_packed_from(
     reg_private: PrivateKey,
-    endpoint: Endpoint,
+    mappings: tuple[Endpoint, ...],
     addresses: tuple[Endpoint, ...],
-    secondary: Endpoint | None,
+    secondary: tuple[Endpoint, ...],
 ) -> None:
     r = make(reg_private)
-    entry = PeerEntry(bytes(range(32)), "bé", endpoint, addresses, NatKind.CONE, NOW - 0.25, NOW,
-                      2**64 - 1, 7, "wgmesh/1", (), secondary)  # fmt: skip
-    assert r._entry(entry.key, _row(entry, NO_KEY)) == entry
+    refreshed = (NOW, NOW - 7.5)[: len(mappings)]
+    entry = PeerEntry(bytes(range(32)), "bé", mappings, addresses, NatKind.CONE, NOW - 0.25,
+                      refreshed, 2**64 - 1, 7, "wgmesh/1", (), secondary)  # fmt: skip
+    row = _row(entry, bytes(range(32)))
+    assert r._entry(entry.key, row) == entry
+    assert row[SHARED_AT : SHARED_AT + 32] == bytes(range(32))
+    assert peerrow.last_seen(row) == entry.last_seen == NOW
+
+
+def test_an_ipv4_only_row_costs_one_byte_more_than_before(reg_private: PrivateKey) -> None:
+    """The packed row of an IPv4-only peer: the old layout plus one length byte (``other``)."""
+    entry = PeerEntry(bytes(32), "alice", (SRC,), (LAN,), NatKind.CONE, NOW, (NOW,), 1, 1,
+                      "wgmesh/0.1.0", (), (SRC,))  # fmt: skip
+    old_head, seen = 8 + 8 + 8 + 8 + 1 + 2 + 1 + 32, 1 + 7 + 7 + len("alice")
+    assert len(_row(entry, NO_KEY)) == old_head + seen + len(SAME) + len("wgmesh/0.1.0") + 1
+
+
+@pytest.mark.parametrize(
+    "mappings, secondary",
+    [
+        ((), ()),
+        ((V6, SRC), ()),  # IPv4 first
+        ((SRC, SRC2), ()),  # one per family
+        ((SRC, V6, SRC2), ()),
+    ],
+)
+def test_a_row_holds_one_mapping_per_family_ipv4_first(
+    mappings: tuple[Endpoint, ...], secondary: tuple[Endpoint, ...]
+) -> None:
+    entry = PeerEntry(bytes(32), "", mappings, (), NatKind.UNKNOWN, NOW, (NOW,) * len(mappings),
+                      1, 1, "", (), secondary)  # fmt: skip
+    with pytest.raises(ValueError):
+        _row(entry, NO_KEY)
 
 
 def test_refresh_rewrites_the_row_and_reports_the_full_entry(reg_private: PrivateKey) -> None:
@@ -392,7 +443,7 @@ def test_refresh_rewrites_the_row_and_reports_the_full_entry(reg_private: Privat
     (event,) = r.events()
     assert event.change == Change.REFRESHED and r.zone.serial == serial
     assert event.peer == r.peers[alice.key]
-    assert (event.peer.last_seen, event.peer.since, event.peer.secondary) == (NOW + 20, NOW, SRC)
+    assert (event.peer.last_seen, event.peer.since, event.peer.secondary) == (NOW + 20, NOW, (SRC,))
     assert event.peer.register_counter == alice.counter and event.peer.nat == NatKind.CONE
 
 
@@ -515,7 +566,7 @@ def test_a_watch_before_any_register_keeps_the_key_with_the_watcher(
     control = Endpoint.parse("198.51.100.20:50000")
     ((status, _),) = r.receive(alice.watch(reg_key), control, PORT, NOW)
     assert sealed.open_sealed(alice.sealer, stun.decode(status), reg_key)[1] == sealed.Status(
-        int(NOW * 1000), int(NOW * 1_000_000), alice.counter, 0, None, NatKind.UNKNOWN,
+        int(NOW * 1000), int(NOW * 1_000_000), alice.counter, 0, (), NatKind.UNKNOWN,
         r.zone.serial)  # fmt: skip
     assert stored(r, alice.key) == (None, shared_of(reg_private, alice))
     r.receive(alice.watch(reg_key, NOW + 1), control, PORT, NOW + 1)
@@ -576,3 +627,378 @@ def test_shared_keys_reach_neither_events_nor_the_store(
     store.close()
     on_disk = b"".join(f.read_bytes() for f in tmp_path.iterdir() if f.is_file())
     assert alice.key in on_disk and shared not in on_disk
+
+
+# -- one mapping per address family --------------------------------------------------------------
+
+SRC6 = Endpoint.parse("[2001:db8:1::20]:40000")
+SRC6B = Endpoint.parse("[2001:db8:1::20]:40777")
+BOB = Endpoint.parse("198.51.100.30:51820")
+BOB_CONTROL = Endpoint.parse("198.51.100.30:50000")
+
+
+def srv_records(r: Registry, key: bytes) -> list[tuple[int, int, str]]:
+    """The SRV answer the zone gives for a peer: (priority, port, first label of the target)."""
+    qname = f"{key_label(key)}._wireguard._udp.mesh.test."
+    wire = r.zone.answer(dns.message.make_query(qname, "SRV").to_wire(), tcp=True)
+    assert wire is not None
+    answer = dns.message.from_wire(wire).answer
+    return [(rd.priority, rd.port, rd.target.labels[0].decode()[:4]) for a in answer for rd in a]
+
+
+def addresses_at(r: Registry, key: bytes, rdtype: str) -> list[str]:
+    qname = f"{key_label(key)}._wireguard._udp.mesh.test."
+    wire = r.zone.answer(dns.message.make_query(qname, rdtype).to_wire(), tcp=True)
+    assert wire is not None
+    return [str(rd) for rrset in dns.message.from_wire(wire).answer for rd in rrset]
+
+
+def txt_of(r: Registry, key: bytes) -> dict[str, str]:
+    qname = f"{key_label(key)}._wireguard._udp.mesh.test."
+    wire = r.zone.answer(dns.message.make_query(qname, "TXT").to_wire(), tcp=True)
+    assert wire is not None
+    (rrset,) = dns.message.from_wire(wire).answer
+    strings = [s.decode() for rd in rrset for s in rd.strings]
+    return dict(s.split("=", 1) for s in strings)
+
+
+def pushed_to(out: list[tuple[bytes, Endpoint]], peer: Peer, reg_key: bytes, at: Endpoint) -> list:
+    """The keys pushed to ``peer``'s control address in ``out``."""
+    changed = []
+    for data, dest in out:
+        if dest == at:
+            _, push = sealed.open_sealed(peer.sealer, stun.decode(data), reg_key)
+            assert isinstance(push, sealed.Push)
+            changed += push.changed
+    return changed
+
+
+def watched_by_bob(r: Registry, reg_key: bytes) -> Peer:
+    bob = Peer()
+    r.receive(bob.register(reg_key), BOB, PORT, NOW)
+    r.receive(bob.watch(reg_key), BOB_CONTROL, PORT, NOW)
+    return bob
+
+
+def test_a_peer_registering_over_ipv4_and_ipv6_keeps_both_mappings(
+    reg_private: PrivateKey,
+) -> None:
+    """The issue's acceptance test: the IPv6 registration does not replace the IPv4 mapping."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    bob = watched_by_bob(r, reg_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key, addresses=(LAN,)), SRC, PORT, NOW)
+    r.events()
+    out = r.receive(alice.register(reg_key, NOW + 1, addresses=(LAN,)), SRC6, PORT, NOW + 1)
+    entry = r.peers[alice.key]
+    assert entry.mappings == (SRC, SRC6) and entry.endpoint == SRC
+    assert entry.refreshed == (NOW, NOW + 1) and entry.since == NOW  # since: the IPv4 mapping's
+    assert [e.change for e in r.events()] == [Change.CHANGED]
+    assert pushed_to(out, bob, reg_key, BOB_CONTROL) == [alice.key]
+    # IPv4 stays the public candidate (what wgsd-client reads); IPv6 is a candidate at 5
+    assert srv_records(r, alice.key) == [(0, 40000, key_label(alice.key)[:4]),
+                                         (5, 40000, "ipv6"), (10, 51820, "lan2")]  # fmt: skip
+    assert addresses_at(r, alice.key, "A") == ["198.51.100.20"]
+    # both families refresh without publishing anything or pushing
+    serial = r.zone.serial
+    for i, src in enumerate((SRC, SRC6, SRC6, SRC), 2):
+        data = alice.register(reg_key, NOW + i, addresses=(LAN,))
+        assert r.receive(data, src, PORT, NOW + i) == []
+        assert [e.change for e in r.events()] == [Change.REFRESHED]
+    assert r.zone.serial == serial
+    assert r.peers[alice.key].mappings == (SRC, SRC6)
+    assert r.peers[alice.key].refreshed == (NOW + 5, NOW + 4)
+    # and the Status answering a Watch carries both, IPv4 first
+    ((data, _),) = r.receive(alice.watch(reg_key, NOW + 6), SRC, PORT, NOW + 6)
+    _, status = sealed.open_sealed(alice.sealer, stun.decode(data), reg_key)
+    assert isinstance(status, sealed.Status) and status.observed == (SRC, SRC6)
+
+
+def test_ipv4_first_whatever_family_registered_first(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC6, PORT, NOW)
+    assert r.peers[alice.key].mappings == (SRC6,)
+    r.receive(alice.register(reg_key, NOW + 3), SRC, PORT, NOW + 3)
+    entry = r.peers[alice.key]
+    assert entry.mappings == (SRC, SRC6) and entry.refreshed == (NOW + 3, NOW)
+    assert entry.since == NOW + 3  # the public candidate changed from the IPv6 to the IPv4 one
+    assert [k for k, _, _ in srv_records(r, alice.key)] == [0, 5]
+
+
+def test_each_family_refreshes_and_moves_independently(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    bob = watched_by_bob(r, reg_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key, NOW + 5), SRC6, PORT, NOW + 5)
+    r.receive(alice.register(reg_key, NOW + 20), SRC, PORT, NOW + 20)
+    assert r.peers[alice.key].refreshed == (NOW + 20, NOW + 5)
+    r.events()
+    # the IPv6 mapping moves (a new port): only it changes; since is the IPv4 mapping's
+    out = r.receive(alice.register(reg_key, NOW + 21), SRC6B, PORT, NOW + 21)
+    entry = r.peers[alice.key]
+    assert entry.mappings == (SRC, SRC6B) and entry.refreshed == (NOW + 20, NOW + 21)
+    assert entry.since == NOW
+    assert [e.change for e in r.events()] == [Change.CHANGED]
+    assert pushed_to(out, bob, reg_key, BOB_CONTROL) == [alice.key]
+    assert (5, 40777, "ipv6") in srv_records(r, alice.key)
+    # the IPv4 mapping moves: since with it, the IPv6 mapping stays
+    r.receive(alice.register(reg_key, NOW + 22), SRC2, PORT, NOW + 22)
+    entry = r.peers[alice.key]
+    assert entry.mappings == (SRC2, SRC6B) and entry.since == NOW + 22
+    assert txt_of(r, alice.key)["since"] == str(int(NOW + 22))
+
+
+def test_a_stale_ipv6_mapping_is_dropped_while_ipv4_refreshes(reg_private: PrivateKey) -> None:
+    r = make(reg_private, expiry=50.0)
+    reg_key = bytes(reg_private.public_key)
+    bob = watched_by_bob(r, reg_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key), SRC6, PORT, NOW)
+    for t in (NOW + 20, NOW + 40):  # IPv6 not stale yet: plain refreshes
+        assert r.receive(alice.register(reg_key, t), SRC, PORT, t) == []
+        r.receive(bob.register(reg_key, t), BOB, PORT, t)
+        r.receive(bob.watch(reg_key, t), BOB_CONTROL, PORT, t)
+    assert r.peers[alice.key].mappings == (SRC, SRC6)
+    r.events()
+    serial = r.zone.serial
+    assert r.expire(NOW + 55) == [] and r.peers[alice.key].mappings == (SRC, SRC6)
+    # IPv6 last registered 60 s ago: the IPv4 refresh drops it, republished and pushed
+    out = r.receive(alice.register(reg_key, NOW + 60), SRC, PORT, NOW + 60)
+    entry = r.peers[alice.key]
+    assert entry.mappings == (SRC,) and entry.refreshed == (NOW + 60,) and entry.since == NOW
+    (event,) = r.events()
+    assert event.change == Change.CHANGED and event.peer == entry
+    assert pushed_to(out, bob, reg_key, BOB_CONTROL) == [alice.key]
+    assert r.zone.serial == serial + 1
+    assert srv_records(r, alice.key) == [(0, 40000, key_label(alice.key)[:4])]
+    assert r.expire(NOW + 61) == [] and alice.key in r.peers
+
+
+def test_a_stale_mapping_is_dropped_at_the_peers_watch_too(reg_private: PrivateKey) -> None:
+    r = make(reg_private, expiry=50.0)
+    reg_key = bytes(reg_private.public_key)
+    bob = watched_by_bob(r, reg_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key, NOW + 30), SRC6, PORT, NOW + 30)
+    r.receive(bob.watch(reg_key, NOW + 30), BOB_CONTROL, PORT, NOW + 30)
+    r.events()
+    control = Endpoint.parse("[2001:db8:1::20]:50000")
+    out = r.receive(alice.watch(reg_key, NOW + 60), control, PORT, NOW + 60)
+    assert out[0][1] == control
+    _, status = sealed.open_sealed(alice.sealer, stun.decode(out[0][0]), reg_key)
+    assert isinstance(status, sealed.Status)
+    # the IPv4 mapping is stale (60 s), the IPv6 one is not: it is the public mapping now
+    assert status.observed == (SRC6,) and status.serial == r.zone.serial
+    assert pushed_to(out[1:], bob, reg_key, BOB_CONTROL) == [alice.key]
+    entry = r.peers[alice.key]
+    assert entry.mappings == (SRC6,) and entry.since == NOW + 60
+    assert [e.change for e in r.events()] == [Change.CHANGED]
+    assert addresses_at(r, alice.key, "AAAA") == ["2001:db8:1::20"]
+
+
+def test_a_peer_is_withdrawn_when_no_mapping_is_left(reg_private: PrivateKey) -> None:
+    r = make(reg_private, expiry=50.0)
+    reg_key = bytes(reg_private.public_key)
+    alice, carol = Peer(), Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(carol.register(reg_key, NOW + 5), SRC2, PORT, NOW + 5)
+    r.receive(alice.register(reg_key, NOW + 10), SRC6, PORT, NOW + 10)
+    r.events()
+    assert r.next_timer() == NOW + 55  # carol's; alice's row is as old as her IPv6 mapping
+    r.expire(NOW + 59)
+    assert alice.key in r.peers and carol.key not in r.peers
+    assert r.next_timer() == NOW + 60
+    r.expire(NOW + 60.5)
+    assert not r.peers
+    assert [(e.change, e.peer.mappings) for e in r.events()] == [
+        (Change.WITHDRAWN, (SRC2,)), (Change.WITHDRAWN, (SRC, SRC6))
+    ]  # fmt: skip
+
+
+def test_a_peer_with_only_ipv6_is_published_with_aaaa_as_its_public_candidate(
+    reg_private: PrivateKey,
+) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key, addresses=(SRC6, LAN)), SRC6, PORT, NOW)
+    entry = r.peers[alice.key]
+    assert entry.mappings == (SRC6,) and entry.nat == NatKind.NONE  # its own address: no NAT
+    assert candidates_of(entry) == (
+        Candidate(SRC6, CandidateKind.PUBLIC, 0), Candidate(LAN, CandidateKind.LAN, 10)
+    )  # fmt: skip
+    assert srv_records(r, alice.key) == [(0, 40000, key_label(alice.key)[:4]),
+                                         (10, 51820, "lan1")]  # fmt: skip
+    assert addresses_at(r, alice.key, "AAAA") == ["2001:db8:1::20"]
+    assert addresses_at(r, alice.key, "A") == []
+    assert txt_of(r, alice.key)["nat"] == "none"
+
+
+def test_the_ipv6_mapping_is_not_published_twice(reg_private: PrivateKey) -> None:
+    """An IPv6 mapping that is also a reported address (no NAT on IPv6) is one candidate."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    other_v6 = Endpoint.parse("[2a01:4f8::9]:51820")  # a global address
+    addresses = (LAN, SRC6, other_v6)
+    r.receive(alice.register(reg_key, addresses=addresses), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key, addresses=addresses), SRC6, PORT, NOW)
+    assert candidates_of(r.peers[alice.key]) == (
+        Candidate(SRC, CandidateKind.PUBLIC, 0),
+        Candidate(SRC6, CandidateKind.IPV6, 5),
+        Candidate(LAN, CandidateKind.LAN, 10),
+        Candidate(other_v6, CandidateKind.IPV6, 5),
+    )
+
+
+def test_nat_is_classified_per_family(reg_private: PrivateKey) -> None:
+    """A probe to the alternate port is compared with the mapping of its own family; the
+    published class is the IPv4 one while there is an IPv4 mapping."""
+    r = make(reg_private, expiry=50.0)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key), SRC6, PORT, NOW)
+    # IPv6 probed first: a cone for IPv6 (compared with the IPv4 mapping it would be symmetric)
+    r.receive(alice.register(reg_key, secondary=True), SRC6, ALT, NOW)
+    entry = r.peers[alice.key]
+    assert entry.secondary == (SRC6,) and entry.nat == NatKind.UNKNOWN  # IPv4 not probed yet
+    assert classify(SRC6, (), SRC6) == NatKind.CONE
+    # IPv4: another port toward the alternate port, symmetric; it is the published class
+    r.events()
+    r.receive(alice.register(reg_key, secondary=True), Endpoint.parse("198.51.100.20:40999"),
+              ALT, NOW)  # fmt: skip
+    entry = r.peers[alice.key]
+    assert entry.nat == NatKind.SYMMETRIC and txt_of(r, alice.key)["nat"] == "symmetric"
+    assert [e.change for e in r.events()] == [Change.CHANGED]
+    # the IPv4 mapping goes stale: the IPv6 class is published, from its own probe
+    r.receive(alice.register(reg_key, NOW + 60), SRC6, PORT, NOW + 60)
+    entry = r.peers[alice.key]
+    assert entry.mappings == (SRC6,) and entry.secondary == (SRC6,)
+    assert entry.nat == NatKind.CONE and txt_of(r, alice.key)["nat"] == "cone"
+    # a new IPv6 mapping forgets the IPv6 probe only
+    r.receive(alice.register(reg_key, NOW + 61), SRC, PORT, NOW + 61)
+    r.receive(alice.register(reg_key, secondary=True), SRC, ALT, NOW + 61)
+    r.receive(alice.register(reg_key, NOW + 62), SRC6B, PORT, NOW + 62)
+    entry = r.peers[alice.key]
+    assert entry.mappings == (SRC, SRC6B) and entry.secondary == (SRC,)
+    assert entry.nat == NatKind.CONE
+
+
+def test_a_probe_of_a_family_with_no_mapping_classifies_nothing(reg_private: PrivateKey) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.events()
+    assert r.receive(alice.register(reg_key, secondary=True), SRC6, ALT, NOW) == []
+    entry = r.peers[alice.key]
+    assert entry.secondary == () and entry.nat == NatKind.UNKNOWN
+    assert entry.register_counter == alice.counter  # accepted: its counter is the floor
+    assert r.events() == []
+
+
+def test_restore_drops_stale_mappings_one_by_one(reg_private: PrivateKey) -> None:
+    r = make(reg_private, expiry=50.0)
+    reg_key = bytes(reg_private.public_key)
+    alice, bob = Peer(), Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key, NOW + 30), SRC6, PORT, NOW + 30)
+    r.receive(bob.register(reg_key, NOW + 5), SRC2, PORT, NOW + 5)
+    r.receive(bob.register(reg_key, NOW + 8), SRC6B, PORT, NOW + 8)
+    r2 = make(reg_private, expiry=50.0)
+    r2.restore(r.peers.values(), NOW + 60)
+    assert list(r2.peers) == [alice.key]  # bob: both stale
+    entry = r2.peers[alice.key]
+    assert entry.mappings == (SRC6,) and entry.refreshed == (NOW + 30,)
+    assert srv_records(r2, alice.key) == [(0, 40000, key_label(alice.key)[:4])]
+
+
+def test_the_store_keeps_both_mappings(reg_private: PrivateKey, tmp_path: Path) -> None:
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice, bob = Peer(), Peer()
+    r.receive(alice.register(reg_key, addresses=(LAN,)), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key, NOW + 1, addresses=(LAN,)), SRC6, PORT, NOW + 1)
+    r.receive(alice.register(reg_key, NOW + 1, secondary=True), SRC6B, ALT, NOW + 1)
+    r.receive(alice.register(reg_key, NOW + 1, secondary=True), SRC2, ALT, NOW + 1)
+    r.receive(bob.register(reg_key, NOW + 2), SRC6, PORT, NOW + 2)
+    store = Store(tmp_path)
+    store.apply(r.events(), r.zone.serial)
+    store.close()
+    store = Store(tmp_path)
+    entries, serial = store.load()
+    assert list(entries) == list(r.peers.values()) and serial == r.zone.serial
+    assert r.peers[alice.key].secondary == (SRC2, SRC6B)
+    assert r.peers[alice.key].nat == NatKind.SYMMETRIC
+    store.close()
+
+
+OLD_SCHEMA = """
+CREATE TABLE peers (
+    key BLOB PRIMARY KEY, name TEXT NOT NULL, endpoint TEXT NOT NULL, addresses TEXT NOT NULL,
+    nat TEXT NOT NULL, since REAL NOT NULL, last_seen REAL NOT NULL,
+    register_counter INTEGER NOT NULL, watch_counter INTEGER NOT NULL, software TEXT NOT NULL,
+    secondary TEXT
+);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def test_a_database_from_before_per_family_mappings_still_loads(tmp_path: Path) -> None:
+    """One endpoint column and no ``refreshed``: the column is added, the rows read as one
+    mapping last registered at ``last_seen``, and the table takes new rows."""
+    db = sqlite3.connect(tmp_path / "registrar.sqlite3")
+    db.executescript(OLD_SCHEMA)
+    old = [(bytes(32), "alice", str(SRC), f"{LAN} {V6}", "cone", NOW - 5, NOW, 7, 8, "wgmesh/0.1",
+            str(SRC)),
+           (bytes(range(32)), "", str(V6), "", "unknown", NOW, NOW + 1, 9, 0, "", None),
+           (b"\x01" * 32, "bad", "nonsense", "", "cone", NOW, NOW, 1, 0, "", None)]  # fmt: skip
+    db.executemany("INSERT INTO peers VALUES (?,?,?,?,?,?,?,?,?,?,?)", old)
+    db.execute("INSERT INTO meta VALUES ('serial', 41)")
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    entries, serial = store.load()
+    assert serial == 41
+    assert list(entries) == [  # the unreadable row is skipped
+        PeerEntry(bytes(32), "alice", (SRC,), (LAN, V6), NatKind.CONE, NOW - 5, (NOW,), 7, 8,
+                  "wgmesh/0.1", (), (SRC,)),
+        PeerEntry(bytes(range(32)), "", (V6,), (), NatKind.UNKNOWN, NOW, (NOW + 1,), 9, 0, ""),
+    ]  # fmt: skip
+    dual = PeerEntry(bytes(32), "alice", (SRC, V6), (), NatKind.NONE, NOW, (NOW + 2, NOW + 3), 10,
+                     8, "", (), (SRC2, V6B))  # fmt: skip
+    store.apply([PeerEvent(Change.CHANGED, dual)], 42)
+    store.close()
+    store = Store(tmp_path)
+    entries, serial = store.load()
+    assert serial == 42 and list(entries)[-1] == dual
+    store.close()
+
+
+def test_unreadable_mappings_in_the_store_are_skipped(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    good = PeerEntry(bytes(32), "", (SRC, V6), (), NatKind.NONE, NOW, (NOW, NOW), 1, 0, "")
+    store.apply([PeerEvent(Change.ADDED, good)], 2)
+    bad = [(f"{V6} {SRC}", f"{NOW!r} {NOW!r}", None),  # IPv6 first
+           (f"{SRC} {SRC2}", f"{NOW!r} {NOW!r}", None),  # two of one family
+           (f"{SRC} {V6}", f"{NOW!r}", None),  # a time missing
+           ("", "", None),  # no mapping
+           (str(SRC), f"{NOW!r}", f"{V6B} {SRC2}")]  # secondary probes out of order  # fmt: skip
+    for i, (mappings, refreshed, secondary) in enumerate(bad, 1):
+        store._db.execute(
+            "INSERT INTO peers (key, name, endpoint, addresses, nat, since, last_seen,"
+            " register_counter, watch_counter, software, secondary, refreshed)"
+            " VALUES (?, '', ?, '', 'none', 0, ?, 1, 0, '', ?, ?)",
+            (bytes([i]) * 32, mappings, NOW, secondary, refreshed),
+        )
+    entries, _ = store.load()
+    assert list(entries) == [good]
+    store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import struct
@@ -21,6 +22,7 @@ TID = b"\x42" * 12
 EP4 = Endpoint.parse("10.1.0.5:51820")
 EP6 = Endpoint.parse("[2001:db8::5]:51820")
 U64 = 2**64 - 1
+MAPPED = Endpoint(ipaddress.IPv6Address("::ffff:10.1.0.6"), 51820)
 KEYS = tuple(bytes([i]) * 32 for i in range(sealed.MAX_CHANGED))
 
 PAYLOADS: list[sealed.Payload] = [
@@ -29,9 +31,10 @@ PAYLOADS: list[sealed.Payload] = [
     Register(0, 0, "\u00e9" * 31 + "x", (EP6,) * 8, "s" * 32, False),  # 63-byte name
     Watch(5, 6, 7),
     Watch(U64, U64, U64),
-    Status(5, 6, 7, 8, EP4, NatKind.SYMMETRIC, 2**32 - 1),
-    Status(5, 6, 7, 0, None, NatKind.UNKNOWN, 1),
-    Status(5, 6, 7, 8, EP6, NatKind.CONE, 0),
+    Status(5, 6, 7, 8, (EP4,), NatKind.SYMMETRIC, 2**32 - 1),
+    Status(5, 6, 7, 0, (), NatKind.UNKNOWN, 1),
+    Status(5, 6, 7, 8, (EP6,), NatKind.CONE, 0),
+    Status(5, 6, 7, 8, (EP4, EP6), NatKind.NONE, 3),
     Push(5, 6, 9, (b"\x01" * 32, b"\x02" * 32)),
     Push(5, 6, 9, ()),
     Push(5, 6, 9, KEYS),
@@ -62,14 +65,21 @@ def test_round_trip(payload: sealed.Payload) -> None:
             + b"\x06" + EP6.ip.packed + struct.pack("!H", 51820),
         ),
         (Watch(1, 2, 3), struct.pack("!Q", 3)),
-        (
-            Status(1, 2, 3, 4, EP4, NatKind.CONE, 5),
+        (  # 0 or 1 mapping: the same bytes as the has_observed flag of before
+            Status(1, 2, 3, 4, (EP4,), NatKind.CONE, 5),
             struct.pack("!QQ", 3, 4) + b"\x01\x04" + bytes([10, 1, 0, 5])
             + struct.pack("!H", 51820) + b"\x02" + struct.pack("!I", 5),
         ),
         (
-            Status(1, 2, 3, 4, None, NatKind.NONE, 5),
+            Status(1, 2, 3, 4, (), NatKind.NONE, 5),
             struct.pack("!QQ", 3, 4) + b"\x00" + b"\x01" + struct.pack("!I", 5),
+        ),
+        (
+            Status(1, 2, 3, 4, (EP4, EP6), NatKind.CONE, 5),
+            struct.pack("!QQ", 3, 4) + b"\x02"
+            + b"\x04" + bytes([10, 1, 0, 5]) + struct.pack("!H", 51820)
+            + b"\x06" + EP6.ip.packed + struct.pack("!H", 51820)
+            + b"\x02" + struct.pack("!I", 5),
         ),
         (Push(1, 2, 7, (b"\xab" * 32,)), struct.pack("!IB", 7, 1) + b"\xab" * 32),
     ],
@@ -86,12 +96,12 @@ def test_sizes() -> None:
     biggest_push = Push(0, 0, 0, KEYS)
     assert sealed.MAX_CHANGED == 14
     assert len(sealed.encode_payload(biggest_push, TID)) == 30 + 5 + 14 * 32 <= 512
+    biggest_status = Status(0, 0, 0, 0, (EP4, EP6), NatKind.CONE, 0)
+    assert len(sealed.encode_payload(biggest_status, TID)) == 30 + 16 + 1 + 7 + 19 + 1 + 4
     assert sealed.NONCE_LEN + 16 + sealed.MAX_PAYLOAD <= stun.MAX_SEALED
 
 
 def test_ipv4_mapped_address_travels_as_ipv4() -> None:
-    import ipaddress
-
     mapped = Endpoint(ipaddress.IPv6Address("::ffff:10.1.0.5"), 51820)
     data = sealed.encode_payload(Register(1, 2, "a", (mapped,), "s"), TID)
     assert sealed.decode_payload(data, TID) == Register(1, 2, "a", (EP4,), "s")
@@ -100,6 +110,8 @@ def test_ipv4_mapped_address_travels_as_ipv4() -> None:
 # -- exact errors ------------------------------------------------------------------------------
 
 REG = head(1)
+OBS4 = b"\x04" + bytes([10, 1, 0, 5]) + struct.pack("!H", 51820)
+OBS6 = b"\x06" + EP6.ip.packed + struct.pack("!H", 51820)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +143,22 @@ REG = head(1)
             REG + b"\x00\x00\x00\x01\x06" + bytes(10) + b"\xff\xff" + bytes(6),
             "IPv4-mapped address sent as IPv6",
         ),
-        (head(3) + bytes(16) + b"\x02", "bad observed flag"),
+        (head(3) + bytes(16) + b"\x03", "more than 2 observed mappings"),
+        (head(3) + bytes(16) + b"\xff" + OBS4 * 2, "more than 2 observed mappings"),
+        (head(3) + bytes(16) + b"\x02" + OBS4, "sealed payload truncated"),
+        (
+            head(3) + bytes(16) + b"\x02" + OBS4 + OBS4 + b"\x00" + bytes(4),
+            "two observed mappings of one family",
+        ),
+        (
+            head(3) + bytes(16) + b"\x02" + OBS6 + OBS6 + b"\x00" + bytes(4),
+            "two observed mappings of one family",
+        ),
+        (
+            head(3) + bytes(16) + b"\x02" + OBS6 + OBS4 + b"\x00" + bytes(4),
+            "observed IPv6 mapping before IPv4",
+        ),
+        (head(3) + bytes(16) + b"\x01\x05" + bytes(6) + b"\x00" + bytes(4), "bad address family"),
         (head(3) + bytes(16) + b"\x00\x04" + bytes(4), "unknown NAT class"),
         (head(4) + struct.pack("!IB", 1, 15), "more than 14 changed keys"),
     ],
@@ -148,7 +175,11 @@ def test_exact_payload_errors(data: bytes, error: str) -> None:
         (Watch(1, 2, 3), bytes(11)),
         (Watch(-1, 2, 3), TID),
         (Watch(1, 2**64, 3), TID),
-        (Status(1, 2, 3, 4, None, NatKind.NONE, 2**32), TID),
+        (Status(1, 2, 3, 4, (), NatKind.NONE, 2**32), TID),
+        (Status(1, 2, 3, 4, (EP4, EP4), NatKind.NONE, 1), TID),
+        (Status(1, 2, 3, 4, (EP6, EP4), NatKind.NONE, 1), TID),
+        (Status(1, 2, 3, 4, (EP4, EP6, EP4), NatKind.NONE, 1), TID),
+        (Status(1, 2, 3, 4, (EP4, MAPPED), NatKind.NONE, 1), TID),  # travels as two IPv4
         (Register(1, 2, "n" * 64, (), "s"), TID),
         (Register(1, 2, "tab\there", (), "s"), TID),
         (Register(1, 2, "n", (), "caf\u00e9"), TID),
@@ -386,13 +417,15 @@ def test_ten_thousand_forgeries_never_open(keys: dict[str, PrivateKey]) -> None:
 # -- properties --------------------------------------------------------------------------------
 
 u64 = st.integers(0, U64)
-endpoints = st.one_of(
-    st.builds(Endpoint, st.ip_addresses(v=4), st.integers(0, 65535)),
-    st.builds(
-        Endpoint,
-        st.ip_addresses(v=6).filter(lambda ip: getattr(ip, "ipv4_mapped", None) is None),
-        st.integers(0, 65535),
-    ),
+endpoints4 = st.builds(Endpoint, st.ip_addresses(v=4), st.integers(0, 65535))
+endpoints6 = st.builds(
+    Endpoint,
+    st.ip_addresses(v=6).filter(lambda ip: getattr(ip, "ipv4_mapped", None) is None),
+    st.integers(0, 65535),
+)
+endpoints = st.one_of(endpoints4, endpoints6)
+observed = st.one_of(  # at most one mapping per family, IPv4 first
+    st.just(()), endpoints.map(lambda ep: (ep,)), st.tuples(endpoints4, endpoints6)
 )
 names = st.text(st.characters(codec="utf-8"), max_size=63).filter(
     lambda s: s.isprintable() and len(s.encode()) <= 63
@@ -414,7 +447,7 @@ payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
         u64,
         u64,
         u64,
-        st.none() | endpoints,
+        observed,
         st.sampled_from(NatKind),
         st.integers(0, 2**32 - 1),
     ),
@@ -432,6 +465,36 @@ payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
 @given(payloads, st.binary(min_size=12, max_size=12))
 def test_round_trip_property(p: sealed.Payload, tid: bytes) -> None:
     assert sealed.decode_payload(sealed.encode_payload(p, tid), tid) == p
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(endpoints, max_size=4).map(tuple), st.binary(min_size=12, max_size=12))
+def test_observed_mappings_are_one_per_family_ipv4_first(
+    mappings: tuple[Endpoint, ...], tid: bytes
+) -> None:
+    """Any list of mappings: what is one per family, IPv4 first, round-trips; anything else is
+    refused by the encoder, and its bytes (written by hand) by the decoder, each with its
+    message."""
+    status = Status(1, 2, 3, 4, mappings, NatKind.CONE, 5)
+    families = [ep.family for ep in mappings]
+    if families in ([], [4], [6], [4, 6]):
+        assert sealed.decode_payload(sealed.encode_payload(status, tid), tid) == status
+        return
+    with pytest.raises(LocalProtocolError):
+        sealed.encode_payload(status, tid)
+    body = struct.pack("!QQB", 3, 4, len(mappings))
+    body += b"".join(bytes((ep.family,)) + ep.ip.packed + struct.pack("!H", ep.port)
+                     for ep in mappings) + b"\x02" + struct.pack("!I", 5)  # fmt: skip
+    data = bytes((1, 3)) + tid + struct.pack("!QQ", 1, 2) + body
+    if len(mappings) > 2:
+        error = "more than 2 observed mappings"
+    elif families[0] == families[1]:
+        error = "two observed mappings of one family"
+    else:
+        error = "observed IPv6 mapping before IPv4"
+    with pytest.raises(DecodeError) as exc:
+        sealed.decode_payload(data, tid)
+    assert str(exc.value) == error
 
 
 def decode_canonically(data: bytes) -> None:

@@ -125,7 +125,8 @@ def _size(n: int) -> str:
 def _table(state: dict[str, Any]) -> str:
     head = f"interface {state['interface']}"
     if state.get("daemon"):
-        head += f"  observed {state.get('observed_endpoint') or '?'}  nat {state.get('nat')}"
+        observed = " ".join(state.get("observed_endpoints") or []) or "?"
+        head += f"  observed {observed}  nat {state.get('nat')}"
     else:
         head += "  (no daemon: showing the interface only)"
     rows = [("NAME", "KEY", "ALLOWED IPS", "ENDPOINT", "FROM", "PATH", "HANDSHAKE", "RX/TX")]

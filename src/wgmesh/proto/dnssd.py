@@ -78,7 +78,7 @@ from wgmesh.proto.dnswire import (
 )
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import key_label, label_key
-from wgmesh.proto.kinds import CandidateKind
+from wgmesh.proto.kinds import CandidateKind, NatKind
 
 IN = dns.rdataclass.IN
 T = dns.rdatatype.RdataType
@@ -116,7 +116,7 @@ class PublishedPeer:
     """First: the public mapping (wgsd's single SRV, on the peer's own name); then the others."""
     allowed_ips: tuple[str, ...]
     """TXT ``allowed=`` (left out when empty)."""
-    nat: str
+    nat: NatKind
     """TXT ``nat=``."""
     since: int
     """TXT ``since=``: when the public endpoint was first seen (Unix seconds)."""

@@ -4,18 +4,27 @@ A :class:`~wgmesh.proto.registry.PeerEntry` built of ``Endpoint``/``ipaddress`` 
 and ints costs ~700 bytes; the same fields packed cost ~110, so the registrar holds a million
 peers in well under a kilobyte each (bench/registrar_memory.py). The registry unpacks a row into
 a ``PeerEntry`` only where it needs one (events, Status, admission changes); a refresh, the
-common case, compares and rewrites the packed form directly.
+common case, is checked and rewritten in packed form (:func:`refresh`). The layout is known only
+here: the registry reads a row through :func:`head`, :func:`unpack_row` and the other accessors.
 
-Row layout (:data:`ROW`, little-endian, then three variable parts)::
+Row layout (:data:`ROW`, little-endian, then four variable parts)::
 
     last_seen f64 | since f64 | register_counter u64 | watch_counter u64 | nat u8 |
-    len(seen) u16 | len(secondary) u8 | shared 32 bytes |
-    seen | secondary | software (UTF-8, the rest)
+    len(seen) u16 | len(secondary) u8 | len(other) u8 | shared 32 bytes |
+    seen | secondary | other | software (UTF-8, the rest)
 
-``seen`` (:func:`pack_seen`) is what a refresh must match for nothing published to change: the
-endpoint, the reported addresses and the published name. ``secondary`` is empty when the
-alternate port has seen nothing since the endpoint last changed, :data:`SAME` when it saw the
-endpoint itself (a cone NAT, the common case: no copy), else that mapping (:func:`pack_endpoint`).
+A peer has one or two observed mappings (at most one per address family, IPv4 first). The
+first, ``mappings[0]`` (the published public one), is in ``seen``; ``last_seen`` is when it was
+last registered. ``seen`` (:func:`pack_seen`) is what a refresh of that mapping must match for
+nothing published to change: the mapping, the reported addresses and the published name.
+``secondary`` is what the alternate port saw for the first mapping's family: empty when nothing
+since that mapping last changed, :data:`SAME` when it saw the mapping itself (a cone NAT, the
+common case: no copy), else that mapping (:func:`pack_endpoint`).
+
+``other`` is empty for a peer with one mapping (so an IPv4-only peer costs one byte more than a
+single-mapping layout would), else the second mapping (the IPv6 one, beside an IPv4 one)::
+
+    last registered f64 | mapping (pack_endpoint) | secondary of its family (as above, the rest)
 
 ``shared`` is the peer's NaCl shared key with the registrar (``crypto_box_beforenm``: X25519 of
 our private key and its public key), stored only once a box from the peer opened with it, so a
@@ -28,13 +37,14 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import NamedTuple
 
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import NatKind
 
-ROW = struct.Struct("<ddQQBHB32s")
-"""The fixed head of a row: last_seen, since, counters, NAT class, lengths of seen/secondary,
-shared key."""
+ROW = struct.Struct("<ddQQBHBB32s")
+"""The fixed head of a row: last_seen, since, counters, NAT class, lengths of seen, secondary and
+other, shared key."""
 SHARED_AT = ROW.size - 32
 """Offset of the shared key in a row."""
 WATCHER = struct.Struct("<dQ32s")
@@ -46,12 +56,42 @@ NO_KEY = bytes(32)
 """The shared-key field of a row with no key yet. A real shared key is all zeros with chance
 2**-256, and then it is only ever recomputed, never used from the row: still correct."""
 SAME = b"\x00"
-"""``secondary`` when the alternate port saw the endpoint itself."""
+"""A ``secondary`` part when the alternate port saw the same family's mapping itself."""
 NATS = tuple(NatKind)
 """NAT classes by their code in a row."""
 NAT_CODES = {nat: i for i, nat in enumerate(NATS)}
 """Row code of each NAT class."""
 _PORT = struct.Struct("!H")
+_TIME = struct.Struct("<d")
+_COUNTER_AT = 16
+_COUNTER = struct.Struct("<Q")
+
+
+class Unpacked(NamedTuple):
+    """Everything a row holds but the shared key, as values (:func:`unpack_row`). A NamedTuple,
+    not a frozen dataclass: it is built on every Watch, and a tuple is built several times
+    faster."""
+
+    mappings: tuple[Endpoint, ...]
+    """The observed mappings, at most one per family, IPv4 first."""
+    refreshed: tuple[float, ...]
+    """When each mapping was last registered."""
+    addresses: tuple[Endpoint, ...]
+    """The addresses the peer reported."""
+    name: str
+    """The published name."""
+    nat: NatKind
+    """The published NAT class."""
+    since: float
+    """When the first mapping was first observed at its current value."""
+    register_counter: int
+    """Highest accepted Register counter."""
+    watch_counter: int
+    """Highest accepted Watch counter."""
+    software: str
+    """The peer's software."""
+    secondary: tuple[Endpoint, ...]
+    """What the alternate port saw, at most one per family, IPv4 first."""
 
 
 def pack_endpoint(ep: Endpoint) -> bytes:
@@ -68,9 +108,10 @@ def unpack_endpoint(data: bytes, pos: int = 0) -> tuple[Endpoint, int]:
     return Endpoint(ip, _PORT.unpack_from(data, pos + 1 + n)[0]), pos + 3 + n
 
 
-def pack_seen(endpoint: Endpoint, addresses: tuple[Endpoint, ...], name: str) -> bytes:
-    """``len(addresses) u8 | endpoint | addresses | name``, the packed endpoints as above."""
-    parts = [bytes((len(addresses),)), pack_endpoint(endpoint)]
+def pack_seen(mapping: Endpoint, addresses: tuple[Endpoint, ...], name: str) -> bytes:
+    """``len(addresses) u8 | mapping | addresses | name``, the packed endpoints as above: what a
+    refresh of ``mapping`` from a row with the same ``seen`` leaves unchanged."""
+    parts = [bytes((len(addresses),)), pack_endpoint(mapping)]
     parts += map(pack_endpoint, addresses)
     parts.append(name.encode())
     return b"".join(parts)
@@ -78,36 +119,163 @@ def pack_seen(endpoint: Endpoint, addresses: tuple[Endpoint, ...], name: str) ->
 
 def unpack_seen(seen: bytes) -> tuple[Endpoint, tuple[Endpoint, ...], str]:
     """Inverse of :func:`pack_seen`."""
-    endpoint, pos = unpack_endpoint(seen, 1)
+    mapping, pos = unpack_endpoint(seen, 1)
     addresses = []
     for _ in range(seen[0]):
         ep, pos = unpack_endpoint(seen, pos)
         addresses.append(ep)
-    return endpoint, tuple(addresses), seen[pos:].decode()
+    return mapping, tuple(addresses), seen[pos:].decode()
+
+
+def _pack_secondary(secondary: tuple[Endpoint, ...], mapping: Endpoint) -> bytes:
+    for ep in secondary:
+        if ep.ip.version == mapping.ip.version:
+            return SAME if ep == mapping else pack_endpoint(ep)
+    return b""
+
+
+def _unpack_secondary(packed: bytes, mapping: Endpoint) -> tuple[Endpoint, ...]:
+    if not packed:
+        return ()
+    return (mapping,) if packed == SAME else (unpack_endpoint(packed)[0],)
 
 
 def pack_row(
-    last_seen: float,
+    mappings: tuple[Endpoint, ...],
+    refreshed: tuple[float, ...],
+    addresses: tuple[Endpoint, ...],
+    name: str,
+    nat: NatKind,
     since: float,
     register_counter: int,
     watch_counter: int,
-    nat: NatKind,
-    seen: bytes,
-    secondary: bytes,
     software: str,
+    secondary: tuple[Endpoint, ...],
     shared: bytes,
 ) -> bytes:
-    """A whole row (see the module docstring)."""
-    head = ROW.pack(last_seen, since, register_counter, watch_counter, NAT_CODES[nat],
-                    len(seen), len(secondary), shared)  # fmt: skip
-    return b"".join((head, seen, secondary, software.encode()))
+    """A whole row (see the module docstring). ``mappings``: one or two, at most one per family,
+    IPv4 first; ``refreshed`` parallel to it; ``secondary``: at most one per family (one of a
+    family with no mapping is left out). Raises ValueError for anything else, struct.error
+    for a number out of range."""
+    families = [ep.ip.version for ep in mappings]
+    if families not in ([4], [6], [4, 6]) or len(refreshed) != len(mappings):
+        raise ValueError(f"not one mapping per family, IPv4 first: {mappings}")
+    seen = pack_seen(mappings[0], addresses, name)
+    first = _pack_secondary(secondary, mappings[0])
+    other = b""
+    if len(mappings) == 2:
+        other = b"".join((_TIME.pack(refreshed[1]), pack_endpoint(mappings[1]),
+                          _pack_secondary(secondary, mappings[1])))  # fmt: skip
+    head = ROW.pack(refreshed[0], since, register_counter, watch_counter, NAT_CODES[nat],
+                    len(seen), len(first), len(other), shared)  # fmt: skip
+    return b"".join((head, seen, first, other, software.encode()))
 
 
-def row_parts(row: bytes) -> tuple[bytes, bytes, str]:
-    """``(seen, secondary, software)`` of a row."""
-    *_, seen_len, secondary_len, _ = ROW.unpack_from(row)
-    end = ROW.size + seen_len
-    return row[ROW.size : end], row[end : end + secondary_len], row[end + secondary_len :].decode()
+def register_counter(row: bytes) -> int:
+    """The highest accepted Register counter of a row (its replay floor)."""
+    counter: int = _COUNTER.unpack_from(row, _COUNTER_AT)[0]
+    return counter
+
+
+def last_seen(row: bytes) -> float:
+    """When any mapping of the row was last registered: the registry keeps its rows in this
+    order."""
+    first, _, _, _, _, seen_len, secondary_len, other_len, _ = ROW.unpack_from(row)
+    when: float = first
+    if other_len:
+        when = max(when, _TIME.unpack_from(row, ROW.size + seen_len + secondary_len)[0])
+    return when
+
+
+def unpack_row(row: bytes) -> Unpacked:
+    """The values a row holds (see :func:`pack_row`)."""
+    first_seen, since, counter, watch_counter, nat, seen_len, secondary_len, other_len, _ = (
+        ROW.unpack_from(row)
+    )
+    pos = ROW.size + seen_len
+    first, addresses, name = unpack_seen(row[ROW.size : pos])
+    mappings: tuple[Endpoint, ...] = (first,)
+    refreshed: tuple[float, ...] = (first_seen,)
+    secondary = _unpack_secondary(row[pos : pos + secondary_len], first)
+    pos += secondary_len
+    if other_len:
+        other = row[pos : pos + other_len]
+        second, after = unpack_endpoint(other, _TIME.size)
+        mappings, refreshed = (first, second), (first_seen, _TIME.unpack_from(other)[0])
+        secondary += _unpack_secondary(other[after:], second)
+    software = row[pos + other_len :].decode()
+    return Unpacked(mappings, refreshed, addresses, name, NATS[nat], since, counter,
+                    watch_counter, software, secondary)  # fmt: skip
+
+
+Refreshed = tuple[bytes, float, int, NatKind, tuple[Endpoint, ...], bool]
+"""What :func:`refresh` gives: the new row, then what an event about it needs beyond the
+registration itself: ``since``, the Watch counter, the NAT class, the alternate port's
+observation of the first mapping's family, and whether the row has a second mapping (then
+unpack it for the rest). A plain tuple: this is the hot path of the registrar."""
+
+
+def refresh(
+    row: bytes,
+    mapping: Endpoint,
+    addresses: tuple[Endpoint, ...],
+    name: str,
+    now: float,
+    counter: int,
+    software: str,
+    shared: bytes,
+    stale_before: float,
+) -> Refreshed | None:
+    """The row after a registration from ``mapping`` that changes nothing published, or None
+    when the registration must be judged in full: ``mapping`` is not the row's first mapping,
+    the reported ``addresses`` or the published ``name`` differ, or the row's second mapping
+    was last registered before ``stale_before`` (it is to be dropped). ``counter``: the new
+    Register counter; ``shared``: the key its box opened with."""
+    _, since, _, watch_counter, nat, seen_len, secondary_len, other_len, _ = ROW.unpack_from(row)
+    seen = pack_seen(mapping, addresses, name)
+    if seen_len != len(seen) or not row.startswith(seen, ROW.size):
+        return None
+    at = ROW.size + seen_len
+    end = at + secondary_len + other_len
+    if other_len and _TIME.unpack_from(row, at + secondary_len)[0] < stale_before:
+        return None
+    new = b"".join((
+        ROW.pack(now, since, counter, watch_counter, nat, seen_len, secondary_len, other_len,
+                 shared),
+        seen, row[at:end], software.encode(),
+    ))  # fmt: skip
+    secondary = _unpack_secondary(row[at : at + secondary_len], mapping)
+    return new, since, watch_counter, NATS[nat], secondary, other_len > 0
+
+
+class Watcher(NamedTuple):
+    """A watcher record, unpacked (:func:`unpack_watcher`)."""
+
+    last_watch: float
+    """When its last Watch was accepted."""
+    watch_counter: int
+    """Highest accepted Watch counter."""
+    shared: bytes
+    """The shared key its Watches opened with."""
+    address: Endpoint
+    """Its control socket's address, where pushes go."""
+
+
+def pack_watcher(last_watch: float, watch_counter: int, shared: bytes, address: Endpoint) -> bytes:
+    """A watcher record: :data:`WATCHER`, then the control address (:func:`pack_endpoint`)."""
+    return WATCHER.pack(last_watch, watch_counter, shared) + pack_endpoint(address)
+
+
+def unpack_watcher(watcher: bytes) -> Watcher:
+    """Inverse of :func:`pack_watcher`."""
+    last_watch, counter, shared = WATCHER.unpack_from(watcher)
+    return Watcher(last_watch, counter, shared, unpack_endpoint(watcher, WATCHER.size)[0])
+
+
+def last_watch(watcher: bytes) -> float:
+    """When a watcher's last Watch was accepted (the registry keeps them in this order)."""
+    when: float = WATCHER.unpack_from(watcher)[0]
+    return when
 
 
 def shared_key(record: bytes, at: int) -> bytes | None:

@@ -27,30 +27,53 @@ Rules (docs/protocol.md, "Choosing an endpoint"):
 7. A path that stops carrying traffic (see :meth:`Planner.watch_traffic`) asks for a registrar
    probe at once, so a NAT rebinding is registered and pushed to the peers within a second or
    two instead of at the next periodic probe.
+
+Each peer's path is in one explicit state (UNKNOWN, PRIMED, TRYING, DIRECT, WAITING), and the
+transitions between them are one table, :data:`wgmesh.proto.pathstate.TRANSITIONS`. A plan
+reads each peer's inputs as one event of its state (``Planner._observe``), takes the
+transition the table gives and does what the event does (``Planner._take``). The stall watch
+of rule 7 is :mod:`wgmesh.proto.stall`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 
+from wgmesh.errors import LocalProtocolError
 from wgmesh.proto.device import DEFAULT_KEEPALIVE, DeviceState, PeerState, PeerUpdate
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.keys import encode_key
-from wgmesh.proto.kinds import CandidateKind
+from wgmesh.proto.kinds import CandidateKind, NatKind
+from wgmesh.proto.pathstate import (
+    HANDSHAKE_FRESH,
+    PathEvent,
+    PathState,
+    PeerPath,
+    Punch,
+    Rounds,
+    Source,
+    Trial,
+    next_state,
+)
+from wgmesh.proto.peerview import PeerView, view_of, why_not_direct
+from wgmesh.proto.stall import StallWatch
 
-HANDSHAKE_FRESH = 135.0
-"""A handshake this recent proves a path (WireGuard re-handshakes every 120 s when busy)."""
-
-
-class Source(StrEnum):
-    """Where an endpoint or candidate came from."""
-
-    REGISTRAR = "registrar"
-    LAN = "lan"
-    STATIC = "static"
-    ROAMING = "roaming"
+__all__ = [
+    "HANDSHAKE_FRESH",
+    "Hint",
+    "PathEvent",
+    "PathState",
+    "PeerPath",
+    "PeerRecord",
+    "PeerView",
+    "Plan",
+    "Planner",
+    "PunchConfig",
+    "Source",
+    "merge_hints",
+    "view_of",
+    "why_not_direct",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +102,8 @@ class PeerRecord:
     """Published name."""
     allowed_ips: tuple[str, ...] = ()
     """Published allowed IPs (admission list)."""
-    nat: str = "unknown"
-    """Published NAT class."""
+    nat: NatKind = NatKind.UNKNOWN
+    """Published NAT class (TXT ``nat=``)."""
     since: int = 0
     """When the public endpoint was first observed."""
 
@@ -120,42 +143,6 @@ class PunchConfig:
     """Mesh mode: add peers found in the zone, remove them when withdrawn."""
 
 
-@dataclass(slots=True)
-class _Peer:
-    record: PeerRecord | None = None
-    tried: list[Endpoint] = field(default_factory=list)
-    pending: Endpoint | None = None
-    pending_since: float = 0.0
-    fire_at: float | None = None
-    chosen: Endpoint | None = None
-    chosen_source: Source | None = None
-    rounds: int = 0
-    next_round: float = 0.0
-    added_by_us: bool = False
-    kick: bool = False
-    hs_at_prime: float = 0.0
-
-
-@dataclass(slots=True)
-class _Traffic:
-    """What :meth:`Planner.watch_traffic` remembers of one peer's counters."""
-
-    rx: int
-    tx: int
-    rx_at: float
-    """When rx last grew (or when first seen)."""
-    handshake: float = 0.0
-    """latest_handshake at the last sample."""
-    rx_streak: int = 0
-    """Consecutive samples in which rx grew."""
-    tx_only: int = 0
-    """Samples in which tx grew but rx did not, since rx last grew."""
-    busy: bool = False
-    """The peer has been sending data to us (since the last stall)."""
-    stalled: bool = False
-    """A stall was reported; not again until rx grows."""
-
-
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What to do now."""
@@ -164,79 +151,98 @@ class Plan:
     """WireGuard changes to apply."""
     prime: tuple[Endpoint, ...] = ()
     """Send one low-TTL packet from the WireGuard port to each, before the updates (it opens our
-    own NAT toward the peer without reaching the far NAT; see LAB-NOTES on open masquerade)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerView:
-    """One row of ``wgmesh peers`` (the JSON schema is documented in docs/cli.md)."""
-
-    public_key: str
-    name: str
-    allowed_ips: tuple[str, ...]
-    endpoint: str | None
-    source: str
-    path: str
-    reason: str
-    latest_handshake: float
-    rx_bytes: int
-    tx_bytes: int
-    candidates: tuple[str, ...]
-    nat: str
+    own NAT toward the peer without reaching the far NAT; see docs/lab.md, "What the lab
+    machines do", on masquerade without a firewall)."""
 
 
 class Planner:
     """Per-interface endpoint choice; see the module docstring."""
 
-    def __init__(self, config: PunchConfig) -> None:
+    def __init__(self, config: PunchConfig, own_key: bytes = b"") -> None:
         self.config = config
-        self.peers: dict[bytes, _Peer] = {}
-        self.our_public: Endpoint | None = None
-        """Our WireGuard port's public mapping, as the registrar last observed it."""
-        self.our_nat: str = "unknown"
-        self.lan_keys: set[bytes] = set()
-        """Peers seen on our LAN (mDNS)."""
-        self.own_key = b""
-        """Our public key: decides which side of a pair leads the punch (rule 6)."""
+        """The timings."""
         self.registrar_rtt = 0.0
         """Smoothed registration round trip in seconds (scales the punch delays)."""
-        self.traffic: dict[bytes, _Traffic] = {}
-        self.traffic_active = False
+        self._own_key = own_key
+        self._peers: dict[bytes, PeerPath] = {}
+        self._mappings: dict[int, Endpoint] = {}
+        self._nat = NatKind.UNKNOWN
+        self._lan_keys: set[bytes] = set()
+        self._kick_others = False
+        self._stalls = StallWatch(config)
+
+    @property
+    def own_key(self) -> bytes:
+        """Our public key: decides which side of a pair leads the punch (rule 6)."""
+        return self._own_key
+
+    @property
+    def our_mappings(self) -> tuple[Endpoint, ...]:
+        """Our WireGuard port's public mappings as the registrar last observed them, at most
+        one per address family, IPv4 first."""
+        return tuple(self._mappings[f] for f in sorted(self._mappings))
+
+    @property
+    def our_nat(self) -> NatKind:
+        """Our NAT class as the registrar last classified it."""
+        return self._nat
+
+    @property
+    def traffic_active(self) -> bool:
         """The last :meth:`watch_traffic` saw data move (``busy_bytes`` or more; keepalives
         do not count) or a stall building up: worth sampling often (the daemon samples idle
         interfaces only as often as it plans)."""
-        self._kick_others = False
-        self._tokens = float(config.stall_probes)
-        self._tokens_at: float | None = None
+        return self._stalls.active
 
     # -- inputs -------------------------------------------------------------------------------
 
     def set_record(self, record: PeerRecord) -> None:
-        """A fresh record for a peer (from DNS-SD or mDNS, merged by the caller)."""
-        peer = self.peers.setdefault(record.key, _Peer())
+        """A fresh record for a peer (from DNS-SD or mDNS, merged by the caller). A record
+        whose candidates differ from the last one restarts the search through them."""
+        peer = self._peers.setdefault(record.key, PeerPath())
         old = peer.record
         peer.record = record
         if old is None or _endpoints(old) != _endpoints(record):
-            peer.tried = []
-            peer.rounds = 0
-            peer.next_round = 0.0
+            peer.rounds = Rounds()
 
     def withdraw(self, key: bytes) -> None:
         """The registrar no longer lists the peer."""
-        peer = self.peers.get(key)
+        peer = self._peers.get(key)
         if peer is not None:
             peer.record = None
 
-    def set_our_mapping(self, observed: Endpoint | None, nat: str) -> bool:
-        """Our public mapping as the registrar saw it; True when it changed (rebinding)."""
-        changed = (
-            self.our_public is not None and observed is not None and observed != self.our_public
+    def record(self, key: bytes) -> PeerRecord | None:
+        """The record currently held for a peer."""
+        peer = self._peers.get(key)
+        return peer.record if peer is not None else None
+
+    def recorded_keys(self) -> set[bytes]:
+        """Keys that currently have a record."""
+        return {key for key, peer in self._peers.items() if peer.record is not None}
+
+    def add_lan_peer(self, key: bytes) -> None:
+        """mDNS saw this peer on our LAN: its LAN candidates go first (rule 4)."""
+        self._lan_keys.add(key)
+
+    def set_our_mapping(self, observed: tuple[Endpoint, ...], nat: NatKind) -> bool:
+        """Our WireGuard port's public mappings as the registrar observed them, at most one per
+        address family, and our NAT class. True when the mapping of a family we already had
+        changed (a rebinding): every peer is then made to shake hands again (rule 5). A family
+        missing from ``observed`` is forgotten (the registrar has none for it now), which is
+        not a change. Raises LocalProtocolError for two mappings of one family."""
+        mappings: dict[int, Endpoint] = {}
+        for ep in observed:
+            if ep.family in mappings:
+                raise LocalProtocolError(f"two observed mappings for IPv{ep.family}")
+            mappings[ep.family] = ep
+        changed = any(
+            family in self._mappings and self._mappings[family] != ep
+            for family, ep in mappings.items()
         )
-        if observed is not None:
-            self.our_public = observed
-        self.our_nat = nat
+        self._mappings = mappings
+        self._nat = nat
         if changed:
-            for peer in self.peers.values():
+            for peer in self._peers.values():
                 peer.kick = True
             self._kick_others = True
         return changed
@@ -260,7 +266,7 @@ class Planner:
         if self._kick_others:  # rule 5 for peers without a record (static endpoints): a
             self._kick_others = False  # public one roams to our new port when it hears us
             for other in device.peers:
-                if other.public_key in self.peers or not other.endpoint:
+                if other.public_key in self._peers or not other.endpoint:
                     continue
                 if _fresh(other, now, cfg):
                     keepalive = None if other.persistent_keepalive else cfg.keepalive
@@ -268,7 +274,7 @@ class Planner:
                         PeerUpdate(other.public_key, handshake_now=True,
                                    persistent_keepalive=keepalive)
                     )  # fmt: skip
-        for key, peer in self.peers.items():
+        for key, peer in self._peers.items():
             dev = on_device.get(key)
             if dev is None:
                 if cfg.mesh and peer.record is not None and peer.record.allowed_ips:
@@ -286,35 +292,106 @@ class Planner:
             elif cfg.mesh and peer.added_by_us and peer.record is None:
                 updates.append(PeerUpdate(key, remove=True))
                 continue
-            if peer.fire_at is not None:
-                if now >= peer.fire_at:
-                    peer.fire_at = None
-                    if dev.latest_handshake > peer.hs_at_prime:
-                        # the peer's initiation came through: keep the path it used
-                        peer.chosen, peer.pending = dev.endpoint, None
-                        peer.chosen_source = self._source_of(peer, dev.endpoint)
-                        peer.rounds = 0
-                        continue
-                    peer.pending_since = now
-                    keepalive = None if dev.persistent_keepalive else cfg.keepalive
-                    assert peer.pending is not None
-                    updates.append(
-                        PeerUpdate(key, endpoint=peer.pending, handshake_now=True,
-                                   persistent_keepalive=keepalive)
-                    )  # fmt: skip
-                continue
-            update = self._plan_peer(key, peer, dev, now)
-            if update is None:
-                continue
-            if update.endpoint is not None and update.endpoint != dev.endpoint:
-                prime.append(update.endpoint)  # open our NAT toward it first
-            delay = self.punch_delay(key, session=_fresh(dev, now, cfg))
-            if update.endpoint is not None and delay > 0:
-                peer.fire_at = now + delay  # set and initiate after the delay
-                peer.hs_at_prime = dev.latest_handshake
-            else:
-                updates.append(update)
+            event, target, rounds = self._observe(key, peer, dev, now)
+            self._take(key, peer, dev, now, event, target, rounds, updates, prime)
         return Plan(tuple(updates), tuple(prime))
+
+    def _observe(
+        self, key: bytes, peer: PeerPath, dev: PeerState, now: float
+    ) -> tuple[PathEvent, Endpoint | None, Rounds]:
+        """Which event the inputs amount to in the peer's state; with the candidate it is
+        about, and the search after it. Reads only: :meth:`_take` changes things."""
+        cfg = self.config
+        attempt = peer.attempt
+        restart = False
+        match peer.state:
+            case PathState.PRIMED:
+                assert isinstance(attempt, Punch)
+                if now < attempt.fire_at:
+                    return PathEvent.WAIT, None, peer.rounds
+                if dev.latest_handshake > attempt.handshake:
+                    return PathEvent.ANSWERED, dev.endpoint, peer.rounds
+                return PathEvent.FIRE, attempt.target, peer.rounds
+            case PathState.TRYING:
+                assert isinstance(attempt, Trial)
+                if dev.latest_handshake >= int(attempt.since):
+                    return PathEvent.HANDSHAKE, dev.endpoint, peer.rounds
+                if now - attempt.since < cfg.candidate_trial:
+                    return PathEvent.WAIT, None, peer.rounds
+            case _ if _fresh(dev, now, cfg) and dev.endpoint is not None:  # settled
+                source = self._proven_source(peer, dev.endpoint)
+                in_record = peer.record is None or dev.endpoint in _endpoints(peer.record)
+                # Only an endpoint we took from a record can be outdated by a record; a static
+                # or roaming endpoint with a fresh handshake is newer than anything the zone says.
+                if in_record or source not in (Source.REGISTRAR, Source.LAN):
+                    return PathEvent.FRESH, dev.endpoint, peer.rounds
+                restart = True  # the peer itself moved: its record no longer has this endpoint
+        rounds = peer.rounds.restart() if restart else peer.rounds
+        if peer.record is None:
+            return PathEvent.NO_CANDIDATE, None, rounds
+        order = self._order(peer.record)
+        event, target, rounds = rounds.pick(
+            order, now, cfg.candidate_trial, cfg.retry_min, cfg.retry_max
+        )
+        if event is PathEvent.SET and self.punch_delay(key, session=_fresh(dev, now, cfg)) > 0:
+            event = PathEvent.PUNCH
+        return event, target, rounds
+
+    def _take(
+        self,
+        key: bytes,
+        peer: PeerPath,
+        dev: PeerState,
+        now: float,
+        event: PathEvent,
+        target: Endpoint | None,
+        rounds: Rounds,
+        updates: list[PeerUpdate],
+        prime: list[Endpoint],
+    ) -> None:
+        """Move the peer to the state :data:`TRANSITIONS` gives for ``event`` and do what the
+        event does."""
+        state = next_state(peer.state, event)
+        keepalive = None if dev.persistent_keepalive else self.config.keepalive
+        kick = False
+        if peer.state is not PathState.PRIMED:  # a kick waits out a punch (see PeerPath.kick)
+            kick, peer.kick = peer.kick, False
+        peer.rounds = rounds
+        match event:
+            case PathEvent.WAIT:
+                pass
+            case PathEvent.ANSWERED | PathEvent.HANDSHAKE:  # keep the path the handshake used
+                source = self._source_of(peer, dev.endpoint)
+                if event is PathEvent.HANDSHAKE and dev.endpoint is None:
+                    source = Source.ROAMING
+                peer.proven, peer.proven_source = dev.endpoint, source
+                peer.rounds, peer.attempt = rounds.proven(), None
+            case PathEvent.FRESH:
+                if peer.proven != dev.endpoint:  # WireGuard roamed, or a static endpoint works
+                    peer.proven = dev.endpoint
+                    peer.proven_source = self._source_of(peer, dev.endpoint)
+                if kick:
+                    updates.append(
+                        PeerUpdate(key, handshake_now=True, persistent_keepalive=keepalive)
+                    )
+            case PathEvent.FIRE | PathEvent.SET:
+                assert target is not None
+                if event is PathEvent.SET and target != dev.endpoint:
+                    prime.append(target)  # open our NAT toward it first
+                peer.attempt = Trial(target, now)
+                updates.append(
+                    PeerUpdate(key, endpoint=target, handshake_now=True,
+                               persistent_keepalive=keepalive)
+                )  # fmt: skip
+            case PathEvent.PUNCH:
+                assert target is not None
+                if target != dev.endpoint:
+                    prime.append(target)
+                delay = self.punch_delay(key, session=_fresh(dev, now, self.config))
+                peer.attempt = Punch(target, now + delay, dev.latest_handshake)
+            case PathEvent.BACKOFF | PathEvent.NO_CANDIDATE:
+                peer.attempt = None
+        peer.state = state
 
     def punch_delay(self, key: bytes, session: bool = False) -> float:
         """Seconds from priming to initiating toward peer ``key`` (rule 6). With a live
@@ -322,77 +399,29 @@ class Planner:
         follower does not wait."""
         cfg = self.config
         delay = max(cfg.punch_delay, 2 * self.registrar_rtt) if cfg.punch_delay > 0 else 0.0
-        if not session and self.own_key and self.own_key > key:
+        if not session and self._own_key and self._own_key > key:
             delay += max(cfg.punch_stagger, 3 * self.registrar_rtt)
         return delay
 
     def next_deadline(self) -> float | None:
         """When ``plan`` next has something to do on its own (a delayed punch, a trial end)."""
-        times = [p.fire_at for p in self.peers.values() if p.fire_at is not None]
-        times += [
-            p.pending_since + self.config.candidate_trial
-            for p in self.peers.values()
-            if p.pending is not None and p.fire_at is None
-        ]
+        times = []
+        for peer in self._peers.values():
+            if isinstance(peer.attempt, Punch):
+                times.append(peer.attempt.fire_at)
+            elif isinstance(peer.attempt, Trial):
+                times.append(peer.attempt.since + self.config.candidate_trial)
         return min(times) if times else None
 
-    def _plan_peer(self, key: bytes, peer: _Peer, dev: PeerState, now: float) -> PeerUpdate | None:
-        cfg = self.config
-        fresh = _fresh(dev, now, cfg)
-        keepalive = None if dev.persistent_keepalive else cfg.keepalive
-        kick, peer.kick = peer.kick, False
-        if peer.pending is not None:
-            if dev.latest_handshake >= int(peer.pending_since):
-                peer.chosen, peer.pending = dev.endpoint, None
-                peer.chosen_source = (
-                    self._source_of(peer, dev.endpoint) if dev.endpoint else Source.ROAMING
-                )
-                peer.rounds = 0
-                return None
-            if now - peer.pending_since < cfg.candidate_trial:
-                return None
-            peer.pending = None  # this candidate failed; fall through to the next one
-        elif fresh and dev.endpoint is not None:
-            if peer.chosen != dev.endpoint:  # WireGuard roamed, or a static endpoint works
-                peer.chosen = dev.endpoint
-                peer.chosen_source = self._source_of(peer, dev.endpoint)
-            in_record = peer.record is None or dev.endpoint in _endpoints(peer.record)
-            # Only an endpoint we took from a record can be outdated by a record; a static or
-            # roaming endpoint with a fresh handshake is newer than anything the zone says.
-            moved = not in_record and peer.chosen_source in (Source.REGISTRAR, Source.LAN)
-            if not moved:
-                if kick:
-                    return PeerUpdate(key, handshake_now=True, persistent_keepalive=keepalive)
-                return None
-            peer.tried = []  # the peer itself moved: its record no longer has this endpoint
-        if peer.record is None:
-            return None
-        order = self._order(peer.record)
-        untried = [ep for ep in order if ep not in peer.tried]
-        if not untried:
-            if now < peer.next_round:
-                return None
-            peer.tried = []
-            peer.rounds += 1
-            untried = order
-        if not untried:
-            return None
-        target = untried[0]
-        peer.tried.append(target)
-        if len(peer.tried) == len(order):
-            delay = min(cfg.retry_max, cfg.retry_min * 2 ** min(peer.rounds, 8))
-            peer.next_round = now + cfg.candidate_trial + delay
-        peer.pending = target
-        peer.pending_since = now
-        return PeerUpdate(key, endpoint=target, handshake_now=True, persistent_keepalive=keepalive)
-
     def _order(self, record: PeerRecord) -> list[Endpoint]:
-        lan_first = record.key in self.lan_keys or (
-            self.our_public is not None
-            and any(
-                h.kind == CandidateKind.PUBLIC and h.endpoint.ip == self.our_public.ip
-                for h in record.hints
-            )
+        """The record's candidates in the order to try them (rule 4): LAN first when the peer
+        was seen on our LAN, or its public candidate is behind our own public address (our
+        mapping of the same family)."""
+        lan_first = record.key in self._lan_keys or any(
+            h.kind == CandidateKind.PUBLIC
+            and (ours := self._mappings.get(h.endpoint.family)) is not None
+            and h.endpoint.ip == ours.ip
+            for h in record.hints
         )
 
         def rank(h: Hint) -> tuple[int, int]:
@@ -406,13 +435,19 @@ class Planner:
                 out.append(h.endpoint)
         return out
 
+    def _proven_source(self, peer: PeerPath, endpoint: Endpoint) -> Source | None:
+        """Where the endpoint in use came from, as FRESH would record it."""
+        if peer.proven == endpoint:
+            return peer.proven_source
+        return self._source_of(peer, endpoint)
+
     @staticmethod
-    def _source_of(peer: _Peer, endpoint: Endpoint | None) -> Source:
+    def _source_of(peer: PeerPath, endpoint: Endpoint | None) -> Source:
         if peer.record is not None:
             for h in peer.record.hints:
                 if h.endpoint == endpoint:
                     return Source.LAN if h.source == Source.LAN else Source.REGISTRAR
-        return Source.ROAMING if peer.chosen_source is not None else Source.STATIC
+        return Source.ROAMING if peer.proven_source is not None else Source.STATIC
 
     # -- stalled paths ------------------------------------------------------------------------
 
@@ -434,55 +469,7 @@ class Planner:
         next token. Samples closer than a quarter of ``stall_after`` to the previous one are
         ignored (a plan right after a sample).
         """
-        cfg = self.config
-        if self._tokens_at is not None and now - self._tokens_at < cfg.stall_after / 4:
-            return False  # too close to the last sample to say anything about rates
-        if self._tokens_at is not None:
-            earned = (now - self._tokens_at) / cfg.stall_refill
-            self._tokens = min(float(cfg.stall_probes), self._tokens + earned)
-        self._tokens_at = now
-        stalled: list[_Traffic] = []
-        seen = set()
-        self.traffic_active = False
-        for dev in device.peers:
-            seen.add(dev.public_key)
-            t = self.traffic.get(dev.public_key)
-            if t is None or dev.rx_bytes < t.rx or dev.tx_bytes < t.tx:  # new, or counters reset
-                self.traffic[dev.public_key] = _Traffic(
-                    dev.rx_bytes, dev.tx_bytes, now, dev.latest_handshake
-                )
-                continue
-            moved = dev.rx_bytes - t.rx + dev.tx_bytes - t.tx
-            shook, t.handshake = dev.latest_handshake != t.handshake, dev.latest_handshake
-            if dev.rx_bytes > t.rx and shook:  # handshake bytes are not data: a connection
-                t.rx_at, t.tx_only, t.stalled = now, 0, False  # that stays quiet after it
-                t.rx_streak = 0  # has not stalled
-            elif dev.rx_bytes > t.rx:
-                t.rx_at, t.tx_only, t.stalled = now, 0, False
-                t.rx_streak += 1
-                t.busy = t.busy or t.rx_streak >= 2 or dev.rx_bytes - t.rx >= cfg.busy_bytes
-            else:
-                t.rx_streak = 0
-                if dev.tx_bytes > t.tx:
-                    t.tx_only += 1
-            t.rx, t.tx = dev.rx_bytes, dev.tx_bytes
-            if moved >= cfg.busy_bytes or (t.busy and not t.stalled):
-                self.traffic_active = True  # data flows, or a stall may be building up
-            if (
-                not t.stalled
-                and dev.latest_handshake > 0
-                and (t.busy or t.tx_only >= 2)
-                and now - t.rx_at >= cfg.stall_after
-            ):
-                stalled.append(t)
-        for key in self.traffic.keys() - seen:
-            del self.traffic[key]
-        if not stalled or self._tokens < 1.0:
-            return False  # without a token the stall stays pending until one is earned
-        self._tokens -= 1.0
-        for t in stalled:
-            t.stalled, t.busy = True, False
-        return True
+        return self._stalls.sample(device, now)
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -490,80 +477,9 @@ class Planner:
         """Rows for ``wgmesh peers``."""
         out = []
         for dev in device.peers:
-            peer = self.peers.get(dev.public_key, _Peer())
+            peer = self._peers.get(dev.public_key, PeerPath())
             out.append(view_of(dev, peer.record, self, now, peer))
         return out
-
-
-def view_of(
-    dev: PeerState,
-    record: PeerRecord | None,
-    planner: Planner | None,
-    now: float,
-    peer: _Peer | None = None,
-) -> PeerView:
-    """A ``wgmesh peers`` row from what is known (the planner's state is optional)."""
-    fresh_limit = planner.config.handshake_fresh if planner else HANDSHAKE_FRESH
-    fresh = dev.latest_handshake > 0 and now - dev.latest_handshake < fresh_limit
-    source = "static"
-    if peer is not None and peer.chosen_source is not None and peer.chosen == dev.endpoint:
-        source = str(peer.chosen_source)
-    elif record is not None and dev.endpoint is not None:
-        source = "roaming"
-        for h in record.hints:
-            if h.endpoint == dev.endpoint:
-                source = str(h.source) if h.source == Source.LAN else "registrar"
-    elif dev.endpoint is None:
-        source = "none"
-    if fresh:
-        path, reason = "direct", ""
-    else:
-        path = "none"
-        reason = why_not_direct(dev, record, planner, peer)
-    return PeerView(
-        public_key=encode_key(dev.public_key),
-        name=record.name if record else "",
-        allowed_ips=dev.allowed_ips,
-        endpoint=str(dev.endpoint) if dev.endpoint else None,
-        source=source,
-        path=path,
-        reason=reason,
-        latest_handshake=dev.latest_handshake,
-        rx_bytes=dev.rx_bytes,
-        tx_bytes=dev.tx_bytes,
-        candidates=tuple(f"{h.kind}:{h.endpoint}" for h in (record.hints if record else ())),
-        nat=record.nat if record else "unknown",
-    )
-
-
-def why_not_direct(
-    dev: PeerState, record: PeerRecord | None, planner: Planner | None, peer: _Peer | None
-) -> str:
-    """A person-readable reason for a peer with no working direct path."""
-    if record is None:
-        if dev.endpoint is None:
-            return "peer is not registered (no DNS-SD record) and has no static endpoint"
-        return "no handshake on the static endpoint; peer is not registered"
-    ours = planner.our_nat if planner else "unknown"
-    theirs = record.nat
-    filtering = {"cone", "symmetric", "unknown"}
-    if theirs == "symmetric" and ours == "symmetric":
-        return "both peers are behind symmetric NATs: no direct path without a relay"
-    if theirs == "symmetric" and ours in filtering - {"symmetric"}:
-        return (
-            "peer is behind a symmetric NAT and we are behind a filtering NAT: "
-            "no direct path without a relay (a port forward on either side would fix it)"
-        )
-    if ours == "symmetric" and theirs in filtering - {"symmetric"}:
-        return (
-            "we are behind a symmetric NAT and the peer is behind a filtering NAT: "
-            "no direct path without a relay (a port forward on either side would fix it)"
-        )
-    if peer is not None and peer.pending is not None:
-        return f"trying {peer.pending} ({len(peer.tried)} of {len(record.hints)} candidates)"
-    if dev.latest_handshake > 0:
-        return "last handshake is stale; retrying candidates"
-    return "no handshake yet on any candidate"
 
 
 def _fresh(dev: PeerState, now: float, cfg: PunchConfig) -> bool:

@@ -7,14 +7,27 @@ when ``next_timer()`` says, and drains ``events()`` to persist and log peer chan
 What it accepts (docs/protocol.md has the wire format):
 
 - a plain STUN Binding Request (RFC 8489 section 7.3): answered with XOR-MAPPED-ADDRESS;
-- a sealed ``Register`` from a peer's WireGuard port: its source is the peer's endpoint, recorded
-  only if the box opens with the key in ATTR_WG_PUBLIC_KEY, the key is admitted, the timestamp is
-  within the freshness window and the counter is above every counter seen for that key;
-- a sealed ``Register`` with the secondary flag, sent to the alternate port: not an endpoint,
-  only compared with the primary mapping to tell a cone NAT from a symmetric one;
+- a sealed ``Register`` from a peer's WireGuard port: its source is the peer's mapping for the
+  source's address family, recorded only if the box opens with the key in ATTR_WG_PUBLIC_KEY,
+  the key is admitted, the timestamp is within the freshness window and the counter is above
+  every counter seen for that key;
+- a sealed ``Register`` with the secondary flag, sent to the alternate port: not a mapping, only
+  compared with the mapping of the same family to tell a cone NAT from a symmetric one;
 - a sealed ``Watch`` from the daemon's ordinary control socket: answered with a sealed
-  ``Status`` (the observed WireGuard mapping), and the source is remembered so that peer changes
-  are pushed there (sealed ``Push`` indications).
+  ``Status`` (the observed WireGuard mappings), and the source is remembered so that peer
+  changes are pushed there (sealed ``Push`` indications).
+
+One mapping per address family: a peer that registers over IPv4 and over IPv6 keeps both
+(:attr:`PeerEntry.mappings`, IPv4 first), each with its own last-registered time. The first is
+the published public candidate (what wgsd-client reads), the other an IPv6 candidate. A mapping
+not registered within ``RegistryConfig.expiry`` is dropped (republished, pushed) while the other
+family keeps registering; the peer is withdrawn when no mapping is left. Expiry stays O(expired):
+rows are kept in the order of their last registration of any family, so :meth:`Registry.expire`
+finds, at the front, the peers with no fresh mapping at all; a stale mapping beside a fresh one
+is found when the peer's row is next touched (any accepted Register, secondary probe or Watch
+of that peer; the refresh fast path checks it with one float comparison), so it is dropped at
+most one probe interval (20 s) after it went stale. ``since`` (TXT ``since=``) is kept for the
+first mapping only: it changes when the published public candidate does.
 
 Boxes open and seal with the shared key kept in the sender's row or watcher record (see
 wgmesh.proto.peerrow; never persisted, PeerEntry does not carry it), stored once a box opened
@@ -26,7 +39,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TypeVar
@@ -38,20 +51,18 @@ from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import KEY_LEN
 from wgmesh.proto.kinds import CandidateKind, NatKind
 from wgmesh.proto.peerrow import (
-    NATS,
     NO_KEY,
-    ROW,
-    SAME,
     SHARED_AT,
-    WATCHER,
     WATCHER_SHARED_AT,
-    pack_endpoint,
+    last_seen,
+    last_watch,
     pack_row,
-    pack_seen,
-    row_parts,
+    pack_watcher,
+    refresh,
+    register_counter,
     shared_key,
-    unpack_endpoint,
-    unpack_seen,
+    unpack_row,
+    unpack_watcher,
 )
 from wgmesh.proto.ratelimit import RateLimitConfig, RateLimiter
 
@@ -93,7 +104,8 @@ class RegistryConfig:
     """Timings and limits of the registrar."""
 
     expiry: float = 50.0
-    """Seconds without a refresh before a peer is withdrawn (about two probe intervals)."""
+    """Seconds without a refresh before a mapping is dropped, and the peer withdrawn when it has
+    none left (about two probe intervals)."""
     freshness_window: float = 120.0
     """Largest accepted distance between a message's timestamp and our clock, in seconds."""
     max_peers: int = 1_000_000
@@ -125,16 +137,19 @@ class PeerEntry:
     """WireGuard public key."""
     name: str
     """Published name (admission file first, else the peer's report)."""
-    endpoint: Endpoint
-    """The observed public mapping of the peer's WireGuard port."""
+    mappings: tuple[Endpoint, ...]
+    """The observed public mappings of the peer's WireGuard port: at most one per address
+    family, IPv4 first, never empty. The first is the published public candidate."""
     addresses: tuple[Endpoint, ...]
     """Addresses the peer reported for itself (LAN, global IPv6), sealed."""
     nat: NatKind
-    """NAT class from comparing the primary and secondary probes."""
+    """The published NAT class: the first mapping's (the IPv4 one when there is one), from
+    comparing it with the secondary probe of the same family (:func:`nat_of`)."""
     since: float
-    """When ``endpoint`` was first observed at its current value."""
-    last_seen: float
-    """Last accepted registration."""
+    """When the first mapping was first observed at its current value (a change of the other
+    mapping leaves it)."""
+    refreshed: tuple[float, ...]
+    """When each mapping was last registered, parallel to ``mappings``."""
     register_counter: int
     """Highest accepted Register counter (replay floor)."""
     watch_counter: int = 0
@@ -143,8 +158,19 @@ class PeerEntry:
     """The peer's software version."""
     allowed_ips: tuple[str, ...] = ()
     """From the admission file."""
-    secondary: Endpoint | None = None
-    """Mapping seen on the alternate port (for the NAT class)."""
+    secondary: tuple[Endpoint, ...] = ()
+    """Mappings seen on the alternate port (for the NAT class), at most one per family, IPv4
+    first, each since the same family's mapping last changed."""
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The first mapping: the published public one."""
+        return self.mappings[0]
+
+    @property
+    def last_seen(self) -> float:
+        """Last accepted registration of any mapping."""
+        return max(self.refreshed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,10 +184,14 @@ class PeerEvent:
 
 
 def candidates_of(entry: PeerEntry) -> tuple[Candidate, ...]:
-    """Published candidates: the public mapping first (priority 0, what wgsd-client reads),
-    then global IPv6 (5) and LAN (10) addresses the peer reported."""
-    out = [Candidate(entry.endpoint, CandidateKind.PUBLIC, 0)]
-    seen = {entry.endpoint}
+    """Published candidates: the first mapping (the IPv4 one, else the IPv6 one) is the public
+    candidate (priority 0, what wgsd-client reads); an IPv6 mapping beside an IPv4 one is an
+    IPv6 candidate (5); then global IPv6 (5) and LAN (10) addresses the peer reported, each
+    address once."""
+    first, *others = entry.mappings
+    out = [Candidate(first, CandidateKind.PUBLIC, 0)]
+    out += (Candidate(ep, CandidateKind.IPV6, 5) for ep in others)
+    seen = set(entry.mappings)
     for ep in entry.addresses:
         if ep in seen or ep.ip.is_loopback or ep.ip.is_link_local or ep.ip.is_unspecified:
             continue
@@ -180,7 +210,7 @@ def published(entry: PeerEntry) -> PublishedPeer:
         name=entry.name,
         candidates=candidates_of(entry),
         allowed_ips=entry.allowed_ips,
-        nat=str(entry.nat),
+        nat=entry.nat,
         since=int(entry.since),
     )
 
@@ -230,11 +260,10 @@ class Registry:
 
     def restore(self, entries: Iterable[PeerEntry], now: float) -> None:
         """Load persisted peers; those already past expiry are left out."""
-        for entry in entries:
-            if now - entry.last_seen > self.config.expiry:
-                continue
-            admitted = self.admission.lookup(entry.key)
-            if admitted is None:
+        for stored in entries:
+            admitted = self.admission.lookup(stored.key)
+            entry = self._without_stale(stored, now)
+            if admitted is None or entry is None:
                 continue
             entry = self._apply_admission(entry, admitted)
             try:
@@ -243,7 +272,7 @@ class Registry:
                 continue  # a counter out of range: not a row we wrote
             self.zone.upsert(published(entry))
         # expire() relies on refresh order
-        rows = sorted(self._rows.items(), key=lambda kv: ROW.unpack_from(kv[1])[0])
+        rows = sorted(self._rows.items(), key=lambda kv: last_seen(kv[1]))
         self._rows = OrderedDict(rows)
 
     def set_admission(self, admission: Admission, now: float) -> list[Outgoing]:
@@ -379,68 +408,83 @@ class Registry:
         saw from the Status to its Watch."""
         c = self.counters
         row = self._rows.get(key)
-        head = None if row is None else ROW.unpack_from(row)
-        if head is not None and reg.counter <= head[2]:
+        if row is not None and reg.counter <= register_counter(row):
             c["replay"] += 1
             return []
         if reg.secondary or local_port != self.primary_port:
             if row is None:
                 return []  # nothing to compare with yet; the next round will classify
-            old = self._entry(key, row)
-            nat = classify(old.endpoint, old.addresses, source)
-            entry = replace(old, secondary=source, register_counter=reg.counter, nat=nat)
-            self._rows[key] = _row(entry, shared)
-            if nat != old.nat:
-                c["registered"] += 1
-                return self._publish(Change.CHANGED, entry, now, shared)
-            return []
+            return self._secondary(self._entry(key, row), reg, source, now, shared)
         if row is None and len(self._rows) >= self.config.max_peers:
             c["table_full"] += 1
             return []
         c["registered"] += 1
         name = admitted.name or reg.name
-        seen = pack_seen(source, reg.addresses, name)
-        if (
-            row is not None
-            and head is not None
-            and head[5] == len(seen)
-            and row.startswith(seen, ROW.size)
-        ):
-            # the common case, a refresh: nothing published changes (the allowed IPs neither:
-            # set_admission republishes when they change)
-            _, since, _, watch_counter, nat, _, secondary_len, _ = head
-            secondary = row[ROW.size + len(seen) : ROW.size + len(seen) + secondary_len]
-            self._rows[key] = b"".join((
-                ROW.pack(now, since, reg.counter, watch_counter, nat, len(seen), secondary_len,
-                         shared),
-                seen, secondary, reg.software.encode(),
-            ))  # fmt: skip
-            self._rows.move_to_end(key)
-            entry = PeerEntry(key, name, source, reg.addresses, NATS[nat], since, now, reg.counter,
-                              watch_counter, reg.software, admitted.allowed_ips,
-                              _secondary(secondary, source))  # fmt: skip
-            self._events.append(PeerEvent(Change.REFRESHED, entry))
-            return []
+        limit = now - self.config.expiry
+        if row is not None:
+            done = refresh(row, source, reg.addresses, name, now, reg.counter, reg.software,
+                           shared, limit)  # fmt: skip
+            if done is not None:
+                # the common case, a refresh of the first mapping: nothing published changes
+                # (the allowed IPs neither: set_admission republishes when they change)
+                new, since, watch_counter, nat, secondary, paired = done
+                self._rows[key] = new
+                self._rows.move_to_end(key)
+                if paired:  # two mappings: rare enough to unpack
+                    entry = self._entry(key, new)
+                else:
+                    entry = PeerEntry(key, name, (source,), reg.addresses, nat, since, (now,),
+                                      reg.counter, watch_counter, reg.software,
+                                      admitted.allowed_ips, secondary)  # fmt: skip
+                self._events.append(PeerEvent(Change.REFRESHED, entry))
+                return []
         previous = None if row is None else self._entry(key, row)
-        # a new mapping invalidates the alternate port's observation (re-probed by the daemon)
-        kept = previous if previous is not None and previous.endpoint == source else None
-        secondary_ep = None if kept is None else kept.secondary
+        mappings, refreshed = _observed(previous, source, now, limit)
+        since, secondary, nat = _carried(previous, mappings, reg.addresses, now)
         entry = PeerEntry(
             key=key,
             name=name,
-            endpoint=source,
+            mappings=mappings,
             addresses=reg.addresses,
-            nat=classify(source, reg.addresses, secondary_ep),
-            since=now if kept is None else kept.since,
-            last_seen=now,
+            nat=nat,
+            since=since,
+            refreshed=refreshed,
             register_counter=reg.counter,
             watch_counter=0 if previous is None else previous.watch_counter,
             software=reg.software,
             allowed_ips=admitted.allowed_ips,
-            secondary=secondary_ep,
+            secondary=secondary,
         )
-        change = Change.ADDED if previous is None else Change.CHANGED
-        return self._publish(change, entry, now, shared)
+        if previous is None:
+            return self._publish(Change.ADDED, entry, now, shared)
+        if _shown(entry) == _shown(previous):  # e.g. a refresh of the second mapping
+            self._rows[key] = _row(entry, shared)
+            self._rows.move_to_end(key)
+            self._events.append(PeerEvent(Change.REFRESHED, entry))
+            return []
+        return self._publish(Change.CHANGED, entry, now, shared)
+
+    def _secondary(
+        self,
+        old: PeerEntry,
+        reg: sealed.Register,
+        source: Endpoint,
+        now: float,
+        shared: bytes,
+    ) -> list[Outgoing]:
+        """A probe to the alternate port: compared with the mapping of its family, if any."""
+        fresh = self._without_stale(old, now) or old  # none fresh: expire() withdraws it
+        secondary = fresh.secondary
+        if _of_family(fresh.mappings, source.family) is not None:
+            others = [ep for ep in secondary if ep.family != source.family]
+            secondary = tuple(sorted((*others, source), key=_family))
+        entry = replace(fresh, secondary=secondary, register_counter=reg.counter,
+                        nat=nat_of(fresh.mappings, fresh.addresses, secondary))  # fmt: skip
+        if _shown(entry) != _shown(old):
+            self.counters["registered"] += 1
+            return self._publish(Change.CHANGED, entry, now, shared)
+        self._rows[entry.key] = _row(entry, shared)
+        return []
 
     def _watch(
         self,
@@ -456,25 +500,31 @@ class Registry:
         entry = None if row is None else self._entry(key, row)
         known = self.watchers.get(key)
         floor = max(0 if entry is None else entry.watch_counter,
-                    0 if known is None else WATCHER.unpack_from(known)[1])  # fmt: skip
+                    0 if known is None else unpack_watcher(known).watch_counter)  # fmt: skip
         if watch.counter <= floor:
             c["replay"] += 1
             return []
         if known is None and len(self.watchers) >= self.config.max_watchers:
             c["table_full"] += 1
             return []
+        pushes: list[Outgoing] = []
         if entry is not None:
-            entry = replace(entry, watch_counter=watch.counter)
-            self._rows[key] = _row(entry, shared)
+            fresh = self._without_stale(entry, now) or entry  # none fresh: expire() withdraws it
+            updated = replace(fresh, watch_counter=watch.counter)
+            if fresh is entry:
+                self._rows[key] = _row(updated, shared)
+            else:  # a stale mapping beside a fresh one: dropped now
+                pushes = self._publish(Change.CHANGED, updated, now, shared)
+            entry = updated
         self.watchers.pop(key, None)
-        self.watchers[key] = WATCHER.pack(now, watch.counter, shared) + pack_endpoint(source)
+        self.watchers[key] = pack_watcher(now, watch.counter, shared, source)
         c["watched"] += 1
         status = sealed.Status(
             timestamp_ms=int(now * 1000),
             counter=self._next_counter(now),
             watch_counter=watch.counter,
             register_counter=0 if entry is None else entry.register_counter,
-            observed=None if entry is None else entry.endpoint,
+            observed=() if entry is None else entry.mappings,
             nat=NatKind.UNKNOWN if entry is None else entry.nat,
             serial=self.zone.serial,
         )
@@ -484,14 +534,14 @@ class Registry:
         data = stun.binding_success(
             msg, source, extra=((stun.ATTR_WG_SEALED, box),), software=self.config.software
         )
-        return [(data, source)]
+        return [(data, source), *pushes]
 
     # -- time -------------------------------------------------------------------------------
 
     def next_timer(self) -> float | None:
         """When ``expire`` next has something to do (the earliest expiry), or None."""
-        times = [ROW.unpack_from(row)[0] for row in self._oldest(self._rows)]
-        times += [WATCHER.unpack_from(w)[0] for w in self._oldest(self.watchers)]
+        times = [last_seen(row) for row in self._oldest(self._rows)]
+        times += [last_watch(w) for w in self._oldest(self.watchers)]
         return min(times) + self.config.expiry if times else None
 
     @staticmethod
@@ -501,13 +551,15 @@ class Registry:
         return []
 
     def expire(self, now: float) -> list[Outgoing]:
-        """Withdraw peers and forget watchers not refreshed within ``expiry`` seconds."""
+        """Withdraw peers with no mapping refreshed within ``expiry`` seconds, and forget such
+        watchers. (A stale mapping beside a fresh one is dropped when the peer's row is next
+        touched: see the module docstring.)"""
         # Both tables are kept in refresh order (an entry is re-inserted when refreshed), so
         # the stale ones are at the front and this costs O(expired), not O(peers).
         limit = now - self.config.expiry
         stale = []
         for key, watcher in self.watchers.items():  # one pass: a dict's front is slow to find
-            if WATCHER.unpack_from(watcher)[0] >= limit:
+            if last_watch(watcher) >= limit:
                 break
             stale.append(key)
         for key in stale:
@@ -515,7 +567,7 @@ class Registry:
         out: list[Outgoing] = []
         while self._rows:
             key, row = next(iter(self._rows.items()))
-            if ROW.unpack_from(row)[0] >= limit:
+            if last_seen(row) >= limit:
                 break
             out += self._withdraw(self._entry(key, row), now)
         return out
@@ -529,14 +581,27 @@ class Registry:
 
     def _entry(self, key: bytes, row: bytes, admission: Admission | None = None) -> PeerEntry:
         """Unpack a row. The allowed IPs are not stored: they are the admission file's."""
-        last_seen, since, register_counter, watch_counter, nat, *_ = ROW.unpack_from(row)
-        seen, secondary, software = row_parts(row)
-        endpoint, addresses, name = unpack_seen(seen)
+        u = unpack_row(row)
         admitted = (admission or self.admission).lookup(key)
-        return PeerEntry(key, name, endpoint, addresses, NATS[nat], since, last_seen,
-                         register_counter, watch_counter, software,
+        return PeerEntry(key, u.name, u.mappings, u.addresses, u.nat, u.since, u.refreshed,
+                         u.register_counter, u.watch_counter, u.software,
                          () if admitted is None else admitted.allowed_ips,
-                         _secondary(secondary, endpoint))  # fmt: skip
+                         u.secondary)  # fmt: skip
+
+    def _without_stale(self, entry: PeerEntry, now: float) -> PeerEntry | None:
+        """``entry`` without its mappings not registered within ``expiry`` (``entry`` itself
+        when none is stale); None when none is left."""
+        limit = now - self.config.expiry
+        if min(entry.refreshed) >= limit:
+            return entry
+        pairs = [(ep, t) for ep, t in zip(entry.mappings, entry.refreshed, strict=True)
+                 if t >= limit]  # fmt: skip
+        if not pairs:
+            return None
+        mappings = tuple(ep for ep, _ in pairs)
+        since, secondary, nat = _carried(entry, mappings, entry.addresses, now)
+        return replace(entry, mappings=mappings, refreshed=tuple(t for _, t in pairs),
+                       since=since, secondary=secondary, nat=nat)  # fmt: skip
 
     @staticmethod
     def _apply_admission(entry: PeerEntry, admitted: AdmittedPeer) -> PeerEntry:
@@ -570,8 +635,7 @@ class Registry:
         for key, watcher in self.watchers.items():
             if key == changed:
                 continue
-            _, _, shared = WATCHER.unpack_from(watcher)
-            addr, _ = unpack_endpoint(watcher, WATCHER.size)
+            _, _, shared, addr = unpack_watcher(watcher)
             push = sealed.Push(
                 timestamp_ms=int(now * 1000),
                 counter=self._next_counter(now),
@@ -618,28 +682,77 @@ class PeerTable(Mapping[bytes, PeerEntry]):
 def _row(entry: PeerEntry, shared: bytes) -> bytes:
     """Pack a PeerEntry (its allowed IPs left out, see Registry._entry) and the peer's shared
     key (peerrow.NO_KEY: none yet)."""
-    if entry.secondary is None:
-        secondary = b""
-    elif entry.secondary == entry.endpoint:
-        secondary = SAME
-    else:
-        secondary = pack_endpoint(entry.secondary)
-    seen = pack_seen(entry.endpoint, entry.addresses, entry.name)
-    return pack_row(entry.last_seen, entry.since, entry.register_counter, entry.watch_counter,
-                    entry.nat, seen, secondary, entry.software, shared)  # fmt: skip
+    return pack_row(entry.mappings, entry.refreshed, entry.addresses, entry.name, entry.nat,
+                    entry.since, entry.register_counter, entry.watch_counter, entry.software,
+                    entry.secondary, shared)  # fmt: skip
 
 
-def _secondary(packed: bytes, endpoint: Endpoint) -> Endpoint | None:
-    if not packed:
-        return None
-    return endpoint if packed == SAME else unpack_endpoint(packed)[0]
+def _family(ep: Endpoint) -> int:
+    return ep.ip.version
+
+
+def _of_family(endpoints: Sequence[Endpoint], family: int) -> Endpoint | None:
+    """The endpoint of that family among ``endpoints`` (at most one per family), if any."""
+    for ep in endpoints:
+        if ep.ip.version == family:
+            return ep
+    return None
+
+
+def _shown(entry: PeerEntry) -> tuple[object, ...]:
+    """What is published of a peer (see :func:`published`), to tell a change from a refresh."""
+    return entry.name, entry.mappings, entry.addresses, entry.nat, entry.since, entry.allowed_ips
+
+
+def _observed(
+    previous: PeerEntry | None, source: Endpoint, now: float, limit: float
+) -> tuple[tuple[Endpoint, ...], tuple[float, ...]]:
+    """The mappings and their times after a registration from ``source`` at ``now``: it is its
+    family's mapping; the other family's is kept unless it was last registered before
+    ``limit``. IPv4 first."""
+    family = source.ip.version
+    if previous is not None:
+        for ep, t in zip(previous.mappings, previous.refreshed, strict=True):
+            if ep.ip.version != family and t >= limit:
+                return ((source, ep), (now, t)) if family == 4 else ((ep, source), (t, now))
+    return (source,), (now,)
+
+
+def _carried(
+    previous: PeerEntry | None,
+    mappings: tuple[Endpoint, ...],
+    addresses: tuple[Endpoint, ...],
+    now: float,
+) -> tuple[float, tuple[Endpoint, ...], NatKind]:
+    """``since``, ``secondary`` and ``nat`` for new ``mappings`` (or ``addresses``) of a peer
+    that had ``previous`` (None: a new peer): a secondary observation is kept for a family whose
+    mapping did not change (a new mapping is re-probed by the daemon), ``since`` if the first
+    mapping did not change, and the NAT class is computed again."""
+    if previous is None:
+        return now, (), nat_of(mappings, addresses, ())
+    secondary = previous.secondary
+    if secondary and previous.mappings != mappings:
+        kept = [ep for ep in previous.mappings if ep in mappings]
+        secondary = tuple(ep for ep in secondary if _of_family(kept, ep.ip.version))
+    since = previous.since if previous.mappings[0] == mappings[0] else now
+    return since, secondary, nat_of(mappings, addresses, secondary)
+
+
+def nat_of(
+    mappings: tuple[Endpoint, ...], addresses: tuple[Endpoint, ...], secondary: tuple[Endpoint, ...]
+) -> NatKind:
+    """The published NAT class: the first mapping's (IPv4 when there is one), compared with the
+    alternate port's observation of the same family."""
+    first = mappings[0]
+    return classify(first, addresses, _of_family(secondary, first.ip.version))
 
 
 def classify(
     endpoint: Endpoint, addresses: tuple[Endpoint, ...], secondary: Endpoint | None
 ) -> NatKind:
-    """NAT class from what we saw: no NAT when the mapping is one of the peer's own addresses,
-    symmetric when the alternate port saw another mapping, cone when it saw the same."""
+    """NAT class of one family from what we saw: no NAT when the mapping is one of the peer's
+    own addresses, symmetric when the alternate port saw another mapping (of the same family),
+    cone when it saw the same."""
     if endpoint in addresses:
         return NatKind.NONE
     if secondary is None:

@@ -11,7 +11,8 @@ ciphertext (16-byte MAC, then the payload). Plaintext layout, network byte order
               printable) | u8 n + n bytes ASCII software (n <= 32, printable) |
               u8 count (<= 8) + count * address
     Watch     u64 register_counter
-    Status    u64 watch_counter | u64 register_counter | u8 has_observed (0|1) [+ address] |
+    Status    u64 watch_counter | u64 register_counter | u8 count (<= 2) + count * address
+              (the observed mappings: at most one per family, IPv4 first) |
               u8 nat (0 unknown, 1 none, 2 cone, 3 symmetric) | u32 serial
     Push      u32 serial | u8 count (<= 14) + count * 32-byte key
     address   u8 family (4|6) | 4|16 address bytes | u16 port   (no IPv4-mapped IPv6)
@@ -49,6 +50,8 @@ MAX_PAYLOAD = 512
 MAX_NAME = 63
 MAX_SOFTWARE = 32
 MAX_ADDRESSES = 8
+MAX_OBSERVED = 2
+"""Observed mappings in a Status: one per address family."""
 KEY_LEN = 32
 NONCE_LEN = 24
 _HEADER = struct.Struct("!BB12sQQ")
@@ -116,8 +119,9 @@ class Status:
     """The Watch answered."""
     register_counter: int
     """The highest Register counter accepted for this peer (0: none yet)."""
-    observed: Endpoint | None
-    """The public mapping recorded for the peer's WireGuard port (None: none yet)."""
+    observed: tuple[Endpoint, ...]
+    """The public mappings recorded for the peer's WireGuard port: at most one per address
+    family, IPv4 first (empty: none yet)."""
     nat: NatKind
     """The peer's NAT class."""
     serial: int
@@ -158,6 +162,14 @@ def _pack_address(ep: Endpoint) -> bytes:
     return bytes((ip.version,)) + ip.packed + _PORT.pack(ep.port)
 
 
+def _family(ep: Endpoint) -> int:
+    """The family an endpoint travels as (an IPv4-mapped address is IPv4)."""
+    ip = ep.ip
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return 6
+    return 4
+
+
 def _pack_text(text: str, limit: int, what: str, *, ascii_only: bool) -> bytes:
     if not text.isprintable() or (ascii_only and not text.isascii()):
         raise LocalProtocolError(f"{what} must be printable{' ASCII' if ascii_only else ''}")
@@ -190,11 +202,13 @@ def _body(p: Payload) -> bytes:
     if isinstance(p, Watch):
         return _U64.pack(p.register_counter)
     if isinstance(p, Status):
-        observed = b"\x00" if p.observed is None else b"\x01" + _pack_address(p.observed)
+        families = [_family(ep) for ep in p.observed]
+        if families not in ([], [4], [6], [4, 6]):
+            raise LocalProtocolError("observed: at most one mapping per family, IPv4 first")
         return b"".join(
             (
-                struct.pack("!QQ", p.watch_counter, p.register_counter),
-                observed,
+                struct.pack("!QQB", p.watch_counter, p.register_counter, len(p.observed)),
+                *(_pack_address(ep) for ep in p.observed),
                 bytes((_nat_code(p.nat),)),
                 _U32.pack(p.serial),
             )
@@ -313,10 +327,14 @@ def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
         p = Watch(ts, counter, r.u64())
     elif kind == Kind.STATUS:
         watch_counter, register_counter = r.u64(), r.u64()
-        has_observed = r.u8()
-        if has_observed > 1:
-            raise DecodeError("bad observed flag")
-        observed = r.address() if has_observed else None
+        count = r.u8()
+        if count > MAX_OBSERVED:
+            raise DecodeError(f"more than {MAX_OBSERVED} observed mappings")
+        observed = tuple(r.address() for _ in range(count))
+        if count == 2 and observed[0].family == observed[1].family:
+            raise DecodeError("two observed mappings of one family")
+        if count == 2 and observed[0].family == 6:
+            raise DecodeError("observed IPv6 mapping before IPv4")
         nat = r.u8()
         if nat >= len(_NAT_CODES):
             raise DecodeError("unknown NAT class")

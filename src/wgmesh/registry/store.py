@@ -3,6 +3,12 @@
 
 Changes are written in one transaction per batch; the adapter flushes a batch every
 ``flush_interval`` seconds (0.2 s by default), so at most that much is lost by a crash.
+
+A peer's observed mappings (one per address family) are in ``endpoint``, space-separated like
+``addresses``, with their last registrations in ``refreshed``. A database from before per-family
+mappings has one endpoint and no ``refreshed`` column: the column is added when it is opened,
+and a row without it reads as one mapping last registered at ``last_seen``. (A registrar from
+before that change cannot write to a database once it has the column.)
 """
 
 from __future__ import annotations
@@ -28,10 +34,20 @@ CREATE TABLE IF NOT EXISTS peers (
     register_counter INTEGER NOT NULL,
     watch_counter INTEGER NOT NULL,
     software TEXT NOT NULL,
-    secondary TEXT
+    secondary TEXT,
+    refreshed TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+_SELECT = (
+    "SELECT key, name, endpoint, addresses, nat, since, last_seen, register_counter,"
+    " watch_counter, software, secondary, refreshed FROM peers ORDER BY last_seen"
+)
+_INSERT = (
+    "INSERT OR REPLACE INTO peers (key, name, endpoint, addresses, nat, since, last_seen,"
+    " register_counter, watch_counter, software, secondary, refreshed)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
 
 
 class Store:
@@ -45,6 +61,9 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(peers)")}
+            if "refreshed" not in have:  # a database from before per-family mappings
+                self._db.execute("ALTER TABLE peers ADD COLUMN refreshed TEXT")
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"--state-dir {state_dir}: {exc}") from None
 
@@ -55,26 +74,30 @@ class Store:
         return self._entries(), int(serial[0]) if serial else 1
 
     def _entries(self) -> Iterator[PeerEntry]:
-        rows = self._db.execute(
-            "SELECT key, name, endpoint, addresses, nat, since, last_seen, register_counter,"
-            " watch_counter, software, secondary FROM peers ORDER BY last_seen"
-        )
+        rows = self._db.execute(_SELECT)
         for row in rows:
             try:
+                mappings = _endpoints(row[2])
+                refreshed = (row[6],) * len(mappings) if row[11] is None else _times(row[11])
+                secondary = _endpoints(row[10])
+                if not _per_family(mappings) or len(refreshed) != len(mappings):
+                    raise ValueError("not one mapping per family")
+                if not _per_family(secondary, empty=True):
+                    raise ValueError("not one secondary probe per family")
                 entry = PeerEntry(
                     key=bytes(row[0]),
                     name=row[1],
-                    endpoint=Endpoint.parse(row[2]),
-                    addresses=tuple(Endpoint.parse(a) for a in row[3].split()),
+                    mappings=mappings,
+                    addresses=_endpoints(row[3]),
                     nat=NatKind(row[4]),
                     since=row[5],
-                    last_seen=row[6],
+                    refreshed=refreshed,
                     register_counter=row[7],
                     watch_counter=row[8],
                     software=row[9],
-                    secondary=Endpoint.parse(row[10]) if row[10] else None,
+                    secondary=secondary,
                 )
-            except (DecodeError, ValueError):
+            except (DecodeError, ValueError, TypeError, AttributeError):
                 continue  # a row we cannot read is skipped, not fatal
             yield entry
 
@@ -89,11 +112,12 @@ class Store:
                     db.execute("DELETE FROM peers WHERE key=?", (p.key,))
                     continue
                 db.execute(
-                    "INSERT OR REPLACE INTO peers VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    _INSERT,
                     (
-                        p.key, p.name, str(p.endpoint), " ".join(map(str, p.addresses)),
-                        str(p.nat), p.since, p.last_seen, p.register_counter, p.watch_counter,
-                        p.software, str(p.secondary) if p.secondary else None,
+                        p.key, p.name, " ".join(map(str, p.mappings)),
+                        " ".join(map(str, p.addresses)), str(p.nat), p.since, p.last_seen,
+                        p.register_counter, p.watch_counter, p.software,
+                        " ".join(map(str, p.secondary)) or None, " ".join(map(repr, p.refreshed)),
                     ),
                 )  # fmt: skip
             db.execute("INSERT OR REPLACE INTO meta VALUES ('serial', ?)", (serial,))
@@ -104,3 +128,18 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _endpoints(text: str | None) -> tuple[Endpoint, ...]:
+    return tuple(Endpoint.parse(a) for a in (text or "").split())
+
+
+def _times(text: str) -> tuple[float, ...]:
+    return tuple(float(t) for t in text.split())
+
+
+def _per_family(endpoints: tuple[Endpoint, ...], *, empty: bool = False) -> bool:
+    """At most one endpoint per address family, IPv4 first (and at least one unless
+    ``empty``)."""
+    families = [ep.ip.version for ep in endpoints]
+    return families in ([4], [6], [4, 6]) or (empty and not families)

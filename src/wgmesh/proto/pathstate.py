@@ -1,0 +1,240 @@
+"""The state of our path to one peer, and the transitions between states as data.
+
+As in h11's ``_state.py``, the state machine is a table (:data:`TRANSITIONS`): the Planner
+(:mod:`wgmesh.proto.punch`) reads the interface and the clock, names what it sees as one
+:class:`PathEvent`, and the table alone says which :class:`PathState` the peer is in next. What
+each event *does* (a WireGuard update, a priming packet) is the Planner's ``_take``; which event
+the inputs amount to in each state is its ``_observe``. A new state (say RELAYED) is a member of
+:class:`PathState`, its rows here, and its event's effect there.
+
+The *settled* states (UNKNOWN, DIRECT, WAITING) read their inputs alike: a fresh handshake on
+the endpoint in use that the record does not contradict is FRESH; anything else asks for the
+next candidate (PUNCH, SET, BACKOFF or NO_CANDIDATE). They differ in what the last plan found,
+not in how they read the next one.
+
+Data. The peer itself is one slotted, mutable record (:class:`PeerPath`), because most
+of what it holds outlives any one state: the record, the round of candidates (:class:`Rounds`:
+the round that found a path is where the next search resumes, rule 3), the last proven path
+(rules 1-2 compare against it in every state), the mesh and kick flags. What belongs to one
+state alone is a small frozen value replaced on each transition: :class:`Punch` in PRIMED,
+:class:`Trial` in TRYING, nothing in the settled states. So a state's data cannot outlive it,
+and nothing needs a reset when the state changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Final
+
+from wgmesh.errors import LocalProtocolError
+from wgmesh.proto.endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from wgmesh.proto.punch import PeerRecord
+
+HANDSHAKE_FRESH = 135.0
+"""A handshake this recent proves a path (WireGuard re-handshakes every 120 s when busy)."""
+
+
+class Source(StrEnum):
+    """Where an endpoint or candidate came from."""
+
+    REGISTRAR = "registrar"
+    """The registrar's zone (DNS-SD)."""
+    LAN = "lan"
+    """mDNS on our LAN."""
+    STATIC = "static"
+    """Configured on the interface by someone else."""
+    ROAMING = "roaming"
+    """WireGuard learned it from an authenticated packet (not an address we set)."""
+
+
+class PathState(StrEnum):
+    """Where our path to one peer stands."""
+
+    UNKNOWN = "unknown"
+    """Nothing proven, nothing in flight: not planned yet, or nothing to try (no record, or a
+    record without candidates)."""
+    PRIMED = "primed"
+    """Our NAT was opened toward a candidate (:class:`Punch`); WireGuard initiates to it when
+    the punch delay is over, unless the peer's initiation comes through first (rule 6)."""
+    TRYING = "trying"
+    """The endpoint is set to a candidate and WireGuard initiated (:class:`Trial`); a handshake
+    must come within ``candidate_trial`` (rule 3)."""
+    DIRECT = "direct"
+    """A handshake proves the endpoint in use (rules 1 and 2)."""
+    WAITING = "waiting"
+    """Every candidate of the round failed: backing off until the next round (rule 3)."""
+
+
+class PathEvent(StrEnum):
+    """What one plan found for one peer, named in the terms of its current state."""
+
+    WAIT = "wait"
+    """Nothing is due: the punch delay (PRIMED) or the trial (TRYING) is still running."""
+    ANSWERED = "answered"
+    """PRIMED: a handshake came in before our own initiation was due; keep its path."""
+    FIRE = "fire"
+    """PRIMED: the punch delay is over and no handshake came: set the endpoint, initiate."""
+    HANDSHAKE = "handshake"
+    """TRYING: a handshake at or after our initiation: the candidate works."""
+    FRESH = "fresh"
+    """Settled: a fresh handshake on the endpoint in use, which the record does not say the
+    peer left (a rebinding kick, if one is due, goes out now)."""
+    PUNCH = "punch"
+    """The next candidate, with a punch delay: open our NAT toward it now, initiate later."""
+    SET = "set"
+    """The next candidate, without a delay: set it and initiate now."""
+    BACKOFF = "backoff"
+    """Every candidate of the round was tried and the next round is not due yet."""
+    NO_CANDIDATE = "no-candidate"
+    """Nothing to try: no record, or a record without candidates."""
+
+
+_S, _E = PathState, PathEvent
+
+TRANSITIONS: Final[Mapping[PathState, Mapping[PathEvent, PathState]]] = {
+    _S.UNKNOWN: {
+        _E.FRESH: _S.DIRECT,
+        _E.PUNCH: _S.PRIMED,
+        _E.SET: _S.TRYING,
+        _E.NO_CANDIDATE: _S.UNKNOWN,
+    },
+    _S.PRIMED: {
+        _E.WAIT: _S.PRIMED,
+        _E.ANSWERED: _S.DIRECT,
+        _E.FIRE: _S.TRYING,
+    },
+    _S.TRYING: {
+        _E.WAIT: _S.TRYING,
+        _E.HANDSHAKE: _S.DIRECT,
+        _E.PUNCH: _S.PRIMED,
+        _E.SET: _S.TRYING,
+        _E.BACKOFF: _S.WAITING,
+        _E.NO_CANDIDATE: _S.UNKNOWN,
+    },
+    _S.DIRECT: {
+        _E.FRESH: _S.DIRECT,
+        _E.PUNCH: _S.PRIMED,
+        _E.SET: _S.TRYING,
+        _E.BACKOFF: _S.WAITING,
+        _E.NO_CANDIDATE: _S.UNKNOWN,
+    },
+    _S.WAITING: {
+        _E.FRESH: _S.DIRECT,
+        _E.PUNCH: _S.PRIMED,
+        _E.SET: _S.TRYING,
+        _E.BACKOFF: _S.WAITING,
+        _E.NO_CANDIDATE: _S.UNKNOWN,
+    },
+}
+"""State -> event -> next state. UNKNOWN has no BACKOFF row: it is entered only with nothing
+to try, and a record with candidates always arrives with a fresh round (``set_record``), so
+its first plan finds an untried candidate."""
+
+
+def next_state(state: PathState, event: PathEvent) -> PathState:
+    """The state :data:`TRANSITIONS` gives; LocalProtocolError for an event the state does not
+    take (a bug in the Planner's observation, never an input's fault)."""
+    try:
+        return TRANSITIONS[state][event]
+    except KeyError:
+        raise LocalProtocolError(f"no transition from {state} on {event}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Punch:
+    """PRIMED's data: a punch under way."""
+
+    target: Endpoint
+    """The candidate our NAT was opened toward."""
+    fire_at: float
+    """When WireGuard is made to initiate to it."""
+    handshake: float
+    """The peer's ``latest_handshake`` at priming: a newer one means its initiation came
+    through, so ours is not sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    """TRYING's data: a candidate on trial."""
+
+    target: Endpoint
+    """The endpoint we set."""
+    since: float
+    """When WireGuard was made to initiate to it; the trial runs ``candidate_trial`` from here
+    and a handshake at or after this second (WireGuard reports whole seconds) proves it."""
+
+
+Attempt = Punch | Trial
+"""The candidate in flight, in PRIMED or TRYING."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rounds:
+    """The search through a peer's candidates (rule 3); a new record restarts it."""
+
+    tried: tuple[Endpoint, ...] = ()
+    """Candidates already tried in this round, in order."""
+    count: int = 0
+    """Rounds restarted since the last handshake that proved a candidate (the backoff
+    exponent)."""
+    next_at: float = 0.0
+    """When a round whose candidates are all tried may start again."""
+
+    def restart(self) -> Rounds:
+        """The same search with nothing tried (the peer moved off its proven endpoint)."""
+        return Rounds((), self.count, self.next_at)
+
+    def proven(self) -> Rounds:
+        """After a handshake proved a candidate: the backoff starts over; what was tried stays,
+        so a path that goes stale resumes with the candidates after it."""
+        return Rounds(self.tried, 0, self.next_at)
+
+    def pick(
+        self, order: list[Endpoint], now: float, trial: float, retry_min: float, retry_max: float
+    ) -> tuple[PathEvent, Endpoint | None, Rounds]:
+        """The next candidate of ``order`` (SET, with the search after it), or BACKOFF when
+        every one was tried and the next round is not due, or NO_CANDIDATE for an empty
+        ``order``. Picking the last candidate of a round schedules the next round: ``trial``
+        seconds for it plus ``retry_min`` doubling per round, at most ``retry_max``."""
+        tried, count, next_at = self.tried, self.count, self.next_at
+        untried = [ep for ep in order if ep not in tried]
+        if not untried:
+            if now < next_at:
+                return PathEvent.BACKOFF, None, self
+            tried, count, untried = (), count + 1, order
+        if not untried:
+            return PathEvent.NO_CANDIDATE, None, Rounds(tried, count, next_at)
+        target = untried[0]
+        tried = (*tried, target)
+        if len(tried) == len(order):
+            next_at = now + trial + min(retry_max, retry_min * 2 ** min(count, 8))
+        return PathEvent.SET, target, Rounds(tried, count, next_at)
+
+
+@dataclass(slots=True)
+class PeerPath:
+    """The Planner's memory of one peer: mutable, since most of it outlives any one state; the
+    state's own data is the frozen :attr:`attempt` (see the module docstring)."""
+
+    record: PeerRecord | None = None
+    """The record held for the peer, None when withdrawn (or never resolved)."""
+    state: PathState = PathState.UNKNOWN
+    """Where our path to it stands."""
+    attempt: Attempt | None = None
+    """The candidate in flight: a :class:`Punch` in PRIMED, a :class:`Trial` in TRYING, None in
+    the settled states."""
+    rounds: Rounds = field(default_factory=Rounds)
+    """The search through its candidates."""
+    proven: Endpoint | None = None
+    """The endpoint a handshake last proved (or that WireGuard last used with a fresh one)."""
+    proven_source: Source | None = None
+    """Where :attr:`proven` came from; None until a path was proven."""
+    added_by_us: bool = False
+    """Mesh mode added the peer to the interface (so it may remove it)."""
+    kick: bool = False
+    """Our mapping changed: shake hands again on the next plan that finds the path FRESH
+    (rule 5). Any other plan outside PRIMED drops it; PRIMED keeps it for after the punch."""

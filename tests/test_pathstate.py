@@ -1,0 +1,476 @@
+"""The per-peer state table (wgmesh.proto.pathstate), walked through the Planner on a float
+clock: every row of TRANSITIONS is taken by one scenario, and random input sequences never
+raise nor touch peers that are not on the interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wgmesh.proto import punch
+from wgmesh.proto.device import DeviceState, PeerState
+from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.kinds import CandidateKind, NatKind
+from wgmesh.proto.pathstate import (
+    TRANSITIONS,
+    PathEvent,
+    PathState,
+    Punch,
+    Rounds,
+    Trial,
+    next_state,
+)
+from wgmesh.proto.punch import Hint, PeerRecord, Plan, Planner, PunchConfig, Source
+
+A = bytes([1]) * 32
+PUB = Endpoint.parse("198.51.100.7:51820")
+PUB2 = Endpoint.parse("198.51.100.7:40001")
+LAN = Endpoint.parse("10.1.0.7:51820")
+PUBLIC = Hint(PUB, CandidateKind.PUBLIC, 0)
+LANH = Hint(LAN, CandidateKind.LAN, 10)
+
+S, E = PathState, PathEvent
+Row = tuple[PathState, PathEvent]
+
+
+def dev(endpoint: Endpoint | None = None, hs: float = 0.0) -> DeviceState:
+    return DeviceState("wg0", bytes(32), 51820, (PeerState(A, endpoint, (), hs, 0, 0, 25),))
+
+
+def record(*hints: Hint) -> PeerRecord:
+    return PeerRecord(A, hints, name="a")
+
+
+def state_of(p: Planner) -> PathState:
+    return p._peers[A].state
+
+
+class Walk:
+    """A planner for peer A whose transitions are recorded."""
+
+    def __init__(self, taken: list[Row], *hints: Hint, **config: float) -> None:
+        cfg = {"punch_delay": 0.0, "candidate_trial": 3.0, "retry_min": 5.0, **config}
+        self.p = Planner(PunchConfig(**cfg))  # type: ignore[arg-type]
+        self.p.set_record(record(*hints))
+        self.taken = taken
+
+    def plan(self, now: float, device: DeviceState | None = None) -> Plan:
+        self.taken.clear()
+        return self.p.plan(device if device is not None else dev(), now)
+
+
+# One scenario per row: each ends with the plan that takes the row's transition.
+
+
+def unknown_fresh(w: Callable[..., Walk]) -> Walk:
+    x = w(PUBLIC)
+    assert x.plan(1000.0, dev(PUB, hs=999.0)).updates == ()
+    return x
+
+
+def unknown_punch(w: Callable[..., Walk]) -> Walk:
+    x = w(PUBLIC, punch_delay=0.2)
+    plan = x.plan(1000.0)
+    assert plan.prime == (PUB,) and plan.updates == ()
+    assert x.p._peers[A].attempt == Punch(PUB, 1000.2, 0.0)
+    return x
+
+
+def unknown_set(w: Callable[..., Walk]) -> Walk:
+    x = w(PUBLIC)
+    plan = x.plan(1000.0)
+    assert plan.prime == (PUB,) and plan.updates[0].endpoint == PUB
+    assert x.p._peers[A].attempt == Trial(PUB, 1000.0)
+    return x
+
+
+def unknown_no_candidate(w: Callable[..., Walk]) -> Walk:
+    x = w()  # a record without candidates
+    assert x.plan(1000.0) == Plan()
+    return x
+
+
+def primed_wait(w: Callable[..., Walk]) -> Walk:
+    x = unknown_punch(w)
+    assert x.plan(1000.1) == Plan()
+    return x
+
+
+def primed_answered(w: Callable[..., Walk]) -> Walk:
+    x = unknown_punch(w)
+    assert x.plan(1000.2, dev(PUB, hs=1000.1)) == Plan()  # the peer's initiation came through
+    assert x.p._peers[A].proven == PUB
+    return x
+
+
+def primed_fire(w: Callable[..., Walk]) -> Walk:
+    x = unknown_punch(w)
+    plan = x.plan(1000.2)
+    assert plan.prime == () and plan.updates[0].endpoint == PUB
+    assert x.p._peers[A].attempt == Trial(PUB, 1000.2)
+    return x
+
+
+def trying_wait(w: Callable[..., Walk]) -> Walk:
+    x = unknown_set(w)
+    assert x.plan(1002.9, dev(PUB)) == Plan()
+    return x
+
+
+def trying_handshake(w: Callable[..., Walk]) -> Walk:
+    x = unknown_set(w)
+    assert x.plan(1001.0, dev(PUB, hs=1000.0)) == Plan()
+    return x
+
+
+def trying_punch(w: Callable[..., Walk]) -> Walk:
+    x = w(PUBLIC, LANH, punch_delay=0.2)
+    x.plan(1000.0)
+    x.plan(1000.2)  # FIRE: the trial runs from here
+    assert x.plan(1003.1, dev(PUB)) == Plan()
+    plan = x.plan(1003.2, dev(PUB))
+    assert plan.prime == (LAN,) and plan.updates == ()
+    return x
+
+
+def trying_set(w: Callable[..., Walk]) -> Walk:
+    x = w(PUBLIC, LANH)
+    x.plan(1000.0)
+    assert x.plan(1003.0, dev(PUB)).updates[0].endpoint == LAN
+    return x
+
+
+def trying_backoff(w: Callable[..., Walk]) -> Walk:
+    x = unknown_set(w)  # the only candidate; the next round is due at 1000 + 3 + 5
+    assert x.plan(1003.0, dev(PUB)) == Plan()
+    assert x.p._peers[A].rounds.next_at == 1008.0
+    return x
+
+
+def trying_no_candidate(w: Callable[..., Walk]) -> Walk:
+    x = unknown_set(w)
+    x.p.withdraw(A)
+    assert x.plan(1003.0, dev(PUB)) == Plan()
+    return x
+
+
+def direct_fresh(w: Callable[..., Walk]) -> Walk:
+    x = trying_handshake(w)
+    assert x.plan(1100.0, dev(PUB, hs=1000.0)) == Plan()
+    return x
+
+
+def direct_punch(w: Callable[..., Walk]) -> Walk:
+    x = w(PUBLIC, punch_delay=0.2)
+    x.plan(1000.0)
+    x.plan(1000.2, dev(PUB, hs=1000.1))  # ANSWERED
+    x.p.set_record(record(Hint(PUB2, CandidateKind.PUBLIC, 0)))  # the peer moved
+    plan = x.plan(1010.0, dev(PUB, hs=1000.1))
+    assert plan.prime == (PUB2,) and plan.updates == ()
+    return x
+
+
+def direct_set(w: Callable[..., Walk]) -> Walk:
+    x = trying_handshake(w)
+    x.p.set_record(record(Hint(PUB2, CandidateKind.PUBLIC, 0)))  # the peer moved
+    assert x.plan(1010.0, dev(PUB, hs=1000.0)).updates[0].endpoint == PUB2
+    return x
+
+
+def direct_backoff(w: Callable[..., Walk]) -> Walk:
+    x = w(PUBLIC, handshake_fresh=2.0)
+    x.plan(1000.0)
+    x.plan(1000.5, dev(PUB, hs=1000.0))  # HANDSHAKE; every candidate tried, next round 1008
+    assert x.plan(1003.0, dev(PUB, hs=1000.0)) == Plan()  # stale, and no round due
+    return x
+
+
+def direct_no_candidate(w: Callable[..., Walk]) -> Walk:
+    x = w(PUBLIC, handshake_fresh=2.0)
+    x.plan(1000.0)
+    x.plan(1000.5, dev(PUB, hs=1000.0))
+    x.p.withdraw(A)
+    assert x.plan(1003.0, dev(PUB, hs=1000.0)) == Plan()
+    return x
+
+
+def waiting_fresh(w: Callable[..., Walk]) -> Walk:
+    x = trying_backoff(w)
+    assert x.plan(1004.0, dev(PUB, hs=1004.0)) == Plan()  # a late handshake: the peer's
+    return x
+
+
+def waiting_punch(w: Callable[..., Walk]) -> Walk:
+    x = w(PUBLIC, punch_delay=0.2)
+    x.plan(1000.0)
+    x.plan(1000.2)
+    x.plan(1003.2, dev(PUB))  # BACKOFF until 1008
+    plan = x.plan(1008.0, dev(PUB))
+    assert plan.prime == () and plan.updates == ()  # PUB is the endpoint already: no priming
+    assert x.p._peers[A].rounds.count == 1
+    return x
+
+
+def waiting_set(w: Callable[..., Walk]) -> Walk:
+    x = trying_backoff(w)
+    assert x.plan(1008.0, dev(PUB)).updates[0].endpoint == PUB
+    assert x.p._peers[A].rounds == Rounds((PUB,), 1, 1008.0 + 3.0 + 10.0)  # retry doubled
+    return x
+
+
+def waiting_backoff(w: Callable[..., Walk]) -> Walk:
+    x = trying_backoff(w)
+    assert x.plan(1007.9, dev(PUB)) == Plan()
+    return x
+
+
+def waiting_no_candidate(w: Callable[..., Walk]) -> Walk:
+    x = trying_backoff(w)
+    x.p.withdraw(A)
+    assert x.plan(1008.0, dev(PUB)) == Plan()
+    return x
+
+
+SCENARIOS: dict[Row, Callable[[Callable[..., Walk]], Walk]] = {
+    (S.UNKNOWN, E.FRESH): unknown_fresh,
+    (S.UNKNOWN, E.PUNCH): unknown_punch,
+    (S.UNKNOWN, E.SET): unknown_set,
+    (S.UNKNOWN, E.NO_CANDIDATE): unknown_no_candidate,
+    (S.PRIMED, E.WAIT): primed_wait,
+    (S.PRIMED, E.ANSWERED): primed_answered,
+    (S.PRIMED, E.FIRE): primed_fire,
+    (S.TRYING, E.WAIT): trying_wait,
+    (S.TRYING, E.HANDSHAKE): trying_handshake,
+    (S.TRYING, E.PUNCH): trying_punch,
+    (S.TRYING, E.SET): trying_set,
+    (S.TRYING, E.BACKOFF): trying_backoff,
+    (S.TRYING, E.NO_CANDIDATE): trying_no_candidate,
+    (S.DIRECT, E.FRESH): direct_fresh,
+    (S.DIRECT, E.PUNCH): direct_punch,
+    (S.DIRECT, E.SET): direct_set,
+    (S.DIRECT, E.BACKOFF): direct_backoff,
+    (S.DIRECT, E.NO_CANDIDATE): direct_no_candidate,
+    (S.WAITING, E.FRESH): waiting_fresh,
+    (S.WAITING, E.PUNCH): waiting_punch,
+    (S.WAITING, E.SET): waiting_set,
+    (S.WAITING, E.BACKOFF): waiting_backoff,
+    (S.WAITING, E.NO_CANDIDATE): waiting_no_candidate,
+}
+
+
+@pytest.fixture
+def taken(monkeypatch: pytest.MonkeyPatch) -> list[Row]:
+    """Every (state, event) the Planner looks up in the table, in order."""
+    rows: list[Row] = []
+
+    def recording(state: PathState, event: PathEvent) -> PathState:
+        rows.append((state, event))
+        return next_state(state, event)
+
+    monkeypatch.setattr(punch, "next_state", recording)
+    return rows
+
+
+def test_every_row_of_the_table_has_a_scenario() -> None:
+    rows = {(state, event) for state, events in TRANSITIONS.items() for event in events}
+    assert set(SCENARIOS) == rows
+    assert set(TRANSITIONS) == set(PathState)
+
+
+@pytest.mark.parametrize("row", list(SCENARIOS), ids=lambda r: f"{r[0]}-{r[1]}")
+def test_each_transition(row: Row, taken: list[Row]) -> None:
+    walk = SCENARIOS[row](lambda *hints, **cfg: Walk(taken, *hints, **cfg))
+    assert taken == [row]
+    assert state_of(walk.p) is TRANSITIONS[row[0]][row[1]]
+
+
+def test_an_event_a_state_does_not_take_is_a_local_error() -> None:
+    from wgmesh.errors import LocalProtocolError
+
+    with pytest.raises(LocalProtocolError, match="no transition from primed on set"):
+        next_state(PathState.PRIMED, PathEvent.SET)
+
+
+def test_a_rebinding_kick_waits_out_a_punch() -> None:
+    """PRIMED keeps the kick for the plan after the punch; TRYING drops it."""
+    p = Planner(PunchConfig(punch_delay=0.2))
+    p.set_our_mapping((Endpoint.parse("203.0.113.50:51820"),), NatKind.CONE)
+    p.set_record(record(PUBLIC))
+    p.plan(dev(), 1000.0)
+    assert p.set_our_mapping((Endpoint.parse("203.0.113.50:40000"),), NatKind.CONE)
+    assert p.plan(dev(PUB, hs=1000.1), 1000.2) == Plan()  # ANSWERED: the kick is kept
+    u = p.plan(dev(PUB, hs=1000.1), 1001.0).updates  # FRESH: now it goes out
+    assert u and u[0].handshake_now and u[0].endpoint is None
+    q = Planner(PunchConfig(punch_delay=0))
+    q.set_our_mapping((Endpoint.parse("203.0.113.50:51820"),), NatKind.CONE)
+    q.set_record(record(PUBLIC))
+    q.plan(dev(), 1000.0)
+    assert q.set_our_mapping((Endpoint.parse("203.0.113.50:40000"),), NatKind.CONE)
+    assert q.plan(dev(PUB), 1001.0) == Plan()  # TRYING: its own initiation is under way
+    assert q.plan(dev(PUB, hs=1001.0), 1001.5) == Plan()  # HANDSHAKE
+    assert q.plan(dev(PUB, hs=1001.0), 1002.0) == Plan()  # FRESH, and no kick left
+
+
+def test_rounds_pick_in_order_then_back_off_then_start_again() -> None:
+    r = Rounds()
+    order = [PUB, LAN]
+    event, target, r = r.pick(order, 1000.0, 3.0, 5.0, 60.0)
+    assert (event, target, r) == (E.SET, PUB, Rounds((PUB,), 0, 0.0))
+    event, target, r = r.pick(order, 1003.0, 3.0, 5.0, 60.0)
+    assert (event, target, r) == (E.SET, LAN, Rounds((PUB, LAN), 0, 1011.0))
+    assert r.pick(order, 1010.0, 3.0, 5.0, 60.0) == (E.BACKOFF, None, r)
+    event, target, r = r.pick(order, 1011.0, 3.0, 5.0, 60.0)
+    assert (event, target, r) == (E.SET, PUB, Rounds((PUB,), 1, 1011.0))
+    assert r.proven() == Rounds((PUB,), 0, 1011.0)
+    assert r.restart() == Rounds((), 1, 1011.0)
+    assert Rounds((), 9, 0.0).pick([PUB], 0.0, 3.0, 5.0, 60.0)[2].next_at == 63.0  # capped
+    assert Rounds().pick([], 0.0, 3.0, 5.0, 60.0)[0] is E.NO_CANDIDATE
+
+
+# -- random inputs -------------------------------------------------------------------------------
+
+KEYS = [bytes([k]) * 32 for k in (1, 3, 5)]
+EPS = [
+    Endpoint.parse(s)
+    for s in (
+        "198.51.100.7:51820",
+        "198.51.100.7:40001",
+        "10.1.0.7:51820",
+        "[2001:db8::7]:51820",
+        "203.0.113.50:51820",
+        "192.0.2.5:51820",
+    )
+]
+MAPPINGS = [
+    Endpoint.parse(s)
+    for s in ("198.51.100.7:51821", "203.0.113.50:40000", "[2001:db8::1]:51820", "[2001:db8::2]:1")
+]
+
+hints = st.lists(
+    st.builds(
+        Hint,
+        st.sampled_from(EPS),
+        st.sampled_from(list(CandidateKind)),
+        st.integers(0, 20),
+        st.sampled_from(list(Source)),
+    ),
+    max_size=4,
+)
+records = st.builds(
+    PeerRecord,
+    st.sampled_from(KEYS),
+    hints.map(tuple),
+    allowed_ips=st.sampled_from([(), ("100.64.0.9/32",)]),
+    nat=st.sampled_from(list(NatKind)),
+)
+peer_states = st.tuples(
+    st.sampled_from(KEYS),
+    st.one_of(st.none(), st.sampled_from(EPS)),
+    st.sampled_from([None, 0.0, 0.3, 2.0, 10.0, 140.0]),  # seconds since the handshake
+    st.sampled_from([0, 25]),
+    st.integers(0, 10_000),
+    st.integers(0, 10_000),
+)
+device_rows = st.lists(peer_states, max_size=3, unique_by=lambda t: t[0])
+mappings = st.lists(st.sampled_from(MAPPINGS), max_size=2, unique_by=lambda ep: ep.family)
+ops = st.one_of(
+    st.tuples(st.just("record"), records),
+    st.tuples(st.just("withdraw"), st.sampled_from(KEYS)),
+    st.tuples(st.just("lan"), st.sampled_from(KEYS)),
+    st.tuples(st.just("mapping"), mappings, st.sampled_from(list(NatKind))),
+    st.tuples(st.just("rtt"), st.floats(0.001, 2.0)),
+    st.tuples(st.just("time"), st.sampled_from([0.0, 0.05, 0.2, 0.35, 1.0, 3.0, 6.0, 30.0, 140.0])),
+    st.tuples(st.just("device"), device_rows),
+    st.tuples(st.just("plan")),
+    st.tuples(st.just("traffic")),
+)
+weighted_ops = st.one_of(ops, st.tuples(st.just("plan")), st.tuples(st.just("plan")))
+
+
+def interface(
+    rows: list[tuple[bytes, Endpoint | None, float | None, int, int, int]], now: float
+) -> DeviceState:
+    peers = tuple(
+        PeerState(key, ep, (), 0.0 if ago is None else now - ago, rx, tx, keepalive)
+        for key, ep, ago, keepalive, rx, tx in rows
+    )
+    return DeviceState("wg0", bytes(32), 51820, peers)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    own_key=st.sampled_from([b"", bytes([0]) * 32, bytes([4]) * 32]),
+    mesh=st.booleans(),
+    punch_delay=st.sampled_from([0.0, 0.05]),
+    handshake_fresh=st.sampled_from([5.0, 135.0]),
+    first=st.lists(records, min_size=1, max_size=3),
+    first_device=device_rows,
+    steps=st.lists(weighted_ops, min_size=8, max_size=60),
+)
+def test_random_inputs_never_raise_nor_touch_peers_off_the_interface(
+    own_key: bytes,
+    mesh: bool,
+    punch_delay: float,
+    handshake_fresh: float,
+    first: list[PeerRecord],
+    first_device: list[tuple[bytes, Endpoint | None, float | None, int, int, int]],
+    steps: list[tuple[object, ...]],
+) -> None:
+    cfg = PunchConfig(
+        mesh=mesh,
+        punch_delay=punch_delay,
+        handshake_fresh=handshake_fresh,
+        candidate_trial=3.0,
+        retry_min=1.0,
+    )
+    p = Planner(cfg, own_key=own_key)
+    now = 1000.0
+    device = interface(first_device, now)
+    for rec in first:
+        p.set_record(rec)
+    for step in steps:
+        match step:
+            case ("record", PeerRecord() as rec):
+                p.set_record(rec)
+            case ("withdraw", bytes() as key):
+                p.withdraw(key)
+            case ("lan", bytes() as key):
+                p.add_lan_peer(key)
+            case ("mapping", list() as observed, NatKind() as nat):
+                p.set_our_mapping(tuple(observed), nat)
+            case ("rtt", float() as sample):
+                p.observe_rtt(sample)
+            case ("time", float() as step_s):
+                now += step_s
+            case ("device", list() as rows):
+                device = interface(rows, now)
+            case ("plan",):
+                check_plan(p.plan(device, now), device, mesh)
+            case ("traffic",):
+                p.watch_traffic(device, now)
+        for peer in p._peers.values():  # each state holds its own data, and only it
+            if peer.state is PathState.PRIMED:
+                assert isinstance(peer.attempt, Punch)
+            elif peer.state is PathState.TRYING:
+                assert isinstance(peer.attempt, Trial)
+            else:
+                assert peer.attempt is None
+        deadline = p.next_deadline()
+        assert deadline is None or deadline >= 1000.0
+        assert len(p.views(device, now)) == len(device.peers)
+    check_plan(p.plan(device, now), device, mesh)
+
+
+def check_plan(plan: Plan, device: DeviceState, mesh: bool) -> None:
+    """Every update is for a peer on the interface, or one mesh mode adds in this plan."""
+    on_device = {d.public_key for d in device.peers}
+    added: set[bytes] = set()
+    for u in plan.updates:
+        if u.public_key in on_device:
+            continue
+        if u.allowed_ips is not None and not u.remove:
+            added.add(u.public_key)  # mesh mode adds it, then may set its endpoint
+        assert mesh and u.public_key in added, u
