@@ -6,12 +6,14 @@ from its control socket, through `Registry.receive` (the registrar's code path: 
 each peer's 32-byte shared key in its row, watchers with theirs, published zone, rate limiter;
 default limits, so at most 100,000 watchers); then every peer's SRV record is asked once (EDNS
 1232, as daemons ask) so the wire-answer cache fills to its cap. RSS is read after each stage.
-`--rounds 2` repeats the probe round (the steady state: every record rewritten once).
+`--rounds 2` repeats the probe round (the steady state: every record rewritten once);
+`--dual` makes every peer register over IPv6 too (one mapping per family in each row).
 Anchor, same run, own process: a plain dict of N slotted dataclasses with the same fields
 (the issue's 0.6 KiB/peer reference). Target (issue 6): <= 1 KiB/peer, caches included.
 
     python bench/registrar_memory.py                 # 100k and 1M, ~6 minutes
     python bench/registrar_memory.py --peers 100000  # one size
+    python bench/registrar_memory.py --peers 100000 --dual
 
 Bounded: N * rounds * 2 datagrams and N queries per size, in process; no network.
 """
@@ -79,7 +81,7 @@ def srv_query(key: bytes, qid: int) -> bytes:
     return header + qname + b"\x00\x21\x00\x01" + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
 
 
-def ours(n: int, rounds: int) -> dict[str, float]:
+def ours(n: int, rounds: int, dual: bool = False) -> dict[str, float]:
     started = time.perf_counter()
     reg_priv = PrivateKey.generate()
     reg_key = bytes(reg_priv.public_key)
@@ -95,7 +97,10 @@ def ours(n: int, rounds: int) -> dict[str, float]:
     for _ in range(rounds):
         # all Registers, then all Watches: each new peer is pushed to every watcher, so
         # interleaving them would cost N^2 / 2 sealed pushes (a fan-out this bench does not time)
-        for watch in (False, True):
+        for kind in ("register", "register6", "watch"):
+            if kind == "register6" and not dual:
+                continue
+            watch = kind == "watch"
             counter += 2
             for i in range(n):
                 # the peer's key from its index: the same peer again in every round
@@ -106,6 +111,8 @@ def ours(n: int, rounds: int) -> dict[str, float]:
                     payload = sealed.Watch(int(now * 1000), counter + 1, counter)
                     public = Endpoint(public.ip, public.port + 1)  # its control socket
                 else:
+                    if kind == "register6":  # the same peer's IPv6 mapping
+                        public = Endpoint.of(f"2001:db8:{i >> 16:x}::{i & 0xFFFF:x}", public.port)
                     lan = Endpoint.of(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", 51820)
                     payload = sealed.Register(int(now * 1000), counter, f"p{i}", (lan,),
                                               "wgmesh/0.1.0", False)  # fmt: skip
@@ -115,7 +122,8 @@ def ours(n: int, rounds: int) -> dict[str, float]:
                 if i % 1000 == 0:
                     registry.events()
             registry.events()
-    assert len(registry.peers) == n and registry.counters["registered"] == n * rounds
+    per_round = n * (2 if dual else 1)
+    assert len(registry.peers) == n and registry.counters["registered"] == per_round * rounds
     gc.collect()
     records = rss_kib() - base
     built = time.perf_counter() - started
@@ -147,19 +155,22 @@ def main() -> int:
     )
     ap.add_argument("--peers", type=int, action="append", help="a size (repeatable)")
     ap.add_argument("--rounds", type=int, default=1, help="probe rounds per peer (default 1)")
+    ap.add_argument("--dual", action="store_true", help="every peer registers over IPv6 too")
     ap.add_argument("--child", choices=("ours", "anchor"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     sizes = args.peers or [100_000, 1_000_000]
     if args.child:
         n = sizes[0]
-        print(json.dumps(anchor(n) if args.child == "anchor" else ours(n, args.rounds)))
+        result = anchor(n) if args.child == "anchor" else ours(n, args.rounds, args.dual)
+        print(json.dumps(result))
         return 0
     print(f"{'peers':>10}{'records':>9}{'+answers':>10}{'anchor':>8}  KiB/peer; "
           f"{'answers cached':>15}{'watchers':>10}{'build s':>9}{'total s':>9}")  # fmt: skip
     met = True
     for n in sizes:
         plain = child(["--child", "anchor", "--peers", str(n)])["anchor"]
-        r = child(["--child", "ours", "--peers", str(n), "--rounds", str(args.rounds)])
+        dual = ["--dual"] if args.dual else []
+        r = child(["--child", "ours", "--peers", str(n), "--rounds", str(args.rounds), *dual])
         met = met and r["total"] <= TARGET_KIB
         answers = f"{r['answers']:.0f} ({r['cache_mib']:.1f} MiB)"
         print(f"{n:>10,}{r['records']:9.2f}{r['total']:10.2f}{plain:8.2f}            "

@@ -11,6 +11,7 @@ with a stored key; shown when the Sealer counts them).
 
     python bench/registrations.py --peers 20000 --rounds 5
     python bench/registrations.py --peers 200000 --rounds 3     # ~2 minutes
+    python bench/registrations.py --dual      # every peer registers over IPv4 and IPv6
 
 Bounded: peers * rounds messages, one round built in advance at a time (untimed); no network.
 """
@@ -33,16 +34,22 @@ from wgmesh.proto.registry import Admission, Registry, RegistryConfig
 Batch = list[tuple[bytes, Endpoint]]
 
 
-def build(sealers: list[sealed.Sealer], reg_key: bytes, counter: int, now: float) -> Batch:
-    """One registration per peer, as its daemon sends every probe interval."""
+def build(
+    sealers: list[sealed.Sealer], reg_key: bytes, counter: int, now: float, dual: bool = False
+) -> Batch:
+    """One registration per peer, as its daemon sends every probe interval (``dual``: one over
+    IPv4, then one over IPv6, each peer with a mapping per family)."""
     batch = []
     for i, s in enumerate(sealers):
-        payload = sealed.Register(int(now * 1000), counter, f"p{i}", (), "bench", False)
-        data = sealed.build_sealed_request(
-            s, s.public_key, reg_key, payload, os.urandom(12), os.urandom(24)
-        )
-        src = Endpoint.of(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", 40000)
-        batch.append((data, src))
+        sources = [Endpoint.of(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", 40000)]
+        if dual:
+            sources.append(Endpoint.of(f"2001:db8::{i >> 16:x}:{i & 0xFFFF:x}", 40000))
+        for j, src in enumerate(sources):
+            payload = sealed.Register(int(now * 1000), 2 * counter + j, f"p{i}", (), "bench", False)
+            data = sealed.build_sealed_request(
+                s, s.public_key, reg_key, payload, os.urandom(12), os.urandom(24)
+            )
+            batch.append((data, src))
     return batch
 
 
@@ -52,6 +59,7 @@ def main() -> int:
     )
     ap.add_argument("--peers", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=5, help="first contact + refresh rounds (>= 2)")
+    ap.add_argument("--dual", action="store_true", help="each peer registers over IPv4 and IPv6")
     args = ap.parse_args()
     if args.rounds < 2 or args.peers < 1:
         ap.error("--rounds must be at least 2 and --peers at least 1")
@@ -72,7 +80,7 @@ def main() -> int:
         f"{args.peers} peers, {args.rounds} rounds (built one at a time, untimed) ...", flush=True
     )
     # round 0 fills the table (first contact pays X25519 once per peer)
-    batch = build(sealers, reg_key, 1000, now)
+    batch = build(sealers, reg_key, 1000, now, args.dual)
     t = time.perf_counter()
     for data, src in batch:
         registry.receive(data, src, 3478, now)
@@ -82,7 +90,7 @@ def main() -> int:
     lat: list[float] = []
     total = 0.0
     for r in range(1, args.rounds):
-        batch = build(sealers, reg_key, 1000 + r, now)
+        batch = build(sealers, reg_key, 1000 + r, now, args.dual)
         t0 = time.perf_counter()
         for data, src in batch:
             a = time.perf_counter()
@@ -91,11 +99,12 @@ def main() -> int:
         registry.events()
         total += time.perf_counter() - t0
     n = len(lat)
-    assert registry.counters["registered"] == args.peers * args.rounds, registry.counters
+    per_round = args.peers * (2 if args.dual else 1)
+    assert registry.counters["registered"] == per_round * args.rounds, registry.counters
     if agreements is not None:
         agreements = getattr(registry.sealer, "agreements", 0) - agreements
     # anchor: the box opens alone, cached shared keys, the last round's messages
-    boxes = [Box(reg_priv, p.public_key) for p in peers]
+    boxes = [Box(reg_priv, p.public_key) for p in peers for _ in range(2 if args.dual else 1)]
     opened = []
     for (data, _), box in zip(batch, boxes, strict=True):
         blob = stun.decode(data).get(stun.ATTR_WG_SEALED)
@@ -108,7 +117,8 @@ def main() -> int:
     rate = n / total
     lat.sort()
     print()
-    print(f"first contact (X25519 each): {args.peers / first:10.0f} /s")
+    print(f"first contact (X25519 each): {len(batch) / first:10.0f} /s"
+          + ("  (IPv4, then the IPv6 mapping added)" if args.dual else ""))  # fmt: skip
     print(
         f"refreshes (stored key):      {rate:10.0f} /s  p50 {statistics.median(lat) * 1e6:.1f} us  "
         f"p99 {lat[int(0.99 * (n - 1))] * 1e6:.1f} us"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import dns.message
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.bindings import crypto_box_beforenm
 from nacl.public import PrivateKey
 
@@ -1002,3 +1004,53 @@ def test_unreadable_mappings_in_the_store_are_skipped(tmp_path: Path) -> None:
     entries, _ = store.load()
     assert list(entries) == [good]
     store.close()
+
+
+mapping4 = st.sampled_from([SRC, SRC2, Endpoint.parse("203.0.113.9:1")])
+mapping6 = st.sampled_from([SRC6, SRC6B, V6])
+some_addresses = st.sampled_from([(), (LAN,), (LAN, V6), (V6B,)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(mapping4.map(lambda ep: (ep,)), mapping6.map(lambda ep: (ep,)),
+              st.tuples(mapping4, mapping6)),
+    st.tuples(st.floats(NOW - 100, NOW), st.floats(NOW - 100, NOW)),
+    some_addresses,
+    st.sampled_from(["", "alice", "bé"]),
+    st.sampled_from([(), (SRC,), (SRC6,), (SRC2, SRC6B)]),
+    st.one_of(mapping4, mapping6),
+    some_addresses,
+    st.sampled_from(["", "alice"]),
+)  # fmt: skip
+def test_the_packed_refresh_is_the_full_one(
+    mappings: tuple[Endpoint, ...],
+    times: tuple[float, float],
+    addresses: tuple[Endpoint, ...],
+    name: str,
+    secondary: tuple[Endpoint, ...],
+    source: Endpoint,
+    new_addresses: tuple[Endpoint, ...],
+    new_name: str,
+) -> None:
+    """peerrow.refresh rewrites a row in place exactly when a registration changes nothing
+    published, and then into the bytes the full path packs."""
+    secondary = tuple(s for s in secondary if any(s.family == m.family for m in mappings))
+    refreshed = times[: len(mappings)]
+    entry = PeerEntry(bytes(32), name, mappings, addresses, NatKind.CONE, NOW - 200, refreshed,
+                      5, 3, "old", (), secondary)  # fmt: skip
+    row, shared, now, limit = _row(entry, NO_KEY), bytes(range(32)), NOW + 1, NOW - 50
+    done = peerrow.refresh(row, source, new_addresses, new_name, now, 6, "new", shared, limit)
+    others = [t for m, t in zip(mappings, refreshed, strict=True) if m.family != source.family]
+    unchanged = (source in mappings and (addresses, name) == (new_addresses, new_name)
+                 and all(t >= limit for t in others))  # fmt: skip
+    assert (done is not None) == unchanged
+    if done is None:
+        return
+    new, since, watch_counter, nat, *unpacked = done
+    times_after = tuple(now if m == source else t for m, t in zip(mappings, refreshed, strict=True))
+    after = PeerEntry(bytes(32), name, mappings, addresses, NatKind.CONE, NOW - 200, times_after,
+                      6, 3, "new", (), secondary)  # fmt: skip
+    assert new == _row(after, shared)
+    assert (since, watch_counter, nat) == (NOW - 200, 3, NatKind.CONE)
+    assert unpacked == [mappings, times_after, secondary]

@@ -5,7 +5,9 @@ and ints costs ~700 bytes; the same fields packed cost ~110, so the registrar ho
 peers in well under a kilobyte each (bench/registrar_memory.py). The registry unpacks a row into
 a ``PeerEntry`` only where it needs one (events, Status, admission changes); a refresh, the
 common case, is checked and rewritten in packed form (:func:`refresh`). The layout is known only
-here: the registry reads a row through :func:`head`, :func:`unpack_row` and the other accessors.
+here: the registry reads rows through :func:`unpack_row`, :func:`refresh`,
+:func:`register_counter` and :func:`last_seen`, and watchers through :func:`unpack_watcher`,
+:func:`watcher_counter` and :func:`last_watch`.
 
 Row layout (:data:`ROW`, little-endian, then four variable parts)::
 
@@ -208,11 +210,13 @@ def unpack_row(row: bytes) -> Unpacked:
                     watch_counter, software, secondary)  # fmt: skip
 
 
-Refreshed = tuple[bytes, float, int, NatKind, tuple[Endpoint, ...], bool]
+Refreshed = tuple[
+    bytes, float, int, NatKind, tuple[Endpoint, ...], tuple[float, ...], tuple[Endpoint, ...]
+]
 """What :func:`refresh` gives: the new row, then what an event about it needs beyond the
-registration itself: ``since``, the Watch counter, the NAT class, the alternate port's
-observation of the first mapping's family, and whether the row has a second mapping (then
-unpack it for the rest). A plain tuple: this is the hot path of the registrar."""
+registration itself: ``since``, the Watch counter, the NAT class, the mappings, their times and
+the alternate port's observations (as :class:`Unpacked` has them). A plain tuple: this is the
+hot path of the registrar."""
 
 
 def refresh(
@@ -227,25 +231,57 @@ def refresh(
     stale_before: float,
 ) -> Refreshed | None:
     """The row after a registration from ``mapping`` that changes nothing published, or None
-    when the registration must be judged in full: ``mapping`` is not the row's first mapping,
-    the reported ``addresses`` or the published ``name`` differ, or the row's second mapping
-    was last registered before ``stale_before`` (it is to be dropped). ``counter``: the new
+    when the registration must be judged in full: ``mapping`` is neither of the row's mappings,
+    the reported ``addresses`` or the published ``name`` differ, or the row's other mapping was
+    last registered before ``stale_before`` (it is to be dropped). ``counter``: the new
     Register counter; ``shared``: the key its box opened with."""
-    _, since, _, watch_counter, nat, seen_len, secondary_len, other_len, _ = ROW.unpack_from(row)
+    first_seen, since, _, watch_counter, nat, seen_len, secondary_len, other_len, _ = (
+        ROW.unpack_from(row)
+    )
     seen = pack_seen(mapping, addresses, name)
-    if seen_len != len(seen) or not row.startswith(seen, ROW.size):
-        return None
     at = ROW.size + seen_len
-    end = at + secondary_len + other_len
-    if other_len and _TIME.unpack_from(row, at + secondary_len)[0] < stale_before:
+    other_at = at + secondary_len
+    if seen_len == len(seen) and row.startswith(seen, ROW.size):  # the first mapping
+        if other_len and _TIME.unpack_from(row, other_at)[0] < stale_before:
+            return None
+        new = b"".join((
+            ROW.pack(now, since, counter, watch_counter, nat, seen_len, secondary_len, other_len,
+                     shared),
+            seen, row[at : other_at + other_len], software.encode(),
+        ))  # fmt: skip
+        secondary = _unpack_secondary(row[at:other_at], mapping)
+        if not other_len:
+            return new, since, watch_counter, NATS[nat], (mapping,), (now,), secondary
+        other = row[other_at : other_at + other_len]
+        second, after = unpack_endpoint(other, _TIME.size)
+        secondary += _unpack_secondary(other[after:], second)
+        refreshed = (now, _TIME.unpack_from(other)[0])
+        return new, since, watch_counter, NATS[nat], (mapping, second), refreshed, secondary
+    if not other_len or first_seen < stale_before:
         return None
+    # the second mapping: its packed endpoint heads ``other`` after the time, and the rest of
+    # ``seen`` (the addresses and the name, after the first mapping) must be the same
+    packed = seen[1 : 4 + seen[1]]
+    rest = ROW.size + 4 + row[ROW.size + 1]
+    if (
+        not row.startswith(packed, other_at + _TIME.size)
+        or row[ROW.size] != seen[0]
+        or at - rest != len(seen) - 1 - len(packed)
+        or not row.startswith(seen[1 + len(packed) :], rest)
+    ):
+        return None
+    end = other_at + other_len
+    first = unpack_endpoint(row, ROW.size + 1)[0]
+    secondary = _unpack_secondary(row[at:other_at], first)
+    secondary += _unpack_secondary(row[other_at + _TIME.size + len(packed) : end], mapping)
     new = b"".join((
-        ROW.pack(now, since, counter, watch_counter, nat, seen_len, secondary_len, other_len,
-                 shared),
-        seen, row[at:end], software.encode(),
+        ROW.pack(first_seen, since, counter, watch_counter, nat, seen_len, secondary_len,
+                 other_len, shared),
+        row[ROW.size : other_at], _TIME.pack(now), row[other_at + _TIME.size : end],
+        software.encode(),
     ))  # fmt: skip
-    secondary = _unpack_secondary(row[at : at + secondary_len], mapping)
-    return new, since, watch_counter, NATS[nat], secondary, other_len > 0
+    mappings = (first, mapping)
+    return new, since, watch_counter, NATS[nat], mappings, (first_seen, now), secondary
 
 
 class Watcher(NamedTuple):
@@ -270,6 +306,12 @@ def unpack_watcher(watcher: bytes) -> Watcher:
     """Inverse of :func:`pack_watcher`."""
     last_watch, counter, shared = WATCHER.unpack_from(watcher)
     return Watcher(last_watch, counter, shared, unpack_endpoint(watcher, WATCHER.size)[0])
+
+
+def watcher_counter(watcher: bytes) -> int:
+    """A watcher's highest accepted Watch counter."""
+    counter: int = WATCHER.unpack_from(watcher)[1]
+    return counter
 
 
 def last_watch(watcher: bytes) -> float:
