@@ -8,6 +8,7 @@ must find each other through the registrar and punch through both NATs.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ import pytest
 
 from wgmesh.lab.mesh import PYTHON, Mesh, MeshPeer
 from wgmesh.lab.topology import Lab, RouterKind
+from wgmesh.proto.keys import encode_key
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -178,6 +180,46 @@ def test_mesh_mode_adds_peers_from_the_zone() -> None:
             assert row["allowed_ips"] == [f"{b.tunnel_ip}/32"] and row["path"] == "direct"
         except BaseException:
             print(mesh.logs())
+            raise
+
+
+def test_mesh_mode_ignores_forged_dns() -> None:
+    """An attacker who answers a's DNS (on path, or a poisoned resolver) lists its own key in
+    the browse with a TXT claiming b's tunnel address and a subnet, and forges b's A record.
+    a's daemon adds no peer the registrar did not vouch for over the sealed channel, and b's
+    allowed IPs stay b's."""
+    with Lab() as lab:
+        reg = lab.add_public_host("reg")
+        mesh = Mesh(lab, reg, authorized=True)
+        # a has a public address: b, whose DNS is honest, can reach it although a's endpoint
+        # for b is the forged one (a behind a filtering NAT would only lose the tunnel: DoS)
+        a = mesh.add_peer("a", lab.add_peer("a", None))
+        b = mesh.add_peer("b", lab.add_peer("b", lab.add_nat("nb", RouterKind.PORT_RESTRICTED)))
+        mesh.start_registrar()
+        attacker = encode_key(os.urandom(32))
+        forger_log = Path(lab.workdir) / "forgedns.log"
+        reg.spawn(
+            PYTHON, str(Path(__file__).parent / "forgedns.py"),
+            "--listen", f"{mesh.registrar_ip}:5353", "--upstream", f"{mesh.registrar_ip}:53",
+            "--zone", "mesh.test.", "--attacker-key", attacker,
+            "--claim", f"{b.tunnel_ip}/32,10.99.0.0/16", "--forged-a", "192.0.2.99",
+            log_path=forger_log,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while "forging" not in forger_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            mesh.start_daemon(b, *FAST, "--mode", "mesh")
+            mesh.start_daemon(a, *FAST, "--mode", "mesh", "--dns", f"{mesh.registrar_ip}:5353")
+            assert mesh.wait_ping(b, a, 30.0), "b never reached a"  # b's DNS is honest
+            time.sleep(3.0)  # a's daemon has re-read the (forged) zone meanwhile
+            rows = {r["public_key"]: r for r in mesh.peers_json(a)["peers"]}
+            assert set(rows) == {b.wg.public_key}, rows  # the attacker's key was not added
+            assert rows[b.wg.public_key]["allowed_ips"] == [f"{b.tunnel_ip}/32"], rows
+            assert mesh.wait_ping(a, b, 10.0)
+        except BaseException:
+            print(mesh.logs())
+            print(forger_log.read_text())
             raise
 
 

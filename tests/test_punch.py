@@ -204,7 +204,8 @@ def test_endpoints_mode_ignores_peers_not_on_the_interface() -> None:
 
 def test_mesh_mode_adds_and_removes_peers() -> None:
     p = Planner(PunchConfig(punch_delay=0, mesh=True))
-    p.set_record(record(PUBLIC, allowed=("100.64.0.9/32",)))
+    p.set_members({A: ("100.64.0.9/32",)})
+    p.set_record(record(PUBLIC))
     ups = p.plan(device(), 1000.0).updates
     assert ups[0].allowed_ips == ("100.64.0.9/32",)
     assert ups[1].endpoint == PUB
@@ -215,9 +216,36 @@ def test_mesh_mode_adds_and_removes_peers() -> None:
 
 def test_mesh_mode_never_removes_peers_it_did_not_add() -> None:
     p = Planner(PunchConfig(punch_delay=0, mesh=True))
-    p.set_record(record(PUBLIC, allowed=("100.64.0.9/32",)))
+    p.set_members({A: ("100.64.0.9/32",)})
+    p.set_record(record(PUBLIC))
     p.withdraw(A)
     assert p.plan(device(peer(PUB, hs=1000.0)), 1100.0).updates == ()
+
+
+def test_mesh_mode_takes_membership_and_routes_only_from_the_roster() -> None:
+    """DNS (a record's allowed IPs) proposes nothing: a key the roster does not vouch for is
+    never added, whatever its TXT claims, and a member gets the roster's allowed IPs."""
+    p = Planner(PunchConfig(punch_delay=0, mesh=True))
+    p.set_record(record(PUBLIC, allowed=("100.64.0.9/32", "0.0.0.0/0")))
+    assert p.plan(device(), 1000.0).updates == ()  # no roster: nobody is added
+    p.set_members({A: ("100.64.0.2/32",)})
+    ups = p.plan(device(), 1000.5).updates
+    assert ups[0].allowed_ips == ("100.64.0.2/32",)  # the roster's, not the record's
+
+
+def test_mesh_mode_follows_roster_changes() -> None:
+    p = Planner(PunchConfig(punch_delay=0, mesh=True))
+    p.set_members({A: ("100.64.0.2/32",)})
+    p.set_record(record(PUBLIC))
+    p.plan(device(), 1000.0)
+    on = peer(PUB, hs=1000.0)  # allowed IPs 100.64.0.2/32, as added
+    assert p.plan(device(on), 1000.5).updates == ()
+    p.set_members({A: ("100.64.0.2/32", "10.9.0.0/16")})  # the admission file grew a subnet
+    (u,) = p.plan(device(on), 1001.0).updates
+    assert u.allowed_ips == ("100.64.0.2/32", "10.9.0.0/16") and not u.remove
+    p.set_members({})  # revoked
+    (u,) = p.plan(device(on), 1001.5).updates
+    assert u.remove
 
 
 def test_reasons_for_no_direct_path() -> None:

@@ -458,6 +458,34 @@ payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
         st.integers(0, 2**32 - 1),
         st.lists(st.binary(min_size=32, max_size=32), max_size=14).map(tuple),
     ),
+    st.builds(sealed.RosterQuery, u64, u64, st.integers(0, 2**32 - 1)),
+    st.builds(
+        sealed.Roster,
+        u64,
+        u64,
+        u64,
+        *[st.integers(0, 2**32 - 1)] * 3,
+        st.lists(
+            st.builds(
+                sealed.Member,
+                st.binary(min_size=32, max_size=32),
+                st.lists(
+                    st.one_of(
+                        st.builds(
+                            lambda a, n: f"{a}/{n}", st.ip_addresses(v=4), st.integers(0, 32)
+                        ),
+                        st.builds(
+                            lambda a, n: f"{a}/{n}",
+                            st.ip_addresses(v=6).filter(lambda a: a.ipv4_mapped is None),
+                            st.integers(0, 128),
+                        ),
+                    ),
+                    max_size=3,
+                ).map(tuple),
+            ),
+            max_size=4,
+        ).map(tuple),
+    ),
 )
 
 
@@ -556,3 +584,21 @@ REG_SEALER = sealed.Sealer(bytes(PrivateKey.generate()))
 def test_random_boxes_never_open(key: bytes, box: bytes) -> None:
     with pytest.raises(DecodeError):
         REG_SEALER.open(key, box)
+
+
+def test_a_roster_page_is_refused_when_malformed() -> None:
+    tid = bytes(12)
+    good = sealed.Roster(1, 2, 3, 4, 1, 0, (sealed.Member(bytes(32), ("100.64.0.1/32",)),))
+    data = sealed.encode_payload(good, tid)
+    bad_family = data[:-6] + bytes((5, 32)) + data[-4:]
+    bad_prefix = data[:-6] + bytes((4, 33)) + data[-4:]
+    for wire, message in ((bad_family, "bad network in a Roster"),
+                          (bad_prefix, "bad network in a Roster"),
+                          (data[:-1], "sealed payload truncated")):  # fmt: skip
+        with pytest.raises(DecodeError) as exc:
+            sealed.decode_payload(wire, tid)
+        assert str(exc.value) == message
+    with pytest.raises(LocalProtocolError):
+        sealed.encode_payload(
+            sealed.Roster(1, 2, 3, 4, 1, 0, (sealed.Member(bytes(32), ("10.0.0.1/8 ",)),)), tid
+        )

@@ -8,8 +8,9 @@ works beside wg-quick and systemd-networkd.
 
 modes:
   endpoints  (default) only peers already on the interface get endpoint updates, like wgsd-client
-  mesh       also add peers found in the zone, with the allowed IPs the registrar publishes from
-             its admission list, and remove them when they are withdrawn
+  mesh       also add the peers the registrar vouches for over the sealed channel (its
+             admission list's keys with allowed IPs), with those allowed IPs, and remove them
+             when they are withdrawn or revoked; DNS never adds a peer or moves an address
 
 example:
   wgmesh daemon --interface wg0 --registrar 203.0.113.10 --registrar-key KEY \\

@@ -36,6 +36,7 @@ from wgmesh.proto.client import (
     ClientConfig,
     Event,
     MappingObserved,
+    MembersChanged,
     RegistrarClient,
     RegistrarState,
     Resolve,
@@ -100,7 +101,9 @@ class DaemonSettings:
     def client_config(self) -> ClientConfig:
         """The registrar protocol's settings."""
         return ClientConfig(
-            probe_interval=self.probe_interval, classify=self.registrar_alt_port != 0
+            probe_interval=self.probe_interval,
+            classify=self.registrar_alt_port != 0,
+            roster=self.mode == "mesh",
         )
 
 
@@ -278,6 +281,11 @@ class Daemon:
             else:
                 self._resolve_keys.update(event.keys)
             self._resolve_wake.set()
+        elif isinstance(event, MembersChanged):
+            log.info("the registrar vouches for %d mesh members", len(event.members))
+            self.planner.set_members(event.members)
+            self._resolve_all = True  # members not resolved yet
+            self._resolve_wake.set()
         elif isinstance(event, RegistrarState):
             if event.first and self.s.mdns:
                 self._tasks.append(asyncio.create_task(self._start_lan()))
@@ -324,10 +332,9 @@ class Daemon:
         if self._resolve_all:
             self._resolve_all = False
             keys = {p.public_key for p in device.peers}
-            if self.s.mode == "mesh":
-                with contextlib.suppress(RemoteProtocolError):
-                    keys.update(await self.resolver.browse())
-                keys |= self.planner.recorded_keys()
+            if self.s.mode == "mesh":  # the members come from the sealed roster, never DNS
+                assert self.client is not None
+                keys |= set(self.client.roster.members or ())
         else:
             keys = set(self._resolve_keys)
             if self.s.mode != "mesh":

@@ -33,7 +33,7 @@ reports one).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
@@ -41,6 +41,7 @@ from wgmesh.errors import DecodeError
 from wgmesh.proto import sealed, stun
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import NatKind
+from wgmesh.proto.roster import RosterSync
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,14 @@ class ClientConfig:
     """A Push whose timestamp is further than this from our clock is dropped."""
     classify: bool = True
     """Probe the alternate port to classify our NAT (off: ``--registrar-alt-port 0``)."""
+    roster: bool = False
+    """Mesh mode: after each round, read the mesh's members (wgmesh.proto.roster)."""
+    roster_pace: float = 0.1
+    """Seconds between two roster pages (the registrar rate-limits sealed messages per source:
+    20/s, burst 5, by default)."""
+    roster_tries: int = 3
+    """Sends of one roster page before the read waits for the next round; each waits
+    ``answer_timeout`` x 2 for its answer."""
 
 
 class Via(StrEnum):
@@ -119,7 +128,15 @@ class RegistrarState:
     """The first round's report (the daemon starts mDNS after it, whatever it says)."""
 
 
-Event = MappingObserved | Resolve | RegistrarState
+@dataclass(frozen=True, slots=True)
+class MembersChanged:
+    """The registrar vouched for a new member list (mesh mode)."""
+
+    members: Mapping[bytes, tuple[str, ...]]
+    """Every member's key and allowed IPs, as the sealed Roster carried them."""
+
+
+Event = MappingObserved | Resolve | RegistrarState | MembersChanged
 
 
 class Phase(Enum):
@@ -222,6 +239,12 @@ class RegistrarClient:
         self._backoff = config.backoff_min
         self._wanted = False
         self._resolve_at = now  # read the zone at once, whatever the registrar says
+        self.roster = RosterSync()
+        """The mesh's members as the registrar last vouched for them (mesh mode)."""
+        self._roster_query = 0  # the RosterQuery counter in flight
+        self._roster_at: float | None = None  # when to send (or resend) the page wanted
+        self._roster_tries = 0  # sends of the page wanted so far
+        self._members: Mapping[bytes, tuple[str, ...]] | None = None  # as last reported
         self._out: list[Transmit] = []
         self._events: list[Event] = []
 
@@ -241,6 +264,19 @@ class RegistrarClient:
                 return
             self.counters["pushes"] += 1
             self._events.append(Resolve(payload.changed))
+        elif isinstance(payload, sealed.Roster):
+            if payload.query_counter != self._roster_query or self.roster.wanted is None:
+                self.counters["late"] += 1
+                return
+            step = self.roster.receive(payload)
+            if isinstance(step, int):
+                self._roster_tries = 0
+                self._roster_at = now + self.config.roster_pace
+            else:
+                self._roster_at = None
+            if step is not None and not isinstance(step, int) and step != self._members:
+                self._members = step
+                self._events.append(MembersChanged(step))
         elif isinstance(payload, sealed.Status):
             if self.phase is Phase.IDLE or payload.watch_counter != self._watch:
                 self.counters["late"] += 1
@@ -271,6 +307,8 @@ class RegistrarClient:
 
     def next_timer(self) -> float:
         """When :meth:`handle_timer` next has something to do."""
+        if self._roster_at is not None:
+            return min(self._deadline, self._resolve_at, self._roster_at)
         return min(self._deadline, self._resolve_at)
 
     def handle_timer(self, now: float) -> None:
@@ -278,6 +316,8 @@ class RegistrarClient:
         if now >= self._resolve_at:
             self._resolve_at = now + self.config.probe_interval
             self._events.append(Resolve(None))
+        if self._roster_at is not None and now >= self._roster_at:
+            self._roster_due(now)
         if now >= self._deadline:
             self._step(Input.DUE, now)
 
@@ -345,6 +385,10 @@ class RegistrarClient:
 
     def _succeeded(self, now: float) -> None:
         self._backoff = self.config.backoff_min
+        if self.config.roster:  # the Watch just answered made our control address known
+            self.roster.start()
+            self._roster_tries = 0
+            self._roster_due(now)
         self._report(True)
         self._enter(Phase.IDLE, now if self._wanted else now + self.config.probe_interval)
 
@@ -397,6 +441,21 @@ class RegistrarClient:
             Transmit(self._seal(payload), Endpoint(self.registrar.ip, port), Via.WIREGUARD)
         )
         return counter
+
+    def _roster_due(self, now: float) -> None:
+        """Ask for the roster page wanted (again, if its answer is overdue)."""
+        offset = self.roster.wanted
+        if offset is None or self._roster_tries >= self.config.roster_tries:
+            self._roster_at = None  # done, or given up until the next round
+            return
+        self._roster_tries += 1
+        self._roster_at = now + 2 * self.config.answer_timeout
+        self._send_roster_query(offset, now)
+
+    def _send_roster_query(self, offset: int, now: float) -> None:
+        self._roster_query = self._next_counter(now)
+        payload = sealed.RosterQuery(int(now * 1000), self._roster_query, offset)
+        self._out.append(Transmit(self._seal(payload), self.registrar, Via.CONTROL))
 
     def _send_watch(self, register_counter: int, now: float) -> None:
         self._watch = self._next_counter(now)

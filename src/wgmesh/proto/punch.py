@@ -37,7 +37,7 @@ of rule 7 is :mod:`wgmesh.proto.stall`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from wgmesh.errors import LocalProtocolError
@@ -168,6 +168,7 @@ class Planner:
         self._mappings: dict[int, Endpoint] = {}
         self._nat = NatKind.UNKNOWN
         self._lan_keys: set[bytes] = set()
+        self._members: dict[bytes, tuple[str, ...]] = {}  # mesh mode: vouched for, sealed
         self._kick_others = False
         self._stalls = StallWatch(config)
 
@@ -219,6 +220,12 @@ class Planner:
     def recorded_keys(self) -> set[bytes]:
         """Keys that currently have a record."""
         return {key for key, peer in self._peers.items() if peer.record is not None}
+
+    def set_members(self, members: Mapping[bytes, tuple[str, ...]]) -> None:
+        """Mesh mode: the members the registrar vouched for over the sealed channel, with their
+        allowed IPs (wgmesh.proto.roster). Only these are ever added to the interface, with
+        exactly these allowed IPs; a record's ``allowed_ips`` (read from DNS) never is."""
+        self._members = dict(members)
 
     def add_lan_peer(self, key: bytes) -> None:
         """mDNS saw this peer on our LAN: its LAN candidates go first (rule 4)."""
@@ -276,22 +283,22 @@ class Planner:
                     )  # fmt: skip
         for key, peer in self._peers.items():
             dev = on_device.get(key)
+            vouched = self._members.get(key) if cfg.mesh else None
             if dev is None:
-                if cfg.mesh and peer.record is not None and peer.record.allowed_ips:
+                if vouched and peer.record is not None:
                     peer.added_by_us = True
-                    dev = PeerState(key, None, (), 0.0, 0, 0, 0)
+                    dev = PeerState(key, None, vouched, 0.0, 0, 0, 0)
                     updates.append(
-                        PeerUpdate(
-                            key,
-                            allowed_ips=peer.record.allowed_ips,
-                            persistent_keepalive=cfg.keepalive,
-                        )
+                        PeerUpdate(key, allowed_ips=vouched, persistent_keepalive=cfg.keepalive)
                     )
                 else:
                     continue
-            elif cfg.mesh and peer.added_by_us and peer.record is None:
-                updates.append(PeerUpdate(key, remove=True))
-                continue
+            elif cfg.mesh and peer.added_by_us:
+                if peer.record is None or not vouched:  # withdrawn, or no longer a member
+                    updates.append(PeerUpdate(key, remove=True))
+                    continue
+                if sorted(dev.allowed_ips) != sorted(vouched):  # the admission file changed
+                    updates.append(PeerUpdate(key, allowed_ips=vouched))
             event, target, rounds = self._observe(key, peer, dev, now)
             self._take(key, peer, dev, now, event, target, rounds, updates, prime)
         return Plan(tuple(updates), tuple(prime))

@@ -27,7 +27,7 @@ import dns.rrset
 
 from wgmesh.errors import RemoteProtocolError
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.keys import key_label, label_key
+from wgmesh.proto.keys import encode_key, key_label, label_key
 from wgmesh.proto.kinds import CandidateKind, NatKind
 from wgmesh.proto.punch import Hint, PeerRecord
 
@@ -134,7 +134,12 @@ def read_srv_answer(name: dns.name.Name, message: dns.message.Message) -> SrvAns
 def peer_record(key: bytes, answer: SrvAnswer) -> PeerRecord:
     """The record of a peer from everything its answers said. Addresses that do not parse,
     targets of unknown kind and a malformed ``since=`` are left out; an unknown ``nat=`` reads
-    as :attr:`NatKind.UNKNOWN`."""
+    as :attr:`NatKind.UNKNOWN`. A TXT ``pub=`` naming another key than the one asked about
+    raises RemoteProtocolError (the record is ignored)."""
+    txt = answer.txt or {}
+    pub = txt.get("pub")
+    if pub is not None and pub != encode_key(key):
+        raise RemoteProtocolError(f"DNS {answer.name}: TXT pub= names another key")
     hints: list[Hint] = []
     for srv in answer.srvs:
         if srv.target == answer.name:
@@ -149,7 +154,6 @@ def peer_record(key: bytes, answer: SrvAnswer) -> PeerRecord:
                 hints.append(Hint(Endpoint.of(ip, srv.port), kind, srv.priority))
             except ValueError:
                 continue
-    txt = answer.txt or {}
     since = txt.get("since", "0")
     try:
         nat = NatKind(txt.get("nat", "unknown"))

@@ -63,8 +63,10 @@ from wgmesh.proto.peerrow import (
     shared_key,
     unpack_row,
     unpack_watcher,
+    watcher_counter,
 )
 from wgmesh.proto.ratelimit import RateLimitConfig, RateLimiter
+from wgmesh.proto.roster import RosterBook
 
 Outgoing = tuple[bytes, Endpoint]
 _V = TypeVar("_V")
@@ -230,6 +232,8 @@ class Registry:
         self.config = config
         self.sealer = sealer
         self.admission = admission
+        self.roster = roster_of(admission)
+        """The mesh's members as sealed Rosters carry them (wgmesh.proto.roster)."""
         self.zone = zone
         self._nonce = nonce
         self.primary_port = primary_port
@@ -246,7 +250,7 @@ class Registry:
             (
                 "datagrams", "binding", "registered", "watched", "oversize", "not_stun",
                 "malformed", "rate_limited", "unauthorized", "bad_box", "stale", "replay",
-                "unexpected", "table_full", "pushed",
+                "unexpected", "table_full", "pushed", "roster",
             ),
             0,
         )  # fmt: skip
@@ -278,6 +282,7 @@ class Registry:
     def set_admission(self, admission: Admission, now: float) -> list[Outgoing]:
         """Replace the admission list (SIGHUP); withdraw or republish affected peers."""
         previous, self.admission = self.admission, admission
+        self.roster = roster_of(admission)
         for key in [key for key in self.watchers if admission.lookup(key) is None]:
             del self.watchers[key]  # and its shared key
         out: list[Outgoing] = []
@@ -378,6 +383,8 @@ class Registry:
             return self._register(key, admitted, payload, source, local_port, now, shared)
         if isinstance(payload, sealed.Watch):
             return self._watch(msg, key, payload, source, now, shared)
+        if isinstance(payload, sealed.RosterQuery):
+            return self._roster(msg, key, payload, source, now, shared)
         c["unexpected"] += 1
         return []
 
@@ -425,17 +432,14 @@ class Registry:
             done = refresh(row, source, reg.addresses, name, now, reg.counter, reg.software,
                            shared, limit)  # fmt: skip
             if done is not None:
-                # the common case, a refresh of the first mapping: nothing published changes
-                # (the allowed IPs neither: set_admission republishes when they change)
-                new, since, watch_counter, nat, secondary, paired = done
+                # the common case, a refresh: nothing published changes (the allowed IPs
+                # neither: set_admission republishes when they change)
+                new, since, watch_counter, nat, mappings, refreshed, secondary = done
                 self._rows[key] = new
                 self._rows.move_to_end(key)
-                if paired:  # two mappings: rare enough to unpack
-                    entry = self._entry(key, new)
-                else:
-                    entry = PeerEntry(key, name, (source,), reg.addresses, nat, since, (now,),
-                                      reg.counter, watch_counter, reg.software,
-                                      admitted.allowed_ips, secondary)  # fmt: skip
+                entry = PeerEntry(key, name, mappings, reg.addresses, nat, since, refreshed,
+                                  reg.counter, watch_counter, reg.software, admitted.allowed_ips,
+                                  secondary)  # fmt: skip
                 self._events.append(PeerEvent(Change.REFRESHED, entry))
                 return []
         previous = None if row is None else self._entry(key, row)
@@ -457,7 +461,7 @@ class Registry:
         )
         if previous is None:
             return self._publish(Change.ADDED, entry, now, shared)
-        if _shown(entry) == _shown(previous):  # e.g. a refresh of the second mapping
+        if _shown(entry) == _shown(previous):  # e.g. the other family's mapping came back
             self._rows[key] = _row(entry, shared)
             self._rows.move_to_end(key)
             self._events.append(PeerEvent(Change.REFRESHED, entry))
@@ -500,7 +504,7 @@ class Registry:
         entry = None if row is None else self._entry(key, row)
         known = self.watchers.get(key)
         floor = max(0 if entry is None else entry.watch_counter,
-                    0 if known is None else unpack_watcher(known).watch_counter)  # fmt: skip
+                    0 if known is None else watcher_counter(known))  # fmt: skip
         if watch.counter <= floor:
             c["replay"] += 1
             return []
@@ -535,6 +539,40 @@ class Registry:
             msg, source, extra=((stun.ATTR_WG_SEALED, box),), software=self.config.software
         )
         return [(data, source), *pushes]
+
+    def _roster(
+        self,
+        msg: stun.StunMessage,
+        key: bytes,
+        query: sealed.RosterQuery,
+        source: Endpoint,
+        now: float,
+        shared: bytes,
+    ) -> list[Outgoing]:
+        """A page of the roster, only to the control address the peer's last Watch came from
+        (never toward an address a Watch did not name: one answer per query, no larger than
+        a Status's push target already receives)."""
+        known = self.watchers.get(key)
+        if known is None or unpack_watcher(known).address != source:
+            self.counters["unexpected"] += 1
+            return []
+        self.counters["roster"] += 1
+        roster = sealed.Roster(
+            timestamp_ms=int(now * 1000),
+            counter=self._next_counter(now),
+            query_counter=query.counter,
+            version=self.roster.version,
+            total=len(self.roster.members),
+            offset=query.offset,
+            members=self.roster.page(query.offset),
+        )
+        box = sealed.seal_box(
+            shared, sealed.encode_payload(roster, msg.transaction_id), self._nonce(24)
+        )
+        data = stun.binding_success(
+            msg, source, extra=((stun.ATTR_WG_SEALED, box),), software=self.config.software
+        )
+        return [(data, source)]
 
     # -- time -------------------------------------------------------------------------------
 
@@ -745,6 +783,12 @@ def nat_of(
     alternate port's observation of the same family."""
     first = mappings[0]
     return classify(first, addresses, _of_family(secondary, first.ip.version))
+
+
+def roster_of(admission: Admission) -> RosterBook:
+    """The roster an admission list vouches for: the listed keys with allowed IPs (with
+    ``--open`` alone there are none: allowed IPs only ever come from the file)."""
+    return RosterBook.of((key, p.allowed_ips) for key, p in admission.peers.items())
 
 
 def classify(

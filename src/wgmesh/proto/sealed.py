@@ -15,6 +15,10 @@ ciphertext (16-byte MAC, then the payload). Plaintext layout, network byte order
               (the observed mappings: at most one per family, IPv4 first) |
               u8 nat (0 unknown, 1 none, 2 cone, 3 symmetric) | u32 serial
     Push      u32 serial | u8 count (<= 14) + count * 32-byte key
+    RosterQuery  u32 offset
+    Roster    u64 query_counter | u32 version | u32 total | u32 offset |
+              u8 count + count * (32-byte key | u8 n (<= 16) + n * network)
+    network   u8 family (4|6) | u8 prefix length | 4|16 address bytes
     address   u8 family (4|6) | 4|16 address bytes | u16 port   (no IPv4-mapped IPv6)
 
 Decoding is strict and canonical: whatever :func:`decode_payload` accepts, :func:`encode_payload`
@@ -58,6 +62,11 @@ _HEADER = struct.Struct("!BB12sQQ")
 HEADER_LEN = _HEADER.size
 MAX_CHANGED = (MAX_PAYLOAD - HEADER_LEN - 5) // KEY_LEN
 """14: as many keys as fit in MAX_PAYLOAD after the header, serial and count."""
+MAX_MEMBER_NETWORKS = 16
+"""Allowed-IP networks one Roster entry carries (a member with more is left out and logged by
+the registrar: see wgmesh.proto.roster)."""
+ROSTER_HEAD = HEADER_LEN + 8 + 4 + 4 + 4 + 1
+"""Bytes of a Roster before its members."""
 _SECONDARY = 0x01
 _U64 = struct.Struct("!Q")
 _U32 = struct.Struct("!I")
@@ -71,6 +80,8 @@ class Kind(IntEnum):
     WATCH = 2
     STATUS = 3
     PUSH = 4
+    ROSTER_QUERY = 5
+    ROSTER = 6
 
 
 _NAT_CODES = (NatKind.UNKNOWN, NatKind.NONE, NatKind.CONE, NatKind.SYMMETRIC)
@@ -142,13 +153,58 @@ class Push:
     """Public keys (32 bytes each, at most MAX_CHANGED) of the peers added, moved or withdrawn."""
 
 
-Payload = Register | Watch | Status | Push
+@dataclass(frozen=True, slots=True)
+class RosterQuery:
+    """Peer -> registrar from the control socket (mesh mode): 'send me the mesh's members from
+    entry ``offset`` on'."""
+
+    timestamp_ms: int
+    """Sender's wall clock, milliseconds since the epoch."""
+    counter: int
+    """Strictly increasing per sender."""
+    offset: int
+    """First entry wanted (u32), in the registrar's order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One admitted peer of the mesh, as the registrar vouches for it."""
+
+    key: bytes
+    """Its WireGuard public key (32 bytes)."""
+    allowed_ips: tuple[str, ...]
+    """The networks routed to it, from the registrar's admission file (CIDR text)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """Registrar -> peer, the answer to a RosterQuery: one page of the mesh's members."""
+
+    timestamp_ms: int
+    """Registrar's wall clock, milliseconds since the epoch."""
+    counter: int
+    """Strictly increasing per registrar."""
+    query_counter: int
+    """The RosterQuery answered."""
+    version: int
+    """Names the whole member list (u32; a page of another version does not continue this one)."""
+    total: int
+    """Members in the whole list (u32)."""
+    offset: int
+    """Index of this page's first member (u32)."""
+    members: tuple[Member, ...]
+    """This page's members, in the registrar's order."""
+
+
+Payload = Register | Watch | Status | Push | RosterQuery | Roster
 
 _KINDS: dict[type[Payload], Kind] = {
     Register: Kind.REGISTER,
     Watch: Kind.WATCH,
     Status: Kind.STATUS,
     Push: Kind.PUSH,
+    RosterQuery: Kind.ROSTER_QUERY,
+    Roster: Kind.ROSTER,
 }
 
 
@@ -213,9 +269,38 @@ def _body(p: Payload) -> bytes:
                 _U32.pack(p.serial),
             )
         )
+    if isinstance(p, RosterQuery):
+        return _U32.pack(p.offset)
+    if isinstance(p, Roster):
+        return b"".join(
+            (
+                struct.pack(
+                    "!QIIIB", p.query_counter, p.version, p.total, p.offset, len(p.members)
+                ),
+                *(pack_member(m) for m in p.members),
+            )
+        )
     if len(p.changed) > MAX_CHANGED or any(len(k) != KEY_LEN for k in p.changed):
         raise LocalProtocolError(f"a Push carries at most {MAX_CHANGED} 32-byte keys")
     return _U32.pack(p.serial) + bytes((len(p.changed),)) + b"".join(p.changed)
+
+
+def pack_member(m: Member) -> bytes:
+    """One Roster entry; LocalProtocolError for a bad key, too many or malformed networks."""
+    if len(m.key) != KEY_LEN or len(m.allowed_ips) > MAX_MEMBER_NETWORKS:
+        raise LocalProtocolError(
+            f"a Roster member is a 32-byte key and at most {MAX_MEMBER_NETWORKS} networks"
+        )
+    out = [m.key, bytes((len(m.allowed_ips),))]
+    for text in m.allowed_ips:
+        try:
+            net = ipaddress.ip_interface(text)
+        except ValueError:
+            raise LocalProtocolError(f"not an IP network: {text!r}") from None
+        if str(net) != text:
+            raise LocalProtocolError(f"network not in canonical form: {text!r}")
+        out.append(bytes((net.version, net.network.prefixlen)) + net.ip.packed)
+    return b"".join(out)
 
 
 def encode_payload(p: Payload, transaction_id: bytes) -> bytes:
@@ -284,6 +369,17 @@ class _Reader:
             raise DecodeError(f"{what} is not printable")
         return value
 
+    def network(self) -> str:
+        family, prefix = self.u8(), self.u8()
+        iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+        if family == 4 and prefix <= 32:
+            iface = ipaddress.IPv4Interface((self.take(4), prefix))
+        elif family == 6 and prefix <= 128:
+            iface = ipaddress.IPv6Interface((self.take(16), prefix))
+        else:
+            raise DecodeError("bad network in a Roster")
+        return str(iface)
+
     def address(self) -> Endpoint:
         family = self.u8()
         ip: ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -344,6 +440,17 @@ def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
         if count > MAX_CHANGED:
             raise DecodeError(f"more than {MAX_CHANGED} changed keys")
         p = Push(ts, counter, serial, tuple(r.take(KEY_LEN) for _ in range(count)))
+    elif kind == Kind.ROSTER_QUERY:
+        p = RosterQuery(ts, counter, r.u32())
+    elif kind == Kind.ROSTER:
+        query_counter, version, total, offset = r.u64(), r.u32(), r.u32(), r.u32()
+        members = []
+        for _ in range(r.u8()):
+            key, n = r.take(KEY_LEN), r.u8()
+            if n > MAX_MEMBER_NETWORKS:
+                raise DecodeError(f"more than {MAX_MEMBER_NETWORKS} networks for a member")
+            members.append(Member(key, tuple(r.network() for _ in range(n))))
+        p = Roster(ts, counter, query_counter, version, total, offset, tuple(members))
     else:
         raise DecodeError(f"unknown sealed payload kind {kind}")
     if r.pos != len(data):
