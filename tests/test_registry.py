@@ -197,7 +197,8 @@ def test_key_swapped_for_another_is_rejected(reg_private: PrivateKey) -> None:
 
 
 def test_ten_thousand_forgeries_give_zero_accepted(reg_private: PrivateKey) -> None:
-    r = make(reg_private, rate_limit=RateLimitConfig(rate=1e9, burst=1e9))
+    unlimited = RateLimitConfig(rate=1e9, burst=1e9)
+    r = make(reg_private, rate_limit=unlimited, agreement_limit=unlimited)
     reg_key = bytes(reg_private.public_key)
     alice = Peer()
     good = stun.decode(alice.register(reg_key))
@@ -236,14 +237,47 @@ def test_unadmitted_key_is_refused(reg_private: PrivateKey) -> None:
     assert entry.name == "alice-admin" and entry.allowed_ips == ("100.64.0.1/32",)
 
 
-def test_rate_limit_per_source(reg_private: PrivateKey) -> None:
+def test_rate_limit_per_key_after_the_box_opened(reg_private: PrivateKey) -> None:
     r = make(reg_private, rate_limit=RateLimitConfig(rate=20.0, burst=5.0))
     reg_key = bytes(reg_private.public_key)
     alice = Peer()
-    for _ in range(10):
+    for _ in range(15):
         r.receive(alice.register(reg_key), SRC, PORT, NOW)
-    assert r.counters["rate_limited"] == 5
-    assert r.counters["registered"] == 5
+    assert r.counters["key_limited"] == 5  # the key's own burst (10), whatever the source's
+    assert r.counters["registered"] == 10 and r.counters["rate_limited"] == 0
+
+
+def test_first_contacts_are_limited_per_source_and_in_all(reg_private: PrivateKey) -> None:
+    r = make(reg_private, rate_limit=RateLimitConfig(rate=20.0, burst=5.0),
+             agreement_limit=RateLimitConfig(rate=100.0, burst=8.0, max_sources=1))  # fmt: skip
+    reg_key = bytes(reg_private.public_key)
+    for _ in range(10):  # ten new keys from one source: five get an X25519 step
+        r.receive(Peer().register(reg_key), SRC, PORT, NOW)
+    assert r.counters["rate_limited"] == 5 and r.sealer.agreements == 5
+    for i in range(10):  # from many sources: the global budget (8) runs out
+        r.receive(Peer().register(reg_key), Endpoint.parse(f"192.0.2.{i}:1"), PORT, NOW)
+    assert r.counters["agreement_limited"] == 7 and r.sealer.agreements == 8
+
+
+def test_junk_with_a_victims_source_does_not_stop_its_registrations(
+    reg_private: PrivateKey,
+) -> None:
+    """An off-path attacker sends 1,000 packets/s carrying the victim's source address: boxes
+    under the victim's key that do not open, and first contacts under random keys. The
+    victim's own registrations, one a second, all go through."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    victim = Peer()
+    r.receive(victim.register(reg_key), SRC, PORT, NOW)
+    for tick in range(10 * 1000):  # 10 s at 1,000 packets/s
+        now = NOW + tick / 1000
+        junk = tampered(victim.register(reg_key, now)) if tick % 2 else Peer().register(reg_key)
+        r.receive(junk, SRC, PORT, now)
+        if tick % 1000 == 999:
+            r.receive(victim.register(reg_key, now), SRC, PORT, now)
+    accepted = [e for e in r.events() if e.peer.key == victim.key]
+    assert len(accepted) == 11  # the first and all ten during the flood
+    assert r.counters["rate_limited"] > 4000  # the junk paid for itself
 
 
 def test_garbage_is_counted_not_raised(reg_private: PrivateKey) -> None:

@@ -104,7 +104,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         help="seconds without a refresh before a peer's records are withdrawn (default 50, about "
         "two probe intervals of the daemon)",
     )
-    a("--rate", type=float, help="sealed messages per second per source address (default 20)")
+    a(
+        "--rate",
+        type=float,
+        help="first contacts and failed boxes per second per source address (default 20; a "
+        "registered key's valid messages are limited per key instead)",
+    )
     a("--burst", type=float, help="burst of the per-source limit (default 5)")
     a("--max-peers", type=int, help="most registered peers (default 1000000)")
     a("-v", "--verbose", action="store_true", default=None, help="debug logging")

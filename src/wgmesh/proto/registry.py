@@ -115,7 +115,21 @@ class RegistryConfig:
     max_watchers: int = 100_000
     """Most control addresses remembered for pushes."""
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
-    """Per-source-address limit on sealed messages."""
+    """Per-source-address limit on the sealed messages that cost us work an attacker can cause
+    from anywhere: first contacts (an X25519 step) and boxes that do not open. Never charged for
+    a valid message of a known key, so junk sent with a victim's source address cannot stop the
+    victim's registrations."""
+    key_rate_limit: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(rate=20.0, burst=10.0, max_sources=65536)
+    )
+    """Per-key limit on accepted sealed messages (charged after the box opened: only the key's
+    owner can spend it)."""
+    agreement_limit: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(rate=2000.0, burst=500.0, max_sources=1)
+    )
+    """X25519 steps per second for keys without a stored shared key, all sources together (so a
+    flood of first contacts under ``--open`` costs at most this much CPU; known keys never need
+    one and are served whatever this says)."""
     max_datagram: int = stun.MAX_DATAGRAM
     """Larger datagrams are dropped before parsing."""
     software: str = "wgmesh"
@@ -243,6 +257,8 @@ class Registry:
         """Per key, for pushes: last Watch time, Watch counter and control address, packed
         (peerrow.WATCHER), oldest Watch first."""
         self._limiter = RateLimiter(config.rate_limit)
+        self._key_limiter = RateLimiter(config.key_rate_limit)
+        self._agreements = RateLimiter(config.agreement_limit)
         self._plain = stun.PlainBindingResponder(config.software)
         self._events: list[PeerEvent] = []
         self._push_counter = 0
@@ -250,6 +266,7 @@ class Registry:
             (
                 "datagrams", "binding", "registered", "watched", "oversize", "not_stun",
                 "malformed", "rate_limited", "unauthorized", "bad_box", "stale", "replay",
+                "key_limited", "agreement_limited",
                 "unexpected", "table_full", "pushed", "roster",
             ),
             0,
@@ -353,9 +370,6 @@ class Registry:
         now: float,
     ) -> list[Outgoing]:
         c = self.counters
-        if not self._limiter.allow(source.ip, now):
-            c["rate_limited"] += 1
-            return []
         if len(key) != KEY_LEN:
             c["malformed"] += 1
             return []
@@ -363,13 +377,24 @@ class Registry:
         if admitted is None:
             c["unauthorized"] += 1
             return []
-        shared = self._shared_key(key)
+        shared = self._stored_key(key)
+        known = shared is not None
+        if shared is None:  # first contact (or a forgery): X25519, limited per source and in all
+            if not self._limiter.allow(source.ip, now):
+                c["rate_limited"] += 1
+                return []
+            if not self._agreements.allow(None, now):
+                c["agreement_limited"] += 1
+                return []
+            shared = self.sealer.shared_key(key)
         try:
             if shared is None:  # a low-order key: no box can open
                 raise DecodeError("sealed box does not open")
             plaintext = sealed.open_box(shared, box)
         except DecodeError:
             c["bad_box"] += 1
+            if known:  # junk is what the source bucket pays for (a first contact already did)
+                self._limiter.allow(source.ip, now)
             return []
         try:
             payload = sealed.decode_payload(plaintext, msg.transaction_id)
@@ -378,6 +403,9 @@ class Registry:
             return []
         if abs(payload.timestamp_ms / 1000.0 - now) > self.config.freshness_window:
             c["stale"] += 1
+            return []
+        if not self._key_limiter.allow(key, now):  # only the key's owner can spend this
+            c["key_limited"] += 1
             return []
         if isinstance(payload, sealed.Register):
             return self._register(key, admitted, payload, source, local_port, now, shared)
@@ -388,8 +416,8 @@ class Registry:
         c["unexpected"] += 1
         return []
 
-    def _shared_key(self, key: bytes) -> bytes | None:
-        """The shared key kept with ``key``'s row or watcher, else computed now (X25519)."""
+    def _stored_key(self, key: bytes) -> bytes | None:
+        """The shared key kept with ``key``'s row or watcher; None when there is none."""
         row = self._rows.get(key)
         if row is not None:
             shared = shared_key(row, SHARED_AT)
@@ -398,7 +426,7 @@ class Registry:
         watcher = self.watchers.get(key)
         if watcher is not None:
             return watcher[WATCHER_SHARED_AT : WATCHER_SHARED_AT + 32]
-        return self.sealer.shared_key(key)
+        return None
 
     def _register(
         self,
