@@ -100,6 +100,7 @@ def reg_private() -> PrivateKey:
 
 
 def make(reg_private: PrivateKey, admission: Admission | None = None, **cfg: object) -> Registry:
+    cfg.setdefault("push_delay", 0.0)  # every change pushed at once (coalescing: its own test)
     zone = Zone(ZoneConfig(origin="mesh.test.", ns=("ns1.mesh.test.",), hostmaster="h.mesh.test."))
     return Registry(
         RegistryConfig(**cfg),  # type: ignore[arg-type]
@@ -1088,3 +1089,29 @@ def test_the_packed_refresh_is_the_full_one(
     assert new == _row(after, shared)
     assert (since, watch_counter, nat) == (NOW - 200, 3, NatKind.CONE)
     assert unpacked == [mappings, times_after, secondary]
+
+
+def test_pushes_are_coalesced_per_window(reg_private: PrivateKey) -> None:
+    """A peer changing its port 20 times a second, with three watchers: each watcher gets the
+    first change at once, then at most one Push per ``push_delay`` naming what changed."""
+    r = make(reg_private, push_delay=0.25)
+    reg_key = bytes(reg_private.public_key)
+    watchers = [Peer() for _ in range(3)]
+    for i, w in enumerate(watchers):
+        r.receive(w.watch(reg_key), Endpoint.parse(f"198.51.100.{40 + i}:5000"), PORT, NOW)
+    mover = Peer()
+    out: list[tuple[bytes, Endpoint]] = []
+    for step in range(20):  # one second
+        now = NOW + step / 20
+        out += r.receive(mover.register(reg_key, now), Endpoint.parse(f"192.0.2.1:{1000 + step}"),
+                         PORT, now)  # fmt: skip
+        timer = r.next_timer()
+        if timer is not None and timer <= now + 0.05:
+            out += r.expire(timer)
+    out += r.expire(NOW + 2.0)
+    assert r.counters["registered"] == 20
+    per_watcher = len(out) / 3
+    assert per_watcher <= 1 + 1.0 / 0.25 + 1  # the first at once, then one per window
+    for i, w in enumerate(watchers):
+        keys = pushed_to(out, w, reg_key, Endpoint.parse(f"198.51.100.{40 + i}:5000"))
+        assert set(keys) == {mover.key}

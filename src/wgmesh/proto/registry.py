@@ -130,6 +130,9 @@ class RegistryConfig:
     """X25519 steps per second for keys without a stored shared key, all sources together (so a
     flood of first contacts under ``--open`` costs at most this much CPU; known keys never need
     one and are served whatever this says)."""
+    push_delay: float = 0.25
+    """Seconds changes are gathered before they are pushed: every watcher then gets one Push
+    naming all of them (up to 14 keys a Push), however often a peer changes meanwhile."""
     max_datagram: int = stun.MAX_DATAGRAM
     """Larger datagrams are dropped before parsing."""
     software: str = "wgmesh"
@@ -257,6 +260,9 @@ class Registry:
         """Per key, for pushes: last Watch time, Watch counter and control address, packed
         (peerrow.WATCHER), oldest Watch first."""
         self._limiter = RateLimiter(config.rate_limit)
+        self._changed: dict[bytes, None] = {}  # keys to push at _push_at, in change order
+        self._push_at: float | None = None
+        self._quiet_until = 0.0  # pushes sent before this gather the next changes
         self._key_limiter = RateLimiter(config.key_rate_limit)
         self._agreements = RateLimiter(config.agreement_limit)
         self._plain = stun.PlainBindingResponder(config.software)
@@ -608,7 +614,10 @@ class Registry:
         """When ``expire`` next has something to do (the earliest expiry), or None."""
         times = [last_seen(row) for row in self._oldest(self._rows)]
         times += [last_watch(w) for w in self._oldest(self.watchers)]
-        return min(times) + self.config.expiry if times else None
+        expiry = min(times) + self.config.expiry if times else None
+        if self._push_at is None:
+            return expiry
+        return self._push_at if expiry is None else min(expiry, self._push_at)
 
     @staticmethod
     def _oldest(table: Mapping[bytes, _V]) -> list[_V]:
@@ -617,9 +626,9 @@ class Registry:
         return []
 
     def expire(self, now: float) -> list[Outgoing]:
-        """Withdraw peers with no mapping refreshed within ``expiry`` seconds, and forget such
-        watchers. (A stale mapping beside a fresh one is dropped when the peer's row is next
-        touched: see the module docstring.)"""
+        """Withdraw peers with no mapping refreshed within ``expiry`` seconds, forget such
+        watchers, and send the pushes gathered during ``push_delay``. (A stale mapping beside
+        a fresh one is dropped when the peer's row is next touched: see the module docstring.)"""
         # Both tables are kept in refresh order (an entry is re-inserted when refreshed), so
         # the stale ones are at the front and this costs O(expired), not O(peers).
         limit = now - self.config.expiry
@@ -636,6 +645,8 @@ class Registry:
             if last_seen(row) >= limit:
                 break
             out += self._withdraw(self._entry(key, row), now)
+        if self._push_at is not None and now >= self._push_at:
+            out += self._flush_pushes(now)
         return out
 
     def events(self) -> list[PeerEvent]:
@@ -696,33 +707,48 @@ class Registry:
         return self._push_counter
 
     def _push(self, changed: bytes, now: float) -> list[Outgoing]:
-        """Tell every watcher but the changed peer itself to re-resolve ``changed`` now."""
+        """Push ``changed`` to every other watcher: at once when nothing was pushed within
+        ``push_delay``, else gathered with whatever else changes until the window ends (then
+        :meth:`expire` sends them, ``next_timer`` says when). So a peer changing 20 times a
+        second costs each watcher at most ``1 / push_delay`` Pushes a second, not 20 per peer."""
+        if len(self.watchers) - (changed in self.watchers) <= 0:
+            return []  # nobody else to tell
+        self._changed[changed] = None
+        if self._push_at is None:
+            if now >= self._quiet_until:
+                return self._flush_pushes(now)
+            self._push_at = self._quiet_until
+        return []
+
+    def _flush_pushes(self, now: float) -> list[Outgoing]:
+        """Tell every watcher to re-resolve the peers that changed (but itself), in as few
+        Pushes as hold them: one for up to 14 changed peers."""
+        changed, self._changed, self._push_at = list(self._changed), {}, None
+        self._quiet_until = now + self.config.push_delay
         out: list[Outgoing] = []
         for key, watcher in self.watchers.items():
-            if key == changed:
-                continue
             _, _, shared, addr = unpack_watcher(watcher)
-            push = sealed.Push(
-                timestamp_ms=int(now * 1000),
-                counter=self._next_counter(now),
-                serial=self.zone.serial,
-                changed=(changed,),
-            )
-            out.append(
-                (
-                    sealed.build_sealed_with(
-                        shared,
-                        None,
-                        push,
-                        self._nonce(12),
-                        self._nonce(24),
-                        msg_type=stun.BINDING_INDICATION,
-                    ),
-                    addr,
+            theirs = [k for k in changed if k != key]
+            for i in range(0, len(theirs), sealed.MAX_CHANGED):
+                out.append(
+                    self._push_one(shared, addr, tuple(theirs[i : i + sealed.MAX_CHANGED]), now)
                 )
-            )
         self.counters["pushed"] += len(out)
         return out
+
+    def _push_one(
+        self, shared: bytes, addr: Endpoint, changed: tuple[bytes, ...], now: float
+    ) -> Outgoing:
+        push = sealed.Push(
+            timestamp_ms=int(now * 1000),
+            counter=self._next_counter(now),
+            serial=self.zone.serial,
+            changed=changed,
+        )
+        data = sealed.build_sealed_with(
+            shared, None, push, self._nonce(12), self._nonce(24), msg_type=stun.BINDING_INDICATION
+        )
+        return data, addr
 
 
 class PeerTable(Mapping[bytes, PeerEntry]):
