@@ -108,8 +108,12 @@ def test_first_round_registers_classifies_and_reads_the_zone() -> None:
     first = net.sent[:2]
     assert [t.via for t in first] == [Via.WIREGUARD, Via.CONTROL]
     assert first[0].destination == REGISTRAR and first[1].destination == REGISTRAR
+    # the first Status carried a cookie for our control address, and said we had not echoed
+    # one: a Watch echoing it goes out at once (return routability), so pushes can reach us
+    assert net.sent[2].via is Via.CONTROL and net.client.proven
+    assert net.registry.watchers.keys() == {net.client.own_key}
     # the classification probe goes to the alternate port from the WireGuard port
-    assert net.sent[2].via is Via.WIREGUARD and net.sent[2].destination.port == REGISTRAR.port + 1
+    assert net.sent[3].via is Via.WIREGUARD and net.sent[3].destination.port == REGISTRAR.port + 1
     events = net.take()
     observed = of(MappingObserved, events)
     assert observed[0] == MappingObserved((WG_PUBLIC,), NatKind.UNKNOWN, 0.0)
@@ -142,7 +146,7 @@ def test_known_nat_class_skips_the_alternate_port() -> None:
 def test_alternate_port_off() -> None:
     net = Net(config=ClientConfig(classify=False))
     net.step(NOW + 1.0)
-    assert len(net.sent) == 2 and net.client.nat == NatKind.UNKNOWN
+    assert len(net.sent) == 3 and net.client.nat == NatKind.UNKNOWN  # with the proving Watch
 
 
 def test_unanswered_rounds_retry_then_back_off() -> None:

@@ -53,6 +53,7 @@ class Peer:
         self.key = bytes(self.private.public_key)
         self.sealer = sealed.Sealer(bytes(self.private))
         self.counter = 1000
+        self.cookie = bytes(16)
 
     def message(
         self, reg_key: bytes, payload: sealed.Payload, msg_type: int = stun.BINDING_REQUEST
@@ -91,7 +92,28 @@ class Peer:
 
     def watch(self, reg_key: bytes, now: float = NOW) -> bytes:
         self.counter += 1
-        return self.message(reg_key, sealed.Watch(int(now * 1000), self.counter, self.counter - 1))
+        payload = sealed.Watch(int(now * 1000), self.counter, self.counter - 1, self.cookie)
+        return self.message(reg_key, payload)
+
+
+def watch(r: Registry, peer: Peer, reg_key: bytes, source: Endpoint, now: float = NOW) -> list:
+    """A Watch as a daemon sends it: if the Status says the source is not proven yet, the
+    cookie it carries is echoed in a second Watch (return routability). Returns the Status
+    answers and pushes of both."""
+    out = r.receive(peer.watch(reg_key, now), source, PORT, now)
+    status = [s for s in (_opened(peer, d, reg_key) for d, a in out if a == source)
+              if isinstance(s, sealed.Status)]  # fmt: skip
+    if status and not status[0].proven:
+        peer.cookie = status[0].cookie
+        out += r.receive(peer.watch(reg_key, now), source, PORT, now)
+    return out
+
+
+def _opened(peer: Peer, data: bytes, reg_key: bytes) -> object:
+    try:
+        return sealed.open_sealed(peer.sealer, stun.decode(data), reg_key)[1]
+    except Exception:
+        return None
 
 
 @pytest.fixture
@@ -307,7 +329,7 @@ def test_changes_are_pushed_to_other_watchers(reg_private: PrivateKey) -> None:
     alice, bob = Peer(), Peer()
     bob_control = Endpoint.parse("198.51.100.30:50000")
     r.receive(bob.register(reg_key), Endpoint.parse("198.51.100.30:51820"), PORT, NOW)
-    r.receive(bob.watch(reg_key), bob_control, PORT, NOW)
+    watch(r, bob, reg_key, bob_control)
     out = r.receive(alice.register(reg_key), SRC, PORT, NOW)
     pushes = [(d, a) for d, a in out if a == bob_control]
     assert len(pushes) == 1
@@ -546,10 +568,9 @@ def test_refreshes_open_with_the_shared_key_in_the_row(reg_private: PrivateKey) 
     control = Endpoint.parse("198.51.100.20:50000")
     for i in range(1, 6):
         assert r.receive(alice.register(reg_key, NOW + i), SRC, PORT, NOW + i) == []
-        ((status, _),) = r.receive(alice.watch(reg_key, NOW + i), control, PORT, NOW + i)
-        assert isinstance(sealed.open_sealed(alice.sealer, stun.decode(status), reg_key)[1],
-                          sealed.Status)  # fmt: skip
-    assert r.counters["registered"] == 6 and r.counters["watched"] == 5
+        out = watch(r, alice, reg_key, control, NOW + i)  # the first proves the address
+        assert all(isinstance(_opened(alice, d, reg_key), sealed.Status) for d, _ in out)
+    assert r.counters["registered"] == 6 and r.counters["watched"] == 6
     assert r.sealer.agreements == 1 and r.sealer.cached_keys == 0
     assert stored(r, alice.key) == (shared_of(reg_private, alice),) * 2
     out = r.receive(bob.register(reg_key, NOW + 6), SRC2, PORT, NOW + 6)  # pushed to alice
@@ -602,14 +623,17 @@ def test_a_watch_before_any_register_keeps_the_key_with_the_watcher(
     alice = Peer()
     control = Endpoint.parse("198.51.100.20:50000")
     ((status, _),) = r.receive(alice.watch(reg_key), control, PORT, NOW)
+    cookie = r._cookie(alice.key, control, NOW)
     assert sealed.open_sealed(alice.sealer, stun.decode(status), reg_key)[1] == sealed.Status(
         int(NOW * 1000), int(NOW * 1_000_000), alice.counter, 0, (), NatKind.UNKNOWN,
-        r.zone.serial)  # fmt: skip
+        r.zone.serial, False, cookie)  # fmt: skip
+    assert stored(r, alice.key) == (None, None)  # not proven: nothing kept for it
+    alice.cookie = cookie
+    r.receive(alice.watch(reg_key, NOW + 1), control, PORT, NOW + 1)  # echoes it: a watcher
     assert stored(r, alice.key) == (None, shared_of(reg_private, alice))
-    r.receive(alice.watch(reg_key, NOW + 1), control, PORT, NOW + 1)
     r.receive(alice.register(reg_key, NOW + 1), SRC, PORT, NOW + 1)
     assert stored(r, alice.key) == (shared_of(reg_private, alice),) * 2
-    assert r.sealer.agreements == 1
+    assert r.sealer.agreements == 2  # the unproven Watch paid its own X25519 step
 
 
 def test_expiry_and_withdrawal_drop_the_shared_key(reg_private: PrivateKey) -> None:
@@ -619,7 +643,7 @@ def test_expiry_and_withdrawal_drop_the_shared_key(reg_private: PrivateKey) -> N
     reg_key = bytes(reg_private.public_key)
     for peer, src in ((alice, SRC), (bob, SRC2)):
         r.receive(peer.register(reg_key), src, PORT, NOW)
-        r.receive(peer.watch(reg_key), src, PORT, NOW)
+        watch(r, peer, reg_key, src)
     assert r.sealer.agreements == 2
     # bob's key is revoked: his row and his watcher go, with their shared keys
     r.set_admission(Admission(open=False, peers={alice.key: adm[alice.key]}), NOW + 1)
@@ -713,7 +737,7 @@ def pushed_to(out: list[tuple[bytes, Endpoint]], peer: Peer, reg_key: bytes, at:
 def watched_by_bob(r: Registry, reg_key: bytes) -> Peer:
     bob = Peer()
     r.receive(bob.register(reg_key), BOB, PORT, NOW)
-    r.receive(bob.watch(reg_key), BOB_CONTROL, PORT, NOW)
+    watch(r, bob, reg_key, BOB_CONTROL)
     return bob
 
 
@@ -800,7 +824,7 @@ def test_a_stale_ipv6_mapping_is_dropped_while_ipv4_refreshes(reg_private: Priva
     for t in (NOW + 20, NOW + 40):  # IPv6 not stale yet: plain refreshes
         assert r.receive(alice.register(reg_key, t), SRC, PORT, t) == []
         r.receive(bob.register(reg_key, t), BOB, PORT, t)
-        r.receive(bob.watch(reg_key, t), BOB_CONTROL, PORT, t)
+        watch(r, bob, reg_key, BOB_CONTROL, t)
     assert r.peers[alice.key].mappings == (SRC, SRC6)
     r.events()
     serial = r.zone.serial
@@ -824,7 +848,7 @@ def test_a_stale_mapping_is_dropped_at_the_peers_watch_too(reg_private: PrivateK
     alice = Peer()
     r.receive(alice.register(reg_key), SRC, PORT, NOW)
     r.receive(alice.register(reg_key, NOW + 30), SRC6, PORT, NOW + 30)
-    r.receive(bob.watch(reg_key, NOW + 30), BOB_CONTROL, PORT, NOW + 30)
+    watch(r, bob, reg_key, BOB_CONTROL, NOW + 30)
     r.events()
     control = Endpoint.parse("[2001:db8:1::20]:50000")
     out = r.receive(alice.watch(reg_key, NOW + 60), control, PORT, NOW + 60)
@@ -1098,7 +1122,7 @@ def test_pushes_are_coalesced_per_window(reg_private: PrivateKey) -> None:
     reg_key = bytes(reg_private.public_key)
     watchers = [Peer() for _ in range(3)]
     for i, w in enumerate(watchers):
-        r.receive(w.watch(reg_key), Endpoint.parse(f"198.51.100.{40 + i}:5000"), PORT, NOW)
+        watch(r, w, reg_key, Endpoint.parse(f"198.51.100.{40 + i}:5000"))
     mover = Peer()
     out: list[tuple[bytes, Endpoint]] = []
     for step in range(20):  # one second
@@ -1115,3 +1139,28 @@ def test_pushes_are_coalesced_per_window(reg_private: PrivateKey) -> None:
     for i, w in enumerate(watchers):
         keys = pushed_to(out, w, reg_key, Endpoint.parse(f"198.51.100.{40 + i}:5000"))
         assert set(keys) == {mover.key}
+
+
+def test_a_watch_with_a_spoofed_source_makes_no_push_target(reg_private: PrivateKey) -> None:
+    """An attacker with a key of its own (``--open``) sends Watches carrying a victim's source
+    address, replaying them too. The victim gets the Status answers (one each, no larger than
+    twice the Watch) and never a Push, however many peers change afterwards."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    mallory, victim = Peer(), Endpoint.parse("192.0.2.200:53")
+    inbound = outbound = 0
+    for i in range(5):
+        data = mallory.watch(reg_key, NOW + i)
+        for _ in range(3):  # each sent three times
+            out = r.receive(data, victim, PORT, NOW + i)
+            inbound += len(data)
+            outbound += sum(len(d) for d, a in out if a == victim)
+    assert mallory.key not in r.watchers and r.counters["unproven"] >= 5
+    assert outbound <= 2 * inbound
+    changed = [Peer() for _ in range(20)]
+    out = []
+    for j, peer in enumerate(changed):
+        out += r.receive(peer.register(reg_key, NOW + 10), Endpoint.parse(f"198.51.100.{j}:1"),
+                         PORT, NOW + 10)  # fmt: skip
+    out += r.expire(NOW + 11)
+    assert [a for _, a in out if a == victim] == []

@@ -64,22 +64,29 @@ def test_round_trip(payload: sealed.Payload) -> None:
             + b"\x04" + bytes([10, 1, 0, 5]) + struct.pack("!H", 51820)
             + b"\x06" + EP6.ip.packed + struct.pack("!H", 51820),
         ),
-        (Watch(1, 2, 3), struct.pack("!Q", 3)),
-        (  # 0 or 1 mapping: the same bytes as the has_observed flag of before
+        (Watch(1, 2, 3), struct.pack("!Q", 3) + bytes(16)),
+        (Watch(1, 2, 3, b"\x5a" * 16), struct.pack("!Q", 3) + b"\x5a" * 16),
+        (  # 0 or 1 mapping: the bytes of the has_observed flag of before, then flags and cookie
             Status(1, 2, 3, 4, (EP4,), NatKind.CONE, 5),
             struct.pack("!QQ", 3, 4) + b"\x01\x04" + bytes([10, 1, 0, 5])
-            + struct.pack("!H", 51820) + b"\x02" + struct.pack("!I", 5),
+            + struct.pack("!H", 51820) + b"\x02" + struct.pack("!I", 5) + b"\x00" + bytes(16),
         ),
         (
             Status(1, 2, 3, 4, (), NatKind.NONE, 5),
-            struct.pack("!QQ", 3, 4) + b"\x00" + b"\x01" + struct.pack("!I", 5),
+            struct.pack("!QQ", 3, 4) + b"\x00" + b"\x01" + struct.pack("!I", 5) + b"\x00"
+            + bytes(16),
+        ),
+        (
+            Status(1, 2, 3, 4, (), NatKind.NONE, 5, True, b"\xc3" * 16),
+            struct.pack("!QQ", 3, 4) + b"\x00" + b"\x01" + struct.pack("!I", 5) + b"\x01"
+            + b"\xc3" * 16,
         ),
         (
             Status(1, 2, 3, 4, (EP4, EP6), NatKind.CONE, 5),
             struct.pack("!QQ", 3, 4) + b"\x02"
             + b"\x04" + bytes([10, 1, 0, 5]) + struct.pack("!H", 51820)
             + b"\x06" + EP6.ip.packed + struct.pack("!H", 51820)
-            + b"\x02" + struct.pack("!I", 5),
+            + b"\x02" + struct.pack("!I", 5) + b"\x00" + bytes(16),
         ),
         (Push(1, 2, 7, (b"\xab" * 32,)), struct.pack("!IB", 7, 1) + b"\xab" * 32),
     ],
@@ -97,7 +104,7 @@ def test_sizes() -> None:
     assert sealed.MAX_CHANGED == 14
     assert len(sealed.encode_payload(biggest_push, TID)) == 30 + 5 + 14 * 32 <= 512
     biggest_status = Status(0, 0, 0, 0, (EP4, EP6), NatKind.CONE, 0)
-    assert len(sealed.encode_payload(biggest_status, TID)) == 30 + 16 + 1 + 7 + 19 + 1 + 4
+    assert len(sealed.encode_payload(biggest_status, TID)) == 30 + 16 + 1 + 7 + 19 + 1 + 4 + 17
     assert sealed.NONCE_LEN + 16 + sealed.MAX_PAYLOAD <= stun.MAX_SEALED
 
 
@@ -128,7 +135,10 @@ OBS6 = b"\x06" + EP6.ip.packed + struct.pack("!H", 51820)
         (b"\x01\x09" + TID + bytes(16), "unknown sealed payload kind 9"),
         (b"\x01\x00" + TID + bytes(16), "unknown sealed payload kind 0"),
         (b"\x01\x02" + bytes(12) + bytes(24), "sealed payload bound to another transaction"),
-        (head(2) + bytes(9), "trailing bytes after sealed payload"),
+        (head(2) + bytes(25), "trailing bytes after sealed payload"),
+        (head(2) + bytes(23), "sealed payload truncated"),
+        (head(3) + bytes(16) + b"\x00\x00" + bytes(4) + b"\x02" + bytes(16),
+         "unknown Status flags"),
         (REG + b"\x00\x00\x00\x00\x00", "trailing bytes after sealed payload"),
         (REG + b"\x02\x00\x00\x00", "unknown Register flags"),
         (REG + b"\x00\x02\xff\xfe\x00\x00", "name is not UTF-8"),
@@ -440,7 +450,7 @@ payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
         st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=32),
         st.booleans(),
     ),
-    st.builds(Watch, u64, u64, u64),
+    st.builds(Watch, u64, u64, u64, st.binary(min_size=16, max_size=16)),
     st.builds(
         Status,
         u64,
@@ -450,6 +460,8 @@ payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
         observed,
         st.sampled_from(NatKind),
         st.integers(0, 2**32 - 1),
+        st.booleans(),
+        st.binary(min_size=16, max_size=16),
     ),
     st.builds(
         Push,

@@ -218,6 +218,11 @@ class RegistrarClient:
         """Our mappings as the registrar last reported them."""
         self.nat = NatKind.UNKNOWN
         """Our NAT class as the registrar last reported it."""
+        self.cookie = bytes(sealed.COOKIE_LEN)
+        """The registrar's return-routability cookie for our control address, echoed in every
+        Watch (a Watch that echoes a valid one makes us a push target)."""
+        self.proven = False
+        """The last Status said our control address receives pushes."""
         self.serial = -1
         """The zone serial of the last Status (-1: none yet)."""
         self.last_answer = 0.0
@@ -414,6 +419,9 @@ class RegistrarClient:
         self.observed = status.observed
         self.nat = status.nat
         self._events.append(MappingObserved(status.observed, status.nat, rtt))
+        self.cookie, self.proven = status.cookie, status.proven
+        if not status.proven:  # prove at once that we receive there: echo the new cookie
+            self._send_watch(self._register, now)
         if status.serial != self.serial:
             self.serial = status.serial
             self._resolve_at = now + self.config.probe_interval
@@ -459,5 +467,5 @@ class RegistrarClient:
 
     def _send_watch(self, register_counter: int, now: float) -> None:
         self._watch = self._next_counter(now)
-        payload = sealed.Watch(int(now * 1000), self._watch, register_counter)
+        payload = sealed.Watch(int(now * 1000), self._watch, register_counter, self.cookie)
         self._out.append(Transmit(self._seal(payload), self.registrar, Via.CONTROL))

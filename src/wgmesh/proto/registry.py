@@ -37,6 +37,7 @@ and the admission check.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -69,6 +70,8 @@ from wgmesh.proto.ratelimit import RateLimitConfig, RateLimiter
 from wgmesh.proto.roster import RosterBook
 
 Outgoing = tuple[bytes, Endpoint]
+COOKIE_EPOCH = 60.0
+"""Seconds a return-routability cookie is issued for (it is accepted one epoch longer)."""
 _V = TypeVar("_V")
 
 
@@ -260,6 +263,7 @@ class Registry:
         """Per key, for pushes: last Watch time, Watch counter and control address, packed
         (peerrow.WATCHER), oldest Watch first."""
         self._limiter = RateLimiter(config.rate_limit)
+        self._cookie_secret = nonce(32)  # return-routability cookies (see _cookie)
         self._changed: dict[bytes, None] = {}  # keys to push at _push_at, in change order
         self._push_at: float | None = None
         self._quiet_until = 0.0  # pushes sent before this gather the next changes
@@ -272,7 +276,7 @@ class Registry:
             (
                 "datagrams", "binding", "registered", "watched", "oversize", "not_stun",
                 "malformed", "rate_limited", "unauthorized", "bad_box", "stale", "replay",
-                "key_limited", "agreement_limited",
+                "key_limited", "agreement_limited", "unproven",
                 "unexpected", "table_full", "pushed", "roster",
             ),
             0,
@@ -542,7 +546,9 @@ class Registry:
         if watch.counter <= floor:
             c["replay"] += 1
             return []
-        if known is None and len(self.watchers) >= self.config.max_watchers:
+        proven = watch.cookie in (self._cookie(key, source, now),
+                                  self._cookie(key, source, now - COOKIE_EPOCH))  # fmt: skip
+        if proven and known is None and len(self.watchers) >= self.config.max_watchers:
             c["table_full"] += 1
             return []
         pushes: list[Outgoing] = []
@@ -554,8 +560,11 @@ class Registry:
             else:  # a stale mapping beside a fresh one: dropped now
                 pushes = self._publish(Change.CHANGED, updated, now, shared)
             entry = updated
-        self.watchers.pop(key, None)
-        self.watchers[key] = pack_watcher(now, watch.counter, shared, source)
+        if proven:  # the source answered our last Status: it may receive pushes and rosters
+            self.watchers.pop(key, None)
+            self.watchers[key] = pack_watcher(now, watch.counter, shared, source)
+        else:
+            c["unproven"] += 1
         c["watched"] += 1
         status = sealed.Status(
             timestamp_ms=int(now * 1000),
@@ -565,6 +574,8 @@ class Registry:
             observed=() if entry is None else entry.mappings,
             nat=NatKind.UNKNOWN if entry is None else entry.nat,
             serial=self.zone.serial,
+            proven=proven,
+            cookie=self._cookie(key, source, now),
         )
         box = sealed.seal_box(
             shared, sealed.encode_payload(status, msg.transaction_id), self._nonce(24)
@@ -573,6 +584,17 @@ class Registry:
             msg, source, extra=((stun.ATTR_WG_SEALED, box),), software=self.config.software
         )
         return [(data, source), *pushes]
+
+    def _cookie(self, key: bytes, source: Endpoint, now: float) -> bytes:
+        """The return-routability cookie of ``key`` at ``source`` for the epoch of ``now``: a
+        keyed BLAKE2b of the key, the address and the epoch (``COOKIE_EPOCH`` seconds). Only a
+        host that receives our Status at ``source`` learns it; the current and the previous
+        epoch's are accepted."""
+        mac = hashlib.blake2b(key=self._cookie_secret, digest_size=sealed.COOKIE_LEN)
+        mac.update(key)
+        mac.update(source.ip.packed + source.port.to_bytes(2, "big"))
+        mac.update(int(now // COOKIE_EPOCH).to_bytes(8, "big"))
+        return mac.digest()
 
     def _roster(
         self,

@@ -10,10 +10,12 @@ ciphertext (16-byte MAC, then the payload). Plaintext layout, network byte order
     Register  u8 flags (bit 0: secondary; others zero) | u8 n + n bytes UTF-8 name (n <= 63,
               printable) | u8 n + n bytes ASCII software (n <= 32, printable) |
               u8 count (<= 8) + count * address
-    Watch     u64 register_counter
+    Watch     u64 register_counter | 16-byte cookie (zeros: none yet)
     Status    u64 watch_counter | u64 register_counter | u8 count (<= 2) + count * address
               (the observed mappings: at most one per family, IPv4 first) |
-              u8 nat (0 unknown, 1 none, 2 cone, 3 symmetric) | u32 serial
+              u8 nat (0 unknown, 1 none, 2 cone, 3 symmetric) | u32 serial |
+              u8 flags (bit 0: the Watch's cookie was valid: its source is a push target) |
+              16-byte cookie for the Watch's source address
     Push      u32 serial | u8 count (<= 14) + count * 32-byte key
     RosterQuery  u32 offset
     Roster    u64 query_counter | u32 version | u32 total | u32 offset |
@@ -58,6 +60,8 @@ MAX_OBSERVED = 2
 """Observed mappings in a Status: one per address family."""
 KEY_LEN = 32
 NONCE_LEN = 24
+COOKIE_LEN = 16
+_PROVEN = 0x01
 _HEADER = struct.Struct("!BB12sQQ")
 HEADER_LEN = _HEADER.size
 MAX_CHANGED = (MAX_PAYLOAD - HEADER_LEN - 5) // KEY_LEN
@@ -116,6 +120,9 @@ class Watch:
     """Strictly increasing per sender."""
     register_counter: int
     """The Register this refers to."""
+    cookie: bytes = bytes(COOKIE_LEN)
+    """The cookie of the registrar's last Status to this source address (return routability:
+    only a Watch that echoes it makes its source a push target); zeros when there is none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +144,10 @@ class Status:
     """The peer's NAT class."""
     serial: int
     """The zone's SOA serial (u32): when it changes, re-read the zone."""
+    proven: bool = False
+    """The Watch echoed a valid cookie: its source receives pushes (and rosters)."""
+    cookie: bytes = bytes(COOKIE_LEN)
+    """The cookie the next Watch from this source address must echo."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +246,12 @@ def _pack_text(text: str, limit: int, what: str, *, ascii_only: bool) -> bytes:
     return bytes((len(raw),)) + raw
 
 
+def _cookie(cookie: bytes) -> bytes:
+    if len(cookie) != COOKIE_LEN:
+        raise LocalProtocolError("a cookie is 16 bytes")
+    return cookie
+
+
 def _nat_code(nat: NatKind) -> int:
     code = _NAT_INDEX.get(nat)
     if code is None:
@@ -256,7 +273,9 @@ def _body(p: Payload) -> bytes:
             )
         )
     if isinstance(p, Watch):
-        return _U64.pack(p.register_counter)
+        if len(p.cookie) != COOKIE_LEN:
+            raise LocalProtocolError("a cookie is 16 bytes")
+        return _U64.pack(p.register_counter) + p.cookie
     if isinstance(p, Status):
         families = [_family(ep) for ep in p.observed]
         if families not in ([], [4], [6], [4, 6]):
@@ -267,6 +286,8 @@ def _body(p: Payload) -> bytes:
                 *(_pack_address(ep) for ep in p.observed),
                 bytes((_nat_code(p.nat),)),
                 _U32.pack(p.serial),
+                bytes((_PROVEN if p.proven else 0,)),
+                _cookie(p.cookie),
             )
         )
     if isinstance(p, RosterQuery):
@@ -420,7 +441,7 @@ def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
         addresses = tuple(r.address() for _ in range(count))
         p = Register(ts, counter, name, addresses, software, bool(flags))
     elif kind == Kind.WATCH:
-        p = Watch(ts, counter, r.u64())
+        p = Watch(ts, counter, r.u64(), r.take(COOKIE_LEN))
     elif kind == Kind.STATUS:
         watch_counter, register_counter = r.u64(), r.u64()
         count = r.u8()
@@ -434,7 +455,11 @@ def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
         nat = r.u8()
         if nat >= len(_NAT_CODES):
             raise DecodeError("unknown NAT class")
-        p = Status(ts, counter, watch_counter, register_counter, observed, _NAT_CODES[nat], r.u32())
+        serial, flags = r.u32(), r.u8()
+        if flags & ~_PROVEN:
+            raise DecodeError("unknown Status flags")
+        p = Status(ts, counter, watch_counter, register_counter, observed, _NAT_CODES[nat],
+                   serial, bool(flags), r.take(COOKIE_LEN))  # fmt: skip
     elif kind == Kind.PUSH:
         serial, count = r.u32(), r.u8()
         if count > MAX_CHANGED:
