@@ -1164,3 +1164,19 @@ def test_a_watch_with_a_spoofed_source_makes_no_push_target(reg_private: Private
                          PORT, NOW + 10)  # fmt: skip
     out += r.expire(NOW + 11)
     assert [a for _, a in out if a == victim] == []
+
+
+def test_a_restore_moves_the_serial_on_by_exactly_one(reg_private: PrivateKey) -> None:
+    """However many peers come back, and also when none does (restarted after the expiry)."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    peers = [Peer() for _ in range(30)]
+    for i, peer in enumerate(peers):
+        r.receive(peer.register(reg_key), Endpoint.parse(f"198.51.100.{i}:1"), PORT, NOW)
+    entries = list(r.peers.values())
+    for later, saved in ((NOW + 1, 1000), (NOW + 500, 2**32 - 1)):
+        again = make(reg_private)
+        again.zone.set_serial(saved)
+        again.restore(entries, later)
+        assert again.zone.serial == ((saved + 1) % 2**32 or 1)
+        assert len(again.peers) == (30 if later == NOW + 1 else 0)

@@ -212,6 +212,11 @@ class Zone:
 
     # -- changes ----------------------------------------------------------------------------
 
+    def set_serial(self, serial: int) -> None:
+        """Set the SOA serial (1..2**32-1); every cached negative answer, which carries the
+        serial, becomes stale."""
+        self.serial = serial
+
     def upsert(self, peer: PublishedPeer) -> bool:
         """Publish or update a peer; True (and serial + 1) when anything published changed."""
         record = _record(peer)
@@ -230,7 +235,7 @@ class Zone:
 
     def _changed(self, key: bytes) -> None:
         # negative answers carry the serial: raising it makes every cached one stale
-        self.serial = (self.serial + 1) % 2**32 or 1
+        self.set_serial((self.serial + 1) % 2**32 or 1)
         self._browse_memo = None
         for subject in (key, self._service_wire, self._origin_wire):
             self._cache.invalidate(subject)

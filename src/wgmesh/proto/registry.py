@@ -290,7 +290,11 @@ class Registry:
     # -- state loading --------------------------------------------------------------------
 
     def restore(self, entries: Iterable[PeerEntry], now: float) -> None:
-        """Load persisted peers; those already past expiry are left out."""
+        """Load persisted peers; those already past expiry are left out. The zone's serial
+        moves on by exactly one from the one it was created with (the saved serial), whatever
+        was restored: the zone may differ from what secondaries hold (peers expired while we
+        were down), and a serial must only ever grow (RFC 1982), never jump by the peer count."""
+        saved = self.zone.serial
         for stored in entries:
             admitted = self.admission.lookup(stored.key)
             entry = self._without_stale(stored, now)
@@ -302,6 +306,7 @@ class Registry:
             except (struct.error, ValueError):
                 continue  # a counter out of range: not a row we wrote
             self.zone.upsert(published(entry))
+        self.zone.set_serial((saved + 1) % 2**32 or 1)
         # expire() relies on refresh order
         rows = sorted(self._rows.items(), key=lambda kv: last_seen(kv[1]))
         self._rows = OrderedDict(rows)

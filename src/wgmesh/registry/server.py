@@ -168,6 +168,7 @@ class Registrar:
         self.stun_ports = tuple(bound)
         self.registry.primary_port = bound[0]
         self._dns = await start_dns(self.zone, settings.listen, settings.dns_port)
+        self.store.apply((), self.zone.serial)  # the restart's serial is durable at once
         self._after_input()  # the restore
         log.info(
             "registrar %s for zone %s: STUN %s:%s, DNS %s:%d, %s",
