@@ -100,6 +100,18 @@ def test_replay_and_forgery_rejected_by_the_running_server(tmp_path: Path) -> No
         other.close()
 
 
+def test_an_acknowledged_registration_survives_kill_9_at_once(tmp_path: Path) -> None:
+    """No sleep between the Status (the acknowledgement) and kill -9: the record is on disk."""
+    with registrar(tmp_path) as r:
+        alice = Client(r.key)
+        alice.register(r.endpoint, name="alice")  # returns once the Status came back
+        r.kill()
+        r.start()
+        name = f"{key_label(alice.key)}._wireguard._udp.mesh.test"
+        assert dig(r.dns_port, "+short", name, "SRV").split()[2] == str(alice.port)
+        alice.close()
+
+
 def test_kill_9_and_restart_serves_records_at_once(tmp_path: Path) -> None:
     with registrar(tmp_path) as r:
         alice = Client(r.key)

@@ -116,7 +116,8 @@ async def test_a_peer_is_withdrawn_when_it_expires_and_not_polled_before(
             deadline - time.time(), abs=0.02
         )
         assert [[e.change for e in events] for _, events in p.flushed] == [["added"]]
-        assert p.flushed[0][0] - seen == pytest.approx(0.2, abs=0.1)
+        # written before the Status acknowledged it (make_durable), not at the flush timer
+        assert p.flushed[0][0] - seen < 0.1
         await asyncio.sleep(deadline + 0.4 - time.time())
         assert alice.key not in p.registrar.registry.peers
         withdrawn_at = next(at for at, left in p.expired if left == 0)
@@ -178,7 +179,7 @@ async def test_a_reload_that_revokes_the_last_peer_disarms_the_timer(
     alice = Client(p.key, alice_key)
     try:
         await p.register(alice)
-        assert len(timers(asyncio.get_running_loop())) == 2  # the expiry and the flush
+        assert len(timers(asyncio.get_running_loop())) == 1  # the expiry (written already)
         keys.write_text("")
         p.registrar.reload()
         assert alice.key not in p.registrar.registry.peers

@@ -100,7 +100,8 @@ class _StunSocket:
         source = Endpoint.from_sockaddr(addr)
         registrar = self.registrar
         out = registrar.registry.receive(data, source, self.local_port, time.time())
-        if out:
+        if out:  # a Status (an acknowledgement) or pushes: what they tell must be on disk
+            registrar.make_durable()
             registrar.send(out, self.endpoint, source)
         registrar.changed()
         return None
@@ -264,6 +265,14 @@ class Registrar:
                 )  # fmt: skip
         self._pending += events
         return bool(events)
+
+    def make_durable(self) -> None:
+        """Write the queued changes now if any of them publishes something (an added, moved or
+        withdrawn peer), before an answer or a push tells anyone about it; refreshes wait for
+        the flush timer (losing one costs nothing but a replay floor a moment old)."""
+        self._drain()
+        if any(ev.change != Change.REFRESHED for ev in self._pending):
+            self._write()
 
     def _write(self) -> None:
         """The flush timer: write every queued change and the zone serial in one transaction."""
