@@ -137,8 +137,10 @@ OBS6 = b"\x06" + EP6.ip.packed + struct.pack("!H", 51820)
         (b"\x01\x02" + bytes(12) + bytes(24), "sealed payload bound to another transaction"),
         (head(2) + bytes(25), "trailing bytes after sealed payload"),
         (head(2) + bytes(23), "sealed payload truncated"),
-        (head(3) + bytes(16) + b"\x00\x00" + bytes(4) + b"\x02" + bytes(16),
-         "unknown Status flags"),
+        (
+            head(3) + bytes(16) + b"\x00\x00" + bytes(4) + b"\x02" + bytes(16),
+            "unknown Status flags",
+        ),
         (REG + b"\x00\x00\x00\x00\x00", "trailing bytes after sealed payload"),
         (REG + b"\x02\x00\x00\x00", "unknown Register flags"),
         (REG + b"\x00\x02\xff\xfe\x00\x00", "name is not UTF-8"),
