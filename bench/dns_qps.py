@@ -79,14 +79,17 @@ def serve(port: int, n: int, seed: int) -> None:
 
     import uvloop
 
-    from wgmesh.registry.dns import start_dns
+    from wgmesh.proto.rrl import RrlConfig
+    from wgmesh.registry.dns import DnsLimits, start_dns
 
     z = Zone(zone_config())
     for p in peers(n, seed):
         z.upsert(p)
+    # dnsperf sends from one address: a limit no run reaches, so the limiter still runs per query
+    limits = DnsLimits(rrl=RrlConfig(rate=1e9, burst=1e9))
 
     async def main() -> None:
-        await start_dns(z, "127.0.0.1", port)
+        await start_dns(z, "127.0.0.1", port, limits)
         print("ready", flush=True)
         await asyncio.Event().wait()
 

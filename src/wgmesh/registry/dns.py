@@ -2,10 +2,14 @@
 
 RFC 1035 section 4.2 (UDP, and TCP with a 2-byte length prefix) and RFC 7766 sections 6.2.1 and
 6.2.3 (several queries per TCP connection, idle timeout, a cap on connections). All DNS logic is
-in the zone; the adapters only bound what hostile input can cost: datagrams outside 12..4096
-bytes are dropped before parsing and counted, TCP connections are capped, time out when idle or
-when the client stops reading, and a TCP query longer than a query can sensibly be ends its
-connection.
+in the zone, and what may be sent to a UDP source (response rate limiting per source prefix, the
+size cap toward sources without a valid DNS cookie, the cookies themselves) in
+:class:`wgmesh.proto.rrl.UdpGuard`; the adapters feed it each query with its source address and
+the time, and bound what hostile input can cost: datagrams outside 12..4096 bytes are dropped
+before parsing and counted, TCP connections are capped in all and per source (an IPv4 address,
+an IPv6 /64: when all slots are taken, a newcomer takes the oldest slot of the source holding
+the most, if that source holds more than the newcomer would), time out when idle or when the
+client stops reading, and a TCP query longer than a query can sensibly be ends its connection.
 """
 
 from __future__ import annotations
@@ -13,14 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import cast
 
-from wgmesh.errors import RemoteProtocolError
+from wgmesh.errors import ConfigError, RemoteProtocolError
 from wgmesh.proto.dnssd import Zone
-from wgmesh.registry.udpbatch import UdpEndpoint, open_udp
+from wgmesh.proto.rrl import RrlConfig, RrlStats, UdpGuard, prefix_key
+from wgmesh.registry import udpbatch
+from wgmesh.registry.udpbatch import BatchedUdp, UdpEndpoint, open_udp
 
 log = logging.getLogger("wgmesh.dns")
 
@@ -42,6 +50,25 @@ class DnsLimits:
     """Seconds a TCP connection may wait for the next query, or for the client to read."""
     max_tcp_queries: int = 1000
     """Queries answered on one TCP connection before it is closed."""
+    max_tcp_per_source: int = 8
+    """TCP connections one source may hold at once; one more is closed at once."""
+    tcp_ipv4_prefix: int = 32
+    """Bits of an IPv4 address that make one TCP source (32: each address)."""
+    tcp_ipv6_prefix: int = 64
+    """Bits of an IPv6 address that make one TCP source (64: a host usually holds a /64)."""
+    rrl: RrlConfig = field(default_factory=RrlConfig)
+    """UDP response rate limiting, the size cap toward unproven sources and DNS cookies."""
+
+    def __post_init__(self) -> None:
+        if self.max_tcp_connections < 1 or self.max_tcp_per_source < 1:
+            raise ConfigError(
+                f"DNS TCP limits: {self.max_tcp_connections} connections, "
+                f"{self.max_tcp_per_source} per source"
+            )
+        if not 0 <= self.tcp_ipv4_prefix <= 32 or not 0 <= self.tcp_ipv6_prefix <= 128:
+            raise ConfigError(
+                f"DNS TCP source prefixes /{self.tcp_ipv4_prefix} and /{self.tcp_ipv6_prefix}"
+            )
 
 
 @dataclass(slots=True)
@@ -52,6 +79,11 @@ class DnsAdapterStats:
     """Datagrams dropped for their size before parsing."""
     tcp_rejected: int = 0
     """TCP connections closed at once because too many were open."""
+    tcp_source_rejected: int = 0
+    """TCP connections closed at once because their source held
+    :attr:`DnsLimits.max_tcp_per_source` already."""
+    tcp_evicted: int = 0
+    """TCP connections closed to make room for a source holding fewer (all slots were taken)."""
     tcp_oversized: int = 0
     """TCP connections ended by a message over :attr:`DnsLimits.max_tcp_query`."""
     errors: int = 0
@@ -59,6 +91,8 @@ class DnsAdapterStats:
     internal_errors: int = 0
     """UDP queries dropped because answering them raised anything else (a bug: logged with
     its traceback by :mod:`wgmesh.registry.udpbatch`, rate-limited)."""
+    rrl: RrlStats = field(default_factory=RrlStats)
+    """The UDP policy's decisions (rate limit, size cap, cookies)."""
 
     def count_dropped(self) -> None:
         """One more datagram dropped for its size."""
@@ -69,24 +103,45 @@ class DnsAdapterStats:
         self.internal_errors += 1
 
 
-def _udp_answerer(
-    zone: Zone, limits: DnsLimits, stats: DnsAdapterStats
-) -> Callable[[bytes, object], bytes | None]:
-    """The UDP answer to one datagram (at most max_udp_query bytes), or None."""
-    answer = zone.answer
+def _packed(host: str) -> bytes:
+    """The packed form of a textual address (its scope, if any, left out), or b""."""
+    try:
+        if ":" in host:
+            return socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+        return socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return b""
 
-    def on_datagram(data: bytes, _addr: object) -> bytes | None:
+
+def _udp_handlers(
+    guard: UdpGuard, stats: DnsAdapterStats
+) -> tuple[udpbatch.Handler, udpbatch.AddressHandler]:
+    """The UDP answer to one datagram (at most max_udp_query bytes), or None: given the raw
+    sockaddr (for :class:`~wgmesh.registry.udpbatch.BatchedUdp`; the address is a slice of it),
+    or (host, port) (for the asyncio fallback)."""
+    udp, clock = guard.udp, time.time
+
+    def raw(data: bytes, name: bytes) -> bytes | None:
         if len(data) < MIN_QUERY:
             stats.udp_dropped += 1
             return None
+        n = len(name)  # sockaddr_in is 16 bytes (address at 4), sockaddr_in6 28 (at 8)
+        address = name[4:8] if n == 16 else name[8:24] if n == 28 else b""
+        if not address:
+            return None
         try:
-            return answer(data, tcp=False)
+            return udp(data, address, clock())
         except RemoteProtocolError as exc:
             stats.errors += 1
             log.debug("dns udp: %s", exc)
             return None
 
-    return on_datagram
+    def plain(data: bytes, addr: tuple[str, int] | None) -> bytes | None:
+        address = b"" if addr is None else _packed(addr[0])
+        n = len(address)  # as a sockaddr_in/sockaddr_in6 is laid out: raw() reads only this
+        return raw(data, bytes(4) + address + bytes(8) if n == 4 else bytes(8) + address + bytes(4))
+
+    return raw, plain
 
 
 class DnsServer:
@@ -96,35 +151,82 @@ class DnsServer:
         self.zone = zone
         self.limits = limits
         self.stats = DnsAdapterStats()
+        self.guard = UdpGuard(
+            limits.rrl,
+            zone.answer,
+            max_udp=zone.config.max_udp,
+            secret=os.urandom(32),
+            stats=self.stats.rrl,
+        )
         self.udp_port = 0
         self.tcp_port = 0
         self._udp: UdpEndpoint | None = None
         self._tcp: asyncio.Server | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
+        # each open connection's source (rrl.prefix_key at the TCP prefixes), and back
+        self._connections: dict[asyncio.StreamWriter, int] = {}
+        # source -> its connections, oldest first
+        self._sources: dict[int, dict[asyncio.StreamWriter, None]] = {}
 
     @property
     def connections(self) -> int:
         """Open TCP connections."""
         return len(self._connections)
 
+    def _admit(self, writer: asyncio.StreamWriter, source: int) -> bool:
+        """Take a TCP slot for ``writer`` from ``source``, or say why not (counted)."""
+        limits = self.limits
+        mine = self._sources.get(source)
+        held = 0 if mine is None else len(mine)
+        if held >= limits.max_tcp_per_source:
+            self.stats.tcp_source_rejected += 1
+            return False
+        if len(self._connections) >= limits.max_tcp_connections:
+            busiest = max(self._sources.values(), key=len, default=None)
+            if busiest is None or len(busiest) <= held + 1:
+                self.stats.tcp_rejected += 1
+                return False
+            oldest = next(iter(busiest))  # the heaviest source gives up its oldest slot
+            self.stats.tcp_evicted += 1
+            self._release(oldest)
+            oldest.close()
+        self._connections[writer] = source
+        self._sources.setdefault(source, {})[writer] = None
+        return True
+
+    def _release(self, writer: asyncio.StreamWriter) -> None:
+        source = self._connections.pop(writer, None)
+        if source is None:
+            return
+        held = self._sources[source]
+        del held[writer]
+        if not held:
+            del self._sources[source]
+
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._connections) >= self.limits.max_tcp_connections:
+        limits = self.limits
+        peer = writer.get_extra_info("peername")
+        address = _packed(peer[0]) if isinstance(peer, tuple) and peer else b""
+        source = prefix_key(address, limits.tcp_ipv4_prefix, limits.tcp_ipv6_prefix)
+        if not address:  # not an IP connection (cannot happen on an IP listener)
             self.stats.tcp_rejected += 1
             writer.close()
             return
-        self._connections.add(writer)
+        if not self._admit(writer, source):
+            writer.close()
+            return
+        guard = self.guard
         try:
-            for _ in range(self.limits.max_tcp_queries):
-                async with asyncio.timeout(self.limits.tcp_idle):
+            for _ in range(limits.max_tcp_queries):
+                async with asyncio.timeout(limits.tcp_idle):
                     (length,) = struct.unpack("!H", await reader.readexactly(2))
-                    if length > self.limits.max_tcp_query:
+                    if length > limits.max_tcp_query:
                         self.stats.tcp_oversized += 1
                         break
                     query = await reader.readexactly(length)
                 if length < MIN_QUERY:
                     break
                 try:
-                    answer = self.zone.answer(query, tcp=True)
+                    answer = guard.tcp(query, address, time.time())
                 except RemoteProtocolError as exc:
                     self.stats.errors += 1
                     log.debug("dns tcp: %s", exc)
@@ -132,12 +234,12 @@ class DnsServer:
                 if answer is None:
                     break
                 writer.write(struct.pack("!H", len(answer)) + answer)
-                async with asyncio.timeout(self.limits.tcp_idle):
+                async with asyncio.timeout(limits.tcp_idle):
                     await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            self._connections.discard(writer)
+            self._release(writer)
             writer.close()
 
     def close(self) -> None:
@@ -156,23 +258,50 @@ class DnsServer:
                 await asyncio.wait_for(self._tcp.wait_closed(), 2.0)
 
 
+async def _open_udp(host: str, port: int, server: DnsServer) -> UdpEndpoint:
+    """Bind host:port for UDP: batched (:class:`BatchedUdp`, given the raw sockaddr, so the
+    source address costs a slice) where the platform allows, else asyncio's endpoint."""
+    size = server.limits.max_udp_query
+    stats = server.stats
+    raw, plain = _udp_handlers(server.guard, stats)
+    if not udpbatch.available():
+        return await open_udp(
+            host,
+            port,
+            plain,
+            max_datagram=size,
+            on_truncated=stats.count_dropped,
+            on_error=stats.count_internal_error,
+        )
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    batched = BatchedUdp(
+        sock,
+        raw,
+        size=size,
+        on_truncated=stats.count_dropped,
+        on_error=stats.count_internal_error,
+    )
+    batched.start(loop)
+    return batched
+
+
 async def start_dns(zone: Zone, host: str, port: int, limits: DnsLimits | None = None) -> DnsServer:
     """Serve ``zone`` on host:port over UDP and TCP (port 0: a free port, the same for both).
 
     UDP is read in batches (:mod:`wgmesh.registry.udpbatch`) where the platform allows."""
     server = DnsServer(zone, limits or DnsLimits())
-    on_datagram = _udp_answerer(zone, server.limits, server.stats)
     attempts = 8 if port == 0 else 1
     for attempt in range(1, attempts + 1):
-        udp = await open_udp(
-            host,
-            port,
-            on_datagram,
-            max_datagram=server.limits.max_udp_query,
-            on_truncated=server.stats.count_dropped,
-            on_error=server.stats.count_internal_error,
-            with_address=False,
-        )
+        udp = await _open_udp(host, port, server)
         udp_port = int(cast(tuple[str, int], udp.get_extra_info("sockname"))[1])
         try:
             server._tcp = await asyncio.start_server(server._serve_tcp, host, udp_port)
