@@ -173,3 +173,25 @@ async def test_resolver_reads_the_running_dns_server() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_the_resolver_proves_itself_with_a_dns_cookie() -> None:
+    """The registrar caps answers to unproven sources at 512 bytes (wgmesh.proto.rrl); the
+    resolver echoes the server cookie, so from its second query on a peer with nine candidates
+    comes back whole over UDP, with no TCP retry."""
+    z = Zone(config())
+    lans = [Candidate(Endpoint.parse(f"10.0.{i}.7:51820"), CandidateKind.LAN, 10) for i in range(8)]
+    z.upsert(peer(K1, 51820, False, *lans))
+    server = await start_dns(z, "127.0.0.1", 0)
+    try:
+        resolver = ZoneResolver(ORIGIN, Endpoint.parse(f"127.0.0.1:{server.udp_port}"))
+        first = await resolver.lookup(K1)
+        assert resolver._server_cookie  # learnt from the first answer
+        good = server.stats.rrl.cookie_good
+        capped = server.stats.rrl.capped
+        again = await resolver.lookup(K1)
+        assert first is not None and again is not None and len(again.hints) == 9
+        assert server.stats.rrl.cookie_good > good and server.stats.rrl.capped == capped
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -9,8 +9,11 @@ crashes on such answers; we do not). Answers that are truncated over UDP are ret
 
 from __future__ import annotations
 
+import os
+
 import dns.asyncquery
 import dns.asyncresolver
+import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
@@ -36,6 +39,11 @@ class ZoneResolver:
         self.service = service_name(self.origin)
         self.server = server
         self.timeout = timeout
+        self._client_cookie = os.urandom(8)
+        self._server_cookie = b""
+        """The DNS cookie (RFC 7873) the server gave us last: echoing it proves we receive at
+        our address, so the registrar's DNS answers us in full instead of capping unproven
+        sources at 512 bytes (wgmesh.proto.rrl)."""
 
     async def _server(self) -> Endpoint:
         if self.server is not None:
@@ -54,7 +62,8 @@ class ZoneResolver:
 
     async def query(self, name: dns.name.Name, rdtype: str) -> dns.message.Message:
         server = await self._server()
-        q = dns.message.make_query(name, rdtype, use_edns=0, payload=1232)
+        cookie = dns.edns.CookieOption(self._client_cookie, self._server_cookie)
+        q = dns.message.make_query(name, rdtype, use_edns=0, payload=1232, options=[cookie])
         q.flags &= ~dns.flags.RD
         try:
             r = await dns.asyncquery.udp(q, str(server.ip), port=server.port, timeout=self.timeout)
@@ -66,6 +75,9 @@ class ZoneResolver:
             raise RemoteProtocolError(
                 f"DNS query {name} {rdtype} to {server} failed: {exc}"
             ) from None
+        for option in r.options:
+            if isinstance(option, dns.edns.CookieOption) and option.client == self._client_cookie:
+                self._server_cookie = option.server
         return r
 
     async def lookup(self, key: bytes) -> PeerRecord | None:
