@@ -46,14 +46,15 @@ def test_genkey_pubkey_match_wireguard_format() -> None:
 
 
 def test_pubkey_rejects_garbage_with_a_clear_error() -> None:
+    """Exit status 1, as `wg pubkey` has: the input is wrong, not the command line."""
     out = subprocess.run([*WG, "pubkey"], input="nope", capture_output=True, text=True)
     assert out.returncode == 1 and "stdin: a WireGuard key" in out.stderr
 
 
 def test_registrar_errors_name_the_flag(tmp_path: Path) -> None:
-    assert main(["registrar", "--open"]) == 1
+    assert main(["registrar", "--open"]) == 2  # a configuration error: exit status 2
     out = run("registrar", "--zone", "z.test", "--open", "--private-key-file", str(tmp_path / "x"))
-    assert out.returncode == 1 and "--private-key-file" in out.stderr and "x" in out.stderr
+    assert out.returncode == 2 and "--private-key-file" in out.stderr and "x" in out.stderr
 
 
 def test_config_file_merges_and_flags_win(tmp_path: Path) -> None:
@@ -73,19 +74,21 @@ def test_config_file_unknown_key_is_named(tmp_path: Path) -> None:
     cfg = tmp_path / "r.toml"
     cfg.write_text("zonee = 'x'\n")
     out = run("registrar", "--config", str(cfg))
-    assert out.returncode == 1 and "unknown key 'zonee'" in out.stderr
+    assert out.returncode == 2 and "unknown key 'zonee'" in out.stderr
+    assert "did you mean 'zone'?" in out.stderr
 
 
 def test_daemon_errors_name_the_flag() -> None:
     out = run("daemon", "--interface", "wg9")
-    assert out.returncode == 1 and "--registrar is required" in out.stderr
+    assert out.returncode == 2 and "--registrar is required" in out.stderr
     out = run(
         "daemon", "-i", "wg9", "--registrar", "1.2.3.4", "--registrar-key", "nope", "--zone", "z"
     )
-    assert out.returncode == 1 and "--registrar-key" in out.stderr
+    assert out.returncode == 2 and "--registrar-key" in out.stderr
 
 
 def test_daemon_on_a_missing_interface_exits_with_its_name() -> None:
+    """A runtime failure, not a configuration error: exit status 1."""
     key = run("genkey").stdout.strip()
     out = run("daemon", "-i", "wgnosuch9", "--registrar", "192.0.2.1", "--registrar-key",
               key, "--zone", "mesh.test", "--backend", "wg")  # fmt: skip
@@ -111,7 +114,7 @@ def test_daemon_name_follows_the_register_codec_rule(name: str, ok: bool) -> Non
         assert settings_from(values).name == name
         sealed.encode_payload(register, bytes(12))
     else:
-        with pytest.raises(ConfigError, match=r"--name .*printable text of at most 63 bytes"):
+        with pytest.raises(ConfigError, match=r"--name: .*printable text of at most 63 bytes"):
             settings_from(values)
         with pytest.raises(LocalProtocolError):
             sealed.encode_payload(register, bytes(12))
@@ -121,4 +124,4 @@ def test_daemon_bad_name_exits_with_a_clear_error() -> None:
     key = run("genkey").stdout.strip()
     out = run("daemon", "-i", "wg9", "--registrar", "192.0.2.1", "--registrar-key", key,
               "--zone", "mesh.test", "--name", "x" * 64)  # fmt: skip
-    assert out.returncode == 1 and "--name" in out.stderr and "63 bytes" in out.stderr
+    assert out.returncode == 2 and "--name" in out.stderr and "63 bytes" in out.stderr

@@ -158,7 +158,7 @@ def test_refuses_to_start_without_an_admission_policy(tmp_path: Path) -> None:
 
     r = RegistrarProcess(tmp_path, extra=[])
     out = subprocess.run(r.args, capture_output=True, text=True, timeout=20)
-    assert out.returncode == 1
+    assert out.returncode == 2  # a configuration error (docs/cli.md, Exit status)
     assert "--authorized-keys FILE" in out.stderr and "--open" in out.stderr
 
 

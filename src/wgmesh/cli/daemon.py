@@ -23,11 +23,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from wgmesh.cli.options import add_config_argument, resolve, setup_logging
-from wgmesh.errors import ConfigError, DecodeError
+from wgmesh.cli import validate as v
+from wgmesh.cli.options import (
+    RuntimeFailure,
+    add_config_argument,
+    check_values,
+    resolve,
+    setup_logging,
+    where_of,
+)
+from wgmesh.errors import ConfigError
 from wgmesh.proto.device import DEFAULT_KEEPALIVE
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import decode_key
@@ -50,6 +59,26 @@ DEFAULTS: dict[str, Any] = {
     "mdns_interface": [],
     "verbose": False,
 }
+
+CHECKS: dict[str, v.Check] = {
+    "interface": v.interface,
+    "registrar": v.endpoint(3478, ipv4_only=True),
+    "registrar_key": v.public_key,
+    "registrar_alt_port": v.port(zero="to turn NAT classification off"),
+    "zone": v.zone_name,
+    "dns": v.endpoint(53),
+    "mode": v.choice("endpoints", "mesh"),
+    "probe_interval": v.positive(v.MAX_PROBE_INTERVAL),
+    "name": v.peer_name,
+    "wait_interface": v.boolean,
+    "status_socket": v.socket_path,
+    "backend": v.choice("auto", "uapi", "wg"),
+    "keepalive": v.integer(1, 65535, "a number of seconds"),
+    "no_mdns": v.boolean,
+    "mdns_interface": v.list_of(v.interface, "interface names"),
+    "verbose": v.boolean,
+}
+"""How each option is checked (the same for its flag and its config key); see cli/validate.py."""
 
 STATUS_DIR = Path("/run/wgmesh")
 
@@ -134,37 +163,33 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     add_config_argument(parser)
 
 
-def settings_from(values: dict[str, Any]) -> Any:
+def settings_from(given: Mapping[str, Any]) -> Any:
+    """The daemon's settings from the merged options, every value checked first: raises
+    ConfigError (exit status 2) naming the flag or config key at fault."""
     from wgmesh.daemon.service import DaemonSettings
     from wgmesh.proto.punch import PunchConfig
-    from wgmesh.proto.sealed import MAX_NAME
 
+    values = check_values(given, CHECKS)
     for flag in ("interface", "registrar", "registrar_key", "zone"):
         if not values[flag]:
-            raise ConfigError(f"--{flag.replace('_', '-')} is required (see wgmesh daemon --help)")
-    try:
-        registrar = Endpoint.parse(str(values["registrar"]), default_port=3478)
-    except DecodeError as exc:
+            raise ConfigError(
+                f"{v.flag_of(flag)} is required (or {flag.replace('_', '-')} in --config FILE; "
+                "see wgmesh daemon --help)"
+            )
+    registrar = Endpoint.parse(str(values["registrar"]), default_port=3478)  # checked
+    alt = values["registrar_alt_port"]
+    if alt is None and registrar.port == 65535:
         raise ConfigError(
-            f"--registrar: {exc} (give an IP address, with :PORT if not 3478)"
-        ) from None
-    if registrar.family != 4:
-        raise ConfigError("--registrar: only IPv4 registrars are supported for now")
-    try:
-        key = decode_key(str(values["registrar_key"]))
-    except DecodeError as exc:
-        raise ConfigError(f"--registrar-key: {exc}") from None
-    dns_server = None
-    if values["dns"]:
-        try:
-            dns_server = Endpoint.parse(str(values["dns"]), default_port=53)
-        except DecodeError as exc:
-            raise ConfigError(f"--dns: {exc}") from None
-    name = str(values["name"])  # the rule the sealed Register codec enforces
-    if not name.isprintable() or len(name.encode()) > MAX_NAME:
-        raise ConfigError(
-            f"--name {name!r}: must be printable text of at most {MAX_NAME} bytes (UTF-8)"
+            f"{where_of(given, 'registrar')}: port 65535 leaves no port for the registrar's "
+            "second STUN port (port + 1); expected --registrar-alt-port (0 turns it off)"
         )
+    if alt == registrar.port:
+        raise ConfigError(
+            f"{where_of(given, 'registrar_alt_port')}: {alt} is the registrar's STUN port too; "
+            "expected its second STUN port, or 0 to turn NAT classification off"
+        )
+    key = decode_key(str(values["registrar_key"]))  # checked
+    dns_server = Endpoint.parse(values["dns"], default_port=53) if values["dns"] else None
     interface = str(values["interface"])
     sock = values["status_socket"]
     return DaemonSettings(
@@ -173,26 +198,29 @@ def settings_from(values: dict[str, Any]) -> Any:
         registrar_key=key,
         zone=str(values["zone"]).rstrip(".") + ".",
         dns=dns_server,
-        registrar_alt_port=values["registrar_alt_port"],
+        registrar_alt_port=alt,
         mode=str(values["mode"]),
-        probe_interval=float(values["probe_interval"]),
-        name=name,
+        probe_interval=values["probe_interval"],
+        name=values["name"],
         wait_interface=bool(values["wait_interface"]),
         status_socket=Path(sock) if sock else status_socket_for(interface),
         backend=str(values["backend"]),
         mdns=not values["no_mdns"],
         mdns_interfaces=tuple(values["mdns_interface"]),
-        punch=PunchConfig(keepalive=int(values["keepalive"]), mesh=values["mode"] == "mesh"),
+        punch=PunchConfig(keepalive=values["keepalive"], mesh=values["mode"] == "mesh"),
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    values = resolve(args, DEFAULTS)
+    values = resolve(args, DEFAULTS, CHECKS)
     setup_logging(bool(values["verbose"]))
     settings = settings_from(values)
     from wgmesh.daemon.service import Daemon
     from wgmesh.wg.control import open_control
 
-    wg = open_control(settings.interface, settings.backend)
-    asyncio.run(Daemon(settings, wg).run())
+    try:
+        wg = open_control(settings.interface, settings.backend)
+        asyncio.run(Daemon(settings, wg).run())
+    except ConfigError as exc:  # found while running (no CAP_NET_RAW, no name servers)
+        raise RuntimeFailure(str(exc)) from None
     return 0

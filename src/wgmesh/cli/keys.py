@@ -11,7 +11,8 @@ import argparse
 import os
 import sys
 
-from wgmesh.errors import ConfigError, DecodeError
+from wgmesh.cli.options import RuntimeFailure
+from wgmesh.errors import DecodeError
 from wgmesh.proto.keys import clamp_private_key, decode_key, encode_key, public_key
 
 
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         private = decode_key(sys.stdin.read())
     except DecodeError as exc:
-        raise ConfigError(f"stdin: {exc}") from None
+        # exit status 1 like `wg pubkey`: the input is wrong, not the command line
+        raise RuntimeFailure(f"stdin: {exc}") from None
     sys.stdout.write(encode_key(public_key(private)) + "\n")
     return 0

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from wgmesh.errors import ConfigError
+from wgmesh.cli.validate import Check, flag_of, suggest
+from wgmesh.errors import ConfigError, WgmeshError
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +25,40 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve(args: argparse.Namespace, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge flags, the config file and defaults into one dict keyed by option name."""
+class RuntimeFailure(WgmeshError):
+    """Something failed after the configuration was accepted (a port taken, a missing
+    interface, no permission): exit status 1, where configuration errors exit with 2."""
+
+
+class Options(dict[str, Any]):
+    """The merged options, keyed by option name, and where each value came from: ``where[name]``
+    is the flag (``--dns-port``; also for defaults) or the file and key (``config FILE: key``)."""
+
+    def __init__(self, values: Mapping[str, Any], where: Mapping[str, str]) -> None:
+        super().__init__(values)
+        self.where = dict(where)
+
+
+def where_of(values: Mapping[str, Any], name: str) -> str:
+    """Where ``values[name]`` came from, for an error message."""
+    where = values.where if isinstance(values, Options) else {}
+    return where.get(name) or flag_of(name)
+
+
+def resolve(
+    args: argparse.Namespace,
+    defaults: Mapping[str, Any],
+    checks: Mapping[str, Check] | None = None,
+) -> Options:
+    """Merge flags, the config file and defaults into one dict keyed by option name.
+
+    With ``checks``, every value in the file is checked (also one a flag overrides), so a
+    broken file is reported whatever the command line says; the values that take effect are
+    checked again when the settings are built (:func:`check_values`).
+    """
     file_values: dict[str, Any] = {}
+    file_where: dict[str, str] = {}
+    file_keys: dict[str, str] = {}
     path: Path | None = getattr(args, "config", None)
     if path is not None:
         import tomllib  # only with --config: every start of the daemon would pay for it
@@ -35,44 +67,64 @@ def resolve(args: argparse.Namespace, defaults: Mapping[str, Any]) -> dict[str, 
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"--config {path}: {exc.strerror}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config {path}: not UTF-8 text; expected a TOML file") from None
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
         for key, value in raw.items():
             name = key.replace("-", "_")
             if name not in defaults:
-                known = ", ".join(sorted(k.replace("_", "-") for k in defaults))
-                raise ConfigError(f"--config {path}: unknown key {key!r} (known: {known})")
-            file_values[name] = value
+                raise ConfigError(f"config {path}: unknown key {key!r}; {suggest(key, defaults)}")
+            if name in file_values:
+                raise ConfigError(
+                    f"config {path}: {key!r} is set twice (as {file_keys[name]!r} and {key!r}); "
+                    "expected each key once"
+                )
+            where = f"config {path}: {key}"
+            file_values[name] = checks[name](value, where) if checks else value
+            file_where[name], file_keys[name] = where, key
     out: dict[str, Any] = {}
+    where_out: dict[str, str] = {}
     for name, default in defaults.items():
         flag = getattr(args, name, None)
         if flag is not None and flag != [] and flag is not False:
-            out[name] = flag
+            out[name], where_out[name] = flag, flag_of(name)
         elif name in file_values:
-            out[name] = file_values[name]
+            out[name], where_out[name] = file_values[name], file_where[name]
         else:
-            out[name] = default
+            out[name], where_out[name] = default, flag_of(name)
+    return Options(out, where_out)
+
+
+def check_values(values: Mapping[str, Any], checks: Mapping[str, Check]) -> dict[str, Any]:
+    """``values`` with every value that is not None checked and normalized (ints, floats)."""
+    out = dict(values)
+    for name, check in checks.items():
+        if out.get(name) is not None:
+            out[name] = check(out[name], where_of(values, name))
     return out
 
 
 def read_key_file(path: Any, option: str) -> bytes:
-    """Read a WireGuard-format private key file; errors name the option and file."""
+    """Read a WireGuard-format private key file; errors name the option (or config key) and
+    the file."""
     from wgmesh.errors import DecodeError
     from wgmesh.proto.keys import decode_key
 
     if path is None:
         raise ConfigError(f"{option} FILE is required")
     p = Path(path)
+    expected = "expected a file holding a WireGuard private key (wgmesh genkey > FILE)"
     try:
         text = p.read_text(encoding="ascii")
     except OSError as exc:
-        raise ConfigError(f"{option} {p}: {exc.strerror}") from None
+        raise ConfigError(f"{option}: {p}: {exc.strerror}; {expected}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{option} {p}: not a WireGuard key (ASCII base64)") from None
+        raise ConfigError(f"{option}: {p}: not ASCII base64; {expected}") from None
     try:
         return decode_key(text)
     except DecodeError as exc:
-        raise ConfigError(f"{option} {p}: {exc}") from None
+        raise ConfigError(f"{option}: {p}: {exc}; {expected}") from None
 
 
 def setup_logging(verbose: bool) -> None:

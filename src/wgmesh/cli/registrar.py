@@ -16,10 +16,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from wgmesh.cli.options import add_config_argument, read_key_file, resolve, setup_logging
+from wgmesh.cli import validate as v
+from wgmesh.cli.options import (
+    RuntimeFailure,
+    add_config_argument,
+    check_values,
+    read_key_file,
+    resolve,
+    setup_logging,
+    where_of,
+)
 from wgmesh.errors import ConfigError
 
 DEFAULTS: dict[str, Any] = {
@@ -43,6 +53,30 @@ DEFAULTS: dict[str, Any] = {
     "max_peers": 1_000_000,
     "verbose": False,
 }
+
+OFF = "to turn NAT classification off"
+CHECKS: dict[str, v.Check] = {
+    "zone": v.zone_name,
+    "private_key_file": v.path,
+    "listen": v.ip_address,
+    "stun_port": v.port(),
+    "stun_alt_port": v.port(zero=OFF),
+    "dns_port": v.port(),
+    "state_dir": v.path,
+    "authorized_keys": v.path,
+    "open": v.boolean,
+    "ns": v.list_of(v.dns_name, "DNS names"),
+    "ns_address": v.list_of(v.ip_address, "IP addresses"),
+    "hostmaster": v.hostmaster,
+    "ttl": v.integer(0, v.MAX_TTL, "a TTL in seconds"),
+    "negative_ttl": v.integer(0, v.MAX_TTL, "a TTL in seconds"),
+    "expiry": v.positive(v.MAX_SECONDS),
+    "rate": v.positive(1_000_000, "messages per second"),
+    "burst": v.number(1, 1_000_000, "a number of messages"),
+    "max_peers": v.integer(1, 100_000_000, "a number of peers"),
+    "verbose": v.boolean,
+}
+"""How each option is checked (the same for its flag and its config key); see cli/validate.py."""
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -116,55 +150,119 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     add_config_argument(parser)
 
 
-def settings_from(values: dict[str, Any]) -> Any:
+def settings_from(given: Mapping[str, Any]) -> Any:
+    """The registrar's settings from the merged options, every value checked first: raises
+    ConfigError (exit status 2) naming the flag or config key at fault."""
     from wgmesh.proto.dnssd import ZoneConfig
     from wgmesh.proto.ratelimit import RateLimitConfig
     from wgmesh.proto.registry import RegistryConfig
     from wgmesh.registry.server import RegistrarSettings
 
-    zone = values["zone"]
-    if not zone:
-        raise ConfigError("--zone ZONE is required (the DNS zone to serve, e.g. mesh.example.com)")
-    origin = str(zone).rstrip(".").lower() + "."
-    private_key = read_key_file(values["private_key_file"], "--private-key-file")
-    stun_port = int(values["stun_port"])
+    values = check_values(given, CHECKS)
+
+    def where(name: str) -> str:
+        return where_of(given, name)
+
+    if not values["zone"]:
+        raise ConfigError(
+            "--zone ZONE is required (the DNS zone to serve, e.g. mesh.example.com; "
+            "or zone in --config FILE)"
+        )
+    origin = str(values["zone"]).rstrip(".").lower() + "."
+    private_key = read_key_file(values["private_key_file"], where("private_key_file"))
+    akeys = values["authorized_keys"]
+    if akeys:
+        _check_admission(Path(akeys), where("authorized_keys"))
+    elif not values["open"]:
+        raise ConfigError(
+            "say who may register: --authorized-keys FILE (one 'KEY [NAME] [ALLOWED-IPS]' "
+            "per line) or --open (any key)"
+        )
+    stun_port: int = values["stun_port"]
     alt = values["stun_alt_port"]
-    alt_port = (stun_port + 1 if stun_port else 0) if alt is None else int(alt)
+    if alt is None:
+        if stun_port == 65535:
+            raise ConfigError(
+                f"{where('stun_port')}: 65535 leaves no port for the second STUN port "
+                "(stun-port + 1); expected a lower port, or --stun-alt-port (0 turns it off)"
+            )
+        alt = stun_port + 1
+    elif alt == stun_port:
+        raise ConfigError(
+            f"{where('stun_alt_port')}: {alt} is the STUN port too; expected another port, "
+            "or 0 to turn NAT classification off"
+        )
+    dns_port: int = values["dns_port"]
+    if dns_port in (stun_port, alt):
+        what = (
+            where("stun_port")
+            if dns_port == stun_port
+            else "the second STUN port (--stun-alt-port, default stun-port + 1)"
+        )
+        raise ConfigError(
+            f"{where('dns_port')}: {dns_port} is also {what}; expected a port of its own"
+        )
+    state_dir = Path(values["state_dir"])
+    if state_dir.exists() and not state_dir.is_dir():
+        raise ConfigError(
+            f"{where('state_dir')}: {state_dir} is not a directory; "
+            "expected a directory (made if missing)"
+        )
     ns = tuple(n.rstrip(".") + "." for n in values["ns"]) or (f"ns1.{origin}",)
-    hostmaster = values["hostmaster"] or f"hostmaster.{origin}"
+    folded = [n.lower() for n in ns]
+    if len(set(folded)) != len(folded):
+        twice = next(n for n in ns if folded.count(n.lower()) > 1)
+        raise ConfigError(f"{where('ns')}: {twice} is listed twice; expected each NS name once")
+    hostmaster = str(values["hostmaster"] or f"hostmaster.{origin}")
     zone_config = ZoneConfig(
         origin=origin,
         ns=ns,
         hostmaster=hostmaster if hostmaster.endswith(".") else hostmaster + ".",
-        ttl=int(values["ttl"]),
-        negative_ttl=int(values["negative_ttl"]),
+        ttl=values["ttl"],
+        negative_ttl=values["negative_ttl"],
         ns_addresses=tuple(values["ns_address"]),
     )
     from wgmesh import __version__
 
     registry = RegistryConfig(
-        expiry=float(values["expiry"]),
-        max_peers=int(values["max_peers"]),
-        rate_limit=RateLimitConfig(rate=float(values["rate"]), burst=float(values["burst"])),
+        expiry=values["expiry"],
+        max_peers=values["max_peers"],
+        rate_limit=RateLimitConfig(rate=values["rate"], burst=values["burst"]),
         software=f"wgmesh/{__version__}",
     )
-    akeys = values["authorized_keys"]
     return RegistrarSettings(
         zone=zone_config,
         private_key=private_key,
         listen=str(values["listen"]),
         stun_port=stun_port,
-        stun_alt_port=alt_port,
-        dns_port=int(values["dns_port"]),
-        state_dir=Path(values["state_dir"]),
+        stun_alt_port=alt,
+        dns_port=dns_port,
+        state_dir=state_dir,
         authorized_keys=Path(akeys) if akeys else None,
         open_registration=bool(values["open"]),
         registry=registry,
     )
 
 
+def _check_admission(path: Path, where: str) -> None:
+    """Read and parse the authorized-keys file now, so a broken one stops the start here."""
+    from wgmesh.registry.admission import parse_authorized_keys
+
+    expected = "expected a file of 'KEY [NAME] [ALLOWED-IPS]' lines"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{where}: {path}: {exc.strerror}; {expected}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path}: not UTF-8 text; {expected}") from None
+    try:
+        parse_authorized_keys(text, str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}; {expected}") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    values = resolve(args, DEFAULTS)
+    values = resolve(args, DEFAULTS, CHECKS)
     setup_logging(bool(values["verbose"]))
     settings = settings_from(values)
     try:
@@ -173,7 +271,10 @@ def run(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(_main(settings))
+    try:
+        return asyncio.run(_main(settings))
+    except ConfigError as exc:  # found while starting (the state directory): not a usage error
+        raise RuntimeFailure(str(exc)) from None
 
 
 async def _main(settings: Any) -> int:
@@ -182,6 +283,10 @@ async def _main(settings: Any) -> int:
     try:
         registrar = await Registrar.start(settings)
     except OSError as exc:
-        raise ConfigError(f"cannot bind {settings.listen}: {exc.strerror}") from None
+        ports = [settings.stun_port, settings.stun_alt_port, settings.dns_port]
+        raise RuntimeFailure(
+            f"cannot bind {settings.listen} (UDP {', '.join(str(p) for p in ports if p)}, "
+            f"TCP {settings.dns_port}): {exc.strerror}"
+        ) from None
     await registrar.serve_forever()
     return 0
