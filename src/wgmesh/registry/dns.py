@@ -274,15 +274,7 @@ async def _open_udp(host: str, port: int, server: DnsServer) -> UdpEndpoint:
             on_error=stats.count_internal_error,
         )
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
+    sock = await udpbatch.bind_udp(host, port)
     batched = BatchedUdp(
         sock,
         raw,

@@ -364,6 +364,22 @@ UdpEndpoint = asyncio.DatagramTransport | BatchedUdp
 """What :func:`open_udp` returns: both have sendto, is_closing, close, get_extra_info."""
 
 
+async def bind_udp(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to ``host:port`` (resolved as asyncio would), for
+    :class:`BatchedUdp`; OSError when it cannot bind."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def open_udp(
     host: str,
     port: int,
@@ -388,15 +404,7 @@ async def open_udp(
             local_addr=(host, port),
         )
         return transport
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
+    sock = await bind_udp(host, port)
     if with_address:
 
         def raw(data: bytes, name: bytes) -> bytes | None:
