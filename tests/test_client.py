@@ -253,6 +253,33 @@ def test_push_names_peers_to_resolve() -> None:
     assert net.client.events() == [] and net.client.counters["dropped"] == 1
 
 
+def test_pushes_only_about_the_peers_we_asked_for() -> None:
+    """Endpoints mode: the client names its configured peers in its Watches, and the real
+    registry then pushes it changes of those only."""
+    net = Net(config=ClientConfig(classify=False))
+    bob, carol = (sealed.Sealer(net.rng.randbytes(32)) for _ in range(2))
+    net.client.set_interest([bob.public_key])
+    net.step(NOW + 1.0)
+    watches = [t for t in net.sent if t.via is Via.CONTROL]
+    assert watches and net.client.interest == (sealed.key_id(bob.public_key),)
+    net.take()
+    reg_key = net.client.registrar_key
+    for n, other in enumerate((carol, bob)):
+        reg = sealed.Register(int(net.now * 1000), 5, "x", (), "t", False)
+        data = sealed.build_sealed_request(
+            other, other.public_key, reg_key, reg, net.rng.randbytes(12), net.rng.randbytes(24)
+        )
+        out = net.registry.receive(data, Endpoint.parse(f"192.0.2.9:{n + 1}"), 3478, net.now)
+        for d, dest in out:
+            net.client.receive(d, net.now)
+        net.now += 1.0
+    assert net.client.events() == [Resolve((bob.public_key,))]
+    net.client.set_interest([bytes([i]) * 32 for i in range(sealed.MAX_INTEREST + 1)])
+    assert net.client.interest is None  # too many to name: every peer
+    net.client.set_interest(None)
+    assert net.client.interest is None
+
+
 def test_forged_and_stray_datagrams_are_dropped() -> None:
     net = Net(config=ClientConfig(classify=False))
     net.client.handle_timer(NOW)

@@ -54,6 +54,7 @@ class Peer:
         self.sealer = sealed.Sealer(bytes(self.private))
         self.counter = 1000
         self.cookie = bytes(16)
+        self.interest: tuple[bytes, ...] | None = None
 
     def message(
         self, reg_key: bytes, payload: sealed.Payload, msg_type: int = stun.BINDING_REQUEST
@@ -92,7 +93,9 @@ class Peer:
 
     def watch(self, reg_key: bytes, now: float = NOW) -> bytes:
         self.counter += 1
-        payload = sealed.Watch(int(now * 1000), self.counter, self.counter - 1, self.cookie)
+        payload = sealed.Watch(
+            int(now * 1000), self.counter, self.counter - 1, self.cookie, self.interest
+        )
         return self.message(reg_key, payload)
 
 
@@ -1164,6 +1167,43 @@ def test_a_watch_with_a_spoofed_source_makes_no_push_target(reg_private: Private
                          PORT, NOW + 10)  # fmt: skip
     out += r.expire(NOW + 11)
     assert [a for _, a in out if a == victim] == []
+
+
+def test_pushes_go_only_to_the_watchers_that_asked_for_the_peer(
+    reg_private: PrivateKey,
+) -> None:
+    """Endpoints mode: each watcher names its configured peers; mesh mode names none (every
+    peer). A change is pushed to the mesh watcher and to the watchers that named the peer, and
+    a change nobody asked for is neither pushed nor gathered."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice, bob, carol, mesh = Peer(), Peer(), Peer(), Peer()
+    bob.interest = (sealed.key_id(alice.key),)
+    carol.interest = (sealed.key_id(bob.key),)
+    at = {p.key: Endpoint.parse(f"198.51.100.{60 + i}:5000")
+          for i, p in enumerate((bob, carol, mesh))}  # fmt: skip
+    for p in (bob, carol, mesh):
+        watch(r, p, reg_key, at[p.key])
+    out = r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    assert pushed_to(out, bob, reg_key, at[bob.key]) == [alice.key]
+    assert pushed_to(out, mesh, reg_key, at[mesh.key]) == [alice.key]
+    assert pushed_to(out, carol, reg_key, at[carol.key]) == []
+    # bob changes now: carol asked for him; the window is open, so it is gathered
+    out = r.receive(bob.register(reg_key, NOW + 1), Endpoint.parse("192.0.2.9:1"), PORT, NOW + 1)
+    assert pushed_to(out, carol, reg_key, at[carol.key]) == [bob.key]
+    assert pushed_to(out, mesh, reg_key, at[mesh.key]) == [bob.key]
+    assert pushed_to(out, bob, reg_key, at[bob.key]) == []  # not about himself
+    # a registrar where only bob watches, asking for alice: dave's change queues nothing
+    r2 = make(reg_private)
+    watch(r2, bob, reg_key, at[bob.key])
+    dave = Peer()
+    assert r2.receive(dave.register(reg_key), SRC2, PORT, NOW) == []  # bob did not ask
+    assert r2.next_timer() == NOW + r2.config.expiry
+    # a new Watch replaces the interest
+    bob.interest = (sealed.key_id(dave.key),)
+    watch(r2, bob, reg_key, at[bob.key], NOW + 2)
+    out = r2.receive(dave.register(reg_key, NOW + 3), Endpoint.parse("192.0.2.9:2"), PORT, NOW + 3)
+    assert pushed_to(out, bob, reg_key, at[bob.key]) == [dave.key]
 
 
 def test_a_restore_moves_the_serial_on_by_exactly_one(reg_private: PrivateKey) -> None:

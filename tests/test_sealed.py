@@ -66,6 +66,11 @@ def test_round_trip(payload: sealed.Payload) -> None:
         ),
         (Watch(1, 2, 3), struct.pack("!Q", 3) + bytes(16)),
         (Watch(1, 2, 3, b"\x5a" * 16), struct.pack("!Q", 3) + b"\x5a" * 16),
+        (Watch(1, 2, 3, interest=()), struct.pack("!Q", 3) + bytes(16) + b"\x00"),
+        (
+            Watch(1, 2, 3, interest=(b"A" * 8, b"B" * 8)),
+            struct.pack("!Q", 3) + bytes(16) + b"\x02" + b"A" * 8 + b"B" * 8,
+        ),
         (  # 0 or 1 mapping: the bytes of the has_observed flag of before, then flags and cookie
             Status(1, 2, 3, 4, (EP4,), NatKind.CONE, 5),
             struct.pack("!QQ", 3, 4) + b"\x01\x04" + bytes([10, 1, 0, 5])
@@ -135,7 +140,10 @@ OBS6 = b"\x06" + EP6.ip.packed + struct.pack("!H", 51820)
         (b"\x01\x09" + TID + bytes(16), "unknown sealed payload kind 9"),
         (b"\x01\x00" + TID + bytes(16), "unknown sealed payload kind 0"),
         (b"\x01\x02" + bytes(12) + bytes(24), "sealed payload bound to another transaction"),
-        (head(2) + bytes(25), "trailing bytes after sealed payload"),
+        (head(2) + bytes(26), "trailing bytes after sealed payload"),
+        (head(2) + bytes(24) + b"\x3a" + bytes(8 * 58), "sealed payload too large"),
+        (head(2) + bytes(24) + b"\x3a" + bytes(8 * 40), "more than 57 key ids of interest"),
+        (head(2) + bytes(24) + b"\x02" + bytes(9), "sealed payload truncated"),
         (head(2) + bytes(23), "sealed payload truncated"),
         (
             head(3) + bytes(16) + b"\x00\x00" + bytes(4) + b"\x02" + bytes(16),
@@ -187,6 +195,8 @@ def test_exact_payload_errors(data: bytes, error: str) -> None:
         (Watch(1, 2, 3), bytes(11)),
         (Watch(-1, 2, 3), TID),
         (Watch(1, 2**64, 3), TID),
+        (Watch(1, 2, 3, interest=(b"x" * 7,)), TID),
+        (Watch(1, 2, 3, interest=(b"x" * 8,) * 58), TID),
         (Status(1, 2, 3, 4, (), NatKind.NONE, 2**32), TID),
         (Status(1, 2, 3, 4, (EP4, EP4), NatKind.NONE, 1), TID),
         (Status(1, 2, 3, 4, (EP6, EP4), NatKind.NONE, 1), TID),
@@ -452,7 +462,14 @@ payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
         st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=32),
         st.booleans(),
     ),
-    st.builds(Watch, u64, u64, u64, st.binary(min_size=16, max_size=16)),
+    st.builds(
+        Watch,
+        u64,
+        u64,
+        u64,
+        st.binary(min_size=16, max_size=16),
+        st.none() | st.lists(st.binary(min_size=8, max_size=8), max_size=57).map(tuple),
+    ),
     st.builds(
         Status,
         u64,

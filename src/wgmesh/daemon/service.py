@@ -252,6 +252,8 @@ class Daemon:
         """Send what the client wants sent, act on its events, re-arm its one timer."""
         client = self.client
         assert client is not None and self._raw is not None and self._control is not None
+        if self.s.mode != "mesh" and self.device is not None:  # pushes about our peers only
+            client.set_interest(p.public_key for p in self.device.peers)
         for t in client.datagrams_to_send():
             try:
                 if t.via is Via.WIREGUARD:

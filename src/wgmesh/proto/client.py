@@ -33,7 +33,7 @@ reports one).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
@@ -223,6 +223,9 @@ class RegistrarClient:
         Watch (a Watch that echoes a valid one makes us a push target)."""
         self.proven = False
         """The last Status said our control address receives pushes."""
+        self.interest: tuple[bytes, ...] | None = None
+        """Key ids of the peers whose changes we want pushed (None: every peer); see
+        :meth:`set_interest`."""
         self.serial = -1
         """The zone serial of the last Status (-1: none yet)."""
         self.last_answer = 0.0
@@ -299,6 +302,15 @@ class RegistrarClient:
             self._deadline = min(self._deadline, now)
         else:
             self._wanted = True
+
+    def set_interest(self, peers: Iterable[bytes] | None) -> None:
+        """Ask, from the next Watch on, only for pushes about ``peers`` (public keys; None:
+        every peer, as in mesh mode). More than one Watch can name means every peer."""
+        if peers is None:
+            self.interest = None
+            return
+        ids = sorted({sealed.key_id(k) for k in peers})
+        self.interest = tuple(ids) if len(ids) <= sealed.MAX_INTEREST else None
 
     def set_addresses(self, addresses: tuple[Endpoint, ...], now: float) -> None:
         """Our own addresses (LAN, global IPv6) with the WireGuard port, at most
@@ -467,5 +479,7 @@ class RegistrarClient:
 
     def _send_watch(self, register_counter: int, now: float) -> None:
         self._watch = self._next_counter(now)
-        payload = sealed.Watch(int(now * 1000), self._watch, register_counter, self.cookie)
+        payload = sealed.Watch(
+            int(now * 1000), self._watch, register_counter, self.cookie, self.interest
+        )
         self._out.append(Transmit(self._seal(payload), self.registrar, Via.CONTROL))

@@ -49,6 +49,7 @@ from wgmesh.errors import DecodeError
 from wgmesh.proto import sealed, stun
 from wgmesh.proto.dnssd import Candidate, PublishedPeer, Zone
 from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.fanout import Fanout
 from wgmesh.proto.keys import KEY_LEN
 from wgmesh.proto.kinds import CandidateKind, NatKind
 from wgmesh.proto.peerrow import (
@@ -264,9 +265,7 @@ class Registry:
         (peerrow.WATCHER), oldest Watch first."""
         self._limiter = RateLimiter(config.rate_limit)
         self._cookie_secret = nonce(32)  # return-routability cookies (see _cookie)
-        self._changed: dict[bytes, None] = {}  # keys to push at _push_at, in change order
-        self._push_at: float | None = None
-        self._quiet_until = 0.0  # pushes sent before this gather the next changes
+        self._fanout = Fanout(config.push_delay)
         self._key_limiter = RateLimiter(config.key_rate_limit)
         self._agreements = RateLimiter(config.agreement_limit)
         self._plain = stun.PlainBindingResponder(config.software)
@@ -317,6 +316,7 @@ class Registry:
         self.roster = roster_of(admission)
         for key in [key for key in self.watchers if admission.lookup(key) is None]:
             del self.watchers[key]  # and its shared key
+            self._fanout.drop(key)
         out: list[Outgoing] = []
         for key, row in list(self._rows.items()):
             admitted = admission.lookup(key)
@@ -568,6 +568,7 @@ class Registry:
         if proven:  # the source answered our last Status: it may receive pushes and rosters
             self.watchers.pop(key, None)
             self.watchers[key] = pack_watcher(now, watch.counter, shared, source)
+            self._fanout.watch(key, watch.interest)
         else:
             c["unproven"] += 1
         c["watched"] += 1
@@ -642,9 +643,10 @@ class Registry:
         times = [last_seen(row) for row in self._oldest(self._rows)]
         times += [last_watch(w) for w in self._oldest(self.watchers)]
         expiry = min(times) + self.config.expiry if times else None
-        if self._push_at is None:
+        push_at = self._fanout.push_at
+        if push_at is None:
             return expiry
-        return self._push_at if expiry is None else min(expiry, self._push_at)
+        return push_at if expiry is None else min(expiry, push_at)
 
     @staticmethod
     def _oldest(table: Mapping[bytes, _V]) -> list[_V]:
@@ -666,13 +668,14 @@ class Registry:
             stale.append(key)
         for key in stale:
             del self.watchers[key]
+            self._fanout.drop(key)
         out: list[Outgoing] = []
         while self._rows:
             key, row = next(iter(self._rows.items()))
             if last_seen(row) >= limit:
                 break
             out += self._withdraw(self._entry(key, row), now)
-        if self._push_at is not None and now >= self._push_at:
+        if self._fanout.due(now):
             out += self._flush_pushes(now)
         return out
 
@@ -734,28 +737,17 @@ class Registry:
         return self._push_counter
 
     def _push(self, changed: bytes, now: float) -> list[Outgoing]:
-        """Push ``changed`` to every other watcher: at once when nothing was pushed within
-        ``push_delay``, else gathered with whatever else changes until the window ends (then
-        :meth:`expire` sends them, ``next_timer`` says when). So a peer changing 20 times a
-        second costs each watcher at most ``1 / push_delay`` Pushes a second, not 20 per peer."""
-        if len(self.watchers) - (changed in self.watchers) <= 0:
-            return []  # nobody else to tell
-        self._changed[changed] = None
-        if self._push_at is None:
-            if now >= self._quiet_until:
-                return self._flush_pushes(now)
-            self._push_at = self._quiet_until
-        return []
+        """Push ``changed`` to the watchers that want it: at once when nothing was pushed
+        within ``push_delay``, else gathered until the window ends (then :meth:`expire` sends
+        them, ``next_timer`` says when); see wgmesh.proto.fanout."""
+        return self._flush_pushes(now) if self._fanout.changed(changed, now) else []
 
     def _flush_pushes(self, now: float) -> list[Outgoing]:
-        """Tell every watcher to re-resolve the peers that changed (but itself), in as few
-        Pushes as hold them: one for up to 14 changed peers."""
-        changed, self._changed, self._push_at = list(self._changed), {}, None
-        self._quiet_until = now + self.config.push_delay
+        """Tell each watcher the changed peers it wants, in as few Pushes as hold them: one
+        for up to 14 changed peers."""
         out: list[Outgoing] = []
-        for key, watcher in self.watchers.items():
-            _, _, shared, addr = unpack_watcher(watcher)
-            theirs = [k for k in changed if k != key]
+        for key, theirs in self._fanout.take(now).items():
+            _, _, shared, addr = unpack_watcher(self.watchers[key])
             for i in range(0, len(theirs), sealed.MAX_CHANGED):
                 out.append(
                     self._push_one(shared, addr, tuple(theirs[i : i + sealed.MAX_CHANGED]), now)

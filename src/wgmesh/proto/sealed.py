@@ -10,7 +10,9 @@ ciphertext (16-byte MAC, then the payload). Plaintext layout, network byte order
     Register  u8 flags (bit 0: secondary; others zero) | u8 n + n bytes UTF-8 name (n <= 63,
               printable) | u8 n + n bytes ASCII software (n <= 32, printable) |
               u8 count (<= 8) + count * address
-    Watch     u64 register_counter | 16-byte cookie (zeros: none yet)
+    Watch     u64 register_counter | 16-byte cookie (zeros: none yet) |
+              optional: u8 count (<= 56) + count * 8-byte key id (the peers whose changes
+              this watcher wants pushed: the first 8 bytes of their keys; absent: every peer)
     Status    u64 watch_counter | u64 register_counter | u8 count (<= 2) + count * address
               (the observed mappings: at most one per family, IPv4 first) |
               u8 nat (0 unknown, 1 none, 2 cone, 3 symmetric) | u32 serial |
@@ -66,6 +68,10 @@ _HEADER = struct.Struct("!BB12sQQ")
 HEADER_LEN = _HEADER.size
 MAX_CHANGED = (MAX_PAYLOAD - HEADER_LEN - 5) // KEY_LEN
 """14: as many keys as fit in MAX_PAYLOAD after the header, serial and count."""
+KEY_ID_LEN = 8
+"""Bytes of a key that name it in a Watch's interest (a collision only costs a spare Push)."""
+MAX_INTEREST = (MAX_PAYLOAD - HEADER_LEN - 8 - COOKIE_LEN - 1) // KEY_ID_LEN
+"""57: the key ids one Watch can name; a daemon with more peers asks for every peer."""
 MAX_MEMBER_NETWORKS = 16
 """Allowed-IP networks one Roster entry carries (a member with more is left out and logged by
 the registrar: see wgmesh.proto.roster)."""
@@ -123,6 +129,8 @@ class Watch:
     cookie: bytes = bytes(COOKIE_LEN)
     """The cookie of the registrar's last Status to this source address (return routability:
     only a Watch that echoes it makes its source a push target); zeros when there is none."""
+    interest: tuple[bytes, ...] | None = None
+    """Key ids (:func:`key_id`) of the peers whose changes to push here; None: every peer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +283,12 @@ def _body(p: Payload) -> bytes:
     if isinstance(p, Watch):
         if len(p.cookie) != COOKIE_LEN:
             raise LocalProtocolError("a cookie is 16 bytes")
-        return _U64.pack(p.register_counter) + p.cookie
+        head = _U64.pack(p.register_counter) + p.cookie
+        if p.interest is None:
+            return head
+        if len(p.interest) > MAX_INTEREST or any(len(i) != KEY_ID_LEN for i in p.interest):
+            raise LocalProtocolError(f"an interest is at most {MAX_INTEREST} 8-byte key ids")
+        return head + bytes((len(p.interest),)) + b"".join(p.interest)
     if isinstance(p, Status):
         families = [_family(ep) for ep in p.observed]
         if families not in ([], [4], [6], [4, 6]):
@@ -304,6 +317,11 @@ def _body(p: Payload) -> bytes:
     if len(p.changed) > MAX_CHANGED or any(len(k) != KEY_LEN for k in p.changed):
         raise LocalProtocolError(f"a Push carries at most {MAX_CHANGED} 32-byte keys")
     return _U32.pack(p.serial) + bytes((len(p.changed),)) + b"".join(p.changed)
+
+
+def key_id(key: bytes) -> bytes:
+    """The id that names ``key`` in a Watch's interest."""
+    return key[:KEY_ID_LEN]
 
 
 def pack_member(m: Member) -> bytes:
@@ -441,7 +459,14 @@ def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
         addresses = tuple(r.address() for _ in range(count))
         p = Register(ts, counter, name, addresses, software, bool(flags))
     elif kind == Kind.WATCH:
-        p = Watch(ts, counter, r.u64(), r.take(COOKIE_LEN))
+        register_counter, cookie = r.u64(), r.take(COOKIE_LEN)
+        interest = None
+        if r.pos < len(data):
+            count = r.u8()
+            if count > MAX_INTEREST:
+                raise DecodeError(f"more than {MAX_INTEREST} key ids of interest")
+            interest = tuple(r.take(KEY_ID_LEN) for _ in range(count))
+        p = Watch(ts, counter, register_counter, cookie, interest)
     elif kind == Kind.STATUS:
         watch_counter, register_counter = r.u64(), r.u64()
         count = r.u8()

@@ -1,0 +1,99 @@
+"""Who is told what, and when: the registrar's push fan-out (sans-IO).
+
+A watcher is a peer whose control address proved it receives (see the cookies in
+wgmesh.proto.registry). Each names, in its Watch, the peers whose changes it wants pushed: the
+key ids of its configured peers (endpoints mode), or every peer (mesh mode, or more peers than
+one Watch can name). :class:`Fanout` keeps an index from key id to the watchers that asked for
+it, so a change costs in proportion to the watchers that care, not to all of them.
+
+Changes are coalesced: the first change after a quiet ``push_delay`` goes out at once; later
+ones gather until the window ends and go out together (:meth:`Fanout.due`, :meth:`Fanout.take`).
+A peer changing 20 times a second so costs each watcher at most ``1 / push_delay`` Pushes a
+second.
+"""
+
+from __future__ import annotations
+
+from wgmesh.proto.sealed import key_id
+
+
+class Fanout:
+    """Watchers' interests and the changes waiting to be pushed to them."""
+
+    def __init__(self, push_delay: float) -> None:
+        self.push_delay = push_delay
+        self._everything: dict[bytes, None] = {}
+        """Watchers that want every peer's changes."""
+        self._interest: dict[bytes, frozenset[bytes]] = {}
+        """Per watcher with a list: the key ids it asked for."""
+        self._by_id: dict[bytes, dict[bytes, None]] = {}
+        """Per key id: the watchers that asked for it."""
+        self._changed: dict[bytes, None] = {}  # keys to push, in change order
+        self.push_at: float | None = None
+        """When the gathered changes are due (None: none gathered)."""
+        self._quiet_until = 0.0
+
+    def __len__(self) -> int:
+        return len(self._everything) + len(self._interest)
+
+    def watch(self, watcher: bytes, interest: tuple[bytes, ...] | None) -> None:
+        """``watcher`` wants the changes of the peers ``interest`` names (None: all)."""
+        self.drop(watcher)
+        if interest is None:
+            self._everything[watcher] = None
+            return
+        ids = frozenset(interest)
+        self._interest[watcher] = ids
+        for i in ids:
+            self._by_id.setdefault(i, {})[watcher] = None
+
+    def drop(self, watcher: bytes) -> None:
+        """``watcher`` is no longer told anything."""
+        self._everything.pop(watcher, None)
+        for i in self._interest.pop(watcher, ()):
+            watchers = self._by_id[i]
+            del watchers[watcher]
+            if not watchers:
+                del self._by_id[i]
+
+    def interest(self, watcher: bytes) -> frozenset[bytes] | None:
+        """The key ids ``watcher`` asked for; None: every peer (or not a watcher)."""
+        return self._interest.get(watcher)
+
+    def changed(self, key: bytes, now: float) -> bool:
+        """Note that ``key``'s records changed; True when its changes are due now (call
+        :meth:`take`), False when gathered for :attr:`push_at` or nobody wants them."""
+        if not self._wanted(key):
+            return False
+        self._changed[key] = None
+        if self.push_at is None:
+            if now >= self._quiet_until:
+                return True
+            self.push_at = self._quiet_until
+        return False
+
+    def due(self, now: float) -> bool:
+        """The gathered changes are due."""
+        return self.push_at is not None and now >= self.push_at
+
+    def take(self, now: float) -> dict[bytes, list[bytes]]:
+        """Per watcher, the changed keys to push to it (never its own), in change order; the
+        quiet window starts again."""
+        changed, self._changed, self.push_at = list(self._changed), {}, None
+        self._quiet_until = now + self.push_delay
+        out: dict[bytes, list[bytes]] = {}
+        for watcher in self._everything:
+            theirs = [k for k in changed if k != watcher]
+            if theirs:
+                out[watcher] = theirs
+        for k in changed:
+            for watcher in self._by_id.get(key_id(k), ()):
+                if watcher != k:
+                    out.setdefault(watcher, []).append(k)
+        return out
+
+    def _wanted(self, key: bytes) -> bool:
+        """Someone but ``key`` itself wants ``key``'s changes."""
+        if len(self._everything) - (key in self._everything) > 0:
+            return True
+        return any(w != key for w in self._by_id.get(key_id(key), ()))
