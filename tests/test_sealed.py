@@ -137,7 +137,7 @@ OBS6 = b"\x06" + EP6.ip.packed + struct.pack("!H", 51820)
         (head(4) + struct.pack("!IB", 1, 2) + bytes(63), "sealed payload truncated"),
         (head(2) + bytes(500), "sealed payload too large"),
         (b"\x02\x02" + TID + bytes(24), "unknown sealed payload version 2"),
-        (b"\x01\x09" + TID + bytes(16), "unknown sealed payload kind 9"),
+        (b"\x01\x0a" + TID + bytes(16), "unknown sealed payload kind 10"),
         (b"\x01\x00" + TID + bytes(16), "unknown sealed payload kind 0"),
         (b"\x01\x02" + bytes(12) + bytes(24), "sealed payload bound to another transaction"),
         (head(2) + bytes(26), "trailing bytes after sealed payload"),
@@ -517,7 +517,67 @@ payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
             max_size=4,
         ).map(tuple),
     ),
+    st.builds(sealed.RelayRequest, u64, u64, keys32 := st.binary(min_size=32, max_size=32),
+              st.sampled_from(sealed.RelayOp)),  # fmt: skip
+    st.builds(sealed.RelayBind, u64, u64, keys32),
+    st.builds(
+        sealed.RelayGrant,
+        u64,
+        u64,
+        keys32,
+        st.sampled_from([sealed.RelayState.ALLOCATED, sealed.RelayState.READY]),
+        endpoints,
+        st.booleans(),
+    ),
+    st.builds(
+        sealed.RelayGrant, u64, u64, keys32, st.just(sealed.RelayState.RELEASED), st.none(),
+        st.booleans(),
+    ),  # fmt: skip
+    st.builds(
+        sealed.RelayGrant, u64, u64, keys32, st.just(sealed.RelayState.REFUSED), st.none(),
+        st.booleans(),
+        st.sampled_from([r for r in sealed.RelayRefusal if r is not sealed.RelayRefusal.NONE]),
+    ),  # fmt: skip
 )
+
+
+def test_relay_payload_errors() -> None:
+    """Grants say where to send exactly when allocated or ready, and why exactly when
+    refused; unknown codes are DecodeErrors."""
+    key = bytes(range(32))
+    bad = [
+        sealed.RelayGrant(1, 2, key, sealed.RelayState.READY, None),
+        sealed.RelayGrant(1, 2, key, sealed.RelayState.RELEASED, EP4),
+        sealed.RelayGrant(1, 2, key, sealed.RelayState.REFUSED, None),
+        sealed.RelayGrant(1, 2, key, sealed.RelayState.READY, EP4,
+                          reason=sealed.RelayRefusal.OFF),  # fmt: skip
+        sealed.RelayBind(1, 2, key[:31]),
+    ]
+    for p in bad:
+        with pytest.raises(LocalProtocolError):
+            sealed.encode_payload(p, TID)
+    ok = sealed.encode_payload(sealed.RelayGrant(1, 2, key, sealed.RelayState.READY, EP4), TID)
+    for pos, value, error in [
+        (30 + 32, 9, "unknown relay state or reason"),
+        (30 + 33, 9, "unknown relay state or reason"),
+        (30 + 33, 1, "a refusal reason exactly when refused"),
+        (30 + 34, 2, "unknown RelayGrant flags"),
+        (30 + 35, 5, "bad address family"),
+    ]:
+        data = bytearray(ok)
+        data[pos] = value
+        with pytest.raises(DecodeError) as exc:
+            sealed.decode_payload(bytes(data), TID)
+        assert str(exc.value) == error
+    req = bytearray(sealed.encode_payload(sealed.RelayRequest(1, 2, key), TID))
+    req[-1] = 3
+    with pytest.raises(DecodeError, match="unknown relay operation"):
+        sealed.decode_payload(bytes(req), TID)
+    released = sealed.encode_payload(
+        sealed.RelayGrant(1, 2, key, sealed.RelayState.RELEASED, None), TID
+    )
+    with pytest.raises(DecodeError, match="a relay address in a refusal or release"):
+        sealed.decode_payload(released[:-1] + b"\x04", TID)
 
 
 @settings(max_examples=500, deadline=None)

@@ -38,6 +38,7 @@ and the admission check.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -68,6 +69,8 @@ from wgmesh.proto.peerrow import (
     watcher_counter,
 )
 from wgmesh.proto.ratelimit import RateLimitConfig, RateLimiter
+from wgmesh.proto.relay import Relay, RelayConfig
+from wgmesh.proto.relayctl import IPAddress, RelayControl
 from wgmesh.proto.roster import RosterBook
 
 Outgoing = tuple[bytes, Endpoint]
@@ -271,6 +274,9 @@ class Registry:
         self._plain = stun.PlainBindingResponder(config.software)
         self._events: list[PeerEvent] = []
         self._push_counter = 0
+        self.relay = self._relay_control(RelayConfig(), None)
+        """RelayRequests, RelayBinds and the allocations (wgmesh.proto.relayctl); off until
+        :meth:`enable_relay`."""
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "datagrams", "binding", "registered", "watched", "oversize", "not_stun",
@@ -280,6 +286,35 @@ class Registry:
             ),
             0,
         )  # fmt: skip
+
+    def enable_relay(self, config: RelayConfig, address: IPAddress) -> None:
+        """Relay for pairs that cannot go direct, from ``config``'s ports on ``address``."""
+        self.relay = self._relay_control(config, address)
+
+    def _relay_control(self, config: RelayConfig, address: IPAddress | None) -> RelayControl:
+        return RelayControl(
+            Relay(config), address or ipaddress.IPv4Address(0), self, self._nonce,
+            self._key_limiter, self.config.freshness_window, self.config.software,
+        )  # fmt: skip
+
+    def receive_relay(self, data: bytes, source: Endpoint, port: int, now: float) -> list[Outgoing]:
+        """A STUN-framed datagram that arrived at relay ``port`` (a RelayBind, or junk)."""
+        return self.relay.receive_bind(data, source, port, now)
+
+    # -- what the relay's control asks (wgmesh.proto.relayctl.Peers) -------------------------
+
+    def watcher_address(self, key: bytes) -> Endpoint | None:
+        watcher = self.watchers.get(key)
+        return None if watcher is None else unpack_watcher(watcher).address
+
+    def stored_key(self, key: bytes) -> bytes | None:
+        return self._stored_key(key)
+
+    def is_registered(self, key: bytes) -> bool:
+        return key in self._rows
+
+    def next_counter(self, now: float) -> int:
+        return self._next_counter(now)
 
     @property
     def peers(self) -> Mapping[bytes, PeerEntry]:
@@ -428,6 +463,8 @@ class Registry:
             return self._watch(msg, key, payload, source, now, shared)
         if isinstance(payload, sealed.RosterQuery):
             return self._roster(msg, key, payload, source, now, shared)
+        if isinstance(payload, sealed.RelayRequest):
+            return self.relay.request(msg, key, payload, source, now, shared)
         c["unexpected"] += 1
         return []
 
@@ -643,10 +680,8 @@ class Registry:
         times = [last_seen(row) for row in self._oldest(self._rows)]
         times += [last_watch(w) for w in self._oldest(self.watchers)]
         expiry = min(times) + self.config.expiry if times else None
-        push_at = self._fanout.push_at
-        if push_at is None:
-            return expiry
-        return push_at if expiry is None else min(expiry, push_at)
+        due = [t for t in (expiry, self._fanout.push_at, self.relay.next_timer()) if t is not None]
+        return min(due) if due else None
 
     @staticmethod
     def _oldest(table: Mapping[bytes, _V]) -> list[_V]:
@@ -669,6 +704,7 @@ class Registry:
         for key in stale:
             del self.watchers[key]
             self._fanout.drop(key)
+            self.relay.forget(key)
         out: list[Outgoing] = []
         while self._rows:
             key, row = next(iter(self._rows.items()))
@@ -677,6 +713,7 @@ class Registry:
             out += self._withdraw(self._entry(key, row), now)
         if self._fanout.due(now):
             out += self._flush_pushes(now)
+        out += self.relay.expire(now)
         return out
 
     def events(self) -> list[PeerEvent]:
@@ -719,7 +756,7 @@ class Registry:
         del self._rows[entry.key]
         self.zone.remove(entry.key)
         self._events.append(PeerEvent(Change.WITHDRAWN, entry))
-        return self._push(entry.key, now)
+        return self._push(entry.key, now) + self.relay.peer_gone(entry.key, now)
 
     def _publish(
         self, change: Change, entry: PeerEntry, now: float, shared: bytes

@@ -22,6 +22,12 @@ ciphertext (16-byte MAC, then the payload). Plaintext layout, network byte order
     RosterQuery  u32 offset
     Roster    u64 query_counter | u32 version | u32 total | u32 offset |
               u8 count + count * (32-byte key | u8 n (<= 16) + n * network)
+    RelayRequest  32-byte key of the other peer | u8 op (1 allocate, 2 release)
+    RelayGrant    32-byte key of the other peer | u8 state (0 refused, 1 allocated: bind now,
+                  2 ready: both bound, 3 released) | u8 reason (refusals; 0 otherwise) |
+                  u8 flags (bit 0: your bind was seen) | address (the relay address and port
+                  this peer sends to; family 0 and no address bytes when refused or released)
+    RelayBind     32-byte key of the other peer (sent from the WireGuard port to the relay port)
     network   u8 family (4|6) | u8 prefix length | 4|16 address bytes
     address   u8 family (4|6) | 4|16 address bytes | u16 port   (no IPv4-mapped IPv6)
 
@@ -92,8 +98,49 @@ class Kind(IntEnum):
     PUSH = 4
     ROSTER_QUERY = 5
     ROSTER = 6
+    RELAY_REQUEST = 7
+    RELAY_GRANT = 8
+    RELAY_BIND = 9
 
 
+class RelayOp(IntEnum):
+    """What a RelayRequest asks."""
+
+    ALLOCATE = 1
+    RELEASE = 2
+
+
+class RelayState(IntEnum):
+    """Where an allocation stands, as a RelayGrant tells it."""
+
+    REFUSED = 0
+    ALLOCATED = 1
+    """Ports reserved: send RelayBinds from the WireGuard port to the relay address."""
+    READY = 2
+    """Both sides are bound: WireGuard traffic to the relay address reaches the peer."""
+    RELEASED = 3
+    """Gone (released by either side, expired, or a peer withdrawn)."""
+
+
+class RelayRefusal(IntEnum):
+    """Why a RelayGrant says REFUSED."""
+
+    NONE = 0
+    OFF = 1
+    """This registrar does not relay."""
+    UNKNOWN_PEER = 2
+    """The other peer is not admitted, not registered, or not watching (cannot be told)."""
+    PEER_LIMIT = 3
+    """The asking peer (or the other) holds as many allocations as allowed."""
+    EXHAUSTED = 4
+    """No relay ports left."""
+    SELF = 5
+    """A relay to oneself."""
+
+
+_RELAY_OPS = frozenset(int(o) for o in RelayOp)
+_RELAY_STATES = frozenset(int(s) for s in RelayState)
+_RELAY_REFUSALS = frozenset(int(r) for r in RelayRefusal)
 _NAT_CODES = (NatKind.UNKNOWN, NatKind.NONE, NatKind.CONE, NatKind.SYMMETRIC)
 _NAT_INDEX = {nat: code for code, nat in enumerate(_NAT_CODES)}
 
@@ -215,7 +262,48 @@ class Roster:
     """This page's members, in the registrar's order."""
 
 
-Payload = Register | Watch | Status | Push | RosterQuery | Roster
+@dataclass(frozen=True, slots=True)
+class RelayRequest:
+    """Peer -> registrar from the control socket: 'relay me to ``peer``' (or release it)."""
+
+    timestamp_ms: int
+    counter: int
+    peer: bytes
+    """The other peer's public key."""
+    op: RelayOp = RelayOp.ALLOCATE
+
+
+@dataclass(frozen=True, slots=True)
+class RelayGrant:
+    """Registrar -> peer control address: the state of the allocation toward ``peer`` (the
+    answer to a RelayRequest, and pushed on every change)."""
+
+    timestamp_ms: int
+    counter: int
+    peer: bytes
+    """The other peer's public key."""
+    state: RelayState
+    relay: Endpoint | None
+    """Where this peer sends WireGuard traffic for ``peer`` (None: refused or released)."""
+    bound: bool = False
+    """This peer's RelayBind was seen (its mapping toward the relay port is known)."""
+    reason: RelayRefusal = RelayRefusal.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class RelayBind:
+    """Peer -> relay port, from the WireGuard port: its source is this peer's mapping toward
+    that port, which the relay forwards ``peer``'s traffic to."""
+
+    timestamp_ms: int
+    counter: int
+    peer: bytes
+    """The other peer's public key."""
+
+
+Payload = (
+    Register | Watch | Status | Push | RosterQuery | Roster | RelayRequest | RelayGrant | RelayBind
+)
 
 _KINDS: dict[type[Payload], Kind] = {
     Register: Kind.REGISTER,
@@ -224,6 +312,9 @@ _KINDS: dict[type[Payload], Kind] = {
     Push: Kind.PUSH,
     RosterQuery: Kind.ROSTER_QUERY,
     Roster: Kind.ROSTER,
+    RelayRequest: Kind.RELAY_REQUEST,
+    RelayGrant: Kind.RELAY_GRANT,
+    RelayBind: Kind.RELAY_BIND,
 }
 
 
@@ -314,6 +405,19 @@ def _body(p: Payload) -> bytes:
                 *(pack_member(m) for m in p.members),
             )
         )
+    if isinstance(p, RelayRequest | RelayGrant | RelayBind):
+        if len(p.peer) != KEY_LEN:
+            raise LocalProtocolError("a peer key is 32 bytes")
+        if isinstance(p, RelayRequest):
+            return p.peer + bytes((RelayOp(p.op),))
+        if isinstance(p, RelayBind):
+            return p.peer
+        if (p.relay is None) != (p.state in (RelayState.REFUSED, RelayState.RELEASED)):
+            raise LocalProtocolError("a relay address exactly when allocated or ready")
+        if (p.reason is RelayRefusal.NONE) != (p.state is not RelayState.REFUSED):
+            raise LocalProtocolError("a refusal reason exactly when refused")
+        relay = b"\x00" if p.relay is None else _pack_address(p.relay)
+        return p.peer + bytes((p.state, p.reason, 1 if p.bound else 0)) + relay
     if len(p.changed) > MAX_CHANGED or any(len(k) != KEY_LEN for k in p.changed):
         raise LocalProtocolError(f"a Push carries at most {MAX_CHANGED} 32-byte keys")
     return _U32.pack(p.serial) + bytes((len(p.changed),)) + b"".join(p.changed)
@@ -501,6 +605,29 @@ def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
                 raise DecodeError(f"more than {MAX_MEMBER_NETWORKS} networks for a member")
             members.append(Member(key, tuple(r.network() for _ in range(n))))
         p = Roster(ts, counter, query_counter, version, total, offset, tuple(members))
+    elif kind == Kind.RELAY_REQUEST:
+        peer, op = r.take(KEY_LEN), r.u8()
+        if op not in _RELAY_OPS:
+            raise DecodeError("unknown relay operation")
+        p = RelayRequest(ts, counter, peer, RelayOp(op))
+    elif kind == Kind.RELAY_GRANT:
+        peer, state, reason, flags = r.take(KEY_LEN), r.u8(), r.u8(), r.u8()
+        if state not in _RELAY_STATES or reason not in _RELAY_REFUSALS:
+            raise DecodeError("unknown relay state or reason")
+        if flags & ~1:
+            raise DecodeError("unknown RelayGrant flags")
+        st, why = RelayState(state), RelayRefusal(reason)
+        if (why is RelayRefusal.NONE) != (st is not RelayState.REFUSED):
+            raise DecodeError("a refusal reason exactly when refused")
+        if st in (RelayState.REFUSED, RelayState.RELEASED):
+            if r.u8() != 0:
+                raise DecodeError("a relay address in a refusal or release")
+            relay = None
+        else:
+            relay = r.address()
+        p = RelayGrant(ts, counter, peer, st, relay, bool(flags), why)
+    elif kind == Kind.RELAY_BIND:
+        p = RelayBind(ts, counter, r.take(KEY_LEN))
     else:
         raise DecodeError(f"unknown sealed payload kind {kind}")
     if r.pos != len(data):
