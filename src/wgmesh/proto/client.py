@@ -34,13 +34,14 @@ reports one).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
 from wgmesh.errors import DecodeError
 from wgmesh.proto import sealed, stun
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import NatKind
+from wgmesh.proto.relaylease import LeaseConfig, RelayChanged, RelayLeases
 from wgmesh.proto.roster import RosterSync
 
 
@@ -74,6 +75,8 @@ class ClientConfig:
     roster_tries: int = 3
     """Sends of one roster page before the read waits for the next round; each waits
     ``answer_timeout`` x 2 for its answer."""
+    relay: LeaseConfig = field(default_factory=LeaseConfig)
+    """Timings of relay allocations and binds."""
 
 
 class Via(StrEnum):
@@ -136,7 +139,7 @@ class MembersChanged:
     """Every member's key and allowed IPs, as the sealed Roster carried them."""
 
 
-Event = MappingObserved | Resolve | RegistrarState | MembersChanged
+Event = MappingObserved | Resolve | RegistrarState | MembersChanged | RelayChanged
 
 
 class Phase(Enum):
@@ -233,7 +236,7 @@ class RegistrarClient:
         self.reachable: bool | None = None
         """Whether the last round got a Status (None: no round ended yet)."""
         self.counters: dict[str, int] = dict.fromkeys(
-            ("rounds", "failed_rounds", "status", "pushes", "dropped", "late"), 0
+            ("rounds", "failed_rounds", "status", "pushes", "dropped", "late", "relay_grants"), 0
         )
         self.phase = Phase.IDLE
         self._deadline = now  # the first round starts at once
@@ -255,6 +258,8 @@ class RegistrarClient:
         self._members: Mapping[bytes, tuple[str, ...]] | None = None  # as last reported
         self._out: list[Transmit] = []
         self._events: list[Event] = []
+        self.relays = RelayLeases(config.relay, self._next_counter)
+        """Our relay allocations (wgmesh.proto.relaylease)."""
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -285,6 +290,13 @@ class RegistrarClient:
             if step is not None and not isinstance(step, int) and step != self._members:
                 self._members = step
                 self._events.append(MembersChanged(step))
+        elif isinstance(payload, sealed.RelayGrant):
+            if abs(payload.timestamp_ms / 1000 - now) > self.config.push_window:
+                self.counters["dropped"] += 1
+                return
+            self.counters["relay_grants"] += 1
+            self.relays.on_grant(payload, now)
+            self._relay_out()
         elif isinstance(payload, sealed.Status):
             if self.phase is Phase.IDLE or payload.watch_counter != self._watch:
                 self.counters["late"] += 1
@@ -296,12 +308,29 @@ class RegistrarClient:
         else:
             self.counters["dropped"] += 1
 
+    def want_relays(self, peers: Iterable[bytes], now: float) -> None:
+        """The peers the Planner wants relayed (see wgmesh.proto.relaylease)."""
+        self.relays.want(peers, now)
+        self._relay_out()
+
+    def _relay_out(self) -> None:
+        for send in self.relays.take():
+            if send.relay is None:
+                self._out.append(Transmit(self._seal(send.payload), self.registrar, Via.CONTROL))
+            else:
+                self._out.append(Transmit(self._seal(send.payload), send.relay, Via.WIREGUARD))
+        self._events += self.relays.changes
+        self.relays.changes.clear()
+
     def request_probe(self, now: float) -> None:
-        """Probe now (or right after the round in progress)."""
+        """Probe now (or right after the round in progress), and bind our relay allocations
+        again (a stall or new addresses: our NAT's mappings may have moved)."""
         if self.phase is Phase.IDLE:
             self._deadline = min(self._deadline, now)
         else:
             self._wanted = True
+        self.relays.rebind(now)
+        self._relay_out()
 
     def set_interest(self, peers: Iterable[bytes] | None) -> None:
         """Ask, from the next Watch on, only for pushes about ``peers`` (public keys; None:
@@ -324,9 +353,9 @@ class RegistrarClient:
 
     def next_timer(self) -> float:
         """When :meth:`handle_timer` next has something to do."""
-        if self._roster_at is not None:
-            return min(self._deadline, self._resolve_at, self._roster_at)
-        return min(self._deadline, self._resolve_at)
+        times = [self._deadline, self._resolve_at]
+        times += [t for t in (self._roster_at, self.relays.next_timer()) if t is not None]
+        return min(times)
 
     def handle_timer(self, now: float) -> None:
         """Act on whatever is due at ``now``."""
@@ -337,6 +366,8 @@ class RegistrarClient:
             self._roster_due(now)
         if now >= self._deadline:
             self._step(Input.DUE, now)
+        self.relays.due(now)
+        self._relay_out()
 
     # -- outputs ------------------------------------------------------------------------------
 
