@@ -40,6 +40,11 @@ def dev(endpoint: Endpoint | None = None, hs: float = 0.0) -> DeviceState:
     return DeviceState("wg0", bytes(32), 51820, (PeerState(A, endpoint, (), hs, 0, 0, 25),))
 
 
+def idle(plan: Plan) -> bool:
+    """Nothing to do on the interface (the relay wanted or not)."""
+    return plan.updates == () and plan.prime == ()
+
+
 def record(*hints: Hint) -> PeerRecord:
     return PeerRecord(A, hints, name="a")
 
@@ -89,19 +94,19 @@ def unknown_set(w: Callable[..., Walk]) -> Walk:
 
 def unknown_no_candidate(w: Callable[..., Walk]) -> Walk:
     x = w()  # a record without candidates
-    assert x.plan(1000.0) == Plan()
+    assert idle(x.plan(1000.0))
     return x
 
 
 def primed_wait(w: Callable[..., Walk]) -> Walk:
     x = unknown_punch(w)
-    assert x.plan(1000.1) == Plan()
+    assert idle(x.plan(1000.1))
     return x
 
 
 def primed_answered(w: Callable[..., Walk]) -> Walk:
     x = unknown_punch(w)
-    assert x.plan(1000.2, dev(PUB, hs=1000.1)) == Plan()  # the peer's initiation came through
+    assert idle(x.plan(1000.2, dev(PUB, hs=1000.1)))  # the peer's initiation came through
     assert x.p._peers[A].proven == PUB
     return x
 
@@ -116,13 +121,13 @@ def primed_fire(w: Callable[..., Walk]) -> Walk:
 
 def trying_wait(w: Callable[..., Walk]) -> Walk:
     x = unknown_set(w)
-    assert x.plan(1002.9, dev(PUB)) == Plan()
+    assert idle(x.plan(1002.9, dev(PUB)))
     return x
 
 
 def trying_handshake(w: Callable[..., Walk]) -> Walk:
     x = unknown_set(w)
-    assert x.plan(1001.0, dev(PUB, hs=1000.0)) == Plan()
+    assert idle(x.plan(1001.0, dev(PUB, hs=1000.0)))
     return x
 
 
@@ -130,7 +135,7 @@ def trying_punch(w: Callable[..., Walk]) -> Walk:
     x = w(PUBLIC, LANH, punch_delay=0.2)
     x.plan(1000.0)
     x.plan(1000.2)  # FIRE: the trial runs from here
-    assert x.plan(1003.1, dev(PUB)) == Plan()
+    assert idle(x.plan(1003.1, dev(PUB)))
     plan = x.plan(1003.2, dev(PUB))
     assert plan.prime == (LAN,) and plan.updates == ()
     return x
@@ -145,7 +150,7 @@ def trying_set(w: Callable[..., Walk]) -> Walk:
 
 def trying_backoff(w: Callable[..., Walk]) -> Walk:
     x = unknown_set(w)  # the only candidate; the next round is due at 1000 + 3 + 5
-    assert x.plan(1003.0, dev(PUB)) == Plan()
+    assert idle(x.plan(1003.0, dev(PUB)))
     assert x.p._peers[A].rounds.next_at == 1008.0
     return x
 
@@ -153,13 +158,13 @@ def trying_backoff(w: Callable[..., Walk]) -> Walk:
 def trying_no_candidate(w: Callable[..., Walk]) -> Walk:
     x = unknown_set(w)
     x.p.withdraw(A)
-    assert x.plan(1003.0, dev(PUB)) == Plan()
+    assert idle(x.plan(1003.0, dev(PUB)))
     return x
 
 
 def direct_fresh(w: Callable[..., Walk]) -> Walk:
     x = trying_handshake(w)
-    assert x.plan(1100.0, dev(PUB, hs=1000.0)) == Plan()
+    assert idle(x.plan(1100.0, dev(PUB, hs=1000.0)))
     return x
 
 
@@ -184,7 +189,7 @@ def direct_backoff(w: Callable[..., Walk]) -> Walk:
     x = w(PUBLIC, handshake_fresh=2.0)
     x.plan(1000.0)
     x.plan(1000.5, dev(PUB, hs=1000.0))  # HANDSHAKE; every candidate tried, next round 1008
-    assert x.plan(1003.0, dev(PUB, hs=1000.0)) == Plan()  # stale, and no round due
+    assert idle(x.plan(1003.0, dev(PUB, hs=1000.0)))  # stale, and no round due
     return x
 
 
@@ -193,13 +198,13 @@ def direct_no_candidate(w: Callable[..., Walk]) -> Walk:
     x.plan(1000.0)
     x.plan(1000.5, dev(PUB, hs=1000.0))
     x.p.withdraw(A)
-    assert x.plan(1003.0, dev(PUB, hs=1000.0)) == Plan()
+    assert idle(x.plan(1003.0, dev(PUB, hs=1000.0)))
     return x
 
 
 def waiting_fresh(w: Callable[..., Walk]) -> Walk:
     x = trying_backoff(w)
-    assert x.plan(1004.0, dev(PUB, hs=1004.0)) == Plan()  # a late handshake: the peer's
+    assert idle(x.plan(1004.0, dev(PUB, hs=1004.0)))  # a late handshake: the peer's
     return x
 
 
@@ -223,18 +228,172 @@ def waiting_set(w: Callable[..., Walk]) -> Walk:
 
 def waiting_backoff(w: Callable[..., Walk]) -> Walk:
     x = trying_backoff(w)
-    assert x.plan(1007.9, dev(PUB)) == Plan()
+    assert idle(x.plan(1007.9, dev(PUB)))
     return x
 
 
 def waiting_no_candidate(w: Callable[..., Walk]) -> Walk:
     x = trying_backoff(w)
     x.p.withdraw(A)
-    assert x.plan(1008.0, dev(PUB)) == Plan()
+    assert idle(x.plan(1008.0, dev(PUB)))
     return x
 
 
+# -- the relay (rule 8) ------------------------------------------------------------------------
+
+RLY = Endpoint.parse("203.0.113.10:40000")
+
+
+def predicted(x: Walk) -> Walk:
+    """Our NAT is symmetric, the peer's unclassified: direct is predicted impossible."""
+    x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.SYMMETRIC)
+    return x
+
+
+def unknown_relay(w: Callable[..., Walk]) -> Walk:
+    x = predicted(w(PUBLIC))
+    x.p.set_relay(A, RLY)
+    plan = x.plan(1000.0)
+    assert plan.prime == () and plan.updates[0].endpoint == RLY and A in plan.relay
+    assert x.p._peers[A].attempt == Trial(RLY, 1000.0)
+    return x
+
+
+def unknown_relay_fresh(w: Callable[..., Walk]) -> Walk:
+    x = w(PUBLIC)
+    x.p.set_relay(A, RLY)
+    assert x.plan(1000.0, dev(RLY, hs=999.0)).updates == ()  # e.g. after a daemon restart
+    return x
+
+
+def trying_relay_fresh(w: Callable[..., Walk]) -> Walk:
+    x = unknown_relay(w)
+    plan = x.plan(1000.5, dev(RLY, hs=1000.0))
+    assert plan.updates == () and plan.relay == {A}
+    assert x.p._peers[A].proven_source is Source.RELAY
+    assert x.p._peers[A].upgrade_at == 1200.0  # the next multiple of relay_retry (300 s)
+    return x
+
+
+def trying_relay(w: Callable[..., Walk]) -> Walk:
+    x = unknown_set(w)  # the only candidate fails ...
+    x.p.set_relay(A, RLY)  # ... while the relay became ready
+    plan = x.plan(1003.0, dev(PUB))
+    assert plan.updates[0].endpoint == RLY  # no backoff: the relay at once
+    return x
+
+
+def direct_relay(w: Callable[..., Walk]) -> Walk:
+    x = w(PUBLIC, handshake_fresh=2.0)
+    x.plan(1000.0)
+    x.plan(1000.5, dev(PUB, hs=1000.0))  # HANDSHAKE
+    x.p.set_relay(A, RLY)
+    assert x.plan(1003.0, dev(PUB, hs=1000.0)).updates[0].endpoint == RLY  # stale, all tried
+    return x
+
+
+def direct_relay_fresh(w: Callable[..., Walk]) -> Walk:
+    x = trying_handshake(w)
+    x.p.set_relay(A, RLY)  # WireGuard roamed to the relay: the peer sends through it
+    assert x.plan(1010.0, dev(RLY, hs=1009.0)).updates == ()
+    return x
+
+
+def waiting_relay(w: Callable[..., Walk]) -> Walk:
+    x = trying_backoff(w)
+    x.p.set_relay(A, RLY)
+    assert x.plan(1004.0, dev(PUB)).updates[0].endpoint == RLY
+    return x
+
+
+def waiting_relay_fresh(w: Callable[..., Walk]) -> Walk:
+    x = trying_backoff(w)
+    x.p.set_relay(A, RLY)
+    assert x.plan(1004.0, dev(RLY, hs=1004.0)).updates == ()
+    return x
+
+
+def relayed_relay_fresh(w: Callable[..., Walk]) -> Walk:
+    x = trying_relay_fresh(w)
+    assert x.plan(1100.0, dev(RLY, hs=1000.0)).relay == {A}
+    return x
+
+
+def relayed_fresh(w: Callable[..., Walk]) -> Walk:
+    x = trying_relay_fresh(w)  # the peer reached us directly: WireGuard roamed to it
+    plan = x.plan(1100.0, dev(PUB, hs=1099.0))
+    assert plan.updates == () and plan.relay == frozenset()  # direct: release the relay
+    return x
+
+
+def relayed_set(w: Callable[..., Walk]) -> Walk:
+    x = trying_relay_fresh(w)
+    assert x.plan(1199.0, dev(RLY, hs=1150.0)).updates == ()  # not yet
+    plan = x.plan(1200.0, dev(RLY, hs=1150.0))  # the slot: try direct, keep the relay
+    assert plan.updates[0].endpoint == PUB and plan.relay == {A}
+    assert x.p._peers[A].upgrading
+    return x
+
+
+def relayed_punch(w: Callable[..., Walk]) -> Walk:
+    x = predicted(w(PUBLIC, punch_delay=0.2))
+    x.p.set_relay(A, RLY)
+    x.plan(1000.0)
+    x.plan(1000.5, dev(RLY, hs=1000.0))  # RELAYED
+    x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.CONE)  # NAT changed
+    assert x.p._peers[A].upgrade_at == 0.0  # predicted no more: try direct now
+    plan = x.plan(1001.0, dev(RLY, hs=1000.0))
+    assert plan.prime == (PUB,) and plan.updates == ()
+    return x
+
+
+def relayed_relay(w: Callable[..., Walk]) -> Walk:
+    x = predicted(w(PUBLIC, handshake_fresh=2.0))
+    x.p.set_relay(A, RLY)
+    x.plan(1000.0)
+    x.plan(1000.5, dev(RLY, hs=1000.0))  # RELAYED
+    assert x.plan(1003.0, dev(RLY, hs=1000.0)).updates[0].endpoint == RLY  # stale: again
+    return x
+
+
+def relayed_backoff(w: Callable[..., Walk]) -> Walk:
+    x = trying_relay_fresh(w)
+    x.p._peers[A].rounds = Rounds((PUB,), 1, 2000.0)  # every candidate tried, none due
+    x.p.set_relay(A, None)  # the allocation went
+    assert idle(x.plan(1200.0, dev(RLY)))
+    return x
+
+
+def relayed_no_candidate(w: Callable[..., Walk]) -> Walk:
+    x = trying_relay_fresh(w)
+    x.p.withdraw(A)
+    assert x.plan(1100.0, dev(RLY)).relay == frozenset()
+    return x
+
+
+def test_a_failed_try_of_direct_goes_back_to_the_relay_at_once() -> None:
+    x = relayed_set(lambda *h, **c: Walk([], *h, **c))
+    plan = x.plan(1203.0, dev(PUB))  # the trial of PUB failed: no backoff, the relay
+    assert plan.updates[0].endpoint == RLY and not x.p._peers[A].upgrading
+    assert x.p._peers[A].upgrade_at == 1500.0
+
+
 SCENARIOS: dict[Row, Callable[[Callable[..., Walk]], Walk]] = {
+    (S.UNKNOWN, E.RELAY): unknown_relay,
+    (S.UNKNOWN, E.RELAY_FRESH): unknown_relay_fresh,
+    (S.TRYING, E.RELAY): trying_relay,
+    (S.TRYING, E.RELAY_FRESH): trying_relay_fresh,
+    (S.DIRECT, E.RELAY): direct_relay,
+    (S.DIRECT, E.RELAY_FRESH): direct_relay_fresh,
+    (S.WAITING, E.RELAY): waiting_relay,
+    (S.WAITING, E.RELAY_FRESH): waiting_relay_fresh,
+    (S.RELAYED, E.FRESH): relayed_fresh,
+    (S.RELAYED, E.PUNCH): relayed_punch,
+    (S.RELAYED, E.SET): relayed_set,
+    (S.RELAYED, E.BACKOFF): relayed_backoff,
+    (S.RELAYED, E.NO_CANDIDATE): relayed_no_candidate,
+    (S.RELAYED, E.RELAY): relayed_relay,
+    (S.RELAYED, E.RELAY_FRESH): relayed_relay_fresh,
     (S.UNKNOWN, E.FRESH): unknown_fresh,
     (S.UNKNOWN, E.PUNCH): unknown_punch,
     (S.UNKNOWN, E.SET): unknown_set,

@@ -47,3 +47,17 @@ class CandidateKind(StrEnum):
             if label.startswith(kind.value) and digits.isascii() and digits.isdigit():
                 return kind if digits[0] != "0" else None
         return None
+
+
+_FILTERING = frozenset({NatKind.CONE, NatKind.UNKNOWN})
+"""NATs that drop unsolicited packets but keep one mapping per port (an unclassified NAT is
+assumed to be one)."""
+
+
+def relay_predicted(ours: NatKind, theirs: NatKind) -> bool:
+    """The two NAT classes leave no direct path: symmetric on both sides, or symmetric on one
+    and filtering on the other (a full-cone NAT, which does not filter, classifies as cone
+    too, so direct is still tried in the background)."""
+    if NatKind.SYMMETRIC not in (ours, theirs):
+        return False
+    return ours == theirs or (ours in _FILTERING or theirs in _FILTERING)

@@ -49,6 +49,8 @@ class Source(StrEnum):
     """Configured on the interface by someone else."""
     ROAMING = "roaming"
     """WireGuard learned it from an authenticated packet (not an address we set)."""
+    RELAY = "relay"
+    """The registrar's relay address for this peer (wgmesh.proto.relaylease)."""
 
 
 class PathState(StrEnum):
@@ -67,6 +69,9 @@ class PathState(StrEnum):
     """A handshake proves the endpoint in use (rules 1 and 2)."""
     WAITING = "waiting"
     """Every candidate of the round failed: backing off until the next round (rule 3)."""
+    RELAYED = "relayed"
+    """A handshake proves the relay's address for this peer (rule 8); direct is tried again
+    at ``upgrade_at``."""
 
 
 class PathEvent(StrEnum):
@@ -91,6 +96,11 @@ class PathEvent(StrEnum):
     """Every candidate of the round was tried and the next round is not due yet."""
     NO_CANDIDATE = "no-candidate"
     """Nothing to try: no record, or a record without candidates."""
+    RELAY = "relay"
+    """Direct cannot work (the NAT classes) or every candidate failed, and the relay is ready:
+    set its address and initiate (a trial, like SET)."""
+    RELAY_FRESH = "relay-fresh"
+    """A handshake proves the relay's address (a trial of it succeeded, or it stays fresh)."""
 
 
 _S, _E = PathState, PathEvent
@@ -101,6 +111,8 @@ TRANSITIONS: Final[Mapping[PathState, Mapping[PathEvent, PathState]]] = {
         _E.PUNCH: _S.PRIMED,
         _E.SET: _S.TRYING,
         _E.NO_CANDIDATE: _S.UNKNOWN,
+        _E.RELAY: _S.TRYING,
+        _E.RELAY_FRESH: _S.RELAYED,
     },
     _S.PRIMED: {
         _E.WAIT: _S.PRIMED,
@@ -114,20 +126,20 @@ TRANSITIONS: Final[Mapping[PathState, Mapping[PathEvent, PathState]]] = {
         _E.SET: _S.TRYING,
         _E.BACKOFF: _S.WAITING,
         _E.NO_CANDIDATE: _S.UNKNOWN,
+        _E.RELAY: _S.TRYING,
+        _E.RELAY_FRESH: _S.RELAYED,
     },
-    _S.DIRECT: {
-        _E.FRESH: _S.DIRECT,
-        _E.PUNCH: _S.PRIMED,
-        _E.SET: _S.TRYING,
-        _E.BACKOFF: _S.WAITING,
-        _E.NO_CANDIDATE: _S.UNKNOWN,
-    },
-    _S.WAITING: {
-        _E.FRESH: _S.DIRECT,
-        _E.PUNCH: _S.PRIMED,
-        _E.SET: _S.TRYING,
-        _E.BACKOFF: _S.WAITING,
-        _E.NO_CANDIDATE: _S.UNKNOWN,
+    **{
+        settled: {
+            _E.FRESH: _S.DIRECT,
+            _E.PUNCH: _S.PRIMED,
+            _E.SET: _S.TRYING,
+            _E.BACKOFF: _S.WAITING,
+            _E.NO_CANDIDATE: _S.UNKNOWN,
+            _E.RELAY: _S.TRYING,
+            _E.RELAY_FRESH: _S.RELAYED,
+        }
+        for settled in (_S.DIRECT, _S.WAITING, _S.RELAYED)
     },
 }
 """State -> event -> next state. UNKNOWN has no BACKOFF row: it is entered only with nothing
@@ -235,6 +247,13 @@ class PeerPath:
     """Where :attr:`proven` came from; None until a path was proven."""
     added_by_us: bool = False
     """Mesh mode added the peer to the interface (so it may remove it)."""
+    relay: Endpoint | None = None
+    """The relay's address for this peer once its allocation is READY (None: none)."""
+    upgrade_at: float = 0.0
+    """RELAYED: when direct is tried again (rule 8)."""
+    upgrading: bool = False
+    """The candidate in flight is a try of direct from RELAYED: its failure goes back to the
+    relay at once, without a backoff."""
     kick: bool = False
     """Our mapping changed: shake hands again on the next plan that finds the path FRESH
     (rule 5). Any other plan outside PRIMED drops it; PRIMED keeps it for after the punch."""

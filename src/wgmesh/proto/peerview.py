@@ -31,7 +31,8 @@ class PeerView:
     source: str
     """Where that endpoint came from: registrar, lan, static, roaming or none."""
     path: str
-    """direct (a fresh handshake) or none."""
+    """direct (a fresh handshake on a direct endpoint), relay (a fresh handshake through the
+    registrar's relay) or none."""
     reason: str
     """Why the path is not direct ("" when it is)."""
     latest_handshake: float
@@ -44,6 +45,8 @@ class PeerView:
     """The record's candidates as ``kind:endpoint``."""
     nat: str
     """The peer's published NAT class (a :class:`NatKind` value)."""
+    relay: str | None = None
+    """The relay address in use or ready for this peer (None: none)."""
 
 
 def view_of(
@@ -66,7 +69,10 @@ def view_of(
                 source = str(h.source) if h.source == Source.LAN else "registrar"
     elif dev.endpoint is None:
         source = "none"
-    if fresh:
+    relay = peer.relay if peer is not None else None
+    if fresh and relay is not None and dev.endpoint == relay:
+        path, reason = "relay", why_not_direct(dev, record, planner, peer)
+    elif fresh:
         path, reason = "direct", ""
     else:
         path = "none"
@@ -84,6 +90,7 @@ def view_of(
         tx_bytes=dev.tx_bytes,
         candidates=tuple(f"{h.kind}:{h.endpoint}" for h in (record.hints if record else ())),
         nat=record.nat.value if record else NatKind.UNKNOWN.value,
+        relay=str(relay) if relay is not None else None,
     )
 
 
@@ -114,6 +121,8 @@ def why_not_direct(
             "we are behind a symmetric NAT and the peer is behind a filtering NAT: "
             "no direct path without a relay (a port forward on either side would fix it)"
         )
+    if peer is not None and peer.relay is not None and dev.endpoint == peer.relay:
+        return "every direct candidate failed; relayed, direct is tried again periodically"
     if peer is not None and peer.attempt is not None:
         tried = len(peer.rounds.tried)
         return f"trying {peer.attempt.target} ({tried} of {len(record.hints)} candidates)"

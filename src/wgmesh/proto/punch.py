@@ -27,6 +27,15 @@ Rules (docs/protocol.md, "Choosing an endpoint"):
 7. A path that stops carrying traffic (see :meth:`Planner.watch_traffic`) asks for a registrar
    probe at once, so a NAT rebinding is registered and pushed to the peers within a second or
    two instead of at the next periodic probe.
+8. The relay (wgmesh.proto.relay) is wanted (:attr:`Plan.relay`) for a peer whose NAT class
+   and ours leave no direct path (:func:`wgmesh.proto.kinds.relay_predicted`), or once a whole
+   round of its candidates failed, and for as long as the path uses it. Once the relay's
+   address is ready (:meth:`Planner.set_relay`) it is used at once when predicted, else when
+   the round's candidates are all tried (instead of backing off). From the relay, direct is
+   tried again every ``relay_retry`` seconds, at multiples of it on the wall clock so that both
+   peers try at the same moment, and at once when a NAT class changes so that the prediction
+   no longer holds; a failed try goes back to the relay at once. A proven direct path releases
+   the relay: the relay is left only for a handshake, never for a record.
 
 Each peer's path is in one explicit state (UNKNOWN, PRIMED, TRYING, DIRECT, WAITING), and the
 transitions between them are one table, :data:`wgmesh.proto.pathstate.TRANSITIONS`. A plan
@@ -43,7 +52,7 @@ from dataclasses import dataclass
 from wgmesh.errors import LocalProtocolError
 from wgmesh.proto.device import DEFAULT_KEEPALIVE, DeviceState, PeerState, PeerUpdate
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.kinds import CandidateKind, NatKind
+from wgmesh.proto.kinds import CandidateKind, NatKind, relay_predicted
 from wgmesh.proto.pathstate import (
     HANDSHAKE_FRESH,
     PathEvent,
@@ -141,6 +150,8 @@ class PunchConfig:
     """Persistent keepalive set on managed peers that have none (keeps NAT mappings open)."""
     mesh: bool = False
     """Mesh mode: add peers found in the zone, remove them when withdrawn."""
+    relay_retry: float = 300.0
+    """Seconds between tries of direct from a relayed path (rule 8)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +164,8 @@ class Plan:
     """Send one low-TTL packet from the WireGuard port to each, before the updates (it opens our
     own NAT toward the peer without reaching the far NAT; see docs/lab.md, "What the lab
     machines do", on masquerade without a firewall)."""
+    relay: frozenset[bytes] = frozenset()
+    """The peers to keep a relay allocation for (rule 8)."""
 
 
 class Planner:
@@ -205,6 +218,13 @@ class Planner:
         peer.record = record
         if old is None or _endpoints(old) != _endpoints(record):
             peer.rounds = Rounds()
+        if old is not None and old.nat != record.nat:
+            self._prediction_moved(peer, self._nat, old.nat)
+
+    def set_relay(self, key: bytes, relay: Endpoint | None) -> None:
+        """The relay's address for ``key`` is ready (or gone: None)."""
+        peer = self._peers.setdefault(key, PeerPath())
+        peer.relay = relay
 
     def withdraw(self, key: bytes) -> None:
         """The registrar no longer lists the peer."""
@@ -247,12 +267,26 @@ class Planner:
             for family, ep in mappings.items()
         )
         self._mappings = mappings
-        self._nat = nat
+        before, self._nat = self._nat, nat
+        if nat != before:
+            for peer in self._peers.values():
+                self._prediction_moved(peer, before, None)
         if changed:
             for peer in self._peers.values():
                 peer.kick = True
             self._kick_others = True
         return changed
+
+    def _prediction_moved(
+        self, peer: PeerPath, ours_before: NatKind, theirs_before: NatKind | None
+    ) -> None:
+        """A NAT class changed: a relayed peer for which direct was predicted impossible and
+        no longer is tries direct at its next plan (rule 8)."""
+        if peer.state is not PathState.RELAYED or peer.record is None:
+            return
+        before = relay_predicted(ours_before, theirs_before or peer.record.nat)
+        if before and not relay_predicted(self._nat, peer.record.nat):
+            peer.upgrade_at = 0.0
 
     def observe_rtt(self, sample: float) -> None:
         """One registration round trip: smoothed as TCP's SRTT (RFC 6298: 1/8 of each new
@@ -301,7 +335,24 @@ class Planner:
                     updates.append(PeerUpdate(key, allowed_ips=vouched))
             event, target, rounds = self._observe(key, peer, dev, now)
             self._take(key, peer, dev, now, event, target, rounds, updates, prime)
-        return Plan(tuple(updates), tuple(prime))
+        relay = frozenset(
+            key for key, peer in self._peers.items()
+            if key in on_device and self._wants_relay(peer, on_device[key], now)
+        )  # fmt: skip
+        return Plan(tuple(updates), tuple(prime), relay)
+
+    def _wants_relay(self, peer: PeerPath, dev: PeerState, now: float) -> bool:
+        """Rule 8: keep a relay allocation for this peer."""
+        if peer.record is None or not peer.record.hints:
+            return False
+        if peer.state is PathState.RELAYED or peer.upgrading:
+            return True
+        on_relay = peer.relay is not None and dev.endpoint == peer.relay
+        if peer.state is PathState.DIRECT and not on_relay and _fresh(dev, now, self.config):
+            return False  # a proven direct path
+        if relay_predicted(self._nat, peer.record.nat):
+            return True
+        return peer.state is PathState.WAITING or peer.rounds.count > 0
 
     def _observe(
         self, key: bytes, peer: PeerPath, dev: PeerState, now: float
@@ -322,17 +373,26 @@ class Planner:
             case PathState.TRYING:
                 assert isinstance(attempt, Trial)
                 if dev.latest_handshake >= int(attempt.since):
+                    if peer.relay is not None and dev.endpoint == peer.relay:
+                        return PathEvent.RELAY_FRESH, dev.endpoint, peer.rounds
                     return PathEvent.HANDSHAKE, dev.endpoint, peer.rounds
                 if now - attempt.since < cfg.candidate_trial:
                     return PathEvent.WAIT, None, peer.rounds
             case _ if _fresh(dev, now, cfg) and dev.endpoint is not None:  # settled
-                source = self._proven_source(peer, dev.endpoint)
-                in_record = peer.record is None or dev.endpoint in _endpoints(peer.record)
-                # Only an endpoint we took from a record can be outdated by a record; a static
-                # or roaming endpoint with a fresh handshake is newer than anything the zone says.
-                if in_record or source not in (Source.REGISTRAR, Source.LAN):
-                    return PathEvent.FRESH, dev.endpoint, peer.rounds
-                restart = True  # the peer itself moved: its record no longer has this endpoint
+                if peer.relay is not None and dev.endpoint == peer.relay:
+                    upgrade = peer.state is PathState.RELAYED and now >= peer.upgrade_at
+                    if not upgrade or peer.record is None or not peer.record.hints:
+                        return PathEvent.RELAY_FRESH, dev.endpoint, peer.rounds
+                    restart = True  # time to try direct again (rule 8): a fresh round
+                else:
+                    source = self._proven_source(peer, dev.endpoint)
+                    in_record = peer.record is None or dev.endpoint in _endpoints(peer.record)
+                    # Only an endpoint we took from a record (or the relay) can be outdated by
+                    # a record; a static or roaming endpoint with a fresh handshake is newer
+                    # than anything the zone says.
+                    if in_record or source not in (Source.REGISTRAR, Source.LAN, Source.RELAY):
+                        return PathEvent.FRESH, dev.endpoint, peer.rounds
+                    restart = True  # the peer moved: its record no longer has this endpoint
         rounds = peer.rounds.restart() if restart else peer.rounds
         if peer.record is None:
             return PathEvent.NO_CANDIDATE, None, rounds
@@ -340,6 +400,12 @@ class Planner:
         event, target, rounds = rounds.pick(
             order, now, cfg.candidate_trial, cfg.retry_min, cfg.retry_max
         )
+        relay = peer.relay
+        if (relay is not None and dev.endpoint != relay) or (relay is not None and not restart):
+            upgrading = peer.state is PathState.RELAYED or peer.upgrading
+            predicted = relay_predicted(self._nat, peer.record.nat)
+            if event is PathEvent.BACKOFF or (predicted and not upgrading):
+                return PathEvent.RELAY, relay, rounds
         if event is PathEvent.SET and self.punch_delay(key, session=_fresh(dev, now, cfg)) > 0:
             event = PathEvent.PUNCH
         return event, target, rounds
@@ -367,7 +433,27 @@ class Planner:
         match event:
             case PathEvent.WAIT:
                 pass
+            case PathEvent.RELAY:
+                assert target is not None
+                peer.attempt = Trial(target, now)
+                if peer.upgrading or peer.upgrade_at <= now:
+                    peer.upgrade_at = _next_slot(now, self.config.relay_retry)
+                peer.upgrading = False
+                updates.append(
+                    PeerUpdate(key, endpoint=target, handshake_now=True,
+                               persistent_keepalive=keepalive)
+                )  # fmt: skip
+            case PathEvent.RELAY_FRESH:
+                peer.proven, peer.proven_source = dev.endpoint, Source.RELAY
+                peer.attempt, peer.upgrading = None, False
+                if peer.upgrade_at <= now:
+                    peer.upgrade_at = _next_slot(now, self.config.relay_retry)
+                if kick:
+                    updates.append(
+                        PeerUpdate(key, handshake_now=True, persistent_keepalive=keepalive)
+                    )
             case PathEvent.ANSWERED | PathEvent.HANDSHAKE:  # keep the path the handshake used
+                peer.upgrading = False
                 source = self._source_of(peer, dev.endpoint)
                 if event is PathEvent.HANDSHAKE and dev.endpoint is None:
                     source = Source.ROAMING
@@ -383,6 +469,8 @@ class Planner:
                     )
             case PathEvent.FIRE | PathEvent.SET:
                 assert target is not None
+                if peer.state is PathState.RELAYED:
+                    peer.upgrading = True
                 if event is PathEvent.SET and target != dev.endpoint:
                     prime.append(target)  # open our NAT toward it first
                 peer.attempt = Trial(target, now)
@@ -392,6 +480,8 @@ class Planner:
                 )  # fmt: skip
             case PathEvent.PUNCH:
                 assert target is not None
+                if peer.state is PathState.RELAYED:
+                    peer.upgrading = True
                 if target != dev.endpoint:
                     prime.append(target)
                 delay = self.punch_delay(key, session=_fresh(dev, now, self.config))
@@ -450,6 +540,8 @@ class Planner:
 
     @staticmethod
     def _source_of(peer: PeerPath, endpoint: Endpoint | None) -> Source:
+        if peer.relay is not None and endpoint == peer.relay:
+            return Source.RELAY
         if peer.record is not None:
             for h in peer.record.hints:
                 if h.endpoint == endpoint:
@@ -491,6 +583,12 @@ class Planner:
 
 def _fresh(dev: PeerState, now: float, cfg: PunchConfig) -> bool:
     return dev.latest_handshake > 0 and now - dev.latest_handshake < cfg.handshake_fresh
+
+
+def _next_slot(now: float, interval: float) -> float:
+    """The next multiple of ``interval`` on the wall clock: both peers of a pair pick the same
+    one (rule 8)."""
+    return (now // interval + 1) * interval
 
 
 def _endpoints(record: PeerRecord) -> list[Endpoint]:
