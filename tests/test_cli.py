@@ -38,6 +38,12 @@ def test_every_option_has_help(cmd: str) -> None:
     assert run(cmd, "--help").returncode == 0
 
 
+@pytest.mark.parametrize("cmd", ["registrar", "daemon"])
+def test_metrics_flags_are_offered(cmd: str) -> None:
+    out = run(cmd, "--help").stdout
+    assert "--metrics ADDR:PORT" in out and "--log-counters SECONDS" in out
+
+
 def test_genkey_pubkey_match_wireguard_format() -> None:
     key = run("genkey").stdout
     assert len(key.strip()) == 44

@@ -206,14 +206,14 @@ KINDS: dict[str, dict[str, str]] = {
         "stun_alt_port": "int", "dns_port": "int", "state_dir": "str", "authorized_keys": "str",
         "open": "bool", "ns": "list", "ns_address": "list", "hostmaster": "str", "ttl": "int",
         "negative_ttl": "int", "expiry": "float", "rate": "float", "burst": "float",
-        "max_peers": "int", "verbose": "bool",
+        "max_peers": "int", "metrics": "str", "log_counters": "float", "verbose": "bool",
     },
     "daemon": {
         "interface": "str", "registrar": "str", "registrar_key": "str",
         "registrar_alt_port": "int", "zone": "str", "dns": "str", "mode": "str",
         "probe_interval": "float", "name": "str", "wait_interface": "bool",
         "status_socket": "str", "backend": "str", "keepalive": "int", "no_mdns": "bool",
-        "mdns_interface": "list", "verbose": "bool",
+        "mdns_interface": "list", "metrics": "str", "log_counters": "float", "verbose": "bool",
     },
 }  # fmt: skip
 WRONG_TYPES: dict[str, list[Any]] = {
@@ -229,11 +229,11 @@ RANGES: dict[str, dict[str, list[Any]]] = {
         "dns_port": [0, -1, 65536, 70000], "ttl": [-1, -5, 86401, 2**31],
         "negative_ttl": [-1, 86401], "expiry": [0, -1.5, 86401, math.nan, math.inf],
         "rate": [0, -1, 1e7, math.nan], "burst": [0, 0.5, -1, 1e7, math.inf],
-        "max_peers": [0, -1, 10**9],
+        "max_peers": [0, -1, 10**9], "log_counters": [-1, 0.5, 86401, math.nan, math.inf],
     },
     "daemon": {
         "registrar_alt_port": [-1, 65536], "probe_interval": [0, -1, 3601, math.nan, -math.inf],
-        "keepalive": [0, -1, 65536],
+        "keepalive": [0, -1, 65536], "log_counters": [-0.5, 0.99, 1e9, math.nan],
     },
 }  # fmt: skip
 FORMATS: dict[str, dict[str, list[Any]]] = {
@@ -247,6 +247,8 @@ FORMATS: dict[str, dict[str, list[Any]]] = {
         "private_key_file": ["", "{dir}/no-such-key", "{garbage}", "{dir}"],
         "authorized_keys": ["{dir}/no-such-file", "{garbage}", "{dir}"],
         "state_dir": ["", "{plain}"],
+        "metrics": ["127.0.0.1", "localhost:9108", "::1:9108", "127.0.0.1:0",
+                    "127.0.0.1:70000", "[::1]", "[::1]9108", ""],
     },
     "daemon": {
         "interface": ["", "x" * 16, "a/b", "a b", "wg:0", "."],
@@ -260,6 +262,7 @@ FORMATS: dict[str, dict[str, list[Any]]] = {
         "name": ["x" * 64, "tab\there", "line\n"],
         "status_socket": ["", "/" + "s" * 120],
         "mdns_interface": [["a b"], ["eth0", ""]],
+        "metrics": ["9109", "127.0.0.1:x", "[::1]:9109:1", ""],
     },
 }  # fmt: skip
 
@@ -335,6 +338,10 @@ def test_a_bad_flag_value_is_named(
      ("registrar", ["--stun-port", "65535"], "--stun-port: 65535 leaves no port"),
      ("registrar", ["--stun-port", "5000", "--dns-port", "5000"], "--dns-port: 5000 is also"),
      ("registrar", ["--stun-port", "5000", "--dns-port", "5001"], "--dns-port: 5001 is also"),
+     ("registrar", ["--dns-port", "5353", "--metrics", "127.0.0.1:5353"],
+      "--metrics: port 5353 is also the DNS server's TCP port (--dns-port)"),
+     ("registrar", ["--dns-port", "5353", "--listen", "0.0.0.0", "--metrics", "127.0.0.1:5353"],
+      "--metrics: port 5353 is also"),
      ("daemon", ["--registrar", "192.0.2.1:4000", "--registrar-alt-port", "4000"],
       "--registrar-alt-port: 4000"),
      ("daemon", ["--registrar", "192.0.2.1:65535"], "--registrar: port 65535 leaves no port")],
@@ -440,7 +447,10 @@ def test_the_example_daemon_config_loads_once_its_key_is_filled_in(
      ["--zone", "Mesh_1.Example.COM."], ["--listen", "::"], ["--hostmaster", "ops.example.org"],
      ["--ns", "ns1.mesh.test", "--ns", "ns.other.example", "--ns-address", "2001:db8::53"],
      ["--expiry", "0.5", "--rate", "10000", "--burst", "1", "--max-peers", "1"],
-     ["--zone", long_zone(170)]],  # the longest zone
+     ["--zone", long_zone(170)],  # the longest zone
+     ["--metrics", "127.0.0.1:9108", "--log-counters", "0"],
+     ["--metrics", "[::1]:9108", "--log-counters", "86400"],
+     ["--dns-port", "5353", "--metrics", "127.0.0.2:5353"]],  # another address: no clash
 )  # fmt: skip
 def test_valid_registrar_values_are_accepted(
     capsys: pytest.CaptureFixture[str], files: dict[str, Path], extra: list[str]
@@ -455,7 +465,8 @@ def test_valid_registrar_values_are_accepted(
     [["--registrar", "192.0.2.1:65535", "--registrar-alt-port", "0"],
      ["--dns", "[2001:db8::53]:5353"], ["--dns", "192.0.2.53"], ["--keepalive", "65535"],
      ["--probe-interval", "0.5"], ["--name", "bé" * 21], ["--mdns-interface", "eth0"],
-     ["--interface", "x" * 15], ["--mode", "mesh", "--no-mdns", "--wait-interface"]],
+     ["--interface", "x" * 15], ["--mode", "mesh", "--no-mdns", "--wait-interface"],
+     ["--metrics", "[::1]:9109", "--log-counters", "0"], ["--log-counters", "1"]],
 )  # fmt: skip
 def test_valid_daemon_values_are_accepted(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str]
@@ -472,6 +483,24 @@ def test_a_zone_too_long_for_its_peer_names_is_refused(
     code, err = wgmesh(capsys, "registrar", "--config", str(cfg), "--zone", long_zone(171))
     assert_config_error(code, err, "registrar", "--zone: ")
     assert "at most 170 characters" in err
+
+
+def test_the_counter_options_reach_the_settings(files: dict[str, Path], tmp_path: Path) -> None:
+    from wgmesh.proto.endpoint import Endpoint
+
+    args = parse(["registrar", "--config", str(write_config(files["dir"] / "r.toml",
+                                                           registrar_base(files)))])  # fmt: skip
+    s = registrar.settings_from(resolve(args, registrar.DEFAULTS, registrar.CHECKS))
+    assert s.metrics is None and s.log_counters == 60.0  # off, and a line a minute
+    args = parse(["registrar", "--config", str(files["dir"] / "r.toml"),
+                  "--metrics", "[::1]:9108", "--log-counters", "0"])  # fmt: skip
+    s = registrar.settings_from(resolve(args, registrar.DEFAULTS, registrar.CHECKS))
+    assert s.metrics == Endpoint.parse("[::1]:9108") and s.log_counters == 0.0
+    cfg = write_config(tmp_path / "d.toml", {**DAEMON_BASE, "metrics": "127.0.0.1:9109",
+                                             "log-counters": 30})  # fmt: skip
+    d = daemon.settings_from(resolve(parse(["daemon", "--config", str(cfg)]), daemon.DEFAULTS,
+                                     daemon.CHECKS))  # fmt: skip
+    assert d.metrics == Endpoint.parse("127.0.0.1:9109") and d.log_counters == 30.0
 
 
 # -- runtime failures exit with 1 --------------------------------------------------------------
@@ -492,3 +521,24 @@ def test_a_port_in_use_is_a_runtime_failure(tmp_path: Path) -> None:
         )  # fmt: skip
     assert out.returncode == 1, out.stderr
     assert "error: cannot bind 127.0.0.1" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_metrics_port_in_use_is_a_runtime_failure(tmp_path: Path) -> None:
+    from tests.procs import free_port
+
+    key = tmp_path / "r.key"
+    key.write_text(KEY + "\n")
+    stun, dns = free_port(), free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [*WG, "registrar", "--zone", "mesh.test", "--private-key-file", str(key), "--open",
+             "--listen", "127.0.0.1", "--stun-port", str(stun), "--dns-port", str(dns),
+             "--state-dir", str(tmp_path / "state"), "--metrics", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert f"error: cannot listen for HTTP on 127.0.0.1:{port} (TCP)" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -31,6 +31,7 @@ from wgmesh.cli import validate as v
 from wgmesh.cli.options import (
     RuntimeFailure,
     add_config_argument,
+    add_counter_arguments,
     check_values,
     resolve,
     setup_logging,
@@ -57,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
     "keepalive": DEFAULT_KEEPALIVE,
     "no_mdns": False,
     "mdns_interface": [],
+    "metrics": None,
+    "log_counters": 60.0,
     "verbose": False,
 }
 
@@ -76,6 +79,8 @@ CHECKS: dict[str, v.Check] = {
     "keepalive": v.integer(1, 65535, "a number of seconds"),
     "no_mdns": v.boolean,
     "mdns_interface": v.list_of(v.interface, "interface names"),
+    "metrics": v.listen_endpoint,
+    "log_counters": v.seconds_or_off(1.0, v.MAX_SECONDS),
     "verbose": v.boolean,
 }
 """How each option is checked (the same for its flag and its config key); see cli/validate.py."""
@@ -159,6 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         help="announce and browse only on this interface (repeatable; default: every up "
         "interface but the WireGuard one, which is never used)",
     )
+    add_counter_arguments(parser, "127.0.0.1:9109")
     a("-v", "--verbose", action="store_true", default=None, help="debug logging")
     add_config_argument(parser)
 
@@ -208,6 +214,8 @@ def settings_from(given: Mapping[str, Any]) -> Any:
         mdns=not values["no_mdns"],
         mdns_interfaces=tuple(values["mdns_interface"]),
         punch=PunchConfig(keepalive=values["keepalive"], mesh=values["mode"] == "mesh"),
+        metrics=Endpoint.parse(str(values["metrics"])) if values["metrics"] else None,
+        log_counters=values["log_counters"],
     )
 
 

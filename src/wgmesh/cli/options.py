@@ -25,6 +25,23 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_counter_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--metrics`` and ``--log-counters``, the same for the registrar and the daemon
+    (checked by ``validate.listen_endpoint`` and ``validate.seconds_or_off``)."""
+    parser.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help=f"serve the counters as Prometheus text at http://ADDR:PORT/metrics, e.g. {example} "
+        "or [::1]:PORT (default: off; no authentication, so bind to localhost)",
+    )
+    parser.add_argument(
+        "--log-counters",
+        type=float,
+        metavar="SECONDS",
+        help="every SECONDS, log one line with the counters that changed (default 60; 0: off)",
+    )
+
+
 class RuntimeFailure(WgmeshError):
     """Something failed after the configuration was accepted (a port taken, a missing
     interface, no permission): exit status 1, where configuration errors exit with 2."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from wgmesh.cli import validate as v
 from wgmesh.cli.options import (
     RuntimeFailure,
     add_config_argument,
+    add_counter_arguments,
     check_values,
     read_key_file,
     resolve,
@@ -31,6 +33,7 @@ from wgmesh.cli.options import (
     where_of,
 )
 from wgmesh.errors import ConfigError
+from wgmesh.proto.endpoint import Endpoint
 
 DEFAULTS: dict[str, Any] = {
     "zone": None,
@@ -51,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "rate": 20.0,
     "burst": 5.0,
     "max_peers": 1_000_000,
+    "metrics": None,
+    "log_counters": 60.0,
     "verbose": False,
 }
 
@@ -74,6 +79,8 @@ CHECKS: dict[str, v.Check] = {
     "rate": v.positive(1_000_000, "messages per second"),
     "burst": v.number(1, 1_000_000, "a number of messages"),
     "max_peers": v.integer(1, 100_000_000, "a number of peers"),
+    "metrics": v.listen_endpoint,
+    "log_counters": v.seconds_or_off(1.0, v.MAX_SECONDS),
     "verbose": v.boolean,
 }
 """How each option is checked (the same for its flag and its config key); see cli/validate.py."""
@@ -146,6 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     )
     a("--burst", type=float, help="burst of the per-source limit (default 5)")
     a("--max-peers", type=int, help="most registered peers (default 1000000)")
+    add_counter_arguments(parser, "127.0.0.1:9108")
     a("-v", "--verbose", action="store_true", default=None, help="debug logging")
     add_config_argument(parser)
 
@@ -202,6 +210,7 @@ def settings_from(given: Mapping[str, Any]) -> Any:
         raise ConfigError(
             f"{where('dns_port')}: {dns_port} is also {what}; expected a port of its own"
         )
+    metrics = _metrics_endpoint(values, where)
     state_dir = Path(values["state_dir"])
     if state_dir.exists() and not state_dir.is_dir():
         raise ConfigError(
@@ -241,7 +250,24 @@ def settings_from(given: Mapping[str, Any]) -> Any:
         authorized_keys=Path(akeys) if akeys else None,
         open_registration=bool(values["open"]),
         registry=registry,
+        metrics=metrics,
+        log_counters=values["log_counters"],
     )
+
+
+def _metrics_endpoint(values: Mapping[str, Any], where: Callable[[str], str]) -> Endpoint | None:
+    """``--metrics`` (checked), refused where it would take the DNS server's TCP port."""
+    if not values["metrics"]:
+        return None
+    metrics = Endpoint.parse(str(values["metrics"]))
+    listen = ipaddress.ip_address(values["listen"])
+    overlap = metrics.ip == listen or metrics.ip.is_unspecified or listen.is_unspecified
+    if metrics.port == values["dns_port"] and overlap:
+        raise ConfigError(
+            f"{where('metrics')}: port {metrics.port} is also the DNS server's TCP port "
+            f"({where('dns_port')}); expected a port of its own"
+        )
+    return metrics
 
 
 def _check_admission(path: Path, where: str) -> None:

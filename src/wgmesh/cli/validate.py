@@ -237,6 +237,38 @@ def endpoint(default_port: int, ipv4_only: bool = False) -> Check:
     return check
 
 
+LISTEN_EXPECTED = "an address and port to listen on, IP:PORT or [IPv6]:PORT (127.0.0.1:9108)"
+
+
+def listen_endpoint(value: Any, where: str) -> str:
+    """``IP:PORT`` or ``[IPv6]:PORT``, the port given (1..65535)."""
+    from wgmesh.proto.endpoint import Endpoint
+
+    text = string(value, where, LISTEN_EXPECTED)
+    try:
+        ep = Endpoint.parse(text)
+    except DecodeError as exc:
+        fail(where, str(exc), LISTEN_EXPECTED)
+    if ep.port == 0:
+        fail(where, "port 0 is out of range", LISTEN_EXPECTED)
+    return text
+
+
+def seconds_or_off(lo: float, hi: float) -> Check:
+    """A number of seconds lo..hi, or 0: off."""
+    expected = f"a number of seconds {lo:g}..{hi:g}, or 0 to turn it off"
+
+    def check(value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            fail(where, f"got {describe(value)}", expected)
+        n = float(value)
+        if not math.isfinite(n) or not (n == 0 or lo <= n <= hi):
+            fail(where, f"{value:g} is out of range", expected)
+        return n
+
+    return check
+
+
 KEY_EXPECTED = "a WireGuard public key: 44 characters of base64 (wgmesh pubkey < registrar.key)"
 
 

@@ -11,7 +11,10 @@
 - records come from DNS-SD (:class:`~wgmesh.daemon.resolver.ZoneResolver`) and mDNS
   (:mod:`wgmesh.daemon.mdns`); the peers' counters are sampled every ``traffic_poll`` while
   traffic flows, and a stalled path (``Planner.watch_traffic``) asks the client for a probe;
-- a unix socket answers ``wgmesh peers`` with the daemon's view as JSON.
+- a unix socket answers ``wgmesh peers`` with the daemon's view as JSON;
+- :meth:`Daemon.metrics` maps the client's and this adapter's counters (:class:`DaemonStats`)
+  into metric families, served over HTTP with ``--metrics`` and logged when they change
+  (:mod:`wgmesh.metricshttp`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +36,7 @@ from wgmesh.daemon.localaddr import local_addresses, read_private_key
 from wgmesh.daemon.rawsend import RawSender
 from wgmesh.daemon.resolver import ZoneResolver
 from wgmesh.errors import InterfaceNotFound, RemoteProtocolError, WireGuardError
+from wgmesh.metricshttp import HttpListener, log_counters, metrics_route
 from wgmesh.proto.client import (
     ClientConfig,
     Event,
@@ -42,10 +47,18 @@ from wgmesh.proto.client import (
     Resolve,
     Via,
 )
-from wgmesh.proto.device import DeviceState
+from wgmesh.proto.device import DeviceState, PeerUpdate
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, short_key
 from wgmesh.proto.kinds import CandidateKind
+from wgmesh.proto.metrics import (
+    Family,
+    Kind,
+    counter,
+    describe_all,
+    gauge,
+    labelled,
+)
 from wgmesh.proto.punch import Hint, PeerRecord, Planner, PunchConfig, Source, merge_hints
 from wgmesh.proto.sealed import MAX_ADDRESSES
 from wgmesh.wg.control import WireGuardControl
@@ -54,6 +67,19 @@ if TYPE_CHECKING:
     from wgmesh.daemon.mdns import LanDiscovery
 
 log = logging.getLogger("wgmesh.daemon")
+
+PREFIX = "wgmesh_daemon_"
+"""The prefix of every metric the daemon exposes (docs/operations.md, "Metrics")."""
+CLIENT_COUNTED: dict[str, tuple[str, str]] = {
+    "rounds": ("probe_rounds", "probe rounds started (Registers and Watches to the registrar)"),
+    "failed_rounds": ("probe_rounds_failed", "probe rounds that got no Status"),
+    "status": ("statuses", "Statuses accepted from the registrar"),
+    "pushes": ("pushes", "Pushes accepted from the registrar"),
+    "relay_grants": ("relay_grants", "relay grants accepted from the registrar"),
+}
+"""``RegistrarClient.counters`` keys with a family of their own: key -> (name, help)."""
+CLIENT_DROPPED = {"dropped": "invalid", "late": "late"}
+"""``RegistrarClient.counters`` keys of control datagrams dropped, and the reason each is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +123,11 @@ class DaemonSettings:
     """Announce and browse _wireguard._udp.local. on the LAN."""
     mdns_interfaces: tuple[str, ...] = ()
     """Interfaces for mDNS (default: every up interface but the WireGuard one)."""
+    metrics: Endpoint | None = None
+    """Where to serve the counters over HTTP as Prometheus text (None: nowhere)."""
+    log_counters: float = 0.0
+    """Seconds between log lines of the counters that changed (0: none; the command line's
+    default is 60)."""
 
     def client_config(self) -> ClientConfig:
         """The registrar protocol's settings."""
@@ -105,6 +136,43 @@ class DaemonSettings:
             classify=self.registrar_alt_port != 0,
             roster=self.mode == "mesh",
         )
+
+
+def _zeros(*keys: str) -> dict[str, int]:
+    return dict.fromkeys(map(str, keys), 0)  # plain strings, also for a StrEnum's members
+
+
+@dataclass(slots=True)
+class DaemonStats:
+    """What the adapter counts (the registrar client counts its own, ``client.counters``);
+    each dict is one labelled metric family, keyed by label value."""
+
+    sent: dict[str, int] = field(default_factory=lambda: _zeros(*Via))
+    """Datagrams sent to the registrar, by :class:`Via` (wireguard: the Registers, probes)."""
+    send_failed: dict[str, int] = field(default_factory=lambda: _zeros(*Via))
+    """Sends to the registrar that failed, by :class:`Via`."""
+    lookups: dict[str, int] = field(default_factory=lambda: _zeros("found", "absent", "failed"))
+    """DNS-SD lookups of a peer by result: a record, none (NXDOMAIN/NODATA), an error."""
+    updates: dict[str, int] = field(
+        default_factory=lambda: _zeros("endpoint", "handshake", "added", "removed")
+    )
+    """Changes applied to the interface's peers, by kind."""
+    interface_errors: dict[str, int] = field(default_factory=lambda: _zeros("read", "apply"))
+    """Reads and updates of the interface that failed."""
+    mapping_changes: int = 0
+    """Times our public mapping changed (every peer is punched again)."""
+    primes: int = 0
+    """NAT-priming packets sent."""
+    stalls: int = 0
+    """Stalled paths that made the daemon probe the registrar at once."""
+
+    def count_applied(self, updates: Sequence[PeerUpdate]) -> None:
+        u = self.updates
+        for update in updates:
+            u["removed"] += update.remove
+            u["added"] += update.allowed_ips is not None and not update.remove
+            u["endpoint"] += update.endpoint is not None
+            u["handshake"] += update.handshake_now
 
 
 class _Control(asyncio.DatagramProtocol):
@@ -139,6 +207,9 @@ class Daemon:
         self._resolve_keys: set[bytes] = set()
         self._resolve_all = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.stats = DaemonStats()
+        self.http: HttpListener | None = None
+        """The metrics listener (``settings.metrics``)."""
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -184,9 +255,16 @@ class Daemon:
         try:
             if self.s.status_socket is not None:
                 server = await self._serve_status(self.s.status_socket)
+            if self.s.metrics is not None:
+                routes = {"/metrics": metrics_route(self.metrics)}
+                self.http = await HttpListener.start(self.s.metrics, routes)
+                shown = Endpoint(self.s.metrics.ip, self.http.port)
+                log.info("metrics on http://%s/metrics", shown)
             loops = [self._resolve_loop(), self._plan_loop(), self._address_loop()]
             if self.s.traffic_poll > 0:
                 loops.append(self._traffic_loop())
+            if self.s.log_counters > 0:
+                loops.append(log_counters(self.metrics, self.s.log_counters, log, PREFIX))
             self._tasks = [asyncio.create_task(c) for c in loops]
             self._drive()  # the first probe round starts now
             stopping = asyncio.create_task(stop.wait())
@@ -196,7 +274,7 @@ class Daemon:
             for task in done:
                 if task is not stopping:
                     task.result()  # a loop ended: it raised, so must we
-            log.info("stopping")
+            log.info("stopping; counters since the start: %s", describe_all(self.metrics(), PREFIX))
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -208,6 +286,9 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()
+        if self.http is not None:
+            self.http.close()
+            await self.http.wait_closed()
         if server is not None:
             server.close()
             with contextlib.suppress(OSError):
@@ -254,6 +335,7 @@ class Daemon:
         assert client is not None and self._raw is not None and self._control is not None
         if self.s.mode != "mesh" and self.device is not None:  # pushes about our peers only
             client.set_interest(p.public_key for p in self.device.peers)
+        sent, failed = self.stats.sent, self.stats.send_failed
         for t in client.datagrams_to_send():
             try:
                 if t.via is Via.WIREGUARD:
@@ -261,7 +343,10 @@ class Daemon:
                 else:
                     self._control.sendto(t.data)
             except OSError as exc:
+                failed[t.via] += 1
                 log.debug("sending to %s: %s", t.destination, exc)
+            else:
+                sent[t.via] += 1
         for event in client.events():
             self._on_event(event)
         if self._timer is not None:
@@ -274,6 +359,7 @@ class Daemon:
             if event.rtt is not None:
                 self.planner.observe_rtt(event.rtt)
             if self.planner.set_our_mapping(event.observed, event.nat):
+                self.stats.mapping_changes += 1
                 shown = ", ".join(map(str, event.observed))
                 log.info("our public mapping changed to %s: re-punching every peer", shown)
             self._plan_wake.set()
@@ -347,8 +433,10 @@ class Daemon:
             try:
                 record = await self.resolver.lookup(key)
             except RemoteProtocolError as exc:
+                self.stats.lookups["failed"] += 1
                 log.debug("lookup %s: %s", short_key(key), exc)
                 continue
+            self.stats.lookups["absent" if record is None else "found"] += 1
             if record is None and key not in self.lan_hints:
                 self.planner.withdraw(key)
             else:
@@ -386,6 +474,7 @@ class Daemon:
         try:
             self.device = await self.read_device()
         except WireGuardError as exc:
+            self.stats.interface_errors["read"] += 1
             log.warning("reading %s: %s", self.s.interface, exc)
             return
         if self.s.traffic_poll > 0:
@@ -395,6 +484,7 @@ class Daemon:
         for ep in plan.prime:
             with contextlib.suppress(OSError):
                 self._raw.send(ep, b"", ttl=self.s.prime_ttl)
+                self.stats.primes += 1
         if not plan.updates:
             return
         for u in plan.updates:
@@ -411,7 +501,10 @@ class Daemon:
         try:
             await asyncio.to_thread(self.wg.apply, list(plan.updates))
         except WireGuardError as exc:
+            self.stats.interface_errors["apply"] += 1
             log.warning("updating %s: %s", self.s.interface, exc)
+        else:
+            self.stats.count_applied(plan.updates)
 
     async def _traffic_loop(self) -> None:
         """Sample the peers' counters every ``traffic_poll`` while traffic flows; an idle
@@ -425,6 +518,7 @@ class Daemon:
             try:
                 self.device = await self.read_device()
             except WireGuardError as exc:
+                self.stats.interface_errors["read"] += 1
                 log.debug("reading %s: %s", self.s.interface, exc)
                 continue
             self._watch_traffic(self.device)
@@ -432,12 +526,54 @@ class Daemon:
     def _watch_traffic(self, device: DeviceState) -> None:
         now = time.time()
         if self.planner.watch_traffic(device, now):
+            self.stats.stalls += 1
             log.info("a peer's path stalled: probing the registrar now")
             assert self.client is not None
             self.client.request_probe(now)
             self._drive()
         if self.planner.traffic_active:
             self._traffic_wake.set()
+
+    # -- counters -----------------------------------------------------------------------------
+
+    def metrics(self) -> list[Family]:
+        """The registrar client's and the adapter's counters and a few gauges as metric
+        families, mapped here and nowhere else (docs/operations.md, "Metrics")."""
+        client, st = self.client, self.stats
+        c = {} if client is None else client.counters
+        out = [counter(PREFIX + n, text, c.get(k, 0)) for k, (n, text) in CLIENT_COUNTED.items()]
+        dropped = {reason: c.get(key, 0) for key, reason in CLIENT_DROPPED.items()}
+        other = {k: n for k, n in c.items() if k not in CLIENT_COUNTED and k not in CLIENT_DROPPED}
+        if other:
+            text = "registrar client counters without a family of their own"
+            out.append(labelled(PREFIX + "other", text, "counter", other))
+        views = self.planner.views(self.device, time.time()) if self.device else []
+        direct = sum(v.path == "direct" for v in views)
+        reachable = int(client is not None and bool(client.reachable))
+        return [
+            *out,
+            labelled(PREFIX + "control_dropped", "control datagrams dropped", "reason", dropped),
+            labelled(PREFIX + "datagrams_sent", "datagrams sent to the registrar", "via",
+                     st.sent),
+            labelled(PREFIX + "send_failed", "sends to the registrar that failed", "via",
+                     st.send_failed),
+            labelled(PREFIX + "dns_lookups", "DNS-SD lookups of a peer", "result", st.lookups),
+            labelled(PREFIX + "peer_updates", "changes applied to the interface's peers",
+                     "action", st.updates),
+            labelled(PREFIX + "interface_errors", "failed reads and updates of the interface",
+                     "op", st.interface_errors),
+            counter(PREFIX + "mapping_changes", "times our public mapping changed",
+                    st.mapping_changes),
+            counter(PREFIX + "primes", "NAT-priming packets sent", st.primes),
+            counter(PREFIX + "stalls", "stalled paths that made us probe at once", st.stalls),
+            labelled(PREFIX + "peers", "the interface's peers, by path", "path",
+                     {"direct": direct, "none": len(views) - direct}, Kind.GAUGE),
+            gauge(PREFIX + "registrar_reachable", "1: the last probe round got a Status",
+                  reachable),
+            gauge(PREFIX + "registrar_last_answer_timestamp_seconds",
+                  "when the last Status came (Unix seconds; 0: never)",
+                  0.0 if client is None else client.last_answer),
+        ]  # fmt: skip
 
     # -- status for `wgmesh peers` ------------------------------------------------------------
 

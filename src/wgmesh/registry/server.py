@@ -14,7 +14,10 @@ re-arms two loop timers:
   written ``flush_interval`` seconds after the first of them (0.2 s), in one transaction.
 
 An idle registrar with no peers therefore has no timer at all, and one with peers wakes up only
-when the oldest of them is due to expire.
+when the oldest of them is due to expire; only the counter log line (``log_counters``, the
+command line's ``--log-counters``) wakes it on a fixed interval. :meth:`Registrar.metrics`
+maps every counter into metric families, served over HTTP with ``metrics``
+(:mod:`wgmesh.metricshttp`).
 """
 
 from __future__ import annotations
@@ -28,17 +31,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+from wgmesh.metricshttp import HttpListener, ListenFailure, log_counters, metrics_route
 from wgmesh.proto import sealed
 from wgmesh.proto.dnssd import Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, public_key, short_key
+from wgmesh.proto.metrics import (
+    Family,
+    counter,
+    describe_all,
+    gauge,
+    labelled,
+)
 from wgmesh.proto.registry import Change, Outgoing, PeerEvent, Registry, RegistryConfig
 from wgmesh.registry.admission import load_admission
-from wgmesh.registry.dns import DnsServer, start_dns
+from wgmesh.registry.dns import DnsAdapterStats, DnsServer, start_dns
 from wgmesh.registry.store import Store
-from wgmesh.registry.udpbatch import UdpEndpoint, open_udp
+from wgmesh.registry.udpbatch import BatchedUdp, UdpEndpoint, open_udp
 
 log = logging.getLogger("wgmesh.registrar")
+
+PREFIX = "wgmesh_registrar_"
+"""The prefix of every metric the registrar exposes (docs/operations.md, "Metrics")."""
+COUNTED: dict[str, tuple[str, str]] = {
+    "datagrams": ("datagrams", "STUN and control datagrams received, both STUN ports"),
+    "binding": ("binding_requests", "plain STUN Binding Requests answered"),
+    "registered": ("registrations", "registrations recorded, on either STUN port"),
+    "watched": ("watches", "Watches answered with a Status"),
+    "unproven": ("watches_unproven", "Watches answered whose source is no push target yet"),
+    "pushed": ("pushes", "Pushes sent to daemons"),
+    "roster": ("roster_pages", "roster pages sent (mesh mode)"),
+}
+"""``Registry.counters`` keys with a family of their own: key -> (name, help)."""
+REJECTED = ("oversize", "not_stun", "malformed", "unexpected", "unauthorized", "bad_box",
+            "stale", "replay", "table_full")  # fmt: skip
+"""``Registry.counters`` keys that are reasons a datagram was dropped."""
+LIMITED = {"rate_limited": "source", "key_limited": "key", "agreement_limited": "agreement"}
+"""``Registry.counters`` keys of the rate limits, and the limit each is."""
+MAPPED = {*COUNTED, *REJECTED, *LIMITED, "errors"}
+"""Every ``Registry.counters`` key :meth:`Registrar.metrics` names; any other is exposed as
+``other_total{counter=KEY}``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +100,11 @@ class RegistrarSettings:
     flush_interval: float = 0.2
     """Most seconds a peer change waits before it is written to SQLite (with the changes that
     came after it, in one transaction): what a ``kill -9`` can lose."""
+    metrics: Endpoint | None = None
+    """Where to serve the counters over HTTP as Prometheus text (None: nowhere)."""
+    log_counters: float = 0.0
+    """Seconds between log lines of the counters that changed (0: none; the command line's
+    default is 60)."""
 
 
 class _StunSocket:
@@ -141,6 +178,9 @@ class Registrar:
         self._flush: asyncio.TimerHandle | None = None
         self._closed = False
         self.stun_ports: tuple[int, ...] = ()
+        self.http: HttpListener | None = None
+        """The metrics listener (``settings.metrics``)."""
+        self._counter_log: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: RegistrarSettings) -> Registrar:
@@ -169,6 +209,17 @@ class Registrar:
         self.stun_ports = tuple(bound)
         self.registry.primary_port = bound[0]
         self._dns = await start_dns(self.zone, settings.listen, settings.dns_port)
+        if settings.metrics is not None:
+            routes = {"/metrics": metrics_route(self.metrics)}
+            try:
+                self.http = await HttpListener.start(settings.metrics, routes)
+            except ListenFailure:
+                await self.close()
+                raise
+        if settings.log_counters > 0:
+            self._counter_log = asyncio.create_task(
+                log_counters(self.metrics, settings.log_counters, log, PREFIX)
+            )
         self.store.apply((), self.zone.serial)  # the restart's serial is durable at once
         self._after_input()  # the restore
         log.info(
@@ -183,6 +234,9 @@ class Registrar:
             if settings.open_registration and not settings.authorized_keys
             else f"authorized keys from {settings.authorized_keys}",
         )
+        if self.http is not None and settings.metrics is not None:
+            shown = Endpoint(settings.metrics.ip, self.http.port)
+            log.info("metrics on http://%s/metrics", shown)
         return self
 
     @property
@@ -282,6 +336,104 @@ class Registrar:
             batch, self._pending = self._pending, []
             self.store.apply(batch, self.zone.serial)
 
+    # -- counters ------------------------------------------------------------------------
+
+    def metrics(self) -> list[Family]:
+        """Every counter of the registry, the zone and the DNS and UDP adapters as metric
+        families, mapped here and nowhere else (docs/operations.md, "Metrics")."""
+        c = self.registry.counters
+        dns_errors = 0 if self._dns is None else self._dns.stats.internal_errors
+        out = [counter(PREFIX + name, text, c.get(key, 0)) for key, (name, text) in COUNTED.items()]
+        out += [
+            labelled(
+                PREFIX + "rejected", "datagrams dropped, by reason", "reason",
+                {reason: c.get(reason, 0) for reason in REJECTED},
+            ),
+            labelled(
+                PREFIX + "rate_limited", "sealed messages dropped by a rate limit", "limit",
+                {limit: c.get(key, 0) for key, limit in LIMITED.items()},
+            ),
+            labelled(
+                PREFIX + "errors", "datagrams whose handling raised (a bug: see the log)",
+                "socket", {"stun": c.get("errors", 0), "dns": dns_errors},
+            ),
+            gauge(PREFIX + "peers", "registered peers", len(self.registry.peers)),
+            gauge(
+                PREFIX + "push_targets", "peers whose control address gets pushes",
+                len(self.registry.watchers),
+            ),
+            gauge(PREFIX + "zone_serial", "the zone's SOA serial", self.zone.serial),
+        ]  # fmt: skip
+        other = {key: n for key, n in c.items() if key not in MAPPED}
+        if other:
+            text = "registry counters without a family of their own"
+            out.append(labelled(PREFIX + "other", text, "counter", other))
+        return out + self._dns_metrics() + self._udp_metrics()
+
+    def _dns_metrics(self) -> list[Family]:
+        z, dns = self.zone.stats, self._dns
+        d = DnsAdapterStats() if dns is None else dns.stats
+        r = d.rrl
+        named = z.nxdomain + z.refused + z.formerr + z.notimp
+        rcodes = {
+            "NOERROR": max(0, z.answered - named),
+            "NXDOMAIN": z.nxdomain,
+            "REFUSED": z.refused,
+            "FORMERR": z.formerr,
+            "NOTIMP": z.notimp,
+        }
+        cookies = {
+            "good": r.cookie_good,
+            "new": r.cookie_new,
+            "bad": r.cookie_bad,
+            "malformed": r.cookie_malformed,
+        }
+        tcp_closed = {
+            "full": d.tcp_rejected,
+            "source_limit": d.tcp_source_rejected,
+            "evicted": d.tcp_evicted,
+            "oversized": d.tcp_oversized,
+        }
+        dropped = {"not_query": z.dropped, "size": d.udp_dropped, "malformed": d.errors}
+        rrl = {"answered": r.answered, "dropped": r.dropped, "slipped": r.slipped}
+        p = PREFIX + "dns_"
+        return [
+            counter(p + "queries", "DNS queries the zone was asked, UDP and TCP", z.queries),
+            labelled(p + "responses", "DNS responses written, by rcode", "rcode", rcodes),
+            labelled(p + "dropped", "DNS messages dropped unanswered", "reason", dropped),
+            counter(p + "truncated", "UDP answers sent as TC without records", z.truncated),
+            counter(p + "cache_hits", "responses served from the wire cache", z.cache_hits),
+            labelled(p + "rrl", "UDP response rate limiting decisions", "decision", rrl),
+            counter(p + "rrl_evicted", "prefixes evicted from the full RRL table", r.evicted),
+            counter(p + "capped", "UDP queries of unproven sources given the size cap", r.capped),
+            counter(p + "cap_truncated", "answers over the size cap sent as TC", r.cap_truncated),
+            labelled(p + "cookies", "queries with a DNS cookie, by what it proved", "result",
+                     cookies),
+            labelled(p + "tcp_closed", "TCP connections closed by a limit", "reason", tcp_closed),
+            gauge(p + "tcp_connections", "open DNS TCP connections",
+                  0 if dns is None else dns.connections),
+        ]  # fmt: skip
+
+    def _udp_metrics(self) -> list[Family]:
+        """The batched sockets' own counts (their truncated datagrams and handler errors are
+        counted above already, as ``rejected{reason="oversize"}``, ``dns_dropped`` and
+        ``errors``)."""
+        t = self._transports
+        named = [("stun", t[0] if t else None), ("stun_alt", t[1] if len(t) > 1 else None),
+                 ("dns", None if self._dns is None else self._dns._udp)]  # fmt: skip
+        batched = {name: e.stats for name, e in named if isinstance(e, BatchedUdp)}
+        out = []
+        for field_name, text in (
+            ("received", "datagrams received"),
+            ("sent", "datagrams sent"),
+            ("send_failed", "datagrams the kernel did not take"),
+            ("batches", "recvmmsg calls that returned datagrams"),
+        ):
+            values = {name: getattr(stats, field_name) for name, stats in batched.items()}
+            help_text = f"batched UDP sockets: {text}"
+            out.append(labelled(f"{PREFIX}udp_{field_name}", help_text, "socket", values))
+        return out
+
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -289,17 +441,19 @@ class Registrar:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        dns = None if self._dns is None else self._dns.stats
-        log.info("stopping: %s, dns %s", self.registry.counters, dns)
+        log.info("stopping; counters since the start: %s", describe_all(self.metrics(), PREFIX))
         await self.close()
 
     async def close(self) -> None:
         """Stop serving and write what is still queued."""
         self._closed = True
-        for handle in (self._settle, self._expiry, self._flush):
+        for handle in (self._settle, self._expiry, self._flush, self._counter_log):
             if handle is not None:
                 handle.cancel()
-        self._settle = self._expiry = self._flush = None
+        self._settle = self._expiry = self._flush = self._counter_log = None
+        if self.http is not None:
+            self.http.close()
+            await self.http.wait_closed()
         for t in self._transports:
             t.close()
         if self._dns is not None:
