@@ -207,6 +207,10 @@ KINDS: dict[str, dict[str, str]] = {
         "open": "bool", "ns": "list", "ns_address": "list", "hostmaster": "str", "ttl": "int",
         "negative_ttl": "int", "expiry": "float", "rate": "float", "burst": "float",
         "max_peers": "int", "metrics": "str", "log_counters": "float", "verbose": "bool",
+        "dns_rate": "float", "dns_burst": "float", "dns_slip": "int",
+        "dns_tcp_per_source": "int", "dns_tcp_max": "int", "relay_ports": "str",
+        "relay_mode": "str", "relay_address": "str", "relay_per_peer": "int",
+        "relay_idle": "float",
     },
     "daemon": {
         "interface": "str", "registrar": "str", "registrar_key": "str",
@@ -230,6 +234,9 @@ RANGES: dict[str, dict[str, list[Any]]] = {
         "negative_ttl": [-1, 86401], "expiry": [0, -1.5, 86401, math.nan, math.inf],
         "rate": [0, -1, 1e7, math.nan], "burst": [0, 0.5, -1, 1e7, math.inf],
         "max_peers": [0, -1, 10**9], "log_counters": [-1, 0.5, 86401, math.nan, math.inf],
+        "dns_rate": [-1, 1e10, math.nan], "dns_burst": [0, -1, math.inf], "dns_slip": [-1, 101],
+        "dns_tcp_per_source": [0, 70000], "dns_tcp_max": [0, -3], "relay_per_peer": [0, 2000],
+        "relay_idle": [0, -1, math.nan],
     },
     "daemon": {
         "registrar_alt_port": [-1, 65536], "probe_interval": [0, -1, 3601, math.nan, -math.inf],
@@ -249,6 +256,10 @@ FORMATS: dict[str, dict[str, list[Any]]] = {
         "state_dir": ["", "{plain}"],
         "metrics": ["127.0.0.1", "localhost:9108", "::1:9108", "127.0.0.1:0",
                     "127.0.0.1:70000", "[::1]", "[::1]9108", ""],
+        "relay_ports": ["40000", "40000-", "a-b", "500-600", "40000-40000", "40000-70000",
+                        "3000-4000"],
+        "relay_mode": ["on", "Kernel"],
+        "relay_address": ["1.2.3", ""],
     },
     "daemon": {
         "interface": ["", "x" * 16, "a/b", "a b", "wg:0", "."],

@@ -54,6 +54,16 @@ DEFAULTS: dict[str, Any] = {
     "rate": 20.0,
     "burst": 5.0,
     "max_peers": 1_000_000,
+    "dns_rate": 200.0,
+    "dns_burst": 400.0,
+    "dns_slip": 2,
+    "dns_tcp_per_source": 8,
+    "dns_tcp_max": 256,
+    "relay_ports": None,
+    "relay_mode": None,
+    "relay_address": None,
+    "relay_per_peer": 8,
+    "relay_idle": 300.0,
     "metrics": None,
     "log_counters": 60.0,
     "verbose": False,
@@ -79,6 +89,16 @@ CHECKS: dict[str, v.Check] = {
     "rate": v.positive(1_000_000, "messages per second"),
     "burst": v.number(1, 1_000_000, "a number of messages"),
     "max_peers": v.integer(1, 100_000_000, "a number of peers"),
+    "dns_rate": v.number(0, 1e9, "answers per second per source prefix (0: no limit)"),
+    "dns_burst": v.number(1, 1e9, "a number of answers"),
+    "dns_slip": v.integer(0, 100, "every Nth limited answer sent truncated (0: none)"),
+    "dns_tcp_per_source": v.integer(1, 65536, "a number of connections"),
+    "dns_tcp_max": v.integer(1, 65536, "a number of connections"),
+    "relay_ports": v.port_range,
+    "relay_mode": v.choice("kernel", "userspace", "off"),
+    "relay_address": v.ip_address,
+    "relay_per_peer": v.integer(1, 1024, "a number of relayed pairs"),
+    "relay_idle": v.positive(v.MAX_SECONDS),
     "metrics": v.listen_endpoint,
     "log_counters": v.seconds_or_off(1.0, v.MAX_SECONDS),
     "verbose": v.boolean,
@@ -153,6 +173,47 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     )
     a("--burst", type=float, help="burst of the per-source limit (default 5)")
     a("--max-peers", type=int, help="most registered peers (default 1000000)")
+    a(
+        "--dns-rate",
+        type=float,
+        help="UDP answers per second to one source prefix (IPv4 /24, IPv6 /56) before response "
+        "rate limiting drops them (default 200; 0 turns the limit off)",
+    )
+    a("--dns-burst", type=float, help="burst of the DNS rate limit (default 400)")
+    a(
+        "--dns-slip",
+        type=int,
+        help="every Nth rate-limited answer goes out truncated, so a real resolver retries "
+        "over TCP (default 2; 0: drop them all)",
+    )
+    a("--dns-tcp-per-source", type=int, help="TCP connections one source may hold (default 8)")
+    a("--dns-tcp-max", type=int, help="TCP connections in all (default 256)")
+    a(
+        "--relay-ports",
+        metavar="LOW-HIGH",
+        help="relay WireGuard traffic for pairs that cannot connect directly, from this UDP "
+        "port range (two ports per pair; e.g. 40000-40999); off by default",
+    )
+    a(
+        "--relay-mode",
+        choices=("kernel", "userspace", "off"),
+        help="how to forward relayed traffic: kernel (nftables rules in the registrar's own "
+        "table; needs CAP_NET_ADMIN), userspace, or off (default: kernel where nftables works, "
+        "else userspace; given alone, relays from ports 40000-40999)",
+    )
+    a(
+        "--relay-address",
+        metavar="ADDR",
+        help="the public address daemons send relayed traffic to (default: --listen, which "
+        "must then be a concrete address)",
+    )
+    a("--relay-per-peer", type=int, help="relayed pairs one peer may hold at once (default 8)")
+    a(
+        "--relay-idle",
+        type=float,
+        help="seconds a relayed pair lives without traffic (default 300; WireGuard's "
+        "keepalives keep it)",
+    )
     add_counter_arguments(parser, "127.0.0.1:9108")
     a("-v", "--verbose", action="store_true", default=None, help="debug logging")
     add_config_argument(parser)
@@ -164,6 +225,8 @@ def settings_from(given: Mapping[str, Any]) -> Any:
     from wgmesh.proto.dnssd import ZoneConfig
     from wgmesh.proto.ratelimit import RateLimitConfig
     from wgmesh.proto.registry import RegistryConfig
+    from wgmesh.proto.rrl import RrlConfig
+    from wgmesh.registry.dns import DnsLimits
     from wgmesh.registry.server import RegistrarSettings
 
     values = check_values(given, CHECKS)
@@ -233,6 +296,12 @@ def settings_from(given: Mapping[str, Any]) -> Any:
     )
     from wgmesh import __version__
 
+    dns_limits = DnsLimits(
+        max_tcp_connections=values["dns_tcp_max"],
+        max_tcp_per_source=values["dns_tcp_per_source"],
+        rrl=RrlConfig(rate=values["dns_rate"], burst=values["dns_burst"], slip=values["dns_slip"]),
+    )
+    relay, relay_mode, relay_address = _relay(values, where)
     registry = RegistryConfig(
         expiry=values["expiry"],
         max_peers=values["max_peers"],
@@ -252,7 +321,45 @@ def settings_from(given: Mapping[str, Any]) -> Any:
         registry=registry,
         metrics=metrics,
         log_counters=values["log_counters"],
+        dns_limits=dns_limits,
+        relay=relay,
+        relay_mode=relay_mode,
+        relay_address=relay_address,
     )
+
+
+DEFAULT_RELAY_PORTS = (40000, 40999)
+
+
+def _relay(values: Mapping[str, Any], where: Callable[[str], str]) -> tuple[Any, str, str | None]:
+    """The relay's settings: (RelayConfig, mode, address). Relaying is on with --relay-ports,
+    or with --relay-mode kernel|userspace alone (then on the default range)."""
+    from wgmesh.proto.relay import RelayConfig
+
+    mode = values["relay_mode"]
+    ports = values["relay_ports"]
+    if mode == "off" or (mode is None and ports is None):
+        return RelayConfig(), "off", None
+    low, high = ports or DEFAULT_RELAY_PORTS
+    taken = {values["stun_port"], values["stun_alt_port"], values["dns_port"]}
+    clash = sorted(p for p in taken if p is not None and low <= p <= high)
+    if clash:
+        raise ConfigError(
+            f"{where('relay_ports')}: {low}-{high} holds port {clash[0]}, which the STUN or "
+            "DNS server uses; expected a range of its own"
+        )
+    address = values["relay_address"]
+    if address is None:
+        if ipaddress.ip_address(values["listen"]).is_unspecified:
+            raise ConfigError(
+                f"relaying needs the address daemons send to: give {where('relay_address')} "
+                f"(the public address) or a concrete {where('listen')}"
+            )
+        address = values["listen"]
+    if ipaddress.ip_address(address).version != 4:
+        raise ConfigError(f"{where('relay_address')}: {address}: the relay is IPv4 only for now")
+    return RelayConfig(low=low, high=high, per_peer=values["relay_per_peer"],
+                       idle_ttl=values["relay_idle"]), mode or "auto", str(address)  # fmt: skip
 
 
 def _metrics_endpoint(values: Mapping[str, Any], where: Callable[[str], str]) -> Endpoint | None:

@@ -269,6 +269,20 @@ def seconds_or_off(lo: float, hi: float) -> Check:
     return check
 
 
+def port_range(value: Any, where: str) -> tuple[int, int]:
+    """A UDP port range ``LOW-HIGH`` (1024..65535, at least two ports)."""
+    expected = "a port range LOW-HIGH of at least two ports within 1024-65535, e.g. 40000-40999"
+    if not isinstance(value, str):
+        fail(where, f"got {describe(value)}", expected)
+    low, sep, high = value.partition("-")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        fail(where, f"{shown(value)} is not LOW-HIGH", expected)
+    lo, hi = int(low), int(high)
+    if not 1024 <= lo < hi <= 65535:
+        fail(where, f"{value} is out of range", expected)
+    return lo, hi
+
+
 KEY_EXPECTED = "a WireGuard public key: 44 characters of base64 (wgmesh pubkey < registrar.key)"
 
 

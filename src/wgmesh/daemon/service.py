@@ -60,13 +60,23 @@ from wgmesh.proto.metrics import (
     labelled,
 )
 from wgmesh.proto.punch import Hint, PeerRecord, Planner, PunchConfig, Source, merge_hints
-from wgmesh.proto.sealed import MAX_ADDRESSES
+from wgmesh.proto.relaylease import RelayChanged
+from wgmesh.proto.sealed import MAX_ADDRESSES, RelayRefusal
 from wgmesh.wg.control import WireGuardControl
 
 if TYPE_CHECKING:
     from wgmesh.daemon.mdns import LanDiscovery
 
 log = logging.getLogger("wgmesh.daemon")
+
+_REFUSALS = {
+    RelayRefusal.OFF: "it does not relay (start it with --relay-ports)",
+    RelayRefusal.UNKNOWN_PEER: "the peer is not registered with it, or not watching",
+    RelayRefusal.PEER_LIMIT: "this peer or the other holds as many relays as it allows",
+    RelayRefusal.EXHAUSTED: "its relay ports are all in use",
+    RelayRefusal.SELF: "a relay to ourselves",
+    RelayRefusal.NONE: "",
+}
 
 PREFIX = "wgmesh_daemon_"
 """The prefix of every metric the daemon exposes (docs/operations.md, "Metrics")."""
@@ -207,6 +217,7 @@ class Daemon:
         self._resolve_keys: set[bytes] = set()
         self._resolve_all = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._relayed: frozenset[bytes] = frozenset()  # the peers the Planner wants relayed
         self.stats = DaemonStats()
         self.http: HttpListener | None = None
         """The metrics listener (``settings.metrics``)."""
@@ -369,6 +380,16 @@ class Daemon:
             else:
                 self._resolve_keys.update(event.keys)
             self._resolve_wake.set()
+        elif isinstance(event, RelayChanged):
+            if event.relay is not None:
+                log.info("peer %s: relay ready at %s", short_key(event.peer), event.relay)
+            elif event.reason is not RelayRefusal.NONE:
+                log.warning("peer %s: the registrar refuses a relay: %s", short_key(event.peer),
+                            _REFUSALS[event.reason])  # fmt: skip
+            else:
+                log.info("peer %s: relay released", short_key(event.peer))
+            self.planner.set_relay(event.peer, event.relay)
+            self._plan_wake.set()
         elif isinstance(event, MembersChanged):
             log.info("the registrar vouches for %d mesh members", len(event.members))
             self.planner.set_members(event.members)
@@ -480,7 +501,11 @@ class Daemon:
         if self.s.traffic_poll > 0:
             self._watch_traffic(self.device)
         plan = self.planner.plan(self.device, time.time())
-        assert self._raw is not None
+        assert self._raw is not None and self.client is not None
+        if plan.relay != self._relayed:
+            self._relayed = plan.relay
+            self.client.want_relays(plan.relay, time.time())
+            self._drive()
         for ep in plan.prime:
             with contextlib.suppress(OSError):
                 self._raw.send(ep, b"", ttl=self.s.prime_ttl)

@@ -44,8 +44,9 @@ from wgmesh.proto.metrics import (
     labelled,
 )
 from wgmesh.proto.registry import Change, Outgoing, PeerEvent, Registry, RegistryConfig
+from wgmesh.proto.relay import RelayConfig
 from wgmesh.registry.admission import load_admission
-from wgmesh.registry.dns import DnsAdapterStats, DnsServer, start_dns
+from wgmesh.registry.dns import DnsAdapterStats, DnsLimits, DnsServer, start_dns
 from wgmesh.registry.store import Store
 from wgmesh.registry.udpbatch import BatchedUdp, UdpEndpoint, open_udp
 
@@ -105,6 +106,14 @@ class RegistrarSettings:
     log_counters: float = 0.0
     """Seconds between log lines of the counters that changed (0: none; the command line's
     default is 60)."""
+    dns_limits: DnsLimits = field(default_factory=DnsLimits)
+    """Response rate limiting, cookies and TCP caps of the DNS server."""
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    """The relay's ports and limits (off by default)."""
+    relay_mode: str = "off"
+    """kernel, userspace, auto (kernel where nftables works) or off."""
+    relay_address: str | None = None
+    """The address daemons send relayed traffic to (the relay ports bind to it)."""
 
 
 class _StunSocket:
@@ -208,7 +217,9 @@ class Registrar:
                 self._primary = endpoint
         self.stun_ports = tuple(bound)
         self.registry.primary_port = bound[0]
-        self._dns = await start_dns(self.zone, settings.listen, settings.dns_port)
+        self._dns = await start_dns(
+            self.zone, settings.listen, settings.dns_port, settings.dns_limits
+        )
         if settings.metrics is not None:
             routes = {"/metrics": metrics_route(self.metrics)}
             try:

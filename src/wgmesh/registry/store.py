@@ -21,6 +21,7 @@ from wgmesh.errors import ConfigError, DecodeError
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import NatKind
 from wgmesh.proto.registry import Change, PeerEntry, PeerEvent
+from wgmesh.proto.relay import Allocation
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS peers (
@@ -38,6 +39,19 @@ CREATE TABLE IF NOT EXISTS peers (
     refreshed TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS relay (
+    a BLOB NOT NULL,
+    b BLOB NOT NULL,
+    port_a INTEGER NOT NULL,
+    port_b INTEGER NOT NULL,
+    created REAL NOT NULL,
+    active REAL NOT NULL,
+    bound_a TEXT,
+    bound_b TEXT,
+    bind_counter_a INTEGER NOT NULL,
+    bind_counter_b INTEGER NOT NULL,
+    PRIMARY KEY (a, b)
+);
 """
 _SELECT = (
     "SELECT key, name, endpoint, addresses, nat, since, last_seen, register_counter,"
@@ -125,6 +139,41 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def save_relay(self, allocations: Iterable[Allocation]) -> None:
+        """Replace the stored relay allocations with ``allocations`` (one transaction)."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.execute("DELETE FROM relay")
+            db.executemany(
+                "INSERT INTO relay VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (a.a, a.b, a.port_a, a.port_b, a.created, a.active,
+                     None if a.bound_a is None else str(a.bound_a),
+                     None if a.bound_b is None else str(a.bound_b),
+                     a.bind_counter_a, a.bind_counter_b)
+                    for a in allocations
+                ],
+            )  # fmt: skip
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def load_relay(self) -> list[Allocation]:
+        """The stored relay allocations; rows that do not read are skipped."""
+        out = []
+        for row in self._db.execute("SELECT * FROM relay"):
+            try:
+                bound = [None if t is None else Endpoint.parse(t) for t in (row[6], row[7])]
+                alloc = Allocation(bytes(row[0]), bytes(row[1]), int(row[2]), int(row[3]),
+                                   float(row[4]), float(row[5]), bound[0], bound[1],
+                                   int(row[8]), int(row[9]))  # fmt: skip
+                out.append(alloc)
+            except (DecodeError, ValueError, TypeError):
+                continue
+        return out
 
     def close(self) -> None:
         self._db.close()
