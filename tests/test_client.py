@@ -270,7 +270,7 @@ def test_pushes_only_about_the_peers_we_asked_for() -> None:
             other, other.public_key, reg_key, reg, net.rng.randbytes(12), net.rng.randbytes(24)
         )
         out = net.registry.receive(data, Endpoint.parse(f"192.0.2.9:{n + 1}"), 3478, net.now)
-        for d, dest in out:
+        for d, _ in out:
             net.client.receive(d, net.now)
         net.now += 1.0
     assert net.client.events() == [Resolve((bob.public_key,))]

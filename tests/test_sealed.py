@@ -452,6 +452,7 @@ observed = st.one_of(  # at most one mapping per family, IPv4 first
 names = st.text(st.characters(codec="utf-8"), max_size=63).filter(
     lambda s: s.isprintable() and len(s.encode()) <= 63
 )
+keys32 = st.binary(min_size=32, max_size=32)
 payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
     st.builds(
         Register,
@@ -517,8 +518,7 @@ payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
             max_size=4,
         ).map(tuple),
     ),
-    st.builds(sealed.RelayRequest, u64, u64, keys32 := st.binary(min_size=32, max_size=32),
-              st.sampled_from(sealed.RelayOp)),  # fmt: skip
+    st.builds(sealed.RelayRequest, u64, u64, keys32, st.sampled_from(sealed.RelayOp)),
     st.builds(sealed.RelayBind, u64, u64, keys32),
     st.builds(
         sealed.RelayGrant,
@@ -530,14 +530,24 @@ payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
         st.booleans(),
     ),
     st.builds(
-        sealed.RelayGrant, u64, u64, keys32, st.just(sealed.RelayState.RELEASED), st.none(),
+        sealed.RelayGrant,
+        u64,
+        u64,
+        keys32,
+        st.just(sealed.RelayState.RELEASED),
+        st.none(),
         st.booleans(),
-    ),  # fmt: skip
+    ),
     st.builds(
-        sealed.RelayGrant, u64, u64, keys32, st.just(sealed.RelayState.REFUSED), st.none(),
+        sealed.RelayGrant,
+        u64,
+        u64,
+        keys32,
+        st.just(sealed.RelayState.REFUSED),
+        st.none(),
         st.booleans(),
         st.sampled_from([r for r in sealed.RelayRefusal if r is not sealed.RelayRefusal.NONE]),
-    ),  # fmt: skip
+    ),
 )
 
 
@@ -549,8 +559,7 @@ def test_relay_payload_errors() -> None:
         sealed.RelayGrant(1, 2, key, sealed.RelayState.READY, None),
         sealed.RelayGrant(1, 2, key, sealed.RelayState.RELEASED, EP4),
         sealed.RelayGrant(1, 2, key, sealed.RelayState.REFUSED, None),
-        sealed.RelayGrant(1, 2, key, sealed.RelayState.READY, EP4,
-                          reason=sealed.RelayRefusal.OFF),  # fmt: skip
+        sealed.RelayGrant(1, 2, key, sealed.RelayState.READY, EP4, reason=sealed.RelayRefusal.OFF),
         sealed.RelayBind(1, 2, key[:31]),
     ]
     for p in bad:
