@@ -1206,6 +1206,40 @@ def test_pushes_go_only_to_the_watchers_that_asked_for_the_peer(
     assert pushed_to(out, bob, reg_key, at[bob.key]) == [dave.key]
 
 
+def test_replays_of_a_peers_own_messages_do_not_spend_its_rate_limit(
+    reg_private: PrivateKey,
+) -> None:
+    """An attacker who captured one Register and one Watch of a peer replays them at 250/s
+    each, from anywhere, for the whole freshness window: the replays are refused before the
+    key's bucket is charged, so the peer's own registrations and Watches all go through."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    control = Endpoint.parse("198.51.100.30:50000")
+    captured_reg = alice.register(reg_key)
+    r.receive(captured_reg, SRC, PORT, NOW)
+    watch(r, alice, reg_key, control)
+    captured_watch = alice.watch(reg_key)
+    r.receive(captured_watch, control, PORT, NOW)
+    served = 0
+    for step in range(100):  # 10 s: one probe round of alice per second, 500 replays a second
+        now = NOW + step / 10
+        for i in range(25):
+            src = Endpoint.parse(f"203.0.113.{i}:{1000 + step}")
+            r.receive(captured_reg, src, PORT, now)
+            r.receive(captured_watch, src, PORT, now)
+        if step % 10 == 0:
+            before = r.counters["registered"], r.counters["watched"]
+            r.receive(alice.register(reg_key, now), SRC, PORT, now)
+            r.receive(alice.watch(reg_key, now), control, PORT, now)
+            served += (r.counters["registered"], r.counters["watched"]) == (
+                before[0] + 1,
+                before[1] + 1,
+            )
+    assert served == 10
+    assert r.counters["key_limited"] == 0 and r.counters["replay"] == 5000
+
+
 def test_a_restore_moves_the_serial_on_by_exactly_one(reg_private: PrivateKey) -> None:
     """However many peers come back, and also when none does (restarted after the expiry)."""
     r = make(reg_private)

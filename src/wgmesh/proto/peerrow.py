@@ -179,6 +179,12 @@ def register_counter(row: bytes) -> int:
     return counter
 
 
+def row_watch_counter(row: bytes) -> int:
+    """The highest accepted Watch counter of a row (the Watch replay floor)."""
+    counter: int = _COUNTER.unpack_from(row, _COUNTER_AT + 8)[0]
+    return counter
+
+
 def last_seen(row: bytes) -> float:
     """When any mapping of the row was last registered: the registry keeps its rows in this
     order."""

@@ -63,6 +63,7 @@ from wgmesh.proto.peerrow import (
     pack_watcher,
     refresh,
     register_counter,
+    row_watch_counter,
     shared_key,
     unpack_row,
     unpack_watcher,
@@ -269,6 +270,8 @@ class Registry:
         self._limiter = RateLimiter(config.rate_limit)
         self._cookie_secret = nonce(32)  # return-routability cookies (see _cookie)
         self._fanout = Fanout(config.push_delay)
+        self._roster_floor: dict[bytes, int] = {}
+        """Per watcher, the last RosterQuery counter answered (dropped with the watcher)."""
         self._key_limiter = RateLimiter(config.key_rate_limit)
         self._agreements = RateLimiter(config.agreement_limit)
         self._plain = stun.PlainBindingResponder(config.software)
@@ -454,6 +457,9 @@ class Registry:
         if abs(payload.timestamp_ms / 1000.0 - now) > self.config.freshness_window:
             c["stale"] += 1
             return []
+        if self._replayed(key, payload):  # before the key's bucket: a replay must not spend it
+            c["replay"] += 1
+            return []
         if not self._key_limiter.allow(key, now):  # only the key's owner can spend this
             c["key_limited"] += 1
             return []
@@ -467,6 +473,25 @@ class Registry:
             return self.relay.request(msg, key, payload, source, now, shared)
         c["unexpected"] += 1
         return []
+
+    def _replayed(self, key: bytes, payload: sealed.Payload) -> bool:
+        """A message whose counter is not above the last one accepted from ``key`` for its
+        kind (a replay, or older than what we acted on): refused before it costs the key's
+        owner anything. Kinds without a floor here are checked by their handler."""
+        if isinstance(payload, sealed.Register):
+            row = self._rows.get(key)
+            return row is not None and payload.counter <= register_counter(row)
+        if isinstance(payload, sealed.Watch):
+            row = self._rows.get(key)
+            known = self.watchers.get(key)
+            floor = max(0 if row is None else row_watch_counter(row),
+                        0 if known is None else watcher_counter(known))  # fmt: skip
+            return payload.counter <= floor
+        if isinstance(payload, sealed.RosterQuery):
+            return payload.counter <= self._roster_floor.get(key, 0)
+        if isinstance(payload, sealed.RelayRequest):
+            return self.relay.replayed(key, payload.counter)
+        return False
 
     def _stored_key(self, key: bytes) -> bytes | None:
         """The shared key kept with ``key``'s row or watcher; None when there is none."""
@@ -656,6 +681,7 @@ class Registry:
             self.counters["unexpected"] += 1
             return []
         self.counters["roster"] += 1
+        self._roster_floor[key] = query.counter
         roster = sealed.Roster(
             timestamp_ms=int(now * 1000),
             counter=self._next_counter(now),
@@ -705,6 +731,7 @@ class Registry:
             del self.watchers[key]
             self._fanout.drop(key)
             self.relay.forget(key)
+            self._roster_floor.pop(key, None)
         out: list[Outgoing] = []
         while self._rows:
             key, row = next(iter(self._rows.items()))

@@ -128,6 +128,10 @@ class RelayControl:
         out = [self._answer(msg, shared, source, self._grant(key, req.peer, result, now))]
         return out + self._tell(req.peer, self._grant(req.peer, key, result, now), now)
 
+    def replayed(self, key: bytes, counter: int) -> bool:
+        """A RelayRequest counter not above ``key``'s last one."""
+        return counter <= self._floors.get(key, 0)
+
     # -- from a relay port --------------------------------------------------------------------
 
     def receive_bind(self, data: bytes, source: Endpoint, port: int, now: float) -> list[Outgoing]:
