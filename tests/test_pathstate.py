@@ -259,6 +259,14 @@ def unknown_relay(w: Callable[..., Walk]) -> Walk:
     return x
 
 
+def primed_relay(w: Callable[..., Walk]) -> Walk:
+    x = predicted(w(PUBLIC, punch_delay=0.2))
+    x.plan(1000.0)  # PRIMED toward PUB: the relay is not ready yet
+    x.p.set_relay(A, RLY)  # now it is: the punch that cannot work is not waited out
+    assert x.plan(1000.1).updates[0].endpoint == RLY
+    return x
+
+
 def unknown_relay_fresh(w: Callable[..., Walk]) -> Walk:
     x = w(PUBLIC)
     x.p.set_relay(A, RLY)
@@ -380,6 +388,7 @@ def test_a_failed_try_of_direct_goes_back_to_the_relay_at_once() -> None:
 
 SCENARIOS: dict[Row, Callable[[Callable[..., Walk]], Walk]] = {
     (S.UNKNOWN, E.RELAY): unknown_relay,
+    (S.PRIMED, E.RELAY): primed_relay,
     (S.UNKNOWN, E.RELAY_FRESH): unknown_relay_fresh,
     (S.TRYING, E.RELAY): trying_relay,
     (S.TRYING, E.RELAY_FRESH): trying_relay_fresh,

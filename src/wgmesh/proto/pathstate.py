@@ -118,6 +118,7 @@ TRANSITIONS: Final[Mapping[PathState, Mapping[PathEvent, PathState]]] = {
         _E.WAIT: _S.PRIMED,
         _E.ANSWERED: _S.DIRECT,
         _E.FIRE: _S.TRYING,
+        _E.RELAY: _S.TRYING,
     },
     _S.TRYING: {
         _E.WAIT: _S.TRYING,

@@ -362,6 +362,15 @@ class Planner:
         cfg = self.config
         attempt = peer.attempt
         restart = False
+        if (
+            attempt is not None
+            and peer.relay is not None
+            and attempt.target != peer.relay
+            and not peer.upgrading
+            and peer.record is not None
+            and relay_predicted(self._nat, peer.record.nat)
+        ):  # a direct try that cannot work, and the relay just became ready: no waiting it out
+            return PathEvent.RELAY, peer.relay, peer.rounds
         match peer.state:
             case PathState.PRIMED:
                 assert isinstance(attempt, Punch)
