@@ -272,6 +272,8 @@ def seconds_or_off(lo: float, hi: float) -> Check:
 def port_range(value: Any, where: str) -> tuple[int, int]:
     """A UDP port range ``LOW-HIGH`` (1024..65535, at least two ports)."""
     expected = "a port range LOW-HIGH of at least two ports within 1024-65535, e.g. 40000-40999"
+    if isinstance(value, tuple) and len(value) == 2:  # checked already (checks are idempotent)
+        value = f"{value[0]}-{value[1]}"
     if not isinstance(value, str):
         fail(where, f"got {describe(value)}", expected)
     low, sep, high = value.partition("-")
