@@ -27,9 +27,10 @@ FAST = ("--probe-interval", "5")
 
 @contextmanager
 def mesh_of(
-    kind_a: RouterKind | None, kind_b: RouterKind | None
+    kind_a: RouterKind | None, kind_b: RouterKind | None, *, registrar: tuple[str, ...] = ()
 ) -> Iterator[tuple[Mesh, MeshPeer, MeshPeer]]:
-    """A registrar and two linked peers behind NATs of the given kinds (None: a public host)."""
+    """A registrar (started with the options ``registrar``) and two linked peers behind NATs
+    of the given kinds (None: a public host)."""
     with Lab() as lab:
         reg = lab.add_public_host("reg")
         hosts = []
@@ -47,7 +48,7 @@ def mesh_of(
         a = mesh.add_peer("a", hosts[0])
         b = mesh.add_peer("b", hosts[1])
         mesh.link(a, b)
-        mesh.start_registrar()
+        mesh.start_registrar(*registrar)
         try:
             yield mesh, a, b
         except BaseException:

@@ -72,6 +72,7 @@ class Mesh:
                 "".join(f"{p.wg.public_key} {p.name} {p.tunnel_ip}/32\n" for p in self.peers)
             )
             admission = ["--authorized-keys", str(keys)]
+        seen = len(self.registrar_log.read_bytes()) if self.registrar_log.exists() else 0
         self.registrar = self.reg_host.spawn(
             PYTHON, "-m", "wgmesh", "registrar", "--zone", ZONE,
             "--private-key-file", str(self.key_file), "--listen", self.registrar_ip,
@@ -79,7 +80,8 @@ class Mesh:
             "--state-dir", str(self.workdir / "state"), *admission, *extra,
             log_path=self.registrar_log,
         )  # fmt: skip
-        self._wait_for(lambda: "registrar " in self.registrar_log.read_text(), 20, "registrar")
+        self._wait_for(lambda: b" for zone " in self.registrar_log.read_bytes()[seen:], 20,
+                       "registrar")  # fmt: skip  # this start's line, not an earlier one's
 
     def stop_registrar(self, kill: bool = False) -> None:
         if self.registrar is not None and self.registrar.poll() is None:

@@ -23,6 +23,7 @@ maps every counter into metric families, served over HTTP with ``metrics``
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -47,6 +48,8 @@ from wgmesh.proto.registry import Change, Outgoing, PeerEvent, Registry, Registr
 from wgmesh.proto.relay import RelayConfig
 from wgmesh.registry.admission import load_admission
 from wgmesh.registry.dns import DnsAdapterStats, DnsLimits, DnsServer, start_dns
+from wgmesh.registry.relaynft import KernelRelayError
+from wgmesh.registry.relayserve import RelayService
 from wgmesh.registry.store import Store
 from wgmesh.registry.udpbatch import BatchedUdp, UdpEndpoint, open_udp
 
@@ -62,6 +65,7 @@ COUNTED: dict[str, tuple[str, str]] = {
     "unproven": ("watches_unproven", "Watches answered whose source is no push target yet"),
     "pushed": ("pushes", "Pushes sent to daemons"),
     "roster": ("roster_pages", "roster pages sent (mesh mode)"),
+    "repunch": ("repunches", "Repunch requests passed on to the peers they named"),
 }
 """``Registry.counters`` keys with a family of their own: key -> (name, help)."""
 REJECTED = ("oversize", "not_stun", "malformed", "unexpected", "unauthorized", "bad_box",
@@ -172,6 +176,16 @@ class Registrar:
             settings.stun_port,
         )
         self.registry.counters.setdefault("errors", 0)  # datagrams whose handling raised
+        self.relay: RelayService | None = None
+        if settings.relay.enabled and settings.relay_mode != "off":
+            assert settings.relay_address is not None
+            self.registry.enable_relay(
+                settings.relay, ipaddress.IPv4Address(settings.relay_address)
+            )
+            self.relay = RelayService(
+                self.registry, self.store, settings.relay_address, settings.relay_mode,
+                self.send, self.changed,
+            )  # fmt: skip
         now = time.time()
         self.registry.restore(entries, now)
         log.info("restored %d live peers from %s", len(self.registry.peers), self.store.path)
@@ -231,6 +245,12 @@ class Registrar:
             self._counter_log = asyncio.create_task(
                 log_counters(self.metrics, settings.log_counters, log, PREFIX)
             )
+        if self.relay is not None:
+            try:
+                await self.relay.start()
+            except (OSError, KernelRelayError):
+                await self.close()
+                raise
         self.store.apply((), self.zone.serial)  # the restart's serial is durable at once
         self._after_input()  # the restore
         log.info(
@@ -296,6 +316,8 @@ class Registrar:
             return
         if self._drain() and self._flush is None:
             self._flush = self._loop.call_later(self.settings.flush_interval, self._write)
+        if self.relay is not None:
+            self.relay.changed()
         self._arm_expiry()
 
     def _arm_expiry(self) -> None:
@@ -379,7 +401,31 @@ class Registrar:
         if other:
             text = "registry counters without a family of their own"
             out.append(labelled(PREFIX + "other", text, "counter", other))
-        return out + self._dns_metrics() + self._udp_metrics()
+        return out + self._dns_metrics() + self._udp_metrics() + self._relay_metrics()
+
+    def _relay_metrics(self) -> list[Family]:
+        """The relay's core, control and sockets (none when relaying is off)."""
+        if self.relay is None:
+            return []
+        ctl, core, sock = self.registry.relay, self.registry.relay.relay, self.relay.sockets.stats
+        p = PREFIX + "relay_"
+        return [
+            gauge(p + "allocations", "relay allocations held", len(core)),
+            gauge(p + "pairs", "relayed pairs bound on both sides", len(ctl.pairs())),
+            labelled(p + "events", "relay allocations by what happened to them", "event",
+                     dict(core.counters)),
+            labelled(p + "control", "relay requests and binds by outcome", "outcome",
+                     dict(ctl.counters)),
+            counter(p + "forwarded", "datagrams forwarded in userspace", sock.forwarded),
+            counter(p + "forwarded_bytes", "payload bytes forwarded in userspace",
+                    sock.forwarded_bytes),
+            labelled(p + "dropped", "datagrams at relay ports not forwarded", "reason", {
+                "unbound": sock.dropped_unbound, "kernel_mode": sock.dropped_kernel_mode,
+                "oversize": sock.oversize, "send_failed": sock.send_failed,
+            }),
+            counter(p + "sync_failures", "kernel table updates that failed",
+                    self.relay.stats.sync_failures),
+        ]  # fmt: skip
 
     def _dns_metrics(self) -> list[Family]:
         z, dns = self.zone.stats, self._dns
@@ -465,6 +511,8 @@ class Registrar:
         if self.http is not None:
             self.http.close()
             await self.http.wait_closed()
+        if self.relay is not None:
+            await self.relay.close()
         for t in self._transports:
             t.close()
         if self._dns is not None:

@@ -96,6 +96,18 @@ def available() -> bool:
     return _LIBC is not None
 
 
+Iovec = _Iovec
+"""``struct iovec``, for other batched sockets (:mod:`wgmesh.registry.relayudp`)."""
+Mmsghdr = _Mmsghdr
+"""``struct mmsghdr``, for other batched sockets."""
+
+
+def libc() -> ctypes.CDLL | None:
+    """The libc whose ``recvmmsg``/``sendmmsg`` (restype int, errno kept) other batched sockets
+    call directly; None where :func:`available` is False."""
+    return _LIBC
+
+
 @dataclass(slots=True)
 class BatchStats:
     """What the batched socket saw."""
