@@ -17,6 +17,7 @@ from wgmesh.proto.client import (
     ClientConfig,
     MappingObserved,
     Phase,
+    PunchAsked,
     RegistrarClient,
     RegistrarState,
     Resolve,
@@ -278,6 +279,29 @@ def test_pushes_only_about_the_peers_we_asked_for() -> None:
     assert net.client.interest is None  # too many to name: every peer
     net.client.set_interest(None)
     assert net.client.interest is None
+
+
+def test_a_repunch_round_trip() -> None:
+    """Our path to bob stalled: ask_repunch sends a sealed Repunch naming bob over the control
+    socket; the registrar's Repunch to us (bob's path stalled) becomes PunchAsked."""
+    net = Net(config=ClientConfig(classify=False))
+    net.step(NOW + 1.0)
+    net.take()
+    bob = sealed.Sealer(net.rng.randbytes(32)).public_key
+    net.client.ask_repunch([bob, bob], net.now)
+    (t,) = net.client.datagrams_to_send()
+    assert t.via is Via.CONTROL and t.destination == REGISTRAR
+    _, asked = sealed.open_sealed(net.registry.sealer, stun.decode(t.data), None)
+    assert isinstance(asked, sealed.Repunch) and asked.peers == (bob,)
+    tell = sealed.Repunch(int(net.now * 1000), 99, (bob,))
+    data = sealed.build_sealed_request(
+        net.registry.sealer, None, net.client.own_key, tell, net.rng.randbytes(12),
+        net.rng.randbytes(24), msg_type=stun.BINDING_INDICATION,
+    )  # fmt: skip
+    net.client.receive(data, net.now)
+    assert net.client.events() == [PunchAsked((bob,))]
+    net.client.receive(data, net.now + 121)  # stale
+    assert net.client.events() == []
 
 
 def test_forged_and_stray_datagrams_are_dropped() -> None:

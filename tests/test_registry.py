@@ -1240,6 +1240,32 @@ def test_replays_of_a_peers_own_messages_do_not_spend_its_rate_limit(
     assert r.counters["key_limited"] == 0 and r.counters["replay"] == 5000
 
 
+def test_a_repunch_is_passed_on_only_from_and_to_proven_addresses(
+    reg_private: PrivateKey,
+) -> None:
+    """alice's path to bob stalled: her Repunch from her proven control address makes the
+    registrar ask bob (at his) to send toward her; spoofed or replayed, or to a peer that did
+    not ask for alice's news, it makes nothing."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice, bob, carol = Peer(), Peer(), Peer()
+    at = {p.key: Endpoint.parse(f"198.51.100.{70 + i}:5000")
+          for i, p in enumerate((alice, bob, carol))}  # fmt: skip
+    carol.interest = (sealed.key_id(bob.key),)  # carol does not care about alice
+    for p in (alice, bob, carol):
+        watch(r, p, reg_key, at[p.key])
+    alice.counter += 1
+    data = alice.message(reg_key, sealed.Repunch(int(NOW * 1000), alice.counter,
+                                                 (bob.key, carol.key, alice.key)))  # fmt: skip
+    assert r.receive(data, Endpoint.parse("192.0.2.200:53"), PORT, NOW) == []  # spoofed
+    out = r.receive(data, at[alice.key], PORT, NOW)
+    assert [a for _, a in out] == [at[bob.key]]
+    _, told = sealed.open_sealed(bob.sealer, stun.decode(out[0][0]), reg_key)
+    assert isinstance(told, sealed.Repunch) and told.peers == (alice.key,)
+    assert r.receive(data, at[alice.key], PORT, NOW) == []  # replayed
+    assert r.counters["repunch"] == 1
+
+
 def test_a_restore_moves_the_serial_on_by_exactly_one(reg_private: PrivateKey) -> None:
     """However many peers come back, and also when none does (restarted after the expiry)."""
     r = make(reg_private)

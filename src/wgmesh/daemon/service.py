@@ -42,6 +42,7 @@ from wgmesh.proto.client import (
     Event,
     MappingObserved,
     MembersChanged,
+    PunchAsked,
     RegistrarClient,
     RegistrarState,
     Resolve,
@@ -86,6 +87,7 @@ CLIENT_COUNTED: dict[str, tuple[str, str]] = {
     "status": ("statuses", "Statuses accepted from the registrar"),
     "pushes": ("pushes", "Pushes accepted from the registrar"),
     "relay_grants": ("relay_grants", "relay grants accepted from the registrar"),
+    "repunches": ("repunches_asked", "Repunches: a peer whose path to us stalled asked us to send"),
 }
 """``RegistrarClient.counters`` keys with a family of their own: key -> (name, help)."""
 CLIENT_DROPPED = {"dropped": "invalid", "late": "late"}
@@ -380,6 +382,11 @@ class Daemon:
             else:
                 self._resolve_keys.update(event.keys)
             self._resolve_wake.set()
+        elif isinstance(event, PunchAsked):
+            shown = ", ".join(short_key(k) for k in event.keys)
+            log.info("peer %s: its path to us stalled, re-punching toward it", shown)
+            self.planner.kick(event.keys)
+            self._plan_wake.set()
         elif isinstance(event, RelayChanged):
             if event.relay is not None:
                 log.info("peer %s: relay ready at %s", short_key(event.peer), event.relay)
@@ -550,12 +557,17 @@ class Daemon:
 
     def _watch_traffic(self, device: DeviceState) -> None:
         now = time.time()
-        if self.planner.watch_traffic(device, now):
+        stalled = self.planner.watch_traffic(device, now)
+        if stalled:
             self.stats.stalls += 1
-            log.info("a peer's path stalled: probing the registrar now")
+            shown = ", ".join(sorted(short_key(k) for k in stalled))
+            log.info("path to %s stalled: re-punching from both sides, probing the registrar",
+                     shown)  # fmt: skip
             assert self.client is not None
             self.client.request_probe(now)
+            self.client.ask_repunch(stalled, now)
             self._drive()
+            self._plan_wake.set()
         if self.planner.traffic_active:
             self._traffic_wake.set()
 

@@ -139,7 +139,14 @@ class MembersChanged:
     """Every member's key and allowed IPs, as the sealed Roster carried them."""
 
 
-Event = MappingObserved | Resolve | RegistrarState | MembersChanged | RelayChanged
+@dataclass(frozen=True, slots=True)
+class PunchAsked:
+    """The registrar passed on a peer's Repunch: its path to us stalled; send toward it now."""
+
+    keys: tuple[bytes, ...]
+
+
+Event = MappingObserved | Resolve | RegistrarState | MembersChanged | RelayChanged | PunchAsked
 
 
 class Phase(Enum):
@@ -236,7 +243,17 @@ class RegistrarClient:
         self.reachable: bool | None = None
         """Whether the last round got a Status (None: no round ended yet)."""
         self.counters: dict[str, int] = dict.fromkeys(
-            ("rounds", "failed_rounds", "status", "pushes", "dropped", "late", "relay_grants"), 0
+            (
+                "rounds",
+                "failed_rounds",
+                "status",
+                "pushes",
+                "dropped",
+                "late",
+                "relay_grants",
+                "repunches",
+            ),
+            0,
         )
         self.phase = Phase.IDLE
         self._deadline = now  # the first round starts at once
@@ -290,6 +307,12 @@ class RegistrarClient:
             if step is not None and not isinstance(step, int) and step != self._members:
                 self._members = step
                 self._events.append(MembersChanged(step))
+        elif isinstance(payload, sealed.Repunch):
+            if abs(payload.timestamp_ms / 1000 - now) > self.config.push_window:
+                self.counters["dropped"] += 1
+                return
+            self.counters["repunches"] += 1
+            self._events.append(PunchAsked(payload.peers))
         elif isinstance(payload, sealed.RelayGrant):
             if abs(payload.timestamp_ms / 1000 - now) > self.config.push_window:
                 self.counters["dropped"] += 1
@@ -307,6 +330,13 @@ class RegistrarClient:
             self._step(Input.STALE_STATUS if stale else Input.STATUS, now)
         else:
             self.counters["dropped"] += 1
+
+    def ask_repunch(self, peers: Iterable[bytes], now: float) -> None:
+        """Our paths to ``peers`` stalled: have the registrar ask them to send toward us."""
+        keys = tuple(dict.fromkeys(peers))[: sealed.MAX_CHANGED]
+        if keys:
+            payload = sealed.Repunch(int(now * 1000), self._next_counter(now), keys)
+            self._out.append(Transmit(self._seal(payload), self.registrar, Via.CONTROL))
 
     def want_relays(self, peers: Iterable[bytes], now: float) -> None:
         """The peers the Planner wants relayed (see wgmesh.proto.relaylease)."""

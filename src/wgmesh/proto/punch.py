@@ -26,7 +26,10 @@ Rules (docs/protocol.md, "Choosing an endpoint"):
    finds both NATs open.
 7. A path that stops carrying traffic (see :meth:`Planner.watch_traffic`) asks for a registrar
    probe at once, so a NAT rebinding is registered and pushed to the peers within a second or
-   two instead of at the next periodic probe.
+   two instead of at the next periodic probe; and it is re-punched from both sides whether or
+   not a mapping changed: we shake hands again at once, and the registrar passes a Repunch to
+   the peer, which does the same (a NAT that lost the flow's state lets packets in again only
+   after one went out from behind it).
 8. The relay (wgmesh.proto.relay) is wanted (:attr:`Plan.relay`) for a peer whose NAT class
    and ours leave no direct path (:func:`wgmesh.proto.kinds.relay_predicted`), or once a whole
    round of its candidates failed, and for as long as the path uses it. Once the relay's
@@ -559,9 +562,11 @@ class Planner:
 
     # -- stalled paths ------------------------------------------------------------------------
 
-    def watch_traffic(self, device: DeviceState, now: float) -> bool:
-        """Feed the interface's transfer counters, sampled every fraction of a second; True when
-        a registrar probe should go out now, because a path that carried traffic has stalled:
+    def watch_traffic(self, device: DeviceState, now: float) -> frozenset[bytes]:
+        """Feed the interface's transfer counters, sampled every fraction of a second; the
+        peers whose paths stalled now (empty: none), each of which is re-punched at once
+        (rule 7: a handshake from our side at the next plan), when a registrar probe and a
+        Repunch to the peers should go out, because a path that carried traffic has stalled:
 
         - we keep sending but nothing has come back for ``stall_after`` seconds (tx grew in two
           samples since rx last did), or
@@ -577,7 +582,18 @@ class Planner:
         next token. Samples closer than a quarter of ``stall_after`` to the previous one are
         ignored (a plan right after a sample).
         """
-        return self._stalls.sample(device, now)
+        stalled = self._stalls.sample(device, now)
+        self.kick(stalled)
+        return stalled
+
+    def kick(self, keys: Iterable[bytes]) -> None:
+        """Shake hands with these peers again at the next plan (a stalled path, or the peer
+        asked: its NAT or ours may have lost the flow's state; a packet from our side
+        re-opens ours)."""
+        for key in keys:
+            peer = self._peers.get(key)
+            if peer is not None:
+                peer.kick = True
 
     # -- reporting ----------------------------------------------------------------------------
 

@@ -272,6 +272,8 @@ class Registry:
         self._fanout = Fanout(config.push_delay)
         self._roster_floor: dict[bytes, int] = {}
         """Per watcher, the last RosterQuery counter answered (dropped with the watcher)."""
+        self._repunch_floor: dict[bytes, int] = {}
+        """Per watcher, the last Repunch counter acted on (dropped with the watcher)."""
         self._key_limiter = RateLimiter(config.key_rate_limit)
         self._agreements = RateLimiter(config.agreement_limit)
         self._plain = stun.PlainBindingResponder(config.software)
@@ -285,7 +287,7 @@ class Registry:
                 "datagrams", "binding", "registered", "watched", "oversize", "not_stun",
                 "malformed", "rate_limited", "unauthorized", "bad_box", "stale", "replay",
                 "key_limited", "agreement_limited", "unproven",
-                "unexpected", "table_full", "pushed", "roster",
+                "unexpected", "table_full", "pushed", "roster", "repunch",
             ),
             0,
         )  # fmt: skip
@@ -471,6 +473,8 @@ class Registry:
             return self._roster(msg, key, payload, source, now, shared)
         if isinstance(payload, sealed.RelayRequest):
             return self.relay.request(msg, key, payload, source, now, shared)
+        if isinstance(payload, sealed.Repunch):
+            return self._repunch(key, payload, source, now)
         c["unexpected"] += 1
         return []
 
@@ -489,6 +493,8 @@ class Registry:
             return payload.counter <= floor
         if isinstance(payload, sealed.RosterQuery):
             return payload.counter <= self._roster_floor.get(key, 0)
+        if isinstance(payload, sealed.Repunch):
+            return payload.counter <= self._repunch_floor.get(key, 0)
         if isinstance(payload, sealed.RelayRequest):
             return self.relay.replayed(key, payload.counter)
         return False
@@ -699,6 +705,39 @@ class Registry:
         )
         return [(data, source)]
 
+    def _repunch(
+        self, key: bytes, req: sealed.Repunch, source: Endpoint, now: float
+    ) -> list[Outgoing]:
+        """``key``'s paths to ``req.peers`` stalled: tell each of them, at its proven control
+        address, to send toward ``key`` now (its NAT may have lost the flow's state, and only
+        a packet from inside brings it back). Only from ``key``'s own proven control address;
+        only to peers that are proven watchers and want ``key``'s news; one small indication
+        each, never an answer toward the source."""
+        known = self.watchers.get(key)
+        if known is None or unpack_watcher(known).address != source:
+            self.counters["unexpected"] += 1
+            return []
+        self._repunch_floor[key] = req.counter
+        out: list[Outgoing] = []
+        for peer in dict.fromkeys(req.peers):
+            watcher = self.watchers.get(peer)
+            interest = self._fanout.interest(peer)
+            if (
+                peer == key
+                or watcher is None
+                or (interest is not None and sealed.key_id(key) not in interest)
+            ):
+                continue
+            _, _, shared, addr = unpack_watcher(watcher)
+            tell = sealed.Repunch(int(now * 1000), self._next_counter(now), (key,))
+            data = sealed.build_sealed_with(
+                shared, None, tell, self._nonce(12), self._nonce(24),
+                msg_type=stun.BINDING_INDICATION,
+            )  # fmt: skip
+            out.append((data, addr))
+        self.counters["repunch"] += len(out)
+        return out
+
     # -- time -------------------------------------------------------------------------------
 
     def next_timer(self) -> float | None:
@@ -732,6 +771,7 @@ class Registry:
             self._fanout.drop(key)
             self.relay.forget(key)
             self._roster_floor.pop(key, None)
+            self._repunch_floor.pop(key, None)
         out: list[Outgoing] = []
         while self._rows:
             key, row = next(iter(self._rows.items()))

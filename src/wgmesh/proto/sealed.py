@@ -28,6 +28,8 @@ ciphertext (16-byte MAC, then the payload). Plaintext layout, network byte order
                   u8 flags (bit 0: your bind was seen) | address (the relay address and port
                   this peer sends to; family 0 and no address bytes when refused or released)
     RelayBind     32-byte key of the other peer (sent from the WireGuard port to the relay port)
+    Repunch   u8 count (1..14) + count * 32-byte key: peer -> registrar "my path to these
+              stalled: ask them to send toward me"; registrar -> peer "send toward these now"
     network   u8 family (4|6) | u8 prefix length | 4|16 address bytes
     address   u8 family (4|6) | 4|16 address bytes | u16 port   (no IPv4-mapped IPv6)
 
@@ -101,6 +103,7 @@ class Kind(IntEnum):
     RELAY_REQUEST = 7
     RELAY_GRANT = 8
     RELAY_BIND = 9
+    REPUNCH = 10
 
 
 class RelayOp(IntEnum):
@@ -301,8 +304,29 @@ class RelayBind:
     """The other peer's public key."""
 
 
+@dataclass(frozen=True, slots=True)
+class Repunch:
+    """Peer -> registrar (control socket): my path to ``peers`` stalled, have them send toward
+    me (their NAT may have lost its state for our flow). Registrar -> peer (indication): send
+    toward ``peers`` now."""
+
+    timestamp_ms: int
+    counter: int
+    peers: tuple[bytes, ...]
+    """Public keys, 1..MAX_CHANGED."""
+
+
 Payload = (
-    Register | Watch | Status | Push | RosterQuery | Roster | RelayRequest | RelayGrant | RelayBind
+    Register
+    | Watch
+    | Status
+    | Push
+    | RosterQuery
+    | Roster
+    | RelayRequest
+    | RelayGrant
+    | RelayBind
+    | Repunch
 )
 
 _KINDS: dict[type[Payload], Kind] = {
@@ -315,6 +339,7 @@ _KINDS: dict[type[Payload], Kind] = {
     RelayRequest: Kind.RELAY_REQUEST,
     RelayGrant: Kind.RELAY_GRANT,
     RelayBind: Kind.RELAY_BIND,
+    Repunch: Kind.REPUNCH,
 }
 
 
@@ -405,6 +430,10 @@ def _body(p: Payload) -> bytes:
                 *(pack_member(m) for m in p.members),
             )
         )
+    if isinstance(p, Repunch):
+        if not 1 <= len(p.peers) <= MAX_CHANGED or any(len(k) != KEY_LEN for k in p.peers):
+            raise LocalProtocolError(f"a Repunch names 1 to {MAX_CHANGED} 32-byte keys")
+        return bytes((len(p.peers),)) + b"".join(p.peers)
     if isinstance(p, RelayRequest | RelayGrant | RelayBind):
         if len(p.peer) != KEY_LEN:
             raise LocalProtocolError("a peer key is 32 bytes")
@@ -628,6 +657,11 @@ def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
         p = RelayGrant(ts, counter, peer, st, relay, bool(flags), why)
     elif kind == Kind.RELAY_BIND:
         p = RelayBind(ts, counter, r.take(KEY_LEN))
+    elif kind == Kind.REPUNCH:
+        count = r.u8()
+        if not 1 <= count <= MAX_CHANGED:
+            raise DecodeError(f"a Repunch names 1 to {MAX_CHANGED} keys")
+        p = Repunch(ts, counter, tuple(r.take(KEY_LEN) for _ in range(count)))
     else:
         raise DecodeError(f"unknown sealed payload kind {kind}")
     if r.pos != len(data):

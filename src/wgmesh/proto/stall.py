@@ -56,17 +56,18 @@ class StallWatch:
         self.tokens_at: float | None = None
         """When the last sample was taken (and the bucket last refilled)."""
 
-    def sample(self, device: DeviceState, now: float) -> bool:
-        """One sample of every peer's counters; True when a registrar probe should go out now
-        (see :meth:`wgmesh.proto.punch.Planner.watch_traffic`)."""
+    def sample(self, device: DeviceState, now: float) -> frozenset[bytes]:
+        """One sample of every peer's counters; the peers whose paths stalled now, when a
+        registrar probe and a re-punch should go out (see
+        :meth:`wgmesh.proto.punch.Planner.watch_traffic`); empty otherwise."""
         cfg = self.config
         if self.tokens_at is not None and now - self.tokens_at < cfg.stall_after / 4:
-            return False  # too close to the last sample to say anything about rates
+            return frozenset()  # too close to the last sample to say anything about rates
         if self.tokens_at is not None:
             earned = (now - self.tokens_at) / cfg.stall_refill
             self.tokens = min(float(cfg.stall_probes), self.tokens + earned)
         self.tokens_at = now
-        stalled: list[Traffic] = []
+        stalled: dict[bytes, Traffic] = {}
         seen = set()
         self.active = False
         for dev in device.peers:
@@ -100,12 +101,12 @@ class StallWatch:
                 and (t.busy or t.tx_only >= 2)
                 and now - t.rx_at >= cfg.stall_after
             ):
-                stalled.append(t)
+                stalled[dev.public_key] = t
         for key in self.traffic.keys() - seen:
             del self.traffic[key]
         if not stalled or self.tokens < 1.0:
-            return False  # without a token the stall stays pending until one is earned
+            return frozenset()  # without a token the stall stays pending until one is earned
         self.tokens -= 1.0
-        for t in stalled:
+        for t in stalled.values():
             t.stalled, t.busy = True, False
-        return True
+        return frozenset(stalled)

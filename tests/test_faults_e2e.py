@@ -1,0 +1,69 @@
+"""End to end: ordinary NAT faults heal by themselves (real NATs, wireguard-go, the CLI only).
+
+A router that loses its NAT state (a reboot, a timeout: ``conntrack -F``) keeps the peer's
+public port but drops the far peer's packets until one goes out from behind it. The daemon on
+the far side notices its path stalled, shakes hands again and asks the registrar to pass a
+Repunch to the peer, whose handshake re-opens its NAT: pings flow again within 3 s, on either
+side.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.test_e2e import connect, mesh_of
+from wgmesh.lab.mesh import Mesh, MeshPeer
+from wgmesh.lab.topology import RouterKind
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
+
+
+def outage_after(mesh: Mesh, a: MeshPeer, b: MeshPeer, fault: object, limit: float) -> float:
+    """Ping b from a every 0.2 s, run ``fault``, and return the seconds from the fault to the
+    first answered ping after it (``limit`` + 1 when none came within ``limit``)."""
+    assert callable(fault)
+    stop = threading.Event()
+    answered: list[float] = []
+
+    def pinger() -> None:
+        while not stop.is_set():
+            sent = time.monotonic()
+            if a.host.ping(b.tunnel_ip, count=1, timeout=0.5):
+                answered.append(sent)
+            time.sleep(max(0.0, 0.2 - (time.monotonic() - sent)))
+
+    thread = threading.Thread(target=pinger, daemon=True)
+    thread.start()
+    try:
+        time.sleep(3.0)  # traffic flows: the daemons see a busy path
+        assert answered, "no pings before the fault"
+        at = time.monotonic()
+        fault()
+        deadline = at + limit + 1.0
+        while time.monotonic() < deadline:
+            after = [t for t in answered if t > at + 0.05]
+            if after:
+                return after[0] - at
+            time.sleep(0.05)
+        return limit + 1.0
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_a_nat_that_loses_its_state_heals_within_3_s(side: str) -> None:
+    with mesh_of(RouterKind.PORT_RESTRICTED, RouterKind.PORT_RESTRICTED) as (mesh, a, b):
+        connect(mesh, a, b)
+        # the hard direction: pings toward the side whose NAT forgets, from the other side
+        far, near = (a, b) if side == "a" else (b, a)
+        nat = far.host.nat
+        assert nat is not None
+        outage = outage_after(mesh, near, far, nat.flush_conntrack, 3.0)
+        print(f"outage after NAT-{side} lost its state: {outage:.2f} s")
+        assert outage <= 3.0, f"pings came back {outage:.1f} s after NAT-{side} lost its state"
+        logs = mesh.logs()
+        assert "re-punching" in logs, logs
