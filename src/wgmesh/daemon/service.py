@@ -35,6 +35,7 @@ from wgmesh import __version__
 from wgmesh.daemon.localaddr import local_addresses, read_private_key
 from wgmesh.daemon.rawsend import RawSender
 from wgmesh.daemon.resolver import ZoneResolver
+from wgmesh.errorlog import ErrorLog
 from wgmesh.errors import InterfaceNotFound, RemoteProtocolError, WireGuardError
 from wgmesh.metricshttp import HttpListener, log_counters, metrics_route
 from wgmesh.proto.client import (
@@ -220,6 +221,7 @@ class Daemon:
         self._resolve_all = False
         self._tasks: list[asyncio.Task[None]] = []
         self._relayed: frozenset[bytes] = frozenset()  # the peers the Planner wants relayed
+        self._lookup_errors = ErrorLog("DNS lookups", logger=log)
         self.stats = DaemonStats()
         self.http: HttpListener | None = None
         """The metrics listener (``settings.metrics``)."""
@@ -464,6 +466,10 @@ class Daemon:
                 self.stats.lookups["failed"] += 1
                 log.debug("lookup %s: %s", short_key(key), exc)
                 continue
+            except Exception as exc:  # a bug reading an answer: it costs the lookup only
+                self.stats.lookups["failed"] += 1
+                self._lookup_errors(exc, f"lookup {short_key(key)} raised (a bug: report it)")
+                continue
             self.stats.lookups["absent" if record is None else "found"] += 1
             if record is None and key not in self.lan_hints:
                 self.planner.withdraw(key)
@@ -510,6 +516,10 @@ class Daemon:
         plan = self.planner.plan(self.device, time.time())
         assert self._raw is not None and self.client is not None
         if plan.relay != self._relayed:
+            for key in plan.relay - self._relayed:
+                clash = self.planner.clash_reason(key)
+                if clash:
+                    log.warning("peer %s: %s", short_key(key), clash)
             self._relayed = plan.relay
             self.client.want_relays(plan.relay, time.time())
             self._drive()

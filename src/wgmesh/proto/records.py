@@ -22,6 +22,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
@@ -84,7 +85,7 @@ class SrvAnswer:
         """Merge the answer to a TXT query for the instance name."""
         txt = dict(self.txt or {})
         for rrs in message.answer:
-            if rrs.rdtype == dns.rdatatype.TXT and rrs.name == self.name:
+            if _is(rrs, dns.rdatatype.TXT) and rrs.name == self.name:
                 for k, v in parse_txt(rrs).items():
                     txt.setdefault(k, v)
         return replace(self, txt=txt)
@@ -115,7 +116,7 @@ def read_srv_answer(name: dns.name.Name, message: dns.message.Message) -> SrvAns
     srvs = tuple(
         Srv(rr.target, rr.port, rr.priority)
         for rrs in message.answer
-        if rrs.rdtype == dns.rdatatype.SRV and rrs.name == name
+        if _is(rrs, dns.rdatatype.SRV) and rrs.name == name
         for rr in rrs
     )[:MAX_SRVS]
     if not srvs:
@@ -123,7 +124,7 @@ def read_srv_answer(name: dns.name.Name, message: dns.message.Message) -> SrvAns
     sections = list(message.additional) + list(message.answer)
     txt: dict[str, str] | None = None
     for rrs in sections:
-        if rrs.rdtype == dns.rdatatype.TXT and rrs.name == name:
+        if _is(rrs, dns.rdatatype.TXT) and rrs.name == name:
             txt = txt or {}
             for k, v in parse_txt(rrs).items():
                 txt.setdefault(k, v)
@@ -173,7 +174,7 @@ def browse_keys(message: dns.message.Message) -> list[bytes]:
     """Keys of the peers a ``_wireguard._udp.ZONE PTR`` answer lists; odd targets skipped."""
     keys: list[bytes] = []
     for rrs in message.answer:
-        if rrs.rdtype != dns.rdatatype.PTR:
+        if not _is(rrs, dns.rdatatype.PTR):
             continue
         for rr in rrs:
             labels = rr.target.labels
@@ -199,6 +200,13 @@ def parse_txt(rrset: dns.rrset.RRset) -> dict[str, str]:
 def _addresses(sections: list[dns.rrset.RRset]) -> dict[dns.name.Name, list[str]]:
     found: dict[dns.name.Name, list[str]] = {}
     for rrs in sections:
-        if rrs.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        if _is(rrs, dns.rdatatype.A) or _is(rrs, dns.rdatatype.AAAA):
             found.setdefault(rrs.name, []).extend(rr.address for rr in rrs)
     return found
+
+
+def _is(rrs: dns.rrset.RRset, rdtype: dns.rdatatype.RdataType) -> bool:
+    """``rrs`` holds ``rdtype`` records of class IN: only those parse as that type (dnspython
+    reads an SRV or AAAA of another class as generic data, and a CHAOS A holds no IP address),
+    and only those are ours."""
+    return rrs.rdtype == rdtype and rrs.rdclass == dns.rdataclass.IN

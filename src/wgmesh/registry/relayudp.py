@@ -51,11 +51,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
+from wgmesh.errorlog import ERROR_LOG_INTERVAL, ErrorLog
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.relayroute import PortRoute, RouteTable
 from wgmesh.proto.stun import COOKIE_BYTES, HEADER_LEN
 from wgmesh.registry import udpbatch
-from wgmesh.registry.udpbatch import MSG_DONTWAIT, ErrorLog, Iovec, Mmsghdr
+from wgmesh.registry.udpbatch import MSG_DONTWAIT, Iovec, Mmsghdr
 
 log = logging.getLogger("wgmesh.relay")
 
@@ -93,7 +94,7 @@ class RelayUdpConfig:
     socket_buffer: int = 4 << 20
     """SO_RCVBUF and SO_SNDBUF asked for (the kernel caps them at net.core.rmem_max and
     wmem_max): a tunnel's burst waits here while the loop serves another port."""
-    error_log_interval: float = udpbatch.ERROR_LOG_INTERVAL
+    error_log_interval: float = ERROR_LOG_INTERVAL
     """Seconds between two logged ``on_control`` exceptions (:class:`ErrorLog`)."""
 
     def __post_init__(self) -> None:
@@ -292,7 +293,7 @@ class RelaySockets:
         self._ring = _Ring(config.batch, config.max_datagram) if self._lib is not None else None
         self._ports: dict[int, _Port] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._error_log = ErrorLog("relay sockets", config.error_log_interval)
+        self._error_log = ErrorLog("relay sockets", config.error_log_interval, log)
 
     @property
     def batched(self) -> bool:

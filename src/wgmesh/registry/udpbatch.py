@@ -29,10 +29,11 @@ import ctypes.util
 import logging
 import socket
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
+
+from wgmesh.errorlog import ERROR_LOG_INTERVAL, ErrorLog
 
 log = logging.getLogger("wgmesh.udp")
 
@@ -44,8 +45,6 @@ NAME_SIZE = 128
 """sizeof(struct sockaddr_storage)."""
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20
-ERROR_LOG_INTERVAL = 60.0
-"""Default seconds between two logged handler exceptions on one socket."""
 
 Handler = Callable[[bytes, bytes], bytes | None]
 """(datagram, raw sockaddr) -> reply or None."""
@@ -124,36 +123,6 @@ class BatchStats:
     """Datagrams dropped because the handler raised (a bug; see :class:`ErrorLog`)."""
 
 
-class ErrorLog:
-    """Logs an unexpected exception (a handler's, or the batch loop's own) with its traceback,
-    at most once per ``interval`` seconds: a flood of datagrams that each trip the same bug
-    cannot fill the log. The exceptions in between are only counted, and the next line logged
-    says how many there were."""
-
-    def __init__(self, what: str, interval: float = ERROR_LOG_INTERVAL) -> None:
-        self.what = what
-        """Names the socket in the log line."""
-        self.interval = interval
-        self.suppressed = 0
-        """Exceptions not logged since the last one that was."""
-        self._quiet_until = -float("inf")  # time.monotonic()
-
-    def __call__(self, exc: Exception, message: str) -> None:
-        now = time.monotonic()
-        if now < self._quiet_until:
-            self.suppressed += 1
-            return
-        self._quiet_until = now + self.interval
-        more, self.suppressed = self.suppressed, 0
-        log.error(
-            "%s: %s%s",
-            self.what,
-            message,
-            f" ({more} more since the last one logged)" if more else "",
-            exc_info=exc,
-        )
-
-
 class BatchedUdp:
     """Reads ``sock`` (non-blocking, bound) in batches and answers through ``handler``.
 
@@ -179,7 +148,7 @@ class BatchedUdp:
         """Called for each datagram dropped for its size (the caller's own counter)."""
         self.on_error = on_error
         """Called for each datagram dropped because the handler raised (the caller's counter)."""
-        self._error_log = ErrorLog(f"udp port {sock.getsockname()[1]}", error_log_interval)
+        self._error_log = ErrorLog(f"udp port {sock.getsockname()[1]}", error_log_interval, log)
         self._loop: asyncio.AbstractEventLoop | None = None
         n = BATCH
         # receive slots are one byte longer than `size`, so a datagram that fills a slot was
@@ -346,7 +315,7 @@ class _Plain(asyncio.DatagramProtocol):
         self.max_datagram = max_datagram
         self.on_truncated = on_truncated
         self.on_error = on_error
-        self.error_log = ErrorLog("udp", error_log_interval)
+        self.error_log = ErrorLog("udp", error_log_interval, log)
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
