@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from tests.test_e2e import connect, mesh_of
+from tests.test_e2e import FAST, connect, mesh_of
 from wgmesh.lab.mesh import Mesh, MeshPeer
-from wgmesh.lab.topology import RouterKind
+from wgmesh.lab.topology import Lab, RouterKind
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -67,3 +67,38 @@ def test_a_nat_that_loses_its_state_heals_within_3_s(side: str) -> None:
         assert outage <= 3.0, f"pings came back {outage:.1f} s after NAT-{side} lost its state"
         logs = mesh.logs()
         assert "re-punching" in logs, logs
+
+
+def test_two_hosts_behind_one_nat_on_one_port_heal_and_are_named() -> None:
+    """lab-a and lab-c behind one home NAT, both on WireGuard port 51820, lab-b behind another:
+    after the home NAT loses its state, every pair carries pings again within 20 s (direct or
+    through the relay), and lab-b's ``wgmesh peers`` names the clash."""
+    with Lab() as lab:
+        reg = lab.add_public_host("reg")
+        home = lab.add_nat("home", RouterKind.PORT_RESTRICTED)
+        mesh = Mesh(lab, reg)
+        a = mesh.add_peer("lab-a", lab.add_peer("a", home))
+        c = mesh.add_peer("lab-c", lab.add_peer("c", home))
+        b = mesh.add_peer(
+            "lab-b", lab.add_peer("b", lab.add_nat("away", RouterKind.PORT_RESTRICTED))
+        )
+        pairs = ((a, b), (a, c), (b, c))
+        for x, y in pairs:
+            mesh.link(x, y)
+        mesh.start_registrar("--relay-ports", "40000-40099")
+        try:
+            for p in (a, b, c):
+                mesh.start_daemon(p, *FAST)
+            for x, y in pairs:
+                assert mesh.wait_ping(x, y, 40.0), f"{x.name} cannot reach {y.name}"
+            home.flush_conntrack()
+            deadline = time.monotonic() + 20.0
+            for x, y in pairs:
+                left = max(0.5, deadline - time.monotonic())
+                assert mesh.wait_ping(x, y, left), f"{x.name} -> {y.name} not back in 20 s"
+                assert mesh.wait_ping(y, x, max(0.5, deadline - time.monotonic()))
+            rows = [mesh.peer_row(b, a), mesh.peer_row(b, c)]
+            assert any("share NAT" in r["reason"] for r in rows), rows
+        except BaseException:
+            print(mesh.logs())
+            raise

@@ -72,8 +72,8 @@ def view_of(
     relay = peer.relay if peer is not None else None
     if fresh and relay is not None and dev.endpoint == relay:
         path, reason = "relay", why_not_direct(dev, record, planner, peer)
-    elif fresh:
-        path, reason = "direct", ""
+    elif fresh:  # a clash is worth a warning even while the path works
+        path, reason = "direct", planner.clash_reason(dev.public_key) if planner else ""
     else:
         path = "none"
         reason = why_not_direct(dev, record, planner, peer)
@@ -107,6 +107,9 @@ def why_not_direct(
         if dev.endpoint is None:
             return "peer is not registered (no DNS-SD record) and has no static endpoint"
         return "no handshake on the static endpoint; peer is not registered"
+    clash = planner.clash_reason(dev.public_key) if planner else ""
+    if clash:
+        return clash
     ours = planner.our_nat if planner else NatKind.UNKNOWN
     theirs = record.nat
     if theirs == NatKind.SYMMETRIC and ours == NatKind.SYMMETRIC:

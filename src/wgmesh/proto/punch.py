@@ -53,6 +53,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from wgmesh.errors import LocalProtocolError
+from wgmesh.proto.clash import ClashIndex, Seen, explain, seen_of
 from wgmesh.proto.device import DEFAULT_KEEPALIVE, DeviceState, PeerState, PeerUpdate
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import CandidateKind, NatKind, relay_predicted
@@ -187,6 +188,8 @@ class Planner:
         self._members: dict[bytes, tuple[str, ...]] = {}  # mesh mode: vouched for, sealed
         self._kick_others = False
         self._stalls = StallWatch(config)
+        self._listen_port = 0
+        self._clashes: ClashIndex | None = None  # rebuilt after the records or ours change
 
     @property
     def own_key(self) -> bytes:
@@ -219,6 +222,7 @@ class Planner:
         peer = self._peers.setdefault(record.key, PeerPath())
         old = peer.record
         peer.record = record
+        self._clashes = None
         if old is None or _endpoints(old) != _endpoints(record):
             peer.rounds = Rounds()
         if old is not None and old.nat != record.nat:
@@ -234,6 +238,7 @@ class Planner:
         peer = self._peers.get(key)
         if peer is not None:
             peer.record = None
+            self._clashes = None
 
     def record(self, key: bytes) -> PeerRecord | None:
         """The record currently held for a peer."""
@@ -270,6 +275,7 @@ class Planner:
             for family, ep in mappings.items()
         )
         self._mappings = mappings
+        self._clashes = None
         before, self._nat = self._nat, nat
         if nat != before:
             for peer in self._peers.values():
@@ -304,6 +310,8 @@ class Planner:
     def plan(self, device: DeviceState, now: float) -> Plan:
         """Decide what to change on the interface now. Idempotent: call it after any input."""
         cfg = self.config
+        if device.listen_port != self._listen_port:
+            self._listen_port, self._clashes = device.listen_port, None
         on_device = {p.public_key: p for p in device.peers}
         updates: list[PeerUpdate] = []
         prime: list[Endpoint] = []
@@ -353,9 +361,23 @@ class Planner:
         on_relay = peer.relay is not None and dev.endpoint == peer.relay
         if peer.state is PathState.DIRECT and not on_relay and _fresh(dev, now, self.config):
             return False  # a proven direct path
-        if relay_predicted(self._nat, peer.record.nat):
-            return True
+        if relay_predicted(self._nat, peer.record.nat) or self.clash_reason(peer.record.key):
+            return True  # a clash: allocate now, use it once direct fails (it may be ours)
         return peer.state is PathState.WAITING or peer.rounds.count > 0
+
+    def clash_reason(self, key: bytes) -> str:
+        """Why ``key`` may be unreachable directly: it shares a NAT and a WireGuard port with
+        another host of the mesh (wgmesh.proto.clash); "" when it does not."""
+        if self._clashes is None:
+            hosts = {
+                k: seen_of(p.record.name, ((h.endpoint, h.kind) for h in p.record.hints))
+                for k, p in self._peers.items()
+                if p.record is not None
+            }
+            if self._own_key and self._listen_port:
+                hosts[self._own_key] = Seen("", self.our_mappings, frozenset({self._listen_port}))
+            self._clashes = ClashIndex(hosts)
+        return explain(key, self._clashes, self._own_key)
 
     def _observe(
         self, key: bytes, peer: PeerPath, dev: PeerState, now: float
