@@ -387,7 +387,7 @@ class Daemon:
         elif isinstance(event, PunchAsked):
             shown = ", ".join(short_key(k) for k in event.keys)
             log.info("peer %s: its path to us stalled, re-punching toward it", shown)
-            self.planner.kick(event.keys)
+            self.planner.kick(event.keys, "the peer's path to us stalled: re-punching")
             self._plan_wake.set()
         elif isinstance(event, RelayChanged):
             if event.relay is not None:
@@ -409,9 +409,10 @@ class Daemon:
                 self._tasks.append(asyncio.create_task(self._start_lan()))
             if not event.reachable:
                 log.warning(
-                    "registrar %s does not answer: it is down or unreachable, or it does not "
-                    "admit this key (it answers nothing it cannot authenticate: check its "
-                    "authorized-keys and --registrar-key); endpoints stay as they are, retrying",
+                    "registrar %s does not answer; tunnels are unaffected (endpoints stay as "
+                    "they are), retrying with backoff. If it is up and reachable, check that it "
+                    "admits this key and that --registrar-key is its key: it answers nothing it "
+                    "cannot authenticate",
                     self.s.registrar,
                 )
             elif not event.first:
@@ -539,7 +540,9 @@ class Daemon:
                 what.append(f"endpoint {u.endpoint}")
             if u.handshake_now:
                 what.append("handshake now")
-            log.info("peer %s: %s", short_key(u.public_key), ", ".join(what))
+            why = plan.why.get(u.public_key)
+            log.info("peer %s: %s%s", short_key(u.public_key), ", ".join(what),
+                     f" ({why})" if why else "")  # fmt: skip
         try:
             await asyncio.to_thread(self.wg.apply, list(plan.updates))
         except WireGuardError as exc:

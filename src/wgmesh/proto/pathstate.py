@@ -255,6 +255,8 @@ class PeerPath:
     upgrading: bool = False
     """The candidate in flight is a try of direct from RELAYED: its failure goes back to the
     relay at once, without a backoff."""
+    kick_why: str = ""
+    """What asked for the kick (for the log)."""
     kick: bool = False
     """Our mapping changed: shake hands again on the next plan that finds the path FRESH
     (rule 5). Any other plan outside PRIMED drops it; PRIMED keeps it for after the punch."""

@@ -50,7 +50,7 @@ of rule 7 is :mod:`wgmesh.proto.stall`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wgmesh.errors import LocalProtocolError
 from wgmesh.proto.clash import ClashIndex, Seen, explain, seen_of
@@ -170,6 +170,8 @@ class Plan:
     machines do", on masquerade without a firewall)."""
     relay: frozenset[bytes] = frozenset()
     """The peers to keep a relay allocation for (rule 8)."""
+    why: Mapping[bytes, str] = field(default_factory=dict)
+    """Per peer with an update: why, for the log."""
 
 
 class Planner:
@@ -188,6 +190,7 @@ class Planner:
         self._members: dict[bytes, tuple[str, ...]] = {}  # mesh mode: vouched for, sealed
         self._kick_others = False
         self._stalls = StallWatch(config)
+        self._why: dict[bytes, str] = {}
         self._listen_port = 0
         self._clashes: ClashIndex | None = None  # rebuilt after the records or ours change
 
@@ -282,7 +285,7 @@ class Planner:
                 self._prediction_moved(peer, before, None)
         if changed:
             for peer in self._peers.values():
-                peer.kick = True
+                peer.kick, peer.kick_why = True, "our public mapping changed: shaking hands again"
             self._kick_others = True
         return changed
 
@@ -315,6 +318,7 @@ class Planner:
         on_device = {p.public_key: p for p in device.peers}
         updates: list[PeerUpdate] = []
         prime: list[Endpoint] = []
+        self._why = {}
         if self._kick_others:  # rule 5 for peers without a record (static endpoints): a
             self._kick_others = False  # public one roams to our new port when it hears us
             for other in device.peers:
@@ -326,6 +330,7 @@ class Planner:
                         PeerUpdate(other.public_key, handshake_now=True,
                                    persistent_keepalive=keepalive)
                     )  # fmt: skip
+                    self._because(other.public_key, "our public mapping changed")
         for key, peer in self._peers.items():
             dev = on_device.get(key)
             vouched = self._members.get(key) if cfg.mesh else None
@@ -336,21 +341,27 @@ class Planner:
                     updates.append(
                         PeerUpdate(key, allowed_ips=vouched, persistent_keepalive=cfg.keepalive)
                     )
+                    self._because(key, "a mesh member the registrar vouches for")
                 else:
                     continue
             elif cfg.mesh and peer.added_by_us:
                 if peer.record is None or not vouched:  # withdrawn, or no longer a member
                     updates.append(PeerUpdate(key, remove=True))
+                    self._because(key, "withdrawn, or no longer a mesh member")
                     continue
                 if sorted(dev.allowed_ips) != sorted(vouched):  # the admission file changed
                     updates.append(PeerUpdate(key, allowed_ips=vouched))
+                    self._because(key, "the admission file changed its allowed IPs")
             event, target, rounds = self._observe(key, peer, dev, now)
             self._take(key, peer, dev, now, event, target, rounds, updates, prime)
         relay = frozenset(
             key for key, peer in self._peers.items()
             if key in on_device and self._wants_relay(peer, on_device[key], now)
         )  # fmt: skip
-        return Plan(tuple(updates), tuple(prime), relay)
+        return Plan(tuple(updates), tuple(prime), relay, self._why)
+
+    def _because(self, key: bytes, why: str) -> None:
+        self._why[key] = f"{self._why[key]}; {why}" if key in self._why else why
 
     def _wants_relay(self, peer: PeerPath, dev: PeerState, now: float) -> bool:
         """Rule 8: keep a relay allocation for this peer."""
@@ -469,6 +480,10 @@ class Planner:
                 pass
             case PathEvent.RELAY:
                 assert target is not None
+                predicted = peer.record is not None and relay_predicted(self._nat, peer.record.nat)
+                self._because(key, "to the relay: " + (
+                    "the NAT classes leave no direct path" if predicted
+                    else "every direct candidate failed"))  # fmt: skip
                 peer.attempt = Trial(target, now)
                 if peer.upgrading or peer.upgrade_at <= now:
                     peer.upgrade_at = _next_slot(now, self.config.relay_retry)
@@ -486,6 +501,7 @@ class Planner:
                     updates.append(
                         PeerUpdate(key, handshake_now=True, persistent_keepalive=keepalive)
                     )
+                    self._because(key, peer.kick_why or "re-punch")
             case PathEvent.ANSWERED | PathEvent.HANDSHAKE:  # keep the path the handshake used
                 peer.upgrading = False
                 source = self._source_of(peer, dev.endpoint)
@@ -501,10 +517,12 @@ class Planner:
                     updates.append(
                         PeerUpdate(key, handshake_now=True, persistent_keepalive=keepalive)
                     )
+                    self._because(key, peer.kick_why or "re-punch")
             case PathEvent.FIRE | PathEvent.SET:
                 assert target is not None
                 if peer.state is PathState.RELAYED:
                     peer.upgrading = True
+                self._because(key, self._trial_why(peer, target))
                 if event is PathEvent.SET and target != dev.endpoint:
                     prime.append(target)  # open our NAT toward it first
                 peer.attempt = Trial(target, now)
@@ -523,6 +541,18 @@ class Planner:
             case PathEvent.BACKOFF | PathEvent.NO_CANDIDATE:
                 peer.attempt = None
         peer.state = state
+
+    def _trial_why(self, peer: PeerPath, target: Endpoint) -> str:
+        kind = next((h.kind for h in (peer.record.hints if peer.record else ())
+                     if h.endpoint == target), "static")  # fmt: skip
+        order = self._order(peer.record) if peer.record else []
+        n = order.index(target) + 1 if target in order else 0
+        why = f"trying the {kind} candidate ({n} of {len(order)})"
+        if peer.upgrading:
+            why += ", direct again from the relay"
+        elif peer.proven is not None and peer.proven != target:
+            why += f" (the record no longer lists {peer.proven}, or it went stale)"
+        return why
 
     def punch_delay(self, key: bytes, session: bool = False) -> float:
         """Seconds from priming to initiating toward peer ``key`` (rule 6). With a live
@@ -608,14 +638,14 @@ class Planner:
         self.kick(stalled)
         return stalled
 
-    def kick(self, keys: Iterable[bytes]) -> None:
+    def kick(self, keys: Iterable[bytes], why: str = "the path stalled: re-punching") -> None:
         """Shake hands with these peers again at the next plan (a stalled path, or the peer
         asked: its NAT or ours may have lost the flow's state; a packet from our side
         re-opens ours)."""
         for key in keys:
             peer = self._peers.get(key)
             if peer is not None:
-                peer.kick = True
+                peer.kick, peer.kick_why = True, why
 
     # -- reporting ----------------------------------------------------------------------------
 
