@@ -60,6 +60,19 @@ def test_fast_answer_is_the_general_answer_byte_for_byte(
     expected = stun.binding_success(stun.decode(data), Endpoint.of(host, port), software=text)
     assert responder.answer(data, host, port) == expected
     assert responder.answer(data, host, port) == expected  # again, from the source table
+    packed = ipaddress.IPv4Address(host).packed
+    assert responder.answer_v4(data, packed, port) == expected  # the raw-sockaddr path
+    assert responder.answer_v4(data, packed, port) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40), st.binary(min_size=4, max_size=4), ports)
+def test_the_raw_path_answers_exactly_what_the_string_path_answers(
+    data: bytes, packed: bytes, port: int
+) -> None:
+    host = str(ipaddress.IPv4Address(packed))
+    r = stun.PlainBindingResponder()
+    assert r.answer_v4(data, packed, port) == r.answer(data, host, port)
 
 
 @settings(max_examples=300, deadline=None)
@@ -172,4 +185,5 @@ def test_source_table_is_capped() -> None:
             stun.decode(request(tid)), Endpoint.of(host, 7), software=stun.SOFTWARE
         )
         assert r.answer(request(tid), host, 7) == expected
-        assert len(r._sources) <= 3
+        assert r.answer_v4(request(tid), ipaddress.IPv4Address(host).packed, 7) == expected
+        assert len(r._sources) <= 3 and len(r._packed) <= 3

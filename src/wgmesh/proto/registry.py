@@ -386,6 +386,15 @@ class Registry:
             c["binding"] += 1
         return reply
 
+    def answer_plain_binding_v4(self, data: bytes, packed: bytes, port: int) -> bytes | None:
+        """:meth:`answer_plain_binding` for an IPv4 source given as its 4 packed bytes."""
+        reply = self._plain.answer_v4(data, packed, port)
+        if reply is not None:
+            c = self.counters
+            c["datagrams"] += 1
+            c["binding"] += 1
+        return reply
+
     def receive(self, data: bytes, source: Endpoint, local_port: int, now: float) -> list[Outgoing]:
         """Handle one datagram; returns the datagrams to send. Never raises on bad input."""
         c = self.counters

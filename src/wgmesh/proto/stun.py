@@ -419,7 +419,8 @@ class PlainBindingResponder:
     repeat source costs no address parsing.
     """
 
-    __slots__ = ("_head", "_pack", "_pack_fingerprint", "_software", "_sources", "max_sources")
+    __slots__ = ("_head", "_pack", "_pack_fingerprint", "_packed", "_software", "_sources",
+                 "max_sources")  # fmt: skip
 
     def __init__(self, software: str = SOFTWARE, max_sources: int = 4096) -> None:
         text = pack_software(software)
@@ -436,6 +437,7 @@ class PlainBindingResponder:
             _TYPE_LEN.pack(ATTR_XOR_MAPPED_ADDRESS, 8) + b"\x00\x01",
         )
         self._sources: dict[str, bytes] = {}
+        self._packed: dict[bytes, bytes] = {}
         self.max_sources = max_sources
 
     def answer(self, data: bytes, host: str, port: int) -> bytes | None:
@@ -456,6 +458,28 @@ class PlainBindingResponder:
             tail = self._learn(host)
             if tail is None:
                 return None
+        success, xor_tlv = self._head
+        msg = self._pack(success, data[4:20], xor_tlv, port ^ _XOR_PORT, tail)
+        return self._pack_fingerprint(msg, _FINGERPRINT_TLV, zlib.crc32(msg) ^ FINGERPRINT_XOR)
+
+    def answer_v4(self, data: bytes, packed: bytes, port: int) -> bytes | None:
+        """:meth:`answer` for a source given as its 4 packed address bytes (as a sockaddr_in
+        holds them: the batched socket path decodes no address for a plain request)."""
+        size = len(data)
+        if size == HEADER_LEN:
+            if data[:8] != _PLAIN_REQUEST:
+                return None
+        elif size != HEADER_LEN + 8 or (
+            data[:8] != _PLAIN_REQUEST_FP
+            or data[20:24] != _FINGERPRINT_TLV
+            or _U32.unpack_from(data, 24)[0] != zlib.crc32(data[:20]) ^ FINGERPRINT_XOR
+        ):
+            return None
+        tail = self._packed.get(packed)
+        if tail is None:
+            if len(self._packed) >= self.max_sources:
+                self._packed.clear()
+            tail = self._packed[packed] = _xor(packed, COOKIE_BYTES) + self._software
         success, xor_tlv = self._head
         msg = self._pack(success, data[4:20], xor_tlv, port ^ _XOR_PORT, tail)
         return self._pack_fingerprint(msg, _FINGERPRINT_TLV, zlib.crc32(msg) ^ FINGERPRINT_XOR)

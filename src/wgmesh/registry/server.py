@@ -222,6 +222,7 @@ class Registrar:
                 max_datagram=settings.registry.max_datagram,
                 on_truncated=stun.count_oversize,
                 on_error=stun.count_error,
+                fast_v4=self.registry.answer_plain_binding_v4,
             )
             stun.endpoint = endpoint
             stun.local_port = int(cast(tuple[str, int], endpoint.get_extra_info("sockname"))[1])

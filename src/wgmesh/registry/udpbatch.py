@@ -49,6 +49,10 @@ MSG_TRUNC = 0x20
 Handler = Callable[[bytes, bytes], bytes | None]
 """(datagram, raw sockaddr) -> reply or None."""
 AddressHandler = Callable[[bytes, "tuple[str, int] | None"], bytes | None]
+V4Handler = Callable[[bytes, bytes, int], bytes | None]
+"""(datagram, the 4 packed IPv4 address bytes, port) -> the reply, or None to hand the datagram
+to the ordinary handler: a fast path that needs no decoded address."""
+_AF_INET = socket.AF_INET.to_bytes(2, sys.byteorder)
 """(datagram, (host, port) or None when not asked for) -> reply or None."""
 
 
@@ -371,13 +375,15 @@ async def open_udp(
     on_error: Callable[[], None] = lambda: None,
     error_log_interval: float = ERROR_LOG_INTERVAL,
     with_address: bool = True,
+    fast_v4: V4Handler | None = None,
 ) -> UdpEndpoint:
     """Bind host:port and answer every datagram of at most ``max_datagram`` bytes through
     ``handler`` (longer ones are dropped unread and reported to ``on_truncated``): batched
     where :func:`available`, an asyncio datagram endpoint elsewhere. A datagram whose handler
     raises is dropped and reported to ``on_error``, its exception logged (at most once per
     ``error_log_interval`` seconds). ``with_address=False`` spares a handler that ignores the
-    sender the cost of decoding the address (it gets None)."""
+    sender the cost of decoding the address (it gets None). ``fast_v4``, on the batched path,
+    is asked first for datagrams from IPv4 sources, with the raw address bytes."""
     loop = asyncio.get_running_loop()
     if not available():
         transport, _ = await loop.create_datagram_endpoint(
@@ -386,7 +392,18 @@ async def open_udp(
         )
         return transport
     sock = await bind_udp(host, port)
-    if with_address:
+    if with_address and fast_v4 is not None:
+        fast = fast_v4
+
+        def raw(data: bytes, name: bytes) -> bytes | None:
+            if name[:2] == _AF_INET:
+                reply = fast(data, name[4:8], (name[2] << 8) | name[3])
+                if reply is not None:
+                    return reply
+            addr = sockaddr_tuple(name)
+            return None if addr is None else handler(data, addr)
+
+    elif with_address:
 
         def raw(data: bytes, name: bytes) -> bytes | None:
             addr = sockaddr_tuple(name)
