@@ -349,7 +349,7 @@ def relayed_punch(w: Callable[..., Walk]) -> Walk:
     x.plan(1000.0)
     x.plan(1000.5, dev(RLY, hs=1000.0))  # RELAYED
     x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.CONE)  # NAT changed
-    assert x.p._peers[A].upgrade_at == 0.0  # predicted no more: try direct now
+    assert x.p._peers[A].upgrade_now  # predicted no more: try direct now
     plan = x.plan(1001.0, dev(RLY, hs=1000.0))
     assert plan.prime == (PUB,) and plan.updates == ()
     return x
@@ -377,6 +377,17 @@ def relayed_no_candidate(w: Callable[..., Walk]) -> Walk:
     x.p.withdraw(A)
     assert x.plan(1100.0, dev(RLY)).relay == frozenset()
     return x
+
+
+def test_a_nat_change_during_a_try_still_tries_again_after_it() -> None:
+    """The prediction lifts while a try from the relay (at its slot) is under way and fails:
+    back on the relay, direct is tried again at once, not at the next slot."""
+    x = relayed_set(lambda *h, **c: Walk([], *h, **c))  # trying PUB from the relay at 1200
+    x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.SYMMETRIC)
+    x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.CONE)  # unchanged map
+    assert x.plan(1203.0, dev(PUB)).updates[0].endpoint == RLY  # the try failed
+    x.plan(1203.5, dev(RLY, hs=1203.0))  # RELAYED again
+    assert x.plan(1204.0, dev(RLY, hs=1203.0)).updates[0].endpoint == PUB  # at once
 
 
 def test_a_failed_try_of_direct_goes_back_to_the_relay_at_once() -> None:

@@ -252,6 +252,9 @@ class PeerPath:
     """The relay's address for this peer once its allocation is READY (None: none)."""
     upgrade_at: float = 0.0
     """RELAYED: when direct is tried again (rule 8)."""
+    upgrade_now: bool = False
+    """A NAT class changed so that direct may work now: try it at the next settled plan on
+    the relay, whatever ``upgrade_at`` says (kept through a try already under way)."""
     upgrading: bool = False
     """The candidate in flight is a try of direct from RELAYED: its failure goes back to the
     relay at once, without a backoff."""

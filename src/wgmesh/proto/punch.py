@@ -294,11 +294,13 @@ class Planner:
     ) -> None:
         """A NAT class changed: a relayed peer for which direct was predicted impossible and
         no longer is tries direct at its next plan (rule 8)."""
-        if peer.state is not PathState.RELAYED or peer.record is None:
+        if peer.relay is None or peer.record is None:
+            return
+        if peer.state is not PathState.RELAYED and not peer.upgrading:
             return
         before = relay_predicted(ours_before, theirs_before or peer.record.nat)
         if before and not relay_predicted(self._nat, peer.record.nat):
-            peer.upgrade_at = 0.0
+            peer.upgrade_now = True
 
     def observe_rtt(self, sample: float) -> None:
         """One registration round trip: smoothed as TCP's SRTT (RFC 6298: 1/8 of each new
@@ -425,7 +427,9 @@ class Planner:
                     return PathEvent.WAIT, None, peer.rounds
             case _ if _fresh(dev, now, cfg) and dev.endpoint is not None:  # settled
                 if peer.relay is not None and dev.endpoint == peer.relay:
-                    upgrade = peer.state is PathState.RELAYED and now >= peer.upgrade_at
+                    upgrade = peer.state is PathState.RELAYED and (
+                        peer.upgrade_now or now >= peer.upgrade_at
+                    )
                     if not upgrade or peer.record is None or not peer.record.hints:
                         return PathEvent.RELAY_FRESH, dev.endpoint, peer.rounds
                     restart = True  # time to try direct again (rule 8): a fresh round
@@ -521,7 +525,7 @@ class Planner:
             case PathEvent.FIRE | PathEvent.SET:
                 assert target is not None
                 if peer.state is PathState.RELAYED:
-                    peer.upgrading = True
+                    peer.upgrading, peer.upgrade_now = True, False
                 self._because(key, self._trial_why(peer, target))
                 if event is PathEvent.SET and target != dev.endpoint:
                     prime.append(target)  # open our NAT toward it first
@@ -533,7 +537,7 @@ class Planner:
             case PathEvent.PUNCH:
                 assert target is not None
                 if peer.state is PathState.RELAYED:
-                    peer.upgrading = True
+                    peer.upgrading, peer.upgrade_now = True, False
                 if target != dev.endpoint:
                     prime.append(target)
                 delay = self.punch_delay(key, session=_fresh(dev, now, self.config))
@@ -663,9 +667,10 @@ def _fresh(dev: PeerState, now: float, cfg: PunchConfig) -> bool:
 
 
 def _next_slot(now: float, interval: float) -> float:
-    """The next multiple of ``interval`` on the wall clock: both peers of a pair pick the same
-    one (rule 8)."""
-    return (now // interval + 1) * interval
+    """The first multiple of ``interval`` on the wall clock at least half an interval away:
+    both peers of a pair, reaching the relay within moments of each other, pick the same one
+    (rule 8), and neither tries direct again the moment it arrived."""
+    return ((now + interval / 2) // interval + 1) * interval
 
 
 def _endpoints(record: PeerRecord) -> list[Endpoint]:
