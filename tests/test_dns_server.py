@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import dns.asyncquery
+import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
@@ -221,7 +222,8 @@ async def ask_udp(server: DnsServer, source: str, q: dns.message.Message) -> dns
 
 async def test_one_flooding_source_is_limited_and_others_are_answered() -> None:
     """Default limits: one /24 gets its burst and then 200 answers/s (every second answer over
-    the limit slipped as TC); another /24 is answered as if nothing happened."""
+    the limit slipped as TC; once over the limit, an answer over 2x its query is sent as TC
+    too); another /24 is answered as if nothing happened."""
     s = await start_dns(zone(), "127.0.0.1", 0)
     try:
         start = asyncio.get_running_loop().time()
@@ -234,7 +236,8 @@ async def test_one_flooding_source_is_limited_and_others_are_answered() -> None:
         assert 400 <= rrl.answered <= 400 + 200 * elapsed + 1 and rrl.dropped > 500
         assert rrl.slipped == (rrl.dropped + rrl.slipped) // 2  # slip 2: exactly every second
         # what came back (the client's socket buffer may overflow: the server's counts rule)
-        assert 0 < got.answers <= rrl.answered and got.truncated <= rrl.slipped
+        assert 0 < got.answers <= rrl.answered - rrl.engaged_truncated
+        assert got.truncated <= rrl.slipped + rrl.engaged_truncated
         r = await ask_udp(s, "127.0.1.1", dns.message.make_query(name(K1), "SRV"))
         assert r.answer and not r.flags & dns.flags.TC  # another /24: its own bucket
     finally:
@@ -264,6 +267,39 @@ async def test_a_limited_source_is_served_over_tcp() -> None:
         assert len(dug.records()) == 2 and "Truncated, retrying in TCP mode" in dug.text
         r = await ask_udp(s, "127.0.1.1", q)  # another /24
         assert r.answer and not r.flags & dns.flags.TC
+    finally:
+        s.close()
+        await s.wait_closed()
+
+
+def cookie_query(client: bytes, server: bytes = b"") -> dns.message.Message:
+    options: list[dns.edns.Option] = [dns.edns.CookieOption(client, server)]
+    return dns.message.make_query(name(K1), "SRV", use_edns=0, payload=1232, options=options)
+
+
+async def test_a_flood_from_the_resolvers_own_24_neither_amplifies_nor_locks_it_out() -> None:
+    """A flood forged from 127.0.0.1 (the resolver is 127.0.0.2, the same /24): once the limit
+    engages, unproven answers are at most 2x their query (the SRV answer is 4.8x: TC), and the
+    resolver, echoing its server cookie, is answered in full every time."""
+    limits = DnsLimits(rrl=RrlConfig(rate=2, burst=5, slip=2))
+    s = await start_dns(zone(), "127.0.0.1", 0, limits)
+    try:
+        first = await ask_udp(s, "127.0.0.2", cookie_query(b"c" * 8))
+        [cookie] = [o for o in first.options if isinstance(o, dns.edns.CookieOption)]
+        rrl = s.stats.rrl
+        assert first.answer and cookie.server and rrl.answered == 1  # no cookie yet: charged
+        got = await flood(s, "127.0.0.1", 400, 1.0)  # >= 0.8 s: at least one token back
+        assert got.answers == 4 and got.truncated > 150  # the rest of the burst, then TC
+        assert rrl.engaged_truncated >= 1 and rrl.answered == 5 + rrl.engaged_truncated
+        decided = rrl.answered + rrl.dropped + rrl.slipped
+        for _ in range(20):
+            r = await ask_udp(s, "127.0.0.2", cookie_query(b"c" * 8, cookie.server))
+            assert len(r.answer[0]) == 2 and r.additional and not r.flags & dns.flags.TC
+        assert rrl.proven == 20 and rrl.answered + rrl.dropped + rrl.slipped == decided
+        with contextlib.suppress(dns.exception.Timeout):  # another client's cookie: limited
+            r = await ask_udp(s, "127.0.0.2", cookie_query(b"d" * 8, cookie.server))
+            assert r.flags & dns.flags.TC and not r.answer
+        assert rrl.cookie_bad == 1 and rrl.proven == 20
     finally:
         s.close()
         await s.wait_closed()

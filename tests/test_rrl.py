@@ -69,11 +69,34 @@ def test_refill_at_the_rate_and_never_past_the_burst() -> None:
     k = key("192.0.2.1")
     run(lim, k, 400, T0)
     assert run(lim, k, 1, T0 + 0.001) == [Decision.DROP]  # 0.2 of a token
-    assert run(lim, k, 300, T0 + 1.0).count(Decision.ANSWER) == 200  # one second: 200 more
+    # one second: 200 more (engaged: the bucket ran dry and is not full again)
+    assert run(lim, k, 300, T0 + 1.0).count(Decision.ENGAGED) == 200
     assert run(lim, k, 10, T0 + 1.0) == [Decision.DROP] * 10  # dropped answers cost nothing
     assert run(lim, k, 1000, T0 + 100.0).count(Decision.ANSWER) == 400  # full, not more
     for i in range(1, 201):  # a steady 200/s is always answered
         assert lim.decide(k, T0 + 200.0 + i / 200) is Decision.ANSWER
+
+
+def test_the_limit_engages_when_the_bucket_runs_dry_until_it_is_full_again() -> None:
+    lim = ResponseLimiter(RrlConfig(rate=10, burst=20, slip=2))
+    k = key("192.0.2.1")
+    assert run(lim, k, 20, T0) == [Decision.ANSWER] * 20  # the whole burst: not engaged
+    assert run(lim, k, 1, T0 + 1.0) == [Decision.ANSWER]  # a token back: still not engaged
+    assert run(lim, k, 10, T0 + 1.0) == [Decision.ANSWER] * 9 + [Decision.DROP]  # ran dry
+    assert run(lim, k, 2, T0 + 1.0) == [Decision.SLIP, Decision.DROP]
+    assert run(lim, k, 1, T0 + 1.1) == [Decision.ENGAGED]  # within the rate, engaged
+    assert run(lim, k, 1, T0 + 1.1) == [Decision.SLIP]
+    # engaged as long as the bucket is not full: 1.1 s + 20 tokens at 10/s = 3.1 s
+    assert run(lim, k, 1, T0 + 3.09) == [Decision.ENGAGED]
+    assert run(lim, k, 1, T0 + 3.15) == [Decision.ENGAGED]  # that answer took a token again
+    assert run(lim, k, 1, T0 + 5.3) == [Decision.ANSWER]  # full again: the limit is off
+    assert run(lim, k, 19, T0 + 5.3) == [Decision.ANSWER] * 19
+    assert run(lim, k, 2, T0 + 5.3) == [Decision.DROP, Decision.SLIP]  # slips restart from 0
+    assert lim.stats.answered == 20 + 1 + 9 + 1 + 2 + 20 and lim.stats.slipped == 3
+    # a clock that went back ends it too
+    assert run(lim, k, 1, T0 - 3600) == [Decision.ANSWER]
+    # other prefixes are not engaged by it
+    assert run(lim, key("192.0.3.1"), 1, T0 + 5.3) == [Decision.ANSWER]
 
 
 @pytest.mark.parametrize("slip", [0, 1, 2, 3, 10])
@@ -305,6 +328,141 @@ def test_a_malformed_cookie_gets_formerr(length: int) -> None:
         find_cookie(b"\x00\x0a\x00\x08xx")  # overruns the RDATA
 
 
+FORGED = ipaddress.ip_address("192.0.2.77").packed  # ME's /24: a flood forged from it
+
+
+def engage(g: UdpGuard, now: float, extra: int = 0) -> None:
+    """Run the bucket of ME's /24 dry at ``now`` with plain queries from FORGED (the limit
+    engages at the first one over the rate), then ``extra`` more."""
+    q = dns.message.make_query(name(K1), "SRV").to_wire()
+    over = g.stats.dropped + g.stats.slipped
+    while g.stats.dropped + g.stats.slipped == over:
+        g.udp(q, FORGED, now)
+    for _ in range(extra):
+        g.udp(q, FORGED, now)
+
+
+def is_minimal_tc(out: bytes, q: bytes) -> bool:
+    """A TC answer with the question only, or (for a query the zone could not read) its
+    header-only FORMERR; either no longer than the query."""
+    r = dns.message.from_wire(out)
+    header_only = len(out) == 12 and r.rcode() == dns.rcode.FORMERR
+    return (
+        (bool(r.flags & dns.flags.TC) or header_only) and len(out) <= len(q) and out[:2] == q[:2]
+        and not r.answer and not r.authority and not r.additional
+    )  # fmt: skip
+
+
+def test_once_the_limit_engages_unproven_answers_are_at_most_twice_the_query() -> None:
+    g = guard(rate=10, burst=5, slip=2)
+    browse = dns.message.make_query(SERVICE, "PTR").to_wire()  # no EDNS: 43 bytes for 394
+    out = g.udp(browse, ME, T0)  # within the rate: the floor (512) holds, the answer is whole
+    assert out is not None and len(out) > 8 * len(browse)
+    assert len(dns.message.from_wire(out).answer[0]) == 2
+    engage(g, T0)
+    out = g.udp(browse, ME, T0 + 0.1)  # a token back, but the limit is engaged: TC
+    assert out is not None and is_minimal_tc(out, browse) and g.stats.engaged_truncated == 1
+    small = dns.message.make_query("lan1." + name(K1), "A").to_wire()  # 105 bytes for 121
+    out = g.udp(small, ME, T0 + 0.2)
+    assert out is not None and dns.message.from_wire(out).answer and len(out) <= 2 * len(small)
+    for q in (  # with EDNS too, with a client cookie or none: no floor
+        query(name(K1), "SRV").to_wire(),
+        query(name(K1), "SRV", cookie=b"c" * 8).to_wire(),
+    ):
+        out = g.udp(q, ME, T0 + 0.4)
+        assert out is not None and is_minimal_tc(out, q)
+    assert g.stats.engaged_truncated == 3 and g.stats.cap_truncated == 0
+    tcp = g.tcp(browse, ME, T0 + 0.4)  # TCP is whole, as ever
+    assert tcp is not None and len(dns.message.from_wire(tcp).answer[0]) == 2
+    out = g.udp(browse, OTHER, T0 + 0.4)  # another /24 is not engaged
+    assert out is not None and dns.message.from_wire(out).answer
+    # full again (5 tokens at 10/s after the last answer at 0.4 s): the floor is back
+    assert g.udp(browse, ME, T0 + 0.89) is not None and g.stats.engaged_truncated == 4
+    out = g.udp(browse, ME, T0 + 1.5)
+    assert out is not None and len(dns.message.from_wire(out).answer[0]) == 2
+    assert g.stats.engaged_truncated == 4
+    # amplification 0 is no cap, engaged or not
+    g = guard(rate=10, burst=5, amplification=0)
+    engage(g, T0)
+    out = g.udp(browse, ME, T0 + 0.1)
+    assert out is not None and len(dns.message.from_wire(out).answer[0]) == 2
+
+
+ENGAGED_QUERIES = [
+    *QUERIES,
+    dns.message.make_query(SERVICE, "PTR").to_wire(),
+    dns.message.make_query(name(K1), "ANY").to_wire(),
+    query(name(K1), "SRV", cookie=b"c" * 8).to_wire(),
+    query(name(K1), "SRV", cookie=b"c" * 8 + bytes(16)).to_wire(),  # a bad server cookie
+    query(SERVICE, "PTR", payload=512).to_wire(),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(ENGAGED_QUERIES),
+    st.integers(0, 200),
+    st.integers(0, 255),
+    st.integers(0, 30),
+    st.lists(st.floats(0, 1.99), min_size=1, max_size=6),
+    st.booleans(),
+)
+def test_engaged_unproven_answers_are_twice_the_query_or_a_tc_no_longer(
+    q: bytes, pos: int, xor: int, extra: int, times: list[float], cookies: bool
+) -> None:
+    """Any query (mutated), in any engaged state (the bucket ran dry at T0, over the rate by
+    ``extra`` more, answers taken at ``times`` since: 20 tokens at 10/s, so not full again
+    before T0 + 2): at most 2x the query, and a TC answer in place of a longer one is minimal
+    and no longer than the query."""
+    g = guard(eight_addresses(), rate=10, burst=20, slip=2, cookies=cookies)
+    engage(g, T0, extra)
+    data = bytearray(q)
+    data[pos % len(data)] ^= xor
+    wire = bytes(data)
+    for t in sorted(times):
+        truncated_before = g.stats.engaged_truncated + g.stats.slipped
+        out = g.udp(wire, ME, T0 + t)
+        if out is None:
+            continue
+        assert len(out) <= 2 * len(wire)
+        if g.stats.engaged_truncated + g.stats.slipped > truncated_before:
+            assert is_minimal_tc(out, wire)
+    assert g.stats.proven == 0
+
+
+def test_a_valid_server_cookie_is_not_charged_to_the_prefix() -> None:
+    """A flood forged from the resolver's own /24 does not lock it out: echoing its server
+    cookie, it is answered in full over UDP however dry the prefix's bucket; an invalid cookie
+    proves nothing and is limited like no cookie."""
+    g = guard(eight_addresses(), rate=1, burst=2, slip=2)
+    first = g.udp(query(name(K1), "SRV", cookie=b"c" * 8).to_wire(), ME, T0)
+    assert first is not None and g.stats.answered == 1  # no server cookie yet: charged
+    cookie = server_cookie(first)
+    engage(g, T0, extra=50)
+    decided = g.stats.answered + g.stats.dropped + g.stats.slipped
+    proven = query(name(K1), "SRV", cookie=cookie).to_wire()
+    for i in range(100):
+        out = g.udp(proven, ME, T0 + i / 1000)
+        assert out is not None and 1000 < len(out) <= 1232  # whole, as its own buffer allows
+        r = dns.message.from_wire(out)
+        assert len(r.answer[0]) == 8 and not r.flags & dns.flags.TC
+    assert g.stats.proven == 100 and g.stats.cookie_good == 100
+    assert g.stats.answered + g.stats.dropped + g.stats.slipped == decided  # none charged
+    assert g.stats.engaged_truncated == 0
+    # the same cookie from another address of the /24, or altered: charged, and limited
+    forged = query(name(K1), "SRV", cookie=cookie[:-1] + bytes([cookie[-1] ^ 1])).to_wire()
+    for q, address in ((proven, FORGED), (forged, ME)):
+        outs = [g.udp(q, address, T0 + 0.2) for _ in range(4)]  # dropped or slipped
+        assert [o is None for o in outs].count(True) == 2
+        assert all(is_minimal_tc(o, q) for o in outs if o is not None)
+    assert g.stats.cookie_bad == 8 and g.stats.proven == 100
+    assert g.stats.answered + g.stats.dropped + g.stats.slipped == decided + 8
+    # a token back (1/s), the limit still engaged: a browse without EDNS (9x) gets a minimal TC
+    browse = dns.message.make_query(SERVICE, "PTR").to_wire()
+    out = g.udp(browse, ME, T0 + 1.0)
+    assert out is not None and is_minimal_tc(out, browse) and g.stats.engaged_truncated == 1
+
+
 def test_cookies_off_ignores_them() -> None:
     g = guard(eight_addresses(), cookies=False)
     out = g.udp(query(name(K1), "SRV", cookie=b"c" * 8).to_wire(), ME, T0)
@@ -333,6 +491,18 @@ def test_over_the_rate_drops_and_slips_a_minimal_tc_answer() -> None:
     assert guard(rate=0).limiter is None  # rate 0: no limit
     # the slip answer is built from the query: garbage gets nothing
     assert g.udp(b"\x80" + bytes(40), ME, T0) is None
+
+
+def test_a_slipped_formerr_is_the_formerr() -> None:
+    """An UPDATE the zone cannot read gets a header-only FORMERR; over the rate it is sent as
+    is, not as a TC echoing a zone section dnspython (and others) refuse to parse (found by
+    bench/fuzz.py)."""
+    update = bytes.fromhex("005f2800000100000600010000000000046d65736804746573740000060001")
+    g = guard(rate=1, burst=1, slip=1)
+    outs = [g.udp(update, ME, T0) for _ in range(3)]  # answered, slipped, slipped
+    assert outs[0] == outs[1] == outs[2] and outs[0] is not None and len(outs[0]) == 12
+    assert dns.message.from_wire(outs[0]).rcode() == dns.rcode.FORMERR
+    assert g.stats.slipped == 2
 
 
 def test_wire_helpers() -> None:

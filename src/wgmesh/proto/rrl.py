@@ -17,17 +17,28 @@ a forged source can make us send to its victim:
   every DNS client accepts, so ordinary answers pass). The cap is applied by lowering the
   query's EDNS UDP size before the zone answers (RFC 6891 section 6.2.5), so the zone drops
   additional data first and sets TC only when the answer itself does not fit (RFC 2181 section
-  9, RFC 7766 section 5), exactly as for a client with a small buffer.
+  9, RFC 7766 section 5), exactly as for a client with a small buffer. Once the rate limit has
+  **engaged** for a prefix (an answer was dropped or slipped) and until its bucket is full
+  again, there is no floor: an answer to that prefix toward an unproven source, with EDNS or
+  without, over ``amplification`` x its query is sent as the minimal TC answer instead. Until
+  full, not for a set time: a source that stays just within the rate draws ``rate`` answers/s
+  at the floor without ever engaging, and one that waits for a full bucket after each burst
+  draws no more on average, so a longer hold would lower no worst case, while a plain client
+  of the prefix (no EDNS, no TCP retry: wgsd-client) is whole again ``burst``/``rate`` s
+  (2 s) after a flood.
 - **Proof** (:class:`ServerCookies`): a query that echoes a valid server cookie (RFC 7873
   section 5.2.4) came from an address that received our earlier answer, so it gets answers up
-  to its own EDNS size. Every answer to a query with a client cookie carries a server cookie
-  (RFC 7873 section 5.2.2-5.2.4), over TCP too, so a client that fell back to TCP once can prove
-  itself over UDP afterwards. The cookie is RFC 9018's layout (version 1, 3 reserved bytes, a
-  4-byte timestamp, an 8-byte hash of the client cookie, those 8 bytes and the client address)
-  with keyed BLAKE2b instead of SipHash-2-4 (hashlib has no SipHash; the hash only has to agree
-  between servers sharing a secret, and ours is per process), valid for an hour, renewed when
-  older than half an hour (RFC 9018 section 4.3). A malformed COOKIE option gets FORMERR (RFC
-  7873 section 5.2.2); a bad server cookie is treated as a client cookie alone (section 5.2.3).
+  to its own EDNS size and, like a TCP query, is neither charged to nor limited by its
+  prefix's bucket: a flood forged from a resolver's own prefix cannot lock it out (an off-path
+  attacker cannot forge the cookie: it is bound to the client's address). Every answer to a
+  query with a client cookie carries a server cookie (RFC 7873 section 5.2.2-5.2.4), over TCP
+  too, so a client that fell back to TCP once can prove itself over UDP afterwards. The cookie
+  is RFC 9018's layout (version 1, 3 reserved bytes, a 4-byte timestamp, an 8-byte hash of the
+  client cookie, those 8 bytes and the client address) with keyed BLAKE2b instead of
+  SipHash-2-4 (hashlib has no SipHash; the hash only has to agree between servers sharing a
+  secret, and ours is per process), valid for an hour, renewed when older than half an hour
+  (RFC 9018 section 4.3). A malformed COOKIE option gets FORMERR (RFC 7873 section 5.2.2); a
+  bad server cookie is treated as a client cookie alone (section 5.2.3).
 
 Everything hostile input can grow is capped: the bucket table holds ``max_sources`` prefixes
 (least recently seen evicted first, starting full again when seen next); nothing else is kept
@@ -81,9 +92,13 @@ class Decision(IntEnum):
     """Over the rate: send nothing."""
     SLIP = 2
     """Over the rate, but the ``slip``-th: send a minimal truncated answer instead."""
+    ENGAGED = 3
+    """Within the rate, but the limit has engaged for the prefix (it went over the rate since its
+    bucket was last full): answer, toward an unproven source only within ``amplification`` x
+    the query (no floor)."""
 
 
-_ANSWER, _DROP, _SLIP = Decision.ANSWER, Decision.DROP, Decision.SLIP
+_ANSWER, _DROP, _SLIP, _ENGAGED = Decision.ANSWER, Decision.DROP, Decision.SLIP, Decision.ENGAGED
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +108,9 @@ class RrlConfig:
     The defaults are sized for a NAT with hundreds of daemons behind one IPv4 address (one /24):
     a daemon asks a handful of names per 20 s probe interval (well under 1 answer/s), so 200/s
     serves several hundred daemons and the burst of 400 absorbs all of them starting at once,
-    while one /24 can reflect at most 200 answers/s (of at most ~512 bytes: about 0.8 Mbit/s)
-    toward a victim instead of 135,000/s."""
+    while one /24 can reflect at most 200 answers/s toward a victim instead of 135,000/s: of at
+    most ~512 bytes (about 0.8 Mbit/s) while it stays within the rate, of at most
+    ``amplification`` x the query once it has gone over it."""
 
     rate: float = 200.0
     """UDP answers per second per source prefix; 0 turns rate limiting off."""
@@ -115,7 +131,8 @@ class RrlConfig:
     """Toward a source without a valid cookie, a UDP answer is at most this many times its
     query (0: no cap)..."""
     amplification_floor: int = MIN_UDP
-    """...but the cap is never below this many bytes."""
+    """...but the cap is never below this many bytes, except while the rate limit is engaged
+    for the source's prefix (:attr:`Decision.ENGAGED`)."""
     cookies: bool = True
     """Answer DNS cookies (RFC 7873) and let a valid server cookie lift the size cap."""
 
@@ -142,7 +159,7 @@ class RrlStats:
     """One counter per decision and outcome."""
 
     answered: int = 0
-    """UDP answers sent within their prefix's rate."""
+    """UDP answers sent within their prefix's rate (with the limit engaged or not)."""
     dropped: int = 0
     """UDP answers over the rate: nothing sent."""
     slipped: int = 0
@@ -154,6 +171,12 @@ class RrlStats:
     cap_truncated: int = 0
     """Answers still over the cap, replaced by a TC answer (0 unless the zone ignored the
     lowered size)."""
+    engaged_truncated: int = 0
+    """Answers within the rate to a prefix whose limit is engaged, over ``amplification`` x
+    their query toward an unproven source: replaced by a minimal TC answer."""
+    proven: int = 0
+    """UDP answers to queries with a valid server cookie: not charged to (nor limited by) their
+    prefix's bucket."""
     cookie_good: int = 0
     """Queries with a valid server cookie (the source proved it receives)."""
     cookie_new: int = 0
@@ -178,9 +201,11 @@ class ResponseLimiter:
 
     Each bucket is one ``(tat, limited)`` pair: ``tat`` the time at which the bucket would be
     full again (GCRA's theoretical arrival time, relative to the first ``now`` seen, so float
-    rounding stays far below a token), ``limited`` the answers over the limit since the last
-    slip. An answer within the limit moves ``tat`` on by 1/rate; answers over it cost nothing,
-    so a flood gets exactly ``rate`` answers/s. A clock that went back resets the bucket."""
+    rounding stays far below a token), ``limited`` the answers over the limit since the bucket
+    was last full (not 0: the limit is engaged, :attr:`Decision.ENGAGED`; every ``slip``-th of
+    them slips). An answer within the limit moves ``tat`` on by 1/rate; answers over it cost
+    nothing, so a flood gets exactly ``rate`` answers/s. A clock that went back resets the
+    bucket."""
 
     def __init__(self, config: RrlConfig, stats: RrlStats | None = None) -> None:
         if not config.rate:
@@ -216,19 +241,18 @@ class ResponseLimiter:
         else:
             table.move_to_end(key)
             tat = entry[0]
-            if tat < t or tat > t + self._jump:  # full again, or the clock went back
+            if tat <= t or tat > t + self._jump:  # full again, or the clock went back
                 tat = t
+                entry[1] = 0  # no longer engaged
         if tat <= t + self._slack:
             entry[0] = tat + self._interval
             self.stats.answered += 1
-            return _ANSWER
+            return _ENGAGED if entry[1] else _ANSWER
         entry[0] = tat
-        limited = entry[1] + 1
-        if limited == self._slip:
-            entry[1] = 0
+        limited = entry[1] = entry[1] + 1
+        if self._slip and not limited % self._slip:
             self.stats.slipped += 1
             return _SLIP
-        entry[1] = limited
         self.stats.dropped += 1
         return _DROP
 
@@ -399,9 +423,13 @@ def formerr(query: bytes) -> bytes:
 
 def _truncate(query: bytes, answer: bytes, end: int, opt: bytes = b"") -> bytes | None:
     """A minimal TC answer in place of ``answer`` (its rcode and AA kept when its question is
-    the query's, as the zone's always is), or None when ``query`` has no plain question."""
+    the query's, as the zone's always is), or None when ``query`` has no plain question. A
+    header-only answer (FORMERR) is sent itself: it is shorter, TCP would get no more, and a
+    question echoed from a query the zone could not read may not parse (an UPDATE's)."""
     if end < 0:
         return None
+    if answer[4:12] == b"\0\0\0\0\0\0\0\0" and len(answer) <= end:
+        return answer
     same = answer[4:6] == b"\0\x01" and answer[12:end] == query[12:end]
     return truncated(answer if same else query, end, opt)
 
@@ -447,12 +475,20 @@ class UdpGuard:
     def udp(self, query: bytes, address: bytes, now: float) -> bytes | None:
         """What to send back for one UDP datagram (at least a 12-byte header) from
         ``address``: the zone's answer within the size cap, if the source prefix's rate allows
-        it (a query the zone does not answer costs no token)."""
+        it (a query the zone does not answer, or one with a valid server cookie, costs no
+        token)."""
         if not query[11] and not query[10]:
-            # no EDNS: the zone answers in 512 bytes, what the cap never goes below
+            # no EDNS: the zone answers in 512 bytes, the cap's floor
             out = self._answer(query, tcp=False)
+        elif query[11] == 1 and query.endswith(b"\0\0") and query[-11:-8] == b"\0\0\x29":
+            # EDNS without options (a daemon's query): no cookie, so unproven
+            out = self._plain_edns(query)
         else:
-            out = self._edns(query, address, now)
+            out, proven = self._with_options(query, address, now)
+            if proven:  # it proved its address, like a TCP query: not charged to the prefix
+                if out is not None:
+                    self.stats.proven += 1
+                return out
         decide = self._decide
         if out is None or decide is None:
             return out
@@ -464,25 +500,27 @@ class UdpGuard:
             return out
         if decision is _DROP:
             return None
-        # slip: header and question only, never longer than the query
+        if decision is _ENGAGED:  # no floor: at most amplification x the query, or TC
+            if not self._amp or len(out) <= self._amp * len(query):
+                return out
+            self.stats.engaged_truncated += 1
+        # slip, or over the engaged cap: header and question only, never longer than the query
         return _truncate(query, out, question_end(query))
 
-    def _edns(self, query: bytes, address: bytes, now: float) -> bytes | None:
-        """The zone's answer to a query with additional records (EDNS), within the cap."""
+    def _plain_edns(self, query: bytes) -> bytes | None:
+        """The zone's answer to a query whose one additional record is an OPT without options,
+        within the cap."""
         n = len(query)
         if n <= self._floor_n:  # the usual case: the cap is the floor
             cap, packed = self._floor, self._floor_packed
         else:
             cap = int(self._amp * n) if self._amp else MAX_TCP
             packed = struct.pack("!H", min(cap, MAX_TCP))
-        if query[11] == 1 and query.endswith(b"\0\0") and query[-11:-8] == b"\0\0\x29":
-            # EDNS without options (a daemon's query): no cookie, so unproven
-            if ((query[-8] << 8) | query[-7]) > cap:
-                self.stats.capped += 1
-                query = query[:-8] + packed + query[-6:]
-            out = self._answer(query, tcp=False)
-            return out if out is None or len(out) <= cap else self._capped(query, out, cap, -1)
-        return self._with_options(query, address, now, cap)
+        if ((query[-8] << 8) | query[-7]) > cap:
+            self.stats.capped += 1
+            query = query[:-8] + packed + query[-6:]
+        out = self._answer(query, tcp=False)
+        return out if out is None or len(out) <= cap else self._capped(query, out, cap, -1)
 
     def _capped(self, query: bytes, out: bytes | None, cap: int, end: int) -> bytes | None:
         """``out``, or a TC answer in its place when it is over ``cap``."""
@@ -491,17 +529,22 @@ class UdpGuard:
         self.stats.cap_truncated += 1
         return _truncate(query, out, end if end >= 0 else question_end(query))
 
-    def _with_options(self, query: bytes, address: bytes, now: float, cap: int) -> bytes | None:
+    def _with_options(self, query: bytes, address: bytes, now: float) -> tuple[bytes | None, bool]:
+        """The zone's answer to any other query with additional records (EDNS options, a
+        cookie, or not a plain query), within the cap unless it echoes a valid server cookie;
+        and whether it did (the source proved its address)."""
+        n = len(query)
+        cap = self._floor if n <= self._floor_n else int(self._amp * n) if self._amp else MAX_TCP
         edns = parse_edns(query)
         if edns is None:  # not a plain query: the zone decides, the cap holds
-            return self._capped(query, self._answer(query, tcp=False), cap, -1)
+            return self._capped(query, self._answer(query, tcp=False), cap, -1), False
         option = b""
         proven = False
         if self.cookies is not None:
             try:
                 found = self._cookie(edns, address, now)
             except DecodeError:
-                return formerr(query)
+                return formerr(query), False
             if found is not None:
                 option, proven = found
         limit = max(MIN_UDP, min(edns.payload, self._max_udp))  # what the client can take
@@ -515,20 +558,20 @@ class UdpGuard:
             query = b"%s%s%s" % (query[:at], struct.pack("!H", size), query[at + 2 :])
         out = self._answer(query, tcp=False)
         if out is None:
-            return None
+            return None, proven
         if not proven:
             out = self._capped(query, out, cap, edns.question_end)
             if out is None:
-                return None
+                return None, False
         if not option:
-            return out
+            return out, proven
         full = with_option(out, option)
         if full is None:
-            return out
+            return out, proven
         if len(full) > limit:  # does not fit the client beside the cookie: TC, with the cookie
             opt = _OPT_HEAD.pack(0, OPT, self._max_udp, 0, len(option)) + option
-            return _truncate(query, out, edns.question_end, opt)
-        return full
+            return _truncate(query, out, edns.question_end, opt), proven
+        return full, proven
 
     def _cookie(self, edns: Edns, address: bytes, now: float) -> tuple[bytes, bool] | None:
         """(our COOKIE option, whether the source proved itself), or None without a client

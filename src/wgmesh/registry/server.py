@@ -66,6 +66,10 @@ COUNTED: dict[str, tuple[str, str]] = {
     "pushed": ("pushes", "Pushes sent to daemons"),
     "roster": ("roster_pages", "roster pages sent (mesh mode)"),
     "repunch": ("repunches", "Repunch requests passed on to the peers they named"),
+    "change_request": (
+        "change_requests",
+        "RFC 5780 CHANGE-REQUEST Binding Requests answered (from the other port, or 420)",
+    ),
 }
 """``Registry.counters`` keys with a family of their own: key -> (name, help)."""
 REJECTED = ("oversize", "not_stun", "malformed", "unexpected", "unauthorized", "bad_box",
@@ -149,6 +153,17 @@ class _StunSocket:
             return reply
         source = Endpoint.from_sockaddr(addr)
         registrar = self.registrar
+        ports = registrar.stun_ports
+        changed = registrar.registry.answer_change_request(
+            data, source, has_other_port=len(ports) > 1
+        )
+        if changed is not None:  # RFC 5780 filtering test: maybe answered from the other port
+            if not changed.other_port:
+                return changed.data or None
+            other = registrar._transports[1 - ports.index(self.local_port)]
+            if changed.data and not other.is_closing():
+                other.sendto(changed.data, addr)
+            return None
         out = registrar.registry.receive(data, source, self.local_port, time.time())
         if out:  # a Status (an acknowledgement) or pushes: what they tell must be on disk
             registrar.make_durable()
@@ -453,7 +468,8 @@ class Registrar:
             "oversized": d.tcp_oversized,
         }
         dropped = {"not_query": z.dropped, "size": d.udp_dropped, "malformed": d.errors}
-        rrl = {"answered": r.answered, "dropped": r.dropped, "slipped": r.slipped}
+        rrl = {"answered": r.answered, "dropped": r.dropped, "slipped": r.slipped,
+               "engaged_truncated": r.engaged_truncated, "proven": r.proven}  # fmt: skip
         p = PREFIX + "dns_"
         return [
             counter(p + "queries", "DNS queries the zone was asked, UDP and TCP", z.queries),
