@@ -102,3 +102,23 @@ def test_two_hosts_behind_one_nat_on_one_port_heal_and_are_named() -> None:
         except BaseException:
             print(mesh.logs())
             raise
+
+
+def test_a_working_endpoint_is_not_changed_by_candidate_trials() -> None:
+    """Once a direct path carries pings, 30 s of pings with the periodic probe rounds and
+    zone re-reads (every 5 s here) change no endpoint on either side: the LAN candidates of a
+    peer behind another NAT, unreachable from here, are never tried while the path works."""
+    with mesh_of(RouterKind.PORT_RESTRICTED, RouterKind.PORT_RESTRICTED) as (mesh, a, b):
+        connect(mesh, a, b)
+        time.sleep(2.0)  # let the connection's own changes finish
+
+        def changes(p: MeshPeer) -> int:
+            assert p.log is not None
+            return p.log.read_text().count(": endpoint ")
+
+        before = changes(a), changes(b)
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            assert a.host.ping(b.tunnel_ip, count=1, timeout=1.0)
+            time.sleep(0.5)
+        assert (changes(a), changes(b)) == before, mesh.logs()
