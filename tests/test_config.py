@@ -103,7 +103,11 @@ def files(tmp_path: Path) -> Iterator[dict[str, Path]]:
     garbage.write_text("not a key\n")
     plain = tmp_path / "plain-file"
     plain.write_text("")
-    yield {"key": key, "akeys": akeys, "garbage": garbage, "plain": plain, "dir": tmp_path}
+    tsig = tmp_path / "xfr.key"
+    tsig.write_text('key "xfr.mesh.test" {\n\talgorithm hmac-sha256;\n\tsecret '
+                    '"d9NM5is+ktHzOPgemJzYquzcHtJML+IH1tvzNUGY8q8=";\n};\n')  # fmt: skip
+    yield {"key": key, "akeys": akeys, "garbage": garbage, "plain": plain, "dir": tmp_path,
+           "tsig": tsig}  # fmt: skip
 
 
 def registrar_base(files: dict[str, Path]) -> dict[str, Any]:
@@ -209,8 +213,9 @@ KINDS: dict[str, dict[str, str]] = {
         "max_peers": "int", "metrics": "str", "log_counters": "float", "verbose": "bool",
         "dns_rate": "float", "dns_burst": "float", "dns_slip": "int",
         "dns_tcp_per_source": "int", "dns_tcp_max": "int", "relay_ports": "str",
+        "secondary": "list", "tsig_key": "str", "serial_interval": "float",
         "relay_mode": "str", "relay_address": "str", "relay_per_peer": "int",
-        "relay_idle": "float",
+        "relay_idle": "float", "status_socket": "str",
     },
     "daemon": {
         "interface": "str", "registrar": "str", "registrar_key": "str",
@@ -237,6 +242,7 @@ RANGES: dict[str, dict[str, list[Any]]] = {
         "dns_rate": [-1, 1e10, math.nan], "dns_burst": [0, -1, math.inf], "dns_slip": [-1, 101],
         "dns_tcp_per_source": [0, 70000], "dns_tcp_max": [0, -3], "relay_per_peer": [0, 2000],
         "relay_idle": [0, -1, math.nan],
+        "serial_interval": [-0.5, 3601, math.nan, math.inf],
     },
     "daemon": {
         "registrar_alt_port": [-1, 65536], "probe_interval": [0, -1, 3601, math.nan, -math.inf],
@@ -260,6 +266,10 @@ FORMATS: dict[str, dict[str, list[Any]]] = {
                         "3000-4000"],
         "relay_mode": ["on", "Kernel"],
         "relay_address": ["1.2.3", ""],
+        "secondary": [["1.2.3"], ["ns2.example"], ["192.0.2.1:0"], ["192.0.2.1:70000"],
+                      ["192.0.2.1", "192.0.2.1:53"], [""]],
+        "tsig_key": ["", "{dir}/no-such-key", "{garbage}", "{dir}", "{key}"],
+        "status_socket": ["", "/" + "s" * 120],
     },
     "daemon": {
         "interface": ["", "x" * 16, "a/b", "a b", "wg:0", "."],
@@ -416,6 +426,7 @@ def test_the_example_registrar_config_loads(files: dict[str, Path]) -> None:
     args = parse([
         "registrar", "--config", str(everything), "--private-key-file", str(files["key"]),
         "--authorized-keys", str(files["akeys"]), "--state-dir", str(files["dir"]),
+        "--tsig-key", str(files["tsig"]),
     ])  # fmt: skip
     s = registrar.settings_from(resolve(args, registrar.DEFAULTS, registrar.CHECKS))
     assert s.zone.hostmaster == "hostmaster.mesh.example.com." and s.registry.max_peers == 10**6
@@ -485,6 +496,43 @@ def test_valid_daemon_values_are_accepted(
     cfg = write_config(tmp_path / "d.toml", DAEMON_BASE)
     code, err = wgmesh(capsys, "daemon", "--config", str(cfg), *extra)
     assert code == 0 and err == "", err
+
+
+def test_secondaries_and_the_tsig_key_reach_the_settings(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path]
+) -> None:
+    from wgmesh.proto.endpoint import Endpoint
+
+    cfg = write_config(files["dir"] / "r.toml", {**registrar_base(files),
+                       "secondary": ["192.0.2.53", "[2001:db8::53]:5300"],
+                       "tsig-key": str(files["tsig"]), "serial-interval": 0.5})  # fmt: skip
+    s = registrar.settings_from(resolve(parse(["registrar", "--config", str(cfg)]),
+                                        registrar.DEFAULTS, registrar.CHECKS))  # fmt: skip
+    assert s.xfr.secondaries == (Endpoint.parse("192.0.2.53:53"),
+                                 Endpoint.parse("[2001:db8::53]:5300"))  # fmt: skip
+    assert s.xfr.key.name == "xfr.mesh.test." and s.zone.serial_interval == 0.5
+    plain = write_config(files["dir"] / "p.toml", registrar_base(files))
+    s = registrar.settings_from(resolve(parse(["registrar", "--config", str(plain),
+                                               "--secondary", "127.0.0.1:5300"]),
+                                        registrar.DEFAULTS, registrar.CHECKS))  # fmt: skip
+    assert s.xfr.key is None and s.zone.serial_interval == 1.0
+    assert (
+        registrar.settings_from(
+            resolve(
+                parse(["registrar", "--config", str(plain)]), registrar.DEFAULTS, registrar.CHECKS
+            )
+        ).xfr
+        is None
+    )
+    code, err = wgmesh(capsys, "registrar", "--config", str(plain), "--tsig-key",
+                       str(files["tsig"]))  # fmt: skip
+    assert_config_error(code, err, "registrar", "--tsig-key: no secondary uses the key")
+    code, err = wgmesh(capsys, "registrar", "--config", str(plain), "--secondary",
+                       "192.0.2.1", "--secondary", "192.0.2.1:53")  # fmt: skip
+    assert_config_error(code, err, "registrar", "--secondary: 192.0.2.1:53 is listed twice")
+    code, err = wgmesh(capsys, "registrar", "--config", str(plain), "--secondary",
+                       "192.0.2.1", "--tsig-key", str(files["key"]))  # fmt: skip
+    assert_config_error(code, err, "registrar", f"--tsig-key: {files['key']}: not a key")
 
 
 def test_a_zone_too_long_for_its_peer_names_is_refused(

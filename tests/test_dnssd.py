@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import random
 from typing import Any
@@ -86,25 +87,37 @@ def test_srv_layout_is_wgsds_with_public_first() -> None:
     r = ask(zone(), name(K1), "SRV")
     assert r.flags & dns.flags.AA and not r.flags & dns.flags.RA
     assert r.rcode() == dns.rcode.NOERROR and r.answer[0].ttl == 5
-    srvs = list(r.answer[0])
-    assert [(s.priority, s.weight, s.port, str(s.target)) for s in srvs] == [
+    (srv,) = r.answer
+    assert [(s.priority, s.weight, s.port, str(s.target)) for s in srv] == [
         (0, 0, 51820, name(K1)),  # exactly wgsd's record: the target is the peer's own name
-        (10, 0, 51820, "lan1." + name(K1)),
     ]
-    assert rrsets(r.additional) == {(name(K1), "A"), ("lan1." + name(K1), "A"), (name(K1), "TXT")}
+    # the other candidates' SRVs are at the alternates' name, offered after the TXT
+    assert [(str(rrs.name), dns.rdatatype.to_text(rrs.rdtype)) for rrs in r.additional] == [
+        (name(K1), "A"), (name(K1), "TXT"), ("_alt." + name(K1), "SRV"),
+        ("lan1." + name(K1), "A"),
+    ]  # fmt: skip
+    alt = [(s.priority, s.port, str(s.target)) for s in r.additional[2]]
+    assert alt == [(10, 51820, "lan1." + name(K1))]
     addresses = {str(rrs.name): str(only(rrs)) for rrs in r.additional if rrs.rdtype == 1}
     assert addresses == {name(K1): "198.51.100.7", "lan1." + name(K1): "10.0.0.7"}
+    asked = ask(z := zone(), "_alt." + name(K1), "SRV")
+    assert asked.answer[0] == r.additional[2] and asked.flags & dns.flags.AA
+    assert rrsets(asked.additional) == {("lan1." + name(K1), "A")}
+    assert ask(z, "_alt." + name(K1), "A").answer == []  # NODATA
+    assert ask(z, "_alt." + name(K2), "SRV").rcode() == dns.rcode.NXDOMAIN  # no alternates
+    assert ask(z, name(K2), "SRV").additional[1].name == dns.name.from_text(name(K2))  # TXT
 
 
 def test_srv_sorted_by_priority_and_ipv6_targets() -> None:
     z = Zone(config())
     v6 = Candidate(Endpoint.parse("[2001:db8::7]:51821"), CandidateKind.IPV6, 5)
     z.upsert(peer(K1, 51820, True, v6))
-    r = ask(z, name(K1), "SRV", use_edns=0)
+    r = ask(z, "_alt." + name(K1), "SRV", use_edns=0)
     assert [(s.priority, str(s.target)) for s in r.answer[0]] == [
-        (0, name(K1)), (5, "ipv62." + name(K1)), (10, "lan1." + name(K1))
+        (5, "ipv62." + name(K1)), (10, "lan1." + name(K1))
     ]  # fmt: skip
     assert ("ipv62." + name(K1), "AAAA") in rrsets(r.additional)
+    assert ("ipv62." + name(K1), "AAAA") in rrsets(ask(z, name(K1), "SRV", use_edns=0).additional)
     aaaa = ask(z, "ipv62." + name(K1), "AAAA")
     assert str(only(aaaa.answer[0])) == "2001:db8::7" and aaaa.flags & dns.flags.AA
     nodata = ask(z, "ipv62." + name(K1), "A")
@@ -117,9 +130,9 @@ def test_txt_keys() -> None:
     r = ask(zone(), name(K1), "TXT")
     strings = [s.decode() for s in only(r.answer[0]).strings]
     assert strings == ["txtvers=1", f"pub={encode_key(K1)}", "allowed=100.64.0.1/32",
-                       "name=alice", "nat=cone", "since=1700000000"]  # fmt: skip
+                       "name=alice", "nat=cone", "since=1700000000", "alt=1"]  # fmt: skip
     z = Zone(config())
-    z.upsert(PublishedPeer(K3, "", peer(K3).candidates, (), NatKind.SYMMETRIC, 5))
+    z.upsert(PublishedPeer(K3, "", peer(K3, lan=False).candidates, (), NatKind.SYMMETRIC, 5))
     bare = only(ask(z, name(K3), "TXT").answer[0]).strings
     assert [s.decode() for s in bare] == ["txtvers=1", f"pub={encode_key(K3)}",
                                           "nat=symmetric", "since=5"]  # fmt: skip
@@ -271,14 +284,17 @@ def test_additional_data_goes_before_truncation() -> None:
         Candidate(Endpoint.parse(f"10.0.{i}.7:51820"), CandidateKind.LAN, 10 + i) for i in range(2)
     ]
     z.upsert(peer(K1, 51820, False, *lans))
-    small = ask(z, name(K1), "SRV")  # 512 bytes without EDNS: the SRVs fit, not all extras
-    assert not small.flags & dns.flags.TC and len(small.answer[0]) == 3
+    small = ask(z, "_alt." + name(K1), "SRV")  # 512 bytes without EDNS: the SRVs fit
+    assert not small.flags & dns.flags.TC and len(small.answer[0]) == 2
+    own = ask(z, name(K1), "SRV")  # the public SRV, its address and the TXT; the rest cut
+    assert len(own.answer[0]) == 1 and len(own.additional) == 2 and not own.flags & dns.flags.TC
     big = ask(z, name(K1), "SRV", use_edns=0, payload=1232)
-    assert len(big.additional) == 4 > len(small.additional)
-    # SRV targets are never compressed (RFC 2782), so six do not fit in 512 bytes: TC
-    z.upsert(peer(K1, 51820, False, *lans, *lans, *lans[:1]))
-    assert ask(z, name(K1), "SRV").flags & dns.flags.TC
-    assert len(ask(z, name(K1), "SRV", use_edns=0).answer[0]) == 6
+    assert len(big.additional) == 5 > len(own.additional)
+    # SRV targets are never compressed (RFC 2782), so seven do not fit in 512 bytes: TC
+    z.upsert(peer(K1, 51820, False, *lans, *lans, *lans, *lans[:1]))
+    assert ask(z, "_alt." + name(K1), "SRV").flags & dns.flags.TC
+    assert len(ask(z, "_alt." + name(K1), "SRV", use_edns=0).answer[0]) == 7
+    assert not ask(z, name(K1), "SRV").flags & dns.flags.TC
 
 
 def test_huge_browse_over_tcp_is_cut_to_fit() -> None:
@@ -293,15 +309,27 @@ def test_huge_browse_over_tcp_is_cut_to_fit() -> None:
     assert ask(z, name(K1), "SRV").answer
 
 
-def test_serial_rises_on_every_change_only() -> None:
-    z = zone()
+def test_serial_rises_on_changes_at_most_once_per_interval() -> None:
+    z = zone()  # two peers added, not published yet: answers show them, the serial waits
     s = z.serial
-    assert not z.upsert(peer(K1))
-    assert z.serial == s
-    assert z.upsert(peer(K1, port=2))
-    assert z.serial == s + 1
-    assert z.remove(K2) and z.serial == s + 2
-    assert not z.remove(K2) and z.serial == s + 2
+    assert z.next_publish() == -math.inf and z.publish(100.0) is not None and z.serial == s + 1
+    assert z.next_publish() is None and z.publish(100.5) is None  # nothing changed since
+    assert not z.upsert(peer(K1)) and z.next_publish() is None
+    assert z.upsert(peer(K1, port=2)) and ask(z, ORIGIN, "SOA").answer[0][0].serial == s + 1
+    assert [s.port for s in ask(z, name(K1), "SRV").answer[0]] == [2]  # at once
+    assert z.remove(K2) and z.next_publish() == 101.0
+    assert z.publish(100.9) is None and z.serial == s + 1  # within the interval: held
+    delta = z.publish(101.0)
+    assert delta is not None and (delta.start, delta.end) == (s + 1, s + 2) == (s + 1, z.serial)
+    assert {c.key for c in delta.changes} == {K1, K2}  # both changes in one serial
+    assert ask(z, ORIGIN, "SOA").answer[0][0].serial == s + 2
+    assert not z.remove(K2) and z.next_publish() is None
+    z.upsert(peer(K2))  # and back: nothing changed in the end, no serial
+    z.remove(K2)
+    assert z.publish(200.0) is None and z.serial == s + 2 and z.next_publish() is None
+    every = Zone(config(serial_interval=0))
+    every.upsert(peer(K1))
+    assert every.publish(5.0) is not None and every.upsert(peer(K2)) and every.publish(5.0)
 
 
 # -- the cache -------------------------------------------------------------------------------
@@ -343,7 +371,8 @@ def test_a_change_invalidates_exactly_the_answers_it_touches() -> None:
         ask(z, *q)
     assert z.stats.cache_hits == hits + 3
     srv = ask(z, name(K1), "SRV")
-    assert [s.port for s in srv.answer[0]] == [4444, 51821]
+    assert [s.port for s in srv.answer[0]] == [4444]
+    assert [s.port for s in ask(z, "_alt." + name(K1), "SRV").answer[0]] == [51821]
     assert str(only(ask(z, name(K1), "A").answer[0])) == "192.0.2.1"
     assert "name=bob" in str(ask(z, name(K1), "TXT").answer[0])
     assert ask(z, "lan1." + name(K1), "A").rcode() == dns.rcode.NXDOMAIN  # gone
@@ -422,7 +451,8 @@ def test_peer_answers_are_dnspythons_byte_for_byte() -> None:
                                   {"use_edns": 0, "payload": 600, "want_dnssec": True}]  # fmt: skip
     covered = 0
     for key in keys * 3:
-        names = [name(key), name(key).upper(), "lan1." + name(key), "IPV62." + name(key)]
+        names = [name(key), name(key).upper(), "lan1." + name(key), "IPV62." + name(key),
+                 "_alt." + name(key), "_ALT." + name(key).upper()]  # fmt: skip
         types = ("SRV", "TXT", "A", "AAAA")
         for qname, rdtype, kw, tcp in itertools.product(names, types, edns, (False, True)):
             if kw.get("payload") == 600:  # sizes around where additional data is cut

@@ -54,27 +54,46 @@ def test_a_whole_answer_gives_the_whole_record() -> None:
 
 
 def test_what_the_answer_left_out_is_asked_for_and_merged() -> None:
-    """Nine candidates at EDNS 1232 (as the daemon asks): the registrar leaves out additional
-    data to fit; the record still comes out whole once the missing addresses and the TXT are
-    asked for. Without EDNS the answer is truncated, which is an error, not "no such peer"."""
+    """Nine candidates, asked without EDNS (the 512-byte answer holds the public SRV and its
+    address only) and at EDNS 1232 (as the daemon asks: the registrar leaves out additional
+    data to fit): the record still comes out whole once the TXT, the alternates' SRVs and the
+    missing addresses are asked for, as the resolver asks them."""
     z = Zone(config())
     lans = [Candidate(Endpoint.parse(f"10.0.{i}.7:51820"), CandidateKind.LAN, 10) for i in range(8)]
     z.upsert(peer(K1, 51820, False, *lans))
+    for kw in ({}, {"use_edns": 0, "payload": 1232}):
+        answer, name = record_from_zone(z, K1, **kw)
+        assert [(s.target, s.port) for s in answer.srvs] == [(name, 51820)]  # the rest cut
+        if answer.txt is None:
+            assert not answer.missing_alternates  # not known yet: the TXT says
+            answer = answer.with_txt(ask(z, str(name), "TXT"))
+        assert answer.missing_alternates and answer.txt is not None and answer.txt["alt"] == "8"
+        answer = answer.with_alternates(ask(z, str(answer.alternates_name), "SRV", tcp=True))
+        assert not answer.missing_alternates and len(answer.srvs) == 9
+        for target in answer.missing_targets:
+            answer = answer.with_addresses(
+                target, (ask(z, str(target), "A"), ask(z, str(target), "AAAA"))
+            )
+        assert answer.missing_targets == ()
+        record = peer_record(K1, answer)
+        assert len(record.hints) == 9 and record.name == "alice"
+        assert sorted(h.endpoint.port for h in record.hints) == [51820] * 9
+    alternates = instance_name(K1, ORIGIN_NAME).concatenate(dns.name.empty)
+    with pytest.raises(RemoteProtocolError, match="truncated"):  # over UDP: TC, not "none"
+        answer.with_alternates(ask(z, "_alt." + str(alternates), "SRV"))
+
+
+def test_every_srv_at_the_instance_name_still_reads() -> None:
+    """A registrar from before the alternates' name listed every SRV at the instance name."""
     name = instance_name(K1, ORIGIN_NAME)
-    with pytest.raises(RemoteProtocolError, match="truncated"):
-        read_srv_answer(name, ask(z, str(name), "SRV"))
-    answer, _ = record_from_zone(z, K1, use_edns=0, payload=1232)
-    assert len(answer.missing_targets) == 4 and answer.txt is None
-    for target in answer.missing_targets:
-        answer = answer.with_addresses(
-            target, (ask(z, str(target), "A"), ask(z, str(target), "AAAA"))
-        )
-    if answer.txt is None:
-        answer = answer.with_txt(ask(z, str(name), "TXT"))
-    assert answer.missing_targets == ()
-    record = peer_record(K1, answer)
-    assert len(record.hints) == 9 and record.name == "alice"
-    assert sorted(h.endpoint.port for h in record.hints) == [51820] * 9
+    lan = dns.name.Name((b"lan1",)).concatenate(name)
+    srv = dns.rrset.from_text(name, 0, "IN", "SRV", f"0 0 1 {name}", f"10 0 2 {lan}")
+    a = dns.rrset.from_text(name, 0, "IN", "A", "192.0.2.1")
+    a2 = dns.rrset.from_text(lan, 0, "IN", "A", "10.0.0.2")
+    txt = dns.rrset.from_text(name, 0, "IN", "TXT", '"txtvers=1"')
+    answer = read_srv_answer(name, _answer(name, srv, a, a2, txt))
+    assert answer is not None and not answer.missing_alternates and not answer.missing_targets
+    assert {h.endpoint.port for h in peer_record(K1, answer).hints} == {1, 2}
 
 
 def _answer(name: dns.name.Name, *rrsets: dns.rrset.RRset, rcode: int = 0) -> dns.message.Message:

@@ -29,8 +29,9 @@ def test_records_layout_via_dig(tmp_path: Path) -> None:
         assert ptr.split() == [name]
         srv = dig(r.dns_port, "+noall", "+answer", name, "SRV")
         lines = [ln.split() for ln in srv.splitlines() if "SRV" in ln]
-        assert lines[0][4:] == ["0", "0", str(alice.port), name]
-        assert any(ln[7].startswith("lan") for ln in lines[1:])
+        assert lines == [lines[0]] and lines[0][4:] == ["0", "0", str(alice.port), name]
+        alt = dig(r.dns_port, "+short", f"_alt.{name}", "SRV")  # the other candidates
+        assert alt.split()[2:] == ["51820", f"lan1.{name}"]
         a = dig(r.dns_port, "+short", name, "A")
         assert a.split() == ["127.0.0.1"]
         txt = dig(r.dns_port, "+short", name, "TXT")

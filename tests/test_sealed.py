@@ -137,7 +137,17 @@ OBS6 = b"\x06" + EP6.ip.packed + struct.pack("!H", 51820)
         (head(4) + struct.pack("!IB", 1, 2) + bytes(63), "sealed payload truncated"),
         (head(2) + bytes(500), "sealed payload too large"),
         (b"\x02\x02" + TID + bytes(24), "unknown sealed payload version 2"),
-        (b"\x01\x0b" + TID + bytes(16), "unknown sealed payload kind 11"),
+        (b"\x01\x0c" + TID + bytes(16), "unknown sealed payload kind 12"),
+        (head(11) + b"\x00", "a PathReport names 1 to 12 peers"),
+        (head(11) + b"\x0d" + bytes(38 * 12), "a PathReport names 1 to 12 peers"),
+        (head(11) + b"\x01" + bytes(32) + b"\x01\x00" + bytes(3), "sealed payload truncated"),
+        (head(11) + b"\x01" + bytes(32) + b"\x00\x00" + bytes(4), "unknown path in a PathReport"),
+        (head(11) + b"\x01" + bytes(32) + b"\x04\x00" + bytes(4), "unknown path in a PathReport"),
+        (head(11) + b"\x01" + bytes(32) + b"\x01\x0a" + bytes(4), "unknown path reason"),
+        (
+            head(11) + b"\x01" + bytes(32) + b"\x01\x00" + bytes(5),
+            "trailing bytes after sealed payload",
+        ),
         (head(10) + b"\x00", "a Repunch names 1 to 14 keys"),
         (head(10) + b"\x0f" + bytes(32 * 15), "a Repunch names 1 to 14 keys"),
         (head(10) + b"\x02" + bytes(40), "sealed payload truncated"),
@@ -525,6 +535,22 @@ payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
     st.builds(sealed.RelayBind, u64, u64, keys32),
     st.builds(sealed.Repunch, u64, u64, st.lists(keys32, min_size=1, max_size=14).map(tuple)),
     st.builds(
+        sealed.PathReport,
+        u64,
+        u64,
+        st.lists(
+            st.builds(
+                sealed.PeerPath,
+                keys32,
+                st.sampled_from(sealed.PathKind),
+                st.sampled_from(sealed.PathReason),
+                st.integers(0, 2**32 - 1),
+            ),
+            min_size=1,
+            max_size=sealed.MAX_PATHS,
+        ).map(tuple),
+    ),
+    st.builds(
         sealed.RelayGrant,
         u64,
         u64,
@@ -706,3 +732,26 @@ def test_a_roster_page_is_refused_when_malformed() -> None:
         sealed.encode_payload(
             sealed.Roster(1, 2, 3, 4, 1, 0, (sealed.Member(bytes(32), ("10.0.0.1/8 ",)),)), tid
         )
+
+
+def test_path_report_layout_and_limits() -> None:
+    """Kind 11: a count, then 38 bytes a peer (key, path, reason, handshake age); 12 fit."""
+    entry = sealed.PeerPath(
+        b"\x07" * 32, sealed.PathKind.RELAY, sealed.PathReason.BOTH_SYMMETRIC, 75
+    )
+    data = sealed.encode_payload(sealed.PathReport(1, 2, (entry,)), TID)
+    assert data == head(11) + b"\x01" + b"\x07" * 32 + b"\x02\x03" + struct.pack("!I", 75)
+    assert sealed.MAX_PATHS == 12 and sealed.Kind.PATH_REPORT == 11
+    biggest = sealed.PathReport(U64, U64, (entry,) * 12)
+    assert len(sealed.encode_payload(biggest, TID)) == 30 + 1 + 12 * 38 <= sealed.MAX_PAYLOAD
+    never = sealed.PeerPath(b"\x01" * 32, sealed.PathKind.NONE, sealed.PathReason.NO_HANDSHAKE)
+    assert never.handshake_age == sealed.NEVER == 2**32 - 1
+    assert sealed.decode_payload(sealed.encode_payload(sealed.PathReport(1, 2, (never,)), TID),
+                                 TID) == sealed.PathReport(1, 2, (never,))  # fmt: skip
+    for bad in ((), (entry,) * 13, (sealed.PeerPath(b"\x01" * 31, sealed.PathKind.DIRECT),)):
+        with pytest.raises(LocalProtocolError):
+            sealed.encode_payload(sealed.PathReport(1, 2, bad), TID)
+    with pytest.raises(LocalProtocolError):
+        sealed.encode_payload(sealed.PathReport(1, 2, (sealed.PeerPath(b"\x01" * 32,
+                              sealed.PathKind.DIRECT, handshake_age=2**32),)), TID)  # fmt: skip
+    assert set(sealed.PATH_REASONS) == set(sealed.PathReason)

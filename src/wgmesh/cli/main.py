@@ -42,6 +42,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "registrar": ("wgmesh.cli.registrar", "run the registrar: STUN endpoint + DNS-SD server"),
     "daemon": ("wgmesh.cli.daemon", "keep this host's WireGuard peer endpoints current"),
     "peers": ("wgmesh.cli.peers", "show every peer: endpoint, where it came from, path"),
+    "netcheck": ("wgmesh.cli.netcheck", "what NAT is this host behind (STUN tests, no daemon)"),
+    "mesh": ("wgmesh.cli.mesh", "on the registrar's host: every peer and the matrix of pairs"),
     "genkey": ("wgmesh.cli.keys", "print a new private key (WireGuard format)"),
     "pubkey": ("wgmesh.cli.keys", "read a private key on stdin, print its public key"),
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
     "dns_slip": 2,
     "dns_tcp_per_source": 8,
     "dns_tcp_max": 256,
+    "secondary": [],
+    "tsig_key": None,
+    "serial_interval": 1.0,
     "relay_ports": None,
     "relay_mode": None,
     "relay_address": None,
@@ -66,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "relay_idle": 300.0,
     "metrics": None,
     "log_counters": 60.0,
+    "status_socket": None,
     "verbose": False,
 }
 
@@ -94,6 +99,9 @@ CHECKS: dict[str, v.Check] = {
     "dns_slip": v.integer(0, 100, "every Nth limited answer sent truncated (0: none)"),
     "dns_tcp_per_source": v.integer(1, 65536, "a number of connections"),
     "dns_tcp_max": v.integer(1, 65536, "a number of connections"),
+    "secondary": v.list_of(v.endpoint(53), "secondaries' addresses, IP[:PORT]"),
+    "tsig_key": v.path,
+    "serial_interval": v.number(0, 3600, "seconds between two zone serials (0: every change)"),
     "relay_ports": v.port_range,
     "relay_mode": v.choice("kernel", "userspace", "off"),
     "relay_address": v.ip_address,
@@ -101,6 +109,7 @@ CHECKS: dict[str, v.Check] = {
     "relay_idle": v.positive(v.MAX_SECONDS),
     "metrics": v.listen_endpoint,
     "log_counters": v.seconds_or_off(1.0, v.MAX_SECONDS),
+    "status_socket": v.socket_path,
     "verbose": v.boolean,
 }
 """How each option is checked (the same for its flag and its config key); see cli/validate.py."""
@@ -189,6 +198,27 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     a("--dns-tcp-per-source", type=int, help="TCP connections one source may hold (default 8)")
     a("--dns-tcp-max", type=int, help="TCP connections in all (default 256)")
     a(
+        "--secondary",
+        action="append",
+        metavar="ADDRESS[:PORT]",
+        help="a secondary DNS server: may transfer the zone (AXFR/IXFR over TCP, from ADDRESS) "
+        "and is sent NOTIFY (at ADDRESS:PORT, default 53) on every new serial; repeat for "
+        "several",
+    )
+    a(
+        "--tsig-key",
+        metavar="FILE",
+        help="TSIG key in BIND's key-file format (tsig-keygen NAME > FILE): transfers must be "
+        "signed with it, NOTIFYs are; needs --secondary",
+    )
+    a(
+        "--serial-interval",
+        type=float,
+        metavar="SECONDS",
+        help="least seconds between two zone serials: changes within are published as one "
+        "serial, one IXFR delta and one NOTIFY (default 1; 0: a serial per change)",
+    )
+    a(
         "--relay-ports",
         metavar="LOW-HIGH",
         help="relay WireGuard traffic for pairs that cannot connect directly, from this UDP "
@@ -215,6 +245,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "keepalives keep it)",
     )
     add_counter_arguments(parser, "127.0.0.1:9108")
+    a(
+        "--status-socket",
+        metavar="PATH",
+        help="unix socket (mode 0600) 'wgmesh mesh' reads the mesh from (default "
+        f"STATE-DIR/{STATUS_SOCKET_NAME})",
+    )
     a("-v", "--verbose", action="store_true", default=None, help="debug logging")
     add_config_argument(parser)
 
@@ -293,6 +329,7 @@ def settings_from(given: Mapping[str, Any]) -> Any:
         ttl=values["ttl"],
         negative_ttl=values["negative_ttl"],
         ns_addresses=tuple(values["ns_address"]),
+        serial_interval=values["serial_interval"],
     )
     from wgmesh import __version__
 
@@ -322,10 +359,25 @@ def settings_from(given: Mapping[str, Any]) -> Any:
         metrics=metrics,
         log_counters=values["log_counters"],
         dns_limits=dns_limits,
+        xfr=_transfers(values, where),
         relay=relay,
         relay_mode=relay_mode,
         relay_address=relay_address,
+        status_socket=_status_socket(values, state_dir),
     )
+
+
+STATUS_SOCKET_NAME = "registrar.sock"
+MAX_SOCKET_PATH = 107
+
+
+def _status_socket(values: Mapping[str, Any], state_dir: Path) -> Path | None:
+    """``--status-socket``, else STATE-DIR/registrar.sock when that fits a unix socket's
+    path (else none: the registrar logs nothing of it, ``wgmesh mesh`` needs the flag)."""
+    if values["status_socket"]:
+        return Path(values["status_socket"])
+    path = state_dir / STATUS_SOCKET_NAME
+    return path if len(os.fsencode(path.absolute())) <= MAX_SOCKET_PATH else None
 
 
 DEFAULT_RELAY_PORTS = (40000, 40999)
@@ -360,6 +412,37 @@ def _relay(values: Mapping[str, Any], where: Callable[[str], str]) -> tuple[Any,
         raise ConfigError(f"{where('relay_address')}: {address}: the relay is IPv4 only for now")
     return RelayConfig(low=low, high=high, per_peer=values["relay_per_peer"],
                        idle_ttl=values["relay_idle"]), mode or "auto", str(address)  # fmt: skip
+
+
+def _transfers(values: Mapping[str, Any], where: Callable[[str], str]) -> Any:
+    """The secondaries and the TSIG key (read and parsed now), or None without secondaries."""
+    from wgmesh.proto.tsigkey import parse_key_file
+    from wgmesh.registry.xfr import XfrSettings, secondaries_of
+
+    secondaries = secondaries_of(values["secondary"])
+    twice = next((s for i, s in enumerate(secondaries) if s in secondaries[:i]), None)
+    if twice is not None:
+        raise ConfigError(
+            f"{where('secondary')}: {twice} is listed twice; expected each secondary once"
+        )
+    key = None
+    if values["tsig_key"]:
+        path = Path(values["tsig_key"])
+        expected = 'expected a BIND key file: key "NAME" { algorithm hmac-sha256; secret "..."; };'
+        try:
+            key = parse_key_file(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{where('tsig_key')}: {path}: {exc.strerror}; {expected}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where('tsig_key')}: {path}: not UTF-8 text; {expected}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{where('tsig_key')}: {path}: {exc}; {expected}") from None
+        if not secondaries:
+            raise ConfigError(
+                f"{where('tsig_key')}: no secondary uses the key; expected --secondary "
+                "ADDRESS[:PORT] (or secondary in --config FILE) with it"
+            )
+    return XfrSettings(secondaries, key) if secondaries else None
 
 
 def _metrics_endpoint(values: Mapping[str, Any], where: Callable[[str], str]) -> Endpoint | None:

@@ -2,9 +2,10 @@
 docs/protocol.md); the answers are read by :mod:`wgmesh.proto.records` (sans-IO).
 
 Per-peer lookups go by key (``<base32 key>._wireguard._udp.ZONE SRV``) and never depend on
-browsing, which cannot list more than a few thousand peers in one answer. Targets whose
-address is missing from the additional section are looked up on their own (wgsd-client
-crashes on such answers; we do not). Answers that are truncated over UDP are retried over TCP.
+browsing, which cannot list more than a few thousand peers in one answer. What the additional
+section left out is looked up on its own: the TXT, the alternates' SRVs (``_alt.<key>...``) the
+TXT announces, and targets' addresses (wgsd-client crashes on answers without the address; we
+do not). Answers that are truncated over UDP are retried over TCP.
 """
 
 from __future__ import annotations
@@ -88,12 +89,15 @@ class ZoneResolver:
         answer = read_srv_answer(name, await self.query(name, "SRV"))
         if answer is None:
             return None
+        if answer.txt is None:
+            answer = answer.with_txt(await self.query(name, "TXT"))
+        if answer.missing_alternates:
+            alternates = answer.alternates_name
+            answer = answer.with_alternates(await self.query(alternates, "SRV"))
         for target in answer.missing_targets:
             answer = answer.with_addresses(
                 target, (await self.query(target, "A"), await self.query(target, "AAAA"))
             )
-        if answer.txt is None:
-            answer = answer.with_txt(await self.query(name, "TXT"))
         return peer_record(key, answer)
 
     async def browse(self) -> list[bytes]:

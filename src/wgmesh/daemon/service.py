@@ -61,6 +61,7 @@ from wgmesh.proto.metrics import (
     gauge,
     labelled,
 )
+from wgmesh.proto.pathreport import PathReporter, ReportConfig
 from wgmesh.proto.punch import Hint, PeerRecord, Planner, PunchConfig, Source, merge_hints
 from wgmesh.proto.relaylease import RelayChanged
 from wgmesh.proto.sealed import MAX_ADDRESSES, RelayRefusal
@@ -141,6 +142,8 @@ class DaemonSettings:
     log_counters: float = 0.0
     """Seconds between log lines of the counters that changed (0: none; the command line's
     default is 60)."""
+    paths: ReportConfig = field(default_factory=ReportConfig)
+    """When our paths to the peers are reported to the registrar (its status page)."""
 
     def client_config(self) -> ClientConfig:
         """The registrar protocol's settings."""
@@ -221,6 +224,7 @@ class Daemon:
         self._resolve_all = False
         self._tasks: list[asyncio.Task[None]] = []
         self._relayed: frozenset[bytes] = frozenset()  # the peers the Planner wants relayed
+        self._paths = PathReporter(settings.paths)
         self._lookup_errors = ErrorLog("DNS lookups", logger=log)
         self.stats = DaemonStats()
         self.http: HttpListener | None = None
@@ -524,6 +528,7 @@ class Daemon:
             self._relayed = plan.relay
             self.client.want_relays(plan.relay, time.time())
             self._drive()
+        self._report_paths(self.device)
         for ep in plan.prime:
             with contextlib.suppress(OSError):
                 self._raw.send(ep, b"", ttl=self.s.prime_ttl)
@@ -550,6 +555,18 @@ class Daemon:
             log.warning("updating %s: %s", self.s.interface, exc)
         else:
             self.stats.count_applied(plan.updates)
+
+    def _report_paths(self, device: DeviceState) -> None:
+        """Our path to each peer, sealed to the registrar on change and now and then
+        (wgmesh.proto.pathreport); the views are built only when a look is due."""
+        now = time.time()
+        if self.client is None or not self._paths.due(now):
+            return
+        reports = self._paths.update(self.planner.views(device, now), now)
+        for entries in reports:
+            self.client.report_paths(entries, now)
+        if reports:
+            self._drive()
 
     async def _traffic_loop(self) -> None:
         """Sample the peers' counters every ``traffic_poll`` while traffic flows; an idle

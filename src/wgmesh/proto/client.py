@@ -338,6 +338,13 @@ class RegistrarClient:
             payload = sealed.Repunch(int(now * 1000), self._next_counter(now), keys)
             self._out.append(Transmit(self._seal(payload), self.registrar, Via.CONTROL))
 
+    def report_paths(self, paths: tuple[sealed.PeerPath, ...], now: float) -> None:
+        """Tell the registrar our paths to these peers (one PathReport, at most
+        ``sealed.MAX_PATHS`` entries; wgmesh.proto.pathreport says when)."""
+        if paths:
+            payload = sealed.PathReport(int(now * 1000), self._next_counter(now), paths)
+            self._out.append(Transmit(self._seal(payload), self.registrar, Via.CONTROL))
+
     def want_relays(self, peers: Iterable[bytes], now: float) -> None:
         """The peers the Planner wants relayed (see wgmesh.proto.relaylease)."""
         self.relays.want(peers, now)

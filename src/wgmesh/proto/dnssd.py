@@ -6,25 +6,32 @@ Names (``<label>`` is the lowercase padded base32 of the key, :func:`key_label`)
     _wireguard._udp.ZONE                PTR -> <label>._wireguard._udp.ZONE, one per peer
                                         (RFC 6763 section 4.1, browsing)
     <label>._wireguard._udp.ZONE        SRV 0 0 <port> <label>._wireguard._udp.ZONE  (public)
-                                        SRV <prio> 0 <port> <kind><i>.<label>._wireguard._udp.ZONE
-                                        (RFC 2782; sorted by priority)
-                                        TXT txtvers=1 pub= allowed= name= nat= since=
+                                        TXT txtvers=1 pub= allowed= name= nat= since= alt=
                                         (RFC 6763 section 6)
                                         A/AAAA of the public mapping
+    _alt.<label>._wireguard._udp.ZONE   SRV <prio> 0 <port> <kind><i>.<label>._wireguard._udp.ZONE
+                                        one per other candidate (RFC 2782; by priority)
     <kind><i>.<label>._wireguard._udp.ZONE   A/AAAA of candidate i (lan, ipv6)
 
+The peer's own name holds one SRV, wgsd's, so that a client without EDNS (wgsd-client reads
+Answer[0] and Extra[0] and nothing else) gets it and its address within 512 bytes for zone
+names up to 150 characters (an SRV target is never compressed); the other candidates' SRVs are
+at the alternates' name (``alt=`` in the TXT says how many), offered as additional data after
+the TXT when they fit.
+
 Answers: AA on every in-zone answer and RA never (RFC 1035 section 4.1.1; we are never a
-resolver); an SRV answer carries its targets' addresses and the TXT as additional data, a browse
-answer the SRV/TXT/addresses of the first peers if they fit (RFC 2782 "Usage rules", RFC 6763
-section 12); NXDOMAIN, or NODATA for names that exist without the type, with the SOA in
-authority (RFC 2308 sections 2.1, 2.2, 3); REFUSED outside the zone; FORMERR for malformed
-queries with a readable header and NOTIMP for opcodes other than QUERY (RFC 1035 section 4.1.1);
-nothing at all for garbage or responses. ANY gets one RRset (RFC 8482 section 4.2). EDNS (RFC 6891
-sections 6.1.3, 6.2.3-6.2.5, 7): OPT echoed with our size, the client's size honoured over UDP
-(512 without EDNS), DO echoed (RFC 3225 section 3), BADVERS for versions above 0. An answer that
-does not fit over UDP first loses its additional data (RFC 2181 section 9), then is sent with TC
-and no records, so the client retries over TCP (RFC 7766 section 5), where it is sent in full
-(a browse then lists the first ~900 peers: what fits in 64 KiB, see :data:`PTR_SIZE`).
+resolver); an SRV answer carries its target's address, the TXT and the alternates' SRVs and
+addresses as additional data, a browse answer the SRV/TXT/addresses of the first peers if they
+fit (RFC 2782 "Usage rules", RFC 6763 section 12); NXDOMAIN, or NODATA for names that exist
+without the type, with the SOA in authority (RFC 2308 sections 2.1, 2.2, 3); REFUSED outside the
+zone; FORMERR for malformed queries with a readable header and NOTIMP for opcodes other than
+QUERY (RFC 1035 section 4.1.1); nothing at all for garbage or responses. ANY gets one RRset (RFC
+8482 section 4.2). EDNS (RFC 6891 sections 6.1.3, 6.2.3-6.2.5, 7): OPT echoed with our size, the
+client's size honoured over UDP (512 without EDNS), DO echoed (RFC 3225 section 3), BADVERS for
+versions above 0. An answer that does not fit over UDP first loses its additional data (RFC 2181
+section 9), then is sent with TC and no records, so the client retries over TCP (RFC 7766
+section 5), where it is sent in full (a browse then lists the first ~900 peers: what fits in 64
+KiB, see :data:`PTR_SIZE`).
 
 Speed and memory: each peer is held as one packed ``bytes`` keyed by its raw key
 (:func:`~wgmesh.proto.dnswire.pack_record`), its names are parsed from the question, not stored;
@@ -37,6 +44,7 @@ every negative answer stale by raising the serial they carry.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -64,6 +72,8 @@ import dns.rrset
 
 from wgmesh.errors import ConfigError
 from wgmesh.proto.dnswire import (
+    ALT,
+    ALT_LABEL,
     MAX_TCP,
     MIN_UDP,
     AnswerCache,
@@ -77,6 +87,7 @@ from wgmesh.proto.dnswire import (
     unpack_record,
 )
 from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.journal import Delta, Journal, Pending, next_serial
 from wgmesh.proto.keys import key_label, label_key
 from wgmesh.proto.kinds import CandidateKind, NatKind
 
@@ -149,6 +160,13 @@ class ZoneConfig:
     addresses costs ~1 KB, a TXT ~0.7): ~18,000-24,000 answers, 17 bytes a peer at a million."""
     negative_cache_size: int = 10_000
     """Most cached negative wire answers (hostile queries for random names produce these)."""
+    serial_interval: float = 1.0
+    """Least seconds between two serials: changes within it are published together, as one
+    serial (and one journal delta, one NOTIFY) at its end (0: a serial per change)."""
+    journal_size: int = 1000
+    """Most serial deltas kept for IXFR (:class:`~wgmesh.proto.journal.Journal`)."""
+    journal_bytes: int = 8 * 2**20
+    """Most bytes of serial deltas kept for IXFR (~250 bytes per changed peer)."""
 
 
 @dataclass(slots=True)
@@ -191,7 +209,15 @@ class Zone:
         self.config = config
         self.service = dns.name.from_text("_wireguard._udp", self.origin)
         self.serial = serial
+        """The SOA serial: raised by :meth:`publish`, at most once per ``serial_interval``."""
+        self.journal = Journal(serial, config.journal_size, config.journal_bytes)
+        """The deltas between the newest serials (IXFR)."""
+        self.pending = Pending()
+        """What changed since the serial (published by :meth:`publish`)."""
         self.stats = ZoneStats()
+        self._published_at = -math.inf
+        self._generation = 0
+        """Raised by every change and serial: cached negative answers of another are stale."""
         self._glue_names = frozenset(n for n in self._ns if n.is_subdomain(self.origin))
         self._glue = glue
         self._ents = frozenset(
@@ -213,36 +239,73 @@ class Zone:
     # -- changes ----------------------------------------------------------------------------
 
     def set_serial(self, serial: int) -> None:
-        """Set the SOA serial (1..2**32-1); every cached negative answer, which carries the
-        serial, becomes stale."""
+        """Set the SOA serial (1..2**32-1) to one whose history is unknown (a restart): what
+        changed before counts as part of it, and the journal starts empty."""
         self.serial = serial
+        self.pending.clear()
+        self.journal.reset(serial)
+        self._stale_serial()
 
     def upsert(self, peer: PublishedPeer) -> bool:
-        """Publish or update a peer; True (and serial + 1) when anything published changed."""
+        """Publish or update a peer; True when anything published changed. Answers show it at
+        once; the serial moves at the next :meth:`publish`."""
         record = _record(peer)
-        if self._peers.get(peer.key) == record:
+        old = self._peers.get(peer.key)
+        if old == record:
             return False
+        self.pending.touch(peer.key, old)
         self._peers[peer.key] = record
         self._changed(peer.key)
         return True
 
     def remove(self, key: bytes) -> bool:
-        """Withdraw a peer; True (and serial + 1) if it was published."""
-        if self._peers.pop(key, None) is None:
+        """Withdraw a peer; True if it was published (the serial moves as for :meth:`upsert`)."""
+        old = self._peers.pop(key, None)
+        if old is None:
             return False
+        self.pending.touch(key, old)
         self._changed(key)
         return True
 
+    def publish(self, now: float) -> Delta | None:
+        """Raise the serial by one if anything changed since it was last raised and that was
+        ``serial_interval`` or more before ``now``; the delta (also in :attr:`journal`)."""
+        if not self.pending or now < self._published_at + self.config.serial_interval:
+            return None
+        changes = self.pending.take(self._peers)
+        if not changes:  # everything changed back
+            return None
+        delta = Delta(self.serial, next_serial(self.serial), changes)
+        self.serial = delta.end
+        self._published_at = now
+        self.journal.add(delta)
+        self._stale_serial()
+        return delta
+
+    def next_publish(self) -> float | None:
+        """When :meth:`publish` has something to do (None: nothing changed)."""
+        return self._published_at + self.config.serial_interval if self.pending else None
+
+    def published_peers(self) -> list[tuple[bytes, bytes]]:
+        """Every peer's packed record as of :attr:`serial` (pending changes left out): what a
+        zone transfer at that serial holds."""
+        return self.pending.at_serial(self._peers)
+
+    def _stale_serial(self) -> None:
+        # negative answers and the SOA carry the serial
+        self._generation += 1
+        self._cache.invalidate(self._origin_wire)
+
     def _changed(self, key: bytes) -> None:
-        # negative answers carry the serial: raising it makes every cached one stale
-        self.set_serial((self.serial + 1) % 2**32 or 1)
+        self._generation += 1  # every cached negative answer is stale
         self._browse_memo = None
         for subject in (key, self._service_wire, self._origin_wire):
             self._cache.invalidate(subject)
 
     def _locate(self, qname: bytes) -> tuple[bytes, bytes, int] | None:
         """The peer a name (lowercased wire form) belongs to: ``(key, record, index)`` with
-        index 0 for ``<label>._wireguard._udp.ZONE`` and i for its i-th target's name."""
+        index 0 for ``<label>._wireguard._udp.ZONE``, i for its i-th target's name and
+        :data:`~wgmesh.proto.dnswire.ALT` for its alternates' name."""
         head = len(qname) - len(self._service_wire)
         if head < 57 or not qname.endswith(self._service_wire):
             return None
@@ -259,6 +322,8 @@ class Zone:
             return None
         if not target:
             return key, record, 0
+        if target == ALT_LABEL:
+            return (key, record, ALT) if record[0] > 1 else None
         for i, t in enumerate(unpack_record(record)[0][1:], 1):
             if t.label.lower() == target:
                 return key, record, i
@@ -277,9 +342,9 @@ class Zone:
         cached: bytes | None
         if entry is not None:
             cached = entry[0]
-        elif (cached := self._cache.get(key, self.serial)) is None:  # negative answers
+        elif (cached := self._cache.get(key, self._generation)) is None:  # negative answers
             shape = query_shape(query, tcp)
-            if shape is None or (cached := self._cache.get(shape.key, self.serial)) is None:
+            if shape is None or (cached := self._cache.get(shape.key, self._generation)) is None:
                 return self._miss(query, tcp, shape)
         stats.cache_hits += 1
         stats.answered += 1
@@ -340,7 +405,7 @@ class Zone:
                 found = self._locate(shape.qname)
                 self._cache.put(shape.key, shape.qname if found is None else found[0], wire)
             else:
-                self._cache.put_negative(shape.key, self.serial, wire)
+                self._cache.put_negative(shape.key, self._generation, wire)
         return wire
 
     def _formerr(self, query: bytes) -> bytes:
@@ -412,13 +477,21 @@ class Zone:
         elif (located := self._locate(_wire(qname))) is not None:
             key, record, index = located
             targets, tail = unpack_record(record)
-            if index:
+            if index == ALT:
+                if qtype == T.SRV:
+                    name = self._peer_name(key)
+                    found.append(self._srv(_alt_name(name), name, targets[1:]))
+                    additional += self._addresses(name, targets[1:])
+            elif index:
                 found += self._address(qname, targets[index].ip, qtype)
             elif qtype == T.SRV:
                 name = self._peer_name(key)
-                found.append(self._srv(name, targets))
-                additional += self._addresses(name, targets)
+                found.append(self._srv(name, name, targets[:1]))
+                additional += self._addresses(name, targets[:1])
                 additional.append(self._txt(name, key, tail))
+                if len(targets) > 1:
+                    additional.append(self._srv(_alt_name(name), name, targets[1:]))
+                    additional += self._addresses(name, targets[1:])
             elif qtype == T.TXT:
                 found.append(self._txt(self._peer_name(key), key, tail))
             elif targets:
@@ -445,7 +518,7 @@ class Zone:
             return T.PTR
         if (located := self._locate(_wire(qname))) is not None:
             _, record, index = located
-            return unpack_record(record)[0][index].rdtype if index else T.SRV
+            return unpack_record(record)[0][index].rdtype if index > 0 else T.SRV
         if qname in self._glue_names and self._glue:
             return T.A if self._glue[0].ip.version == 4 else T.AAAA
         return T.A
@@ -462,12 +535,41 @@ class Zone:
             rrs.add(rd)
         return rrs
 
-    def _soa(self, ttl: int) -> dns.rrset.RRset:
+    def _soa(self, ttl: int, serial: int = -1) -> dns.rrset.RRset:
         cfg = self.config
         soa = dns.rdtypes.ANY.SOA.SOA(
-            IN, T.SOA, self._ns[0], self._hostmaster, self.serial, 60, 30, 3600, cfg.negative_ttl
-        )
+            IN, T.SOA, self._ns[0], self._hostmaster, self.serial if serial < 0 else serial,
+            60, 30, 3600, cfg.negative_ttl,
+        )  # fmt: skip
         return self._rrset(self.origin, T.SOA, [soa], ttl)
+
+    # -- the zone as records (transfers, wgmesh.proto.xfr) --------------------------------
+
+    def soa(self, serial: int) -> dns.rrset.RRset:
+        """The SOA RRset at ``serial``."""
+        return self._soa(self.config.ttl, serial)
+
+    def apex_rrsets(self) -> list[dns.rrset.RRset]:
+        """NS and glue (the SOA is :meth:`soa`)."""
+        ns = [dns.rdtypes.ANY.NS.NS(IN, T.NS, n) for n in self._ns]
+        out = [self._rrset(self.origin, T.NS, ns)]
+        for name in sorted(self._glue_names):
+            out += self._glue_at(name, T.A) + self._glue_at(name, T.AAAA)
+        return out
+
+    def peer_rrsets(self, key: bytes, record: bytes) -> list[dns.rrset.RRset]:
+        """Every RRset of one peer (its packed ``record``), its browse PTR first (if listed)."""
+        name = self._peer_name(key)
+        targets, tail = unpack_record(record)
+        out = [self._rrset(self.service, T.PTR, [dns.rdtypes.ANY.PTR.PTR(IN, T.PTR, name)])]
+        if not targets:
+            out = []  # no endpoint: not browsable, no SRV
+        else:
+            out.append(self._srv(name, name, targets[:1]))
+        out.append(self._txt(name, key, tail))
+        if len(targets) > 1:
+            out.append(self._srv(_alt_name(name), name, targets[1:]))
+        return out + self._addresses(name, targets)
 
     def _glue_at(self, name: dns.name.Name, qtype: int) -> list[dns.rrset.RRset]:
         rdatas = [rd for ep in self._glue for rd in _address_rdata(ep.ip.packed, qtype)]
@@ -483,12 +585,15 @@ class Zone:
             out += self._address(_target_name(name, t), t.ip, t.rdtype)
         return out
 
-    def _srv(self, name: dns.name.Name, targets: list[Target]) -> dns.rrset.RRset:
+    def _srv(
+        self, owner: dns.name.Name, name: dns.name.Name, targets: list[Target]
+    ) -> dns.rrset.RRset:
+        """The SRV RRset at ``owner`` for ``targets`` of the peer ``name``, by priority."""
         srvs = [
             dns.rdtypes.IN.SRV.SRV(IN, T.SRV, t.priority, 0, t.port, _target_name(name, t))
             for t in sorted(targets, key=lambda t: t.priority)
         ]
-        return self._rrset(name, T.SRV, srvs)
+        return self._rrset(owner, T.SRV, srvs)
 
     def _txt(self, name: dns.name.Name, key: bytes, tail: bytes) -> dns.rrset.RRset:
         txt = dns.rdtypes.ANY.TXT.TXT(IN, T.TXT, txt_strings(key, tail))
@@ -506,7 +611,9 @@ class Zone:
             if len(peers) <= BROWSE_ADDITIONAL:
                 for name, (key, record) in zip(names, peers, strict=True):
                     targets, tail = unpack_record(record)
-                    additional += [self._srv(name, targets), self._txt(name, key, tail)]
+                    additional += [self._srv(name, name, targets[:1]), self._txt(name, key, tail)]
+                    if len(targets) > 1:
+                        additional.append(self._srv(_alt_name(name), name, targets[1:]))
                     additional += self._addresses(name, targets)
             self._browse_memo = (self._rrset(self.service, T.PTR, ptrs), additional)
         return self._browse_memo
@@ -522,7 +629,14 @@ def _record(peer: PublishedPeer) -> bytes:
     if peer.name:
         txt.append(f"name={peer.name}".encode())
     txt += (f"nat={peer.nat}".encode(), f"since={peer.since}".encode())
+    if len(targets) > 1:
+        txt.append(f"alt={len(targets) - 1}".encode())
     return pack_record(targets, [t[:255] for t in txt])
+
+
+def _alt_name(name: dns.name.Name) -> dns.name.Name:
+    """``_alt.<label>._wireguard._udp.ZONE`` of the peer ``name``."""
+    return dns.name.Name((ALT_LABEL,)).concatenate(name)
 
 
 def _target_name(name: dns.name.Name, target: Target) -> dns.name.Name:

@@ -49,6 +49,12 @@ _SRV = struct.Struct("!HHH")  # priority, weight, port (RFC 2782)
 _OPT_RR = struct.Struct("!BHHIH")  # root owner, type 41, UDP size, ext-rcode/version/flags, 0
 _TARGET = struct.Struct("!HHB")  # priority, port, address length
 _HERE = b"\xc0\x0c"  # a pointer to the question name (RFC 1035 section 4.1.4)
+ALT_LABEL = b"_alt"
+"""First label of a peer's alternates' name, ``_alt.<label>._wireguard._udp.ZONE``: the SRVs
+of its candidates other than the public one (docs/protocol.md, "DNS-SD layout")."""
+ALT = -1
+"""The index :meth:`~wgmesh.proto.dnssd.Zone._locate` gives the alternates' name."""
+_ALT_HERE = b"\x04_alt" + _HERE  # the alternates' name, at the peer's own name's question
 
 
 def raw_key(query: bytes, tcp: bool) -> bytes:
@@ -270,12 +276,14 @@ def txt_strings(key: bytes, tail: bytes) -> list[bytes]:
 class PeerAnswers:
     """Positive answers about a peer's names, encoded from its packed record.
 
-    Covers what daemons ask: SRV, TXT, A/AAAA at the peer's name and A/AAAA at its targets'
-    names, for a query without EDNS options. Anything else (a negative answer, ANY, TC) gives
-    None and is left to dnspython. The layout is dnspython's for the same records: owner names
-    point at the question, SRV targets are uncompressed (RFC 2782), additional data is the
-    targets' addresses then the TXT, cut by halves to fit as :meth:`Zone._finish
-    <wgmesh.proto.dnssd.Zone._finish>` cuts it, and OPT comes last.
+    Covers what daemons ask: SRV, TXT, A/AAAA at the peer's name, SRV at its alternates' name
+    (:data:`ALT`) and A/AAAA at its targets' names, for a query without EDNS options. Anything
+    else (a negative answer, ANY, TC) gives None and is left to dnspython. The layout is
+    dnspython's for the same records: owner names point at the question (or at the first RR of
+    their RRset), SRV targets are uncompressed (RFC 2782), additional data is the public
+    address, the TXT, the alternates' SRVs and their addresses, cut by whole RRsets in halves
+    to fit as :meth:`Zone._finish <wgmesh.proto.dnssd.Zone._finish>` cuts it, and OPT comes
+    last.
     """
 
     def __init__(self, service: bytes, ttl: int, max_udp: int) -> None:
@@ -292,8 +300,9 @@ class PeerAnswers:
         record: bytes,
         index: int,
     ) -> bytes | None:
-        """The answer to ``query`` about target ``index`` (0: the peer's own name) of the peer
-        ``key`` whose packed record is ``record``; None when this encoder does not cover it."""
+        """The answer to ``query`` about target ``index`` (0: the peer's own name, :data:`ALT`:
+        its alternates' name) of the peer ``key`` whose packed record is ``record``; None when
+        this encoder does not cover it."""
         end = shape.end
         qtype, qclass = _QTAIL.unpack_from(query, end - 4)
         if qclass != 1:
@@ -309,40 +318,69 @@ class PeerAnswers:
         targets, tail = unpack_record(record)
         ttl = self._ttl
         answers: list[bytes] = []
-        extra: list[bytes] = []
-        if index:
+        extra: list[tuple[bytes, int]] = []  # (RRset, its RR count): cut by whole RRsets
+        question = query[12:end]
+        if index > 0:
             target = targets[index]
             if qtype != target.rdtype:
                 return None
             answers.append(_HERE + _RR.pack(qtype, 1, ttl, len(target.ip)) + target.ip)
+        elif index == ALT:
+            if qtype != SRV or len(targets) < 2:
+                return None
+            name = shape.qname[5:62] + self._service  # the peer's name, as the zone spells it
+            answers += self._srvs(_HERE, name, targets[1:], -1)
+            peer = 0xC000 | 17  # the peer's name inside the question (after "\x04_alt")
+            extra += self._addresses(targets[1:], struct.pack("!H", peer))
         elif qtype == SRV and targets:
-            name = shape.qname[:57] + self._service  # the peer's label as the zone spells it
-            for t in sorted(targets, key=_priority):
-                target_name = bytes((len(t.label),)) + t.label + name if t.label else name
-                rdata = _SRV.pack(t.priority, 0, t.port) + target_name
-                answers.append(_HERE + _RR.pack(SRV, 1, ttl, len(rdata)) + rdata)
-            for t in targets:
-                owner = bytes((len(t.label),)) + t.label + _HERE if t.label else _HERE
-                extra.append(owner + _RR.pack(t.rdtype, 1, ttl, len(t.ip)) + t.ip)
-            extra.append(self._txt(key, tail))
+            name = shape.qname[:57] + self._service
+            answers += self._srvs(_HERE, name, targets[:1], -1)
+            extra += self._addresses(targets[:1], _HERE)
+            extra.append((self._txt(key, tail), 1))
+            if len(targets) > 1:  # the alternates' SRV RRset, its owner "\x04_alt" + pointer
+                at = 12 + len(question) + sum(map(len, answers)) + sum(len(e) for e, _ in extra)
+                srvs = self._srvs(_ALT_HERE, name, targets[1:], at)
+                extra.append((b"".join(srvs), len(srvs)))
+                extra += self._addresses(targets[1:], _HERE)
         elif qtype == TXT:
             answers.append(self._txt(key, tail))
         elif targets and qtype == targets[0].rdtype:
             answers.append(_HERE + _RR.pack(qtype, 1, ttl, len(targets[0].ip)) + targets[0].ip)
         else:
             return None
-        question = query[12:end]
         size = 12 + len(question) + sum(map(len, answers)) + len(opt)
         if size > limit:
             return None
         keep = len(extra)
-        if size + sum(map(len, extra)) > limit:  # additional data is optional (RFC 2181 s. 9)
-            keep //= 2
-            while keep and size + sum(map(len, extra[:keep])) > limit:
+        if size + sum(len(e) for e, _ in extra) > limit:  # additional data is optional
+            keep //= 2  # (RFC 2181 section 9)
+            while keep and size + sum(len(e) for e, _ in extra[:keep]) > limit:
                 keep //= 2
         flags = 0x8400 | (query[2] << 8 & 0x0100)  # QR, AA, RD echoed
-        header = _HEADER.pack(flags, 1, len(answers), 0, keep + (1 if opt else 0))
-        return b"".join((query[:2], header, question, *answers, *extra[:keep], opt))
+        count = sum(n for _, n in extra[:keep]) + (1 if opt else 0)
+        header = _HEADER.pack(flags, 1, len(answers), 0, count)
+        return b"".join((query[:2], header, question, *answers, *(e for e, _ in extra[:keep]), opt))
+
+    def _srvs(self, owner: bytes, name: bytes, targets: list[Target], at: int) -> list[bytes]:
+        """One SRV RR per target, by priority: the first owned by ``owner``, the others by
+        ``owner`` again (``at`` < 0) or by a pointer to the first (written at offset ``at``)."""
+        out = []
+        for t in sorted(targets, key=_priority):
+            target_name = bytes((len(t.label),)) + t.label + name if t.label else name
+            rdata = _SRV.pack(t.priority, 0, t.port) + target_name
+            out.append(owner + _RR.pack(SRV, 1, self._ttl, len(rdata)) + rdata)
+            if at >= 0:
+                owner = struct.pack("!H", 0xC000 | at)
+        return out
+
+    def _addresses(self, targets: list[Target], pointer: bytes) -> list[tuple[bytes, int]]:
+        """The A/AAAA RRset of each target, its owner its label (if any) and ``pointer`` (to
+        the peer's name)."""
+        out = []
+        for t in targets:
+            owner = bytes((len(t.label),)) + t.label + pointer if t.label else pointer
+            out.append((owner + _RR.pack(t.rdtype, 1, self._ttl, len(t.ip)) + t.ip, 1))
+        return out
 
     def _txt(self, key: bytes, tail: bytes) -> bytes:
         rdata = b"\x09txtvers=1\x30pub=" + base64.b64encode(key) + tail

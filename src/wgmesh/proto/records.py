@@ -1,13 +1,17 @@
 """What the registrar's DNS-SD answers say about a peer, as a :class:`PeerRecord` (sans-IO).
 
 The daemon asks ``<base32 key>._wireguard._udp.ZONE SRV`` (docs/protocol.md has the layout);
-the answer holds one SRV per candidate, normally with each target's A/AAAA and the instance's
-TXT in the additional section. :func:`read_srv_answer` reads it into an :class:`SrvAnswer` that
-says what is still missing (targets without addresses, a missing TXT: the registrar leaves out
-additional data before it truncates); the resolver asks for those and merges the answers with
-:meth:`SrvAnswer.with_addresses` / :meth:`SrvAnswer.with_txt`; :func:`peer_record` then builds
-the record. The candidate kind comes from the SRV target's first label
-(:meth:`CandidateKind.of_target_label`); a target named otherwise is ignored.
+the answer holds the public candidate's SRV (wgsd's one SRV), normally with its A/AAAA, the
+instance's TXT, and the other candidates' SRVs (at ``_alt.<base32 key>._wireguard._udp.ZONE``)
+with their addresses in the additional section. A registrar from before that layout put every
+SRV at the instance name: both are read. :func:`read_srv_answer` reads it into an
+:class:`SrvAnswer` that says what is still missing (the TXT, the alternates' SRVs that the TXT's
+``alt=`` announces, targets without addresses: the registrar leaves out additional data before
+it truncates, and a secondary server adds none but addresses); the resolver asks for those and
+merges the answers with :meth:`SrvAnswer.with_txt` / :meth:`SrvAnswer.with_alternates` /
+:meth:`SrvAnswer.with_addresses`; :func:`peer_record` then builds the record. The candidate
+kind comes from the SRV target's first label (:meth:`CandidateKind.of_target_label`); a target
+named otherwise is ignored.
 
 Nothing here decides who is a peer or what it routes: a record only proposes candidates, which
 the Planner trusts once a WireGuard handshake (authenticated by the peer's key) goes through.
@@ -35,7 +39,11 @@ from wgmesh.proto.punch import Hint, PeerRecord
 SERVICE = "_wireguard._udp"
 """The DNS-SD service under the zone (wgsd's layout)."""
 MAX_SRVS = 32
-"""SRVs read from one answer (the registrar publishes at most 9); the rest are ignored."""
+"""SRVs read about one peer (the registrar publishes at most 9); the rest are ignored."""
+ALT_LABEL = b"_alt"
+"""First label of a peer's alternates' name (its candidates other than the public one)."""
+MAX_ALT = 64
+"""Largest TXT ``alt=`` count believed; a larger or malformed one reads as 0."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,21 @@ class SrvAnswer:
     """Addresses (A and AAAA) per target name seen so far."""
     txt: Mapping[str, str] | None
     """The instance's TXT ``key=value`` pairs; None when no TXT was seen yet."""
+    alternates: bool = False
+    """The SRVs at the alternates' name were seen (or asked for and found absent)."""
+
+    @property
+    def alternates_name(self) -> dns.name.Name:
+        """``_alt.<label>._wireguard._udp.ZONE``: ask SRV there for :attr:`missing_alternates`."""
+        return alternates_name(self.name)
+
+    @property
+    def missing_alternates(self) -> bool:
+        """The TXT announces alternates (``alt=`` above 0) whose SRVs were not seen yet."""
+        if self.alternates or self.txt is None:
+            return False
+        count = self.txt.get("alt", "0")
+        return count.isascii() and count.isdigit() and 0 < int(count[:3]) <= MAX_ALT
 
     @property
     def missing_targets(self) -> tuple[dns.name.Name, ...]:
@@ -81,6 +104,22 @@ class SrvAnswer:
             found += _addresses(message.answer).get(target, [])
         return replace(self, addresses={**self.addresses, target: tuple(found)})
 
+    def with_alternates(self, message: dns.message.Message) -> SrvAnswer:
+        """Merge the answer to an SRV query for :attr:`alternates_name` (and the addresses in
+        it). RemoteProtocolError as for :func:`read_srv_answer`."""
+        _check(self.alternates_name, message)
+        srvs = _srvs(self.alternates_name, list(message.answer))
+        sections = list(message.additional) + list(message.answer)
+        return self._merged(srvs, sections)
+
+    def _merged(self, srvs: tuple[Srv, ...], sections: list[dns.rrset.RRset]) -> SrvAnswer:
+        known = set(self.srvs)
+        merged = self.srvs + tuple(s for s in srvs if s not in known)
+        addresses = dict(self.addresses)
+        for target, found in _addresses(sections).items():
+            addresses.setdefault(target, tuple(found))
+        return replace(self, srvs=merged[:MAX_SRVS], addresses=addresses, alternates=True)
+
     def with_txt(self, message: dns.message.Message) -> SrvAnswer:
         """Merge the answer to a TXT query for the instance name."""
         txt = dict(self.txt or {})
@@ -96,6 +135,11 @@ def instance_name(key: bytes, origin: dns.name.Name) -> dns.name.Name:
     return dns.name.Name((key_label(key).encode(),)).concatenate(service_name(origin))
 
 
+def alternates_name(name: dns.name.Name) -> dns.name.Name:
+    """``_alt.<base32 key>._wireguard._udp.ZONE`` of the instance ``name``."""
+    return dns.name.Name((ALT_LABEL,)).concatenate(name)
+
+
 def service_name(origin: dns.name.Name) -> dns.name.Name:
     """``_wireguard._udp.ZONE`` (what a browse asks for PTR)."""
     return dns.name.from_text(SERVICE, origin)
@@ -106,19 +150,9 @@ def read_srv_answer(name: dns.name.Name, message: dns.message.Message) -> SrvAns
     Raises RemoteProtocolError for any other failure rcode (SERVFAIL, REFUSED, ...) and for a
     truncated answer (ask again over TCP: a TC answer may hold no records at all, which must
     not read as "no such peer")."""
-    if message.flags & dns.flags.TC:
-        raise RemoteProtocolError(f"DNS {name} SRV: truncated")
-    rcode = message.rcode()
-    if rcode == dns.rcode.NXDOMAIN:
+    if not _check(name, message):
         return None
-    if rcode != dns.rcode.NOERROR:
-        raise RemoteProtocolError(f"DNS {name} SRV: {dns.rcode.to_text(rcode)}")
-    srvs = tuple(
-        Srv(rr.target, rr.port, rr.priority)
-        for rrs in message.answer
-        if _is(rrs, dns.rdatatype.SRV) and rrs.name == name
-        for rr in rrs
-    )[:MAX_SRVS]
+    srvs = _srvs(name, list(message.answer))
     if not srvs:
         return None
     sections = list(message.additional) + list(message.answer)
@@ -129,7 +163,32 @@ def read_srv_answer(name: dns.name.Name, message: dns.message.Message) -> SrvAns
             for k, v in parse_txt(rrs).items():
                 txt.setdefault(k, v)
     found = _addresses(sections)
-    return SrvAnswer(name, srvs, {t: tuple(a) for t, a in found.items()}, txt)
+    answer = SrvAnswer(name, srvs, {t: tuple(a) for t, a in found.items()}, txt)
+    alt = alternates_name(name)
+    if any(_is(rrs, dns.rdatatype.SRV) and rrs.name == alt for rrs in sections):
+        answer = answer._merged(_srvs(alt, sections), [])
+    return answer
+
+
+def _check(name: dns.name.Name, message: dns.message.Message) -> bool:
+    """False for NXDOMAIN; RemoteProtocolError for a truncated answer or another failure."""
+    if message.flags & dns.flags.TC:
+        raise RemoteProtocolError(f"DNS {name} SRV: truncated")
+    rcode = message.rcode()
+    if rcode == dns.rcode.NXDOMAIN:
+        return False
+    if rcode != dns.rcode.NOERROR:
+        raise RemoteProtocolError(f"DNS {name} SRV: {dns.rcode.to_text(rcode)}")
+    return True
+
+
+def _srvs(owner: dns.name.Name, sections: list[dns.rrset.RRset]) -> tuple[Srv, ...]:
+    return tuple(
+        Srv(rr.target, rr.port, rr.priority)
+        for rrs in sections
+        if _is(rrs, dns.rdatatype.SRV) and rrs.name == owner
+        for rr in rrs
+    )[:MAX_SRVS]
 
 
 def peer_record(key: bytes, answer: SrvAnswer) -> PeerRecord:

@@ -47,12 +47,13 @@ from enum import StrEnum
 from typing import TypeVar
 
 from wgmesh.errors import DecodeError
-from wgmesh.proto import sealed, stun
+from wgmesh.proto import changerequest, sealed, stun
 from wgmesh.proto.dnssd import Candidate, PublishedPeer, Zone
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.fanout import Fanout
 from wgmesh.proto.keys import KEY_LEN
 from wgmesh.proto.kinds import CandidateKind, NatKind
+from wgmesh.proto.pathreport import PathBook
 from wgmesh.proto.peerrow import (
     NO_KEY,
     SHARED_AT,
@@ -145,6 +146,10 @@ class RegistryConfig:
     """Larger datagrams are dropped before parsing."""
     software: str = "wgmesh"
     """SOFTWARE attribute of our responses."""
+    max_path_pairs: int = 65_536
+    """Most (reporter, peer) paths kept from PathReports (wgmesh.proto.pathreport)."""
+    path_ttl: float = 300.0
+    """Seconds a reported path is shown without a newer report."""
 
 
 class Change(StrEnum):
@@ -274,6 +279,8 @@ class Registry:
         """Per watcher, the last RosterQuery counter answered (dropped with the watcher)."""
         self._repunch_floor: dict[bytes, int] = {}
         """Per watcher, the last Repunch counter acted on (dropped with the watcher)."""
+        self.paths = PathBook(config.max_path_pairs, config.path_ttl)
+        """The latest reported path of each pair, for the status page and ``wgmesh mesh``."""
         self._key_limiter = RateLimiter(config.key_rate_limit)
         self._agreements = RateLimiter(config.agreement_limit)
         self._plain = stun.PlainBindingResponder(config.software)
@@ -287,7 +294,8 @@ class Registry:
                 "datagrams", "binding", "registered", "watched", "oversize", "not_stun",
                 "malformed", "rate_limited", "unauthorized", "bad_box", "stale", "replay",
                 "key_limited", "agreement_limited", "unproven",
-                "unexpected", "table_full", "pushed", "roster", "repunch",
+                "unexpected", "table_full", "pushed", "roster", "repunch", "change_request",
+                "path_report",
             ),
             0,
         )  # fmt: skip
@@ -395,6 +403,21 @@ class Registry:
             c["binding"] += 1
         return reply
 
+    def answer_change_request(
+        self, data: bytes, source: Endpoint, *, has_other_port: bool
+    ) -> changerequest.ChangedAnswer | None:
+        """The answer to a plain Binding Request carrying an RFC 5780 CHANGE-REQUEST (the NAT
+        filtering test of ``wgmesh netcheck``): one datagram toward ``source``, at most twice
+        the request, from the other STUN port or a 420 (wgmesh.proto.changerequest); None for
+        any other datagram, which then goes to :meth:`receive`. Not rate limited, like any
+        plain Binding Request."""
+        out = changerequest.answer(data, source, has_other_port=has_other_port)
+        if out is not None:
+            c = self.counters
+            c["datagrams"] += 1
+            c["change_request"] += 1
+        return out
+
     def receive(self, data: bytes, source: Endpoint, local_port: int, now: float) -> list[Outgoing]:
         """Handle one datagram; returns the datagrams to send. Never raises on bad input."""
         c = self.counters
@@ -484,6 +507,8 @@ class Registry:
             return self.relay.request(msg, key, payload, source, now, shared)
         if isinstance(payload, sealed.Repunch):
             return self._repunch(key, payload, source, now)
+        if isinstance(payload, sealed.PathReport):
+            return self._path_report(key, payload, source, now)
         c["unexpected"] += 1
         return []
 
@@ -504,6 +529,8 @@ class Registry:
             return payload.counter <= self._roster_floor.get(key, 0)
         if isinstance(payload, sealed.Repunch):
             return payload.counter <= self._repunch_floor.get(key, 0)
+        if isinstance(payload, sealed.PathReport):
+            return self.paths.replayed(key, payload.counter)
         if isinstance(payload, sealed.RelayRequest):
             return self.relay.replayed(key, payload.counter)
         return False
@@ -747,6 +774,19 @@ class Registry:
         self.counters["repunch"] += len(out)
         return out
 
+    def _path_report(
+        self, key: bytes, report: sealed.PathReport, source: Endpoint, now: float
+    ) -> list[Outgoing]:
+        """Keep ``key``'s paths to the registered peers it names. Only from ``key``'s proven
+        control address (like a RosterQuery); never answered."""
+        known = self.watchers.get(key)
+        if known is None or unpack_watcher(known).address != source:
+            self.counters["unexpected"] += 1
+            return []
+        self.counters["path_report"] += 1
+        self.paths.record(key, report, now, [p for p in report.paths if p.peer in self._rows])
+        return []
+
     # -- time -------------------------------------------------------------------------------
 
     def next_timer(self) -> float | None:
@@ -754,7 +794,8 @@ class Registry:
         times = [last_seen(row) for row in self._oldest(self._rows)]
         times += [last_watch(w) for w in self._oldest(self.watchers)]
         expiry = min(times) + self.config.expiry if times else None
-        due = [t for t in (expiry, self._fanout.push_at, self.relay.next_timer()) if t is not None]
+        due = [t for t in (expiry, self._fanout.push_at, self.relay.next_timer(),
+                           self.zone.next_publish()) if t is not None]  # fmt: skip
         return min(due) if due else None
 
     @staticmethod
@@ -787,6 +828,7 @@ class Registry:
             if last_seen(row) >= limit:
                 break
             out += self._withdraw(self._entry(key, row), now)
+        self.zone.publish(now)  # changes held back by the zone's serial interval
         if self._fanout.due(now):
             out += self._flush_pushes(now)
         out += self.relay.expire(now)
@@ -852,7 +894,9 @@ class Registry:
     def _push(self, changed: bytes, now: float) -> list[Outgoing]:
         """Push ``changed`` to the watchers that want it: at once when nothing was pushed
         within ``push_delay``, else gathered until the window ends (then :meth:`expire` sends
-        them, ``next_timer`` says when); see wgmesh.proto.fanout."""
+        them, ``next_timer`` says when); see wgmesh.proto.fanout. The zone's serial is raised
+        first if its interval allows (else at the interval's end, by :meth:`expire`)."""
+        self.zone.publish(now)
         return self._flush_pushes(now) if self._fanout.changed(changed, now) else []
 
     def _flush_pushes(self, now: float) -> list[Outgoing]:

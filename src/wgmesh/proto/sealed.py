@@ -30,6 +30,8 @@ ciphertext (16-byte MAC, then the payload). Plaintext layout, network byte order
     RelayBind     32-byte key of the other peer (sent from the WireGuard port to the relay port)
     Repunch   u8 count (1..14) + count * 32-byte key: peer -> registrar "my path to these
               stalled: ask them to send toward me"; registrar -> peer "send toward these now"
+    PathReport  u8 count (1..12) + count * (32-byte key | u8 path (1 direct, 2 relay, 3 none) |
+              u8 reason (PathReason) | u32 seconds since the latest handshake (2^32-1: never))
     network   u8 family (4|6) | u8 prefix length | 4|16 address bytes
     address   u8 family (4|6) | 4|16 address bytes | u16 port   (no IPv4-mapped IPv6)
 
@@ -104,6 +106,7 @@ class Kind(IntEnum):
     RELAY_GRANT = 8
     RELAY_BIND = 9
     REPUNCH = 10
+    PATH_REPORT = 11
 
 
 class RelayOp(IntEnum):
@@ -141,9 +144,55 @@ class RelayRefusal(IntEnum):
     """A relay to oneself."""
 
 
+class PathKind(IntEnum):
+    """A path as a PathReport tells it (``wgmesh peers``' words)."""
+
+    DIRECT = 1
+    RELAY = 2
+    NONE = 3
+
+
+class PathReason(IntEnum):
+    """Why a reported path is not direct (or what is wrong with a direct one), as a code: the
+    registrar shows the words of :data:`PATH_REASONS`, never text a peer sent."""
+
+    NONE = 0
+    NOT_REGISTERED = 1
+    SHARED_NAT = 2
+    BOTH_SYMMETRIC = 3
+    PEER_SYMMETRIC = 4
+    OURS_SYMMETRIC = 5
+    DIRECT_FAILED = 6
+    TRYING = 7
+    STALE = 8
+    NO_HANDSHAKE = 9
+    OTHER = 15
+
+
+PATH_REASONS: dict[PathReason, str] = {
+    PathReason.NONE: "",
+    PathReason.NOT_REGISTERED: "the peer is not registered",
+    PathReason.SHARED_NAT: "both peers share one NAT and one WireGuard port",
+    PathReason.BOTH_SYMMETRIC: "both peers are behind symmetric NATs",
+    PathReason.PEER_SYMMETRIC: "the peer is behind a symmetric NAT, the reporter a filtering one",
+    PathReason.OURS_SYMMETRIC: "the reporter is behind a symmetric NAT, the peer a filtering one",
+    PathReason.DIRECT_FAILED: "every direct candidate failed",
+    PathReason.TRYING: "trying candidates",
+    PathReason.STALE: "the last handshake is stale",
+    PathReason.NO_HANDSHAKE: "no handshake yet",
+    PathReason.OTHER: "another reason (wgmesh peers on the reporter says)",
+}
+"""What each reason code means, in the registrar's words."""
+MAX_PATHS = (MAX_PAYLOAD - HEADER_LEN - 1) // (KEY_LEN + 6)
+"""12: the peers one PathReport can name."""
+NEVER = 0xFFFFFFFF
+"""A PathReport's handshake age when there was none."""
+
 _RELAY_OPS = frozenset(int(o) for o in RelayOp)
 _RELAY_STATES = frozenset(int(s) for s in RelayState)
 _RELAY_REFUSALS = frozenset(int(r) for r in RelayRefusal)
+_PATH_KINDS = frozenset(int(k) for k in PathKind)
+_PATH_REASONS = frozenset(int(r) for r in PathReason)
 _NAT_CODES = (NatKind.UNKNOWN, NatKind.NONE, NatKind.CONE, NatKind.SYMMETRIC)
 _NAT_INDEX = {nat: code for code, nat in enumerate(_NAT_CODES)}
 
@@ -316,6 +365,31 @@ class Repunch:
     """Public keys, 1..MAX_CHANGED."""
 
 
+@dataclass(frozen=True, slots=True)
+class PeerPath:
+    """One entry of a PathReport: the reporter's path to ``peer``."""
+
+    peer: bytes
+    """The peer's public key."""
+    path: PathKind
+    """Direct, relay or none."""
+    reason: PathReason = PathReason.NONE
+    """Why not direct (NONE when it is)."""
+    handshake_age: int = NEVER
+    """Whole seconds since the latest handshake (u32; :data:`NEVER`: none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PathReport:
+    """Peer -> registrar (control socket): my paths to these peers, as ``wgmesh peers`` sees
+    them (sent at a low rate and on change; the registrar keeps the latest per pair)."""
+
+    timestamp_ms: int
+    counter: int
+    paths: tuple[PeerPath, ...]
+    """1..MAX_PATHS entries."""
+
+
 Payload = (
     Register
     | Watch
@@ -327,6 +401,7 @@ Payload = (
     | RelayGrant
     | RelayBind
     | Repunch
+    | PathReport
 )
 
 _KINDS: dict[type[Payload], Kind] = {
@@ -340,6 +415,7 @@ _KINDS: dict[type[Payload], Kind] = {
     RelayGrant: Kind.RELAY_GRANT,
     RelayBind: Kind.RELAY_BIND,
     Repunch: Kind.REPUNCH,
+    PathReport: Kind.PATH_REPORT,
 }
 
 
@@ -434,6 +510,13 @@ def _body(p: Payload) -> bytes:
         if not 1 <= len(p.peers) <= MAX_CHANGED or any(len(k) != KEY_LEN for k in p.peers):
             raise LocalProtocolError(f"a Repunch names 1 to {MAX_CHANGED} 32-byte keys")
         return bytes((len(p.peers),)) + b"".join(p.peers)
+    if isinstance(p, PathReport):
+        if not 1 <= len(p.paths) <= MAX_PATHS or any(len(e.peer) != KEY_LEN for e in p.paths):
+            raise LocalProtocolError(f"a PathReport names 1 to {MAX_PATHS} 32-byte keys")
+        return bytes((len(p.paths),)) + b"".join(
+            e.peer + struct.pack("!BBI", PathKind(e.path), PathReason(e.reason), e.handshake_age)
+            for e in p.paths
+        )
     if isinstance(p, RelayRequest | RelayGrant | RelayBind):
         if len(p.peer) != KEY_LEN:
             raise LocalProtocolError("a peer key is 32 bytes")
@@ -662,6 +745,19 @@ def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
         if not 1 <= count <= MAX_CHANGED:
             raise DecodeError(f"a Repunch names 1 to {MAX_CHANGED} keys")
         p = Repunch(ts, counter, tuple(r.take(KEY_LEN) for _ in range(count)))
+    elif kind == Kind.PATH_REPORT:
+        count = r.u8()
+        if not 1 <= count <= MAX_PATHS:
+            raise DecodeError(f"a PathReport names 1 to {MAX_PATHS} peers")
+        entries = []
+        for _ in range(count):
+            peer, path, reason, age = r.take(KEY_LEN), r.u8(), r.u8(), r.u32()
+            if path not in _PATH_KINDS:
+                raise DecodeError("unknown path in a PathReport")
+            if reason not in _PATH_REASONS:
+                raise DecodeError("unknown path reason")
+            entries.append(PeerPath(peer, PathKind(path), PathReason(reason), age))
+        p = PathReport(ts, counter, tuple(entries))
     else:
         raise DecodeError(f"unknown sealed payload kind {kind}")
     if r.pos != len(data):

@@ -14,6 +14,9 @@ RFC 8489 sections followed:
 - 6.3.1 (unknown comprehension-required attributes): kept, listed by :func:`unknown_required`;
   the server decides what to do with them.
 - 12 (RFC 3489 clients, no magic cookie): :func:`classic_binding_success`.
+- RFC 5780 section 7.2, CHANGE-REQUEST (flags: change IP 0x04, change port 0x02), used by the
+  NAT behaviour tests (:mod:`wgmesh.proto.changerequest` answers it, :mod:`wgmesh.proto.netcheck`
+  sends it).
 - 7.3.1 again, fast: :class:`PlainBindingResponder` answers the commonest request, a Binding
   Request with no attributes but FINGERPRINT, from a template, byte for byte what
   :func:`binding_success` gives, without decoding the request or building an ``Endpoint``.
@@ -64,6 +67,8 @@ BINDING_SUCCESS = 0x0101
 BINDING_ERROR = 0x0111
 
 ATTR_MAPPED_ADDRESS = 0x0001
+ATTR_CHANGE_REQUEST = 0x0003
+"""RFC 5780 section 7.2: answer from another address and/or port."""
 ATTR_ERROR_CODE = 0x0009
 ATTR_XOR_MAPPED_ADDRESS = 0x0020
 ATTR_SOFTWARE = 0x8022
@@ -333,6 +338,28 @@ def unpack_sealed(value: bytes) -> bytes:
     return value
 
 
+CHANGE_IP = 0x04
+"""CHANGE-REQUEST flag A: answer from the other address."""
+CHANGE_PORT = 0x02
+"""CHANGE-REQUEST flag B: answer from the other port."""
+
+
+def pack_change_request(flags: int) -> bytes:
+    """CHANGE-REQUEST value (RFC 5780 section 7.2): 32 bits, of which only A and B are set."""
+    if flags & ~(CHANGE_IP | CHANGE_PORT):
+        raise LocalProtocolError("CHANGE-REQUEST has only the change IP and change port flags")
+    return _U32.pack(flags)
+
+
+def unpack_change_request(value: bytes) -> int:
+    """Inverse of :func:`pack_change_request`: the flags, other bits ignored (they are to be
+    zero, and a server has nothing to do with them)."""
+    if len(value) != 4:
+        raise DecodeError("bad CHANGE-REQUEST length")
+    flags: int = _U32.unpack(value)[0]
+    return flags & (CHANGE_IP | CHANGE_PORT)
+
+
 class AttributeCodec(NamedTuple):
     """One row of :data:`CODECS`."""
 
@@ -346,6 +373,9 @@ class AttributeCodec(NamedTuple):
 
 CODECS: dict[int, AttributeCodec] = {
     ATTR_MAPPED_ADDRESS: AttributeCodec("MAPPED-ADDRESS", pack_address, unpack_address),
+    ATTR_CHANGE_REQUEST: AttributeCodec(
+        "CHANGE-REQUEST", pack_change_request, unpack_change_request
+    ),
     ATTR_ERROR_CODE: AttributeCodec("ERROR-CODE", pack_error, unpack_error),
     ATTR_XOR_MAPPED_ADDRESS: AttributeCodec(
         "XOR-MAPPED-ADDRESS", pack_xor_address, unpack_xor_address

@@ -22,13 +22,16 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from wgmesh.errors import ConfigError, RemoteProtocolError
 from wgmesh.proto.dnssd import Zone
 from wgmesh.proto.rrl import RrlConfig, RrlStats, UdpGuard, prefix_key
 from wgmesh.registry import udpbatch
 from wgmesh.registry.udpbatch import BatchedUdp, UdpEndpoint, open_udp
+
+if TYPE_CHECKING:
+    from wgmesh.registry.xfr import XfrService
 
 log = logging.getLogger("wgmesh.dns")
 
@@ -147,13 +150,15 @@ def _udp_handlers(
 class DnsServer:
     """A running DNS server: ``udp_port``/``tcp_port`` are the bound ports."""
 
-    def __init__(self, zone: Zone, limits: DnsLimits) -> None:
+    def __init__(self, zone: Zone, limits: DnsLimits, xfr: XfrService | None = None) -> None:
         self.zone = zone
         self.limits = limits
         self.stats = DnsAdapterStats()
+        self.xfr = xfr
+        """Zone transfers and signed queries (wgmesh.registry.xfr), if there are secondaries."""
         self.guard = UdpGuard(
             limits.rrl,
-            zone.answer,
+            zone.answer if xfr is None else xfr.answer,
             max_udp=zone.config.max_udp,
             secret=os.urandom(32),
             stats=self.stats.rrl,
@@ -225,6 +230,10 @@ class DnsServer:
                     query = await reader.readexactly(length)
                 if length < MIN_QUERY:
                     break
+                if self.xfr is not None and self.xfr.is_transfer(query):  # AXFR/IXFR: its own
+                    if not await self.xfr.transfer(query, address, writer):  # messages
+                        break
+                    continue
                 try:
                     answer = guard.tcp(query, address, time.time())
                 except RemoteProtocolError as exc:
@@ -286,11 +295,17 @@ async def _open_udp(host: str, port: int, server: DnsServer) -> UdpEndpoint:
     return batched
 
 
-async def start_dns(zone: Zone, host: str, port: int, limits: DnsLimits | None = None) -> DnsServer:
+async def start_dns(
+    zone: Zone,
+    host: str,
+    port: int,
+    limits: DnsLimits | None = None,
+    xfr: XfrService | None = None,
+) -> DnsServer:
     """Serve ``zone`` on host:port over UDP and TCP (port 0: a free port, the same for both).
 
     UDP is read in batches (:mod:`wgmesh.registry.udpbatch`) where the platform allows."""
-    server = DnsServer(zone, limits or DnsLimits())
+    server = DnsServer(zone, limits or DnsLimits(), xfr)
     attempts = 8 if port == 0 else 1
     for attempt in range(1, attempts + 1):
         udp = await _open_udp(host, port, server)

@@ -30,13 +30,14 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from wgmesh.metricshttp import HttpListener, ListenFailure, log_counters, metrics_route
 from wgmesh.proto import sealed
 from wgmesh.proto.dnssd import Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, public_key, short_key
+from wgmesh.proto.meshview import snapshot
 from wgmesh.proto.metrics import (
     Family,
     counter,
@@ -50,8 +51,11 @@ from wgmesh.registry.admission import load_admission
 from wgmesh.registry.dns import DnsAdapterStats, DnsLimits, DnsServer, start_dns
 from wgmesh.registry.relaynft import KernelRelayError
 from wgmesh.registry.relayserve import RelayService
+from wgmesh.registry.statuspage import remove_socket, serve_socket
+from wgmesh.registry.statuspage import routes as status_routes
 from wgmesh.registry.store import Store
 from wgmesh.registry.udpbatch import BatchedUdp, UdpEndpoint, open_udp
+from wgmesh.registry.xfr import XfrService, XfrSettings, xfr_metrics
 
 log = logging.getLogger("wgmesh.registrar")
 
@@ -70,6 +74,7 @@ COUNTED: dict[str, tuple[str, str]] = {
         "change_requests",
         "RFC 5780 CHANGE-REQUEST Binding Requests answered (from the other port, or 420)",
     ),
+    "path_report": ("path_reports", "PathReports kept (the status page's pair matrix)"),
 }
 """``Registry.counters`` keys with a family of their own: key -> (name, help)."""
 REJECTED = ("oversize", "not_stun", "malformed", "unexpected", "unauthorized", "bad_box",
@@ -116,12 +121,16 @@ class RegistrarSettings:
     default is 60)."""
     dns_limits: DnsLimits = field(default_factory=DnsLimits)
     """Response rate limiting, cookies and TCP caps of the DNS server."""
+    xfr: XfrSettings | None = None
+    """Secondaries that may transfer the zone and are sent NOTIFY (None: none)."""
     relay: RelayConfig = field(default_factory=RelayConfig)
     """The relay's ports and limits (off by default)."""
     relay_mode: str = "off"
     """kernel, userspace, auto (kernel where nftables works) or off."""
     relay_address: str | None = None
     """The address daemons send relayed traffic to (the relay ports bind to it)."""
+    status_socket: Path | None = None
+    """The unix socket ``wgmesh mesh`` reads the mesh from (None: none)."""
 
 
 class _StunSocket:
@@ -219,6 +228,11 @@ class Registrar:
         self.http: HttpListener | None = None
         """The metrics listener (``settings.metrics``)."""
         self._counter_log: asyncio.Task[None] | None = None
+        self.xfr: XfrService | None = None
+        """Zone transfers and NOTIFYs (``settings.xfr``)."""
+        self._stored_serial = -1
+        """The zone serial last written to SQLite (NOTIFY waits for it: wgmesh.registry.xfr)."""
+        self._status_socket: asyncio.AbstractServer | None = None
 
     @classmethod
     async def start(cls, settings: RegistrarSettings) -> Registrar:
@@ -247,16 +261,25 @@ class Registrar:
                 self._primary = endpoint
         self.stun_ports = tuple(bound)
         self.registry.primary_port = bound[0]
+        if settings.xfr is not None:
+            self.xfr = XfrService(self.zone, settings.xfr)
+            await self.xfr.start(settings.listen)
         self._dns = await start_dns(
-            self.zone, settings.listen, settings.dns_port, settings.dns_limits
+            self.zone, settings.listen, settings.dns_port, settings.dns_limits, self.xfr
         )
         if settings.metrics is not None:
-            routes = {"/metrics": metrics_route(self.metrics)}
+            routes = {"/metrics": metrics_route(self.metrics), **status_routes(self.status)}
             try:
                 self.http = await HttpListener.start(settings.metrics, routes)
             except ListenFailure:
                 await self.close()
                 raise
+        if settings.status_socket is not None:
+            try:
+                self._status_socket = await serve_socket(settings.status_socket, self.status)
+            except OSError as exc:
+                log.warning("no status socket at %s (wgmesh mesh cannot read this registrar): "
+                            "%s", settings.status_socket, exc.strerror or exc)  # fmt: skip
         if settings.log_counters > 0:
             self._counter_log = asyncio.create_task(
                 log_counters(self.metrics, settings.log_counters, log, PREFIX)
@@ -268,6 +291,7 @@ class Registrar:
                 await self.close()
                 raise
         self.store.apply((), self.zone.serial)  # the restart's serial is durable at once
+        self._serial_stored()
         self._after_input()  # the restore
         log.info(
             "registrar %s for zone %s: STUN %s:%s, DNS %s:%d, %s",
@@ -330,7 +354,8 @@ class Registrar:
         self._settle = None
         if self._closed:
             return
-        if self._drain() and self._flush is None:
+        changed = self._drain() or self.zone.serial != self._stored_serial
+        if changed and self._flush is None:
             self._flush = self._loop.call_later(self.settings.flush_interval, self._write)
         if self.relay is not None:
             self.relay.changed()
@@ -381,9 +406,26 @@ class Registrar:
         """The flush timer: write every queued change and the zone serial in one transaction."""
         self._flush = None
         self._drain()
-        if self._pending:
+        if self._pending or self.zone.serial != self._stored_serial:
             batch, self._pending = self._pending, []
             self.store.apply(batch, self.zone.serial)
+            self._serial_stored()
+
+    def _serial_stored(self) -> None:
+        """The zone serial is on disk: a new one is NOTIFYed to the secondaries (only now, so
+        that a restart never hands out a serial a secondary already holds)."""
+        if self.zone.serial != self._stored_serial:
+            self._stored_serial = self.zone.serial
+            if self.xfr is not None:
+                self.xfr.notify(self.zone.serial)
+
+    # -- the status page -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The mesh as the status page shows it (wgmesh.proto.meshview)."""
+        now = time.time()
+        return snapshot(self.registry.peers, self.registry.paths.pairs(now), now,
+                        zone=self.settings.zone.origin, serial=self.zone.serial)  # fmt: skip
 
     # -- counters ------------------------------------------------------------------------
 
@@ -417,6 +459,7 @@ class Registrar:
         if other:
             text = "registry counters without a family of their own"
             out.append(labelled(PREFIX + "other", text, "counter", other))
+        out += xfr_metrics(PREFIX, self.zone, self.xfr)
         return out + self._dns_metrics() + self._udp_metrics() + self._relay_metrics()
 
     def _relay_metrics(self) -> list[Family]:
@@ -528,6 +571,9 @@ class Registrar:
         if self.http is not None:
             self.http.close()
             await self.http.wait_closed()
+        if self._status_socket is not None and self.settings.status_socket is not None:
+            self._status_socket.close()
+            remove_socket(self.settings.status_socket)
         if self.relay is not None:
             await self.relay.close()
         for t in self._transports:
@@ -535,8 +581,10 @@ class Registrar:
         if self._dns is not None:
             self._dns.close()
             await self._dns.wait_closed()
+        if self.xfr is not None:
+            self.xfr.close()
         self._drain()
-        if self._pending:
+        if self._pending or self.zone.serial != self._stored_serial:
             self.store.apply(self._pending, self.zone.serial)
             self._pending = []
         self.store.close()
