@@ -164,3 +164,27 @@ def test_a_refusal_is_reported_and_asked_again_later() -> None:
     requests = net.registry.relay.counters["requests"]
     net.run(net.now + 31.0)
     assert net.registry.relay.counters["requests"] == requests + 1
+
+
+def test_leases_the_other_side_asked_for_are_forgotten_and_capped() -> None:
+    """A grant the other peer asked for, whose RELEASED was lost, is forgotten 330 s after its
+    last grant (no binds forever); at most max_leases allocations are followed."""
+    from wgmesh.proto.relaylease import LeaseConfig, RelayLeases
+    from wgmesh.proto.sealed import RelayGrant, RelayState
+
+    counter = iter(range(1, 10**6))
+    leases = RelayLeases(LeaseConfig(max_leases=3), lambda now: next(counter))
+    relay = Endpoint.parse("203.0.113.10:40000")
+    for i in range(5):
+        leases.on_grant(RelayGrant(1, 10 + i, bytes([i]) * 32, RelayState.READY, relay), NOW)
+    assert len(leases.leases) == 3 and leases.ignored == 2
+    assert [c.relay for c in leases.changes] == [relay] * 3
+    leases.changes.clear()
+    leases.take()
+    leases.due(NOW + 300.0)
+    assert len(leases.leases) == 3 and leases.take()  # still bound, still binding
+    leases.due(NOW + 331.0)
+    assert leases.leases == {} and [c.relay for c in leases.changes] == [None] * 3
+    leases.want([bytes([9]) * 32], NOW + 400.0)  # ours are kept however long
+    leases.due(NOW + 10_000.0)
+    assert list(leases.leases) == [bytes([9]) * 32]

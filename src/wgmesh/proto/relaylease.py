@@ -35,6 +35,12 @@ class LeaseConfig:
     """Seconds between RelayBinds once bound."""
     refused_retry: float = 30.0
     """Seconds before a refused allocation is asked for again."""
+    unused_after: float = 330.0
+    """An allocation the other peer asked for and we never wanted is forgotten this long after
+    its last grant (the registrar releases idle ones after 300 s and says so, but that
+    datagram may be lost)."""
+    max_leases: int = 1024
+    """Most allocations followed at once; grants naming more new peers are ignored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +77,8 @@ class Lease:
     counter: int = 0
     """The last grant's counter (older ones are ignored)."""
     reason: RelayRefusal = RelayRefusal.NONE
+    since: float = 0.0
+    """When the last grant came."""
 
 
 class RelayLeases:
@@ -83,6 +91,8 @@ class RelayLeases:
         self._wanted: frozenset[bytes] = frozenset()
         self._out: list[LeaseSend] = []
         self.changes: list[RelayChanged] = []
+        self.ignored = 0
+        """Grants ignored because ``max_leases`` allocations are followed already."""
 
     def want(self, peers: Iterable[bytes], now: float) -> None:
         """The peers the Planner wants relayed now (level-triggered: call it after each plan)."""
@@ -92,7 +102,7 @@ class RelayLeases:
         for peer in wanted - self._wanted:
             lease = self.leases.get(peer)
             if lease is None:
-                self.leases[peer] = Lease(ours=True, next_at=now)
+                self.leases[peer] = Lease(ours=True, next_at=now, since=now)
             elif not lease.ours:
                 self.leases[peer] = replace(lease, ours=True)
         for peer in self._wanted - wanted:
@@ -125,12 +135,15 @@ class RelayLeases:
             if was_ready or grant.state is RelayState.REFUSED:
                 self.changes.append(RelayChanged(peer, None, grant.reason))
             return
+        if lease is None and len(self.leases) >= self.config.max_leases:
+            self.ignored += 1  # a cap, not a judgement: only the registrar can seal grants
+            return
         ours = lease is not None and lease.ours
         moved = lease is None or lease.relay != grant.relay
         next_at = now if (moved or not grant.bound) else lease.next_at if lease else now
         self.leases[peer] = Lease(ours, grant.state, grant.relay, grant.bound,
                                   min(next_at, now + self.config.bind_refresh),
-                                  grant.counter)  # fmt: skip
+                                  grant.counter, since=now)  # fmt: skip
         ready = grant.state is RelayState.READY
         if ready and (not was_ready or moved):
             self.changes.append(RelayChanged(peer, grant.relay))
@@ -149,6 +162,11 @@ class RelayLeases:
         """Send whatever is due at ``now``."""
         cfg = self.config
         for peer, lease in list(self.leases.items()):
+            if not lease.ours and now - lease.since > cfg.unused_after:
+                del self.leases[peer]  # theirs, never ours, and not heard of for long
+                if lease.state is RelayState.READY:
+                    self.changes.append(RelayChanged(peer, None))
+                continue
             if now < lease.next_at:
                 continue
             if lease.relay is None:  # asked, refused or released: ask (again)
