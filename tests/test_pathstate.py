@@ -260,7 +260,7 @@ def unknown_relay(w: Callable[..., Walk]) -> Walk:
 
 
 def primed_relay(w: Callable[..., Walk]) -> Walk:
-    x = predicted(w(PUBLIC, punch_delay=0.2))
+    x = predicted(w(PUBLIC, punch_delay=0.2, relay_grace=0.0))
     x.plan(1000.0)  # PRIMED toward PUB: the relay is not ready yet
     x.p.set_relay(A, RLY)  # now it is: the punch that cannot work is not waited out
     assert x.plan(1000.1).updates[0].endpoint == RLY
@@ -356,12 +356,26 @@ def relayed_punch(w: Callable[..., Walk]) -> Walk:
 
 
 def relayed_relay(w: Callable[..., Walk]) -> Walk:
-    x = predicted(w(PUBLIC, handshake_fresh=2.0))
+    x = predicted(w(PUBLIC))
     x.p.set_relay(A, RLY)
     x.plan(1000.0)
-    x.plan(1000.5, dev(RLY, hs=1000.0))  # RELAYED
-    assert x.plan(1003.0, dev(RLY, hs=1000.0)).updates[0].endpoint == RLY  # stale: again
+    x.plan(1000.5, dev(RLY, hs=1000.0))  # RELAYED; its slot is 1200
+    assert idle(x.plan(1150.0, dev(RLY, hs=1000.0)))  # 150 s: a quiet tunnel, not stale
+    assert x.plan(1190.0, dev(RLY, hs=1000.0)).updates[0].endpoint == RLY  # 190 s: again
     return x
+
+
+def unknown_backoff(w: Callable[..., Walk]) -> Walk:
+    x = predicted(w(PUBLIC))  # the relay is called for and asked for, not ready yet
+    assert idle(x.plan(1000.0))  # no direct initiation to hold WireGuard's next one back 5 s
+    assert x.p.next_deadline() == 1001.0
+    return x
+
+
+def test_without_a_relay_within_the_grace_direct_is_tried_meanwhile() -> None:
+    x = unknown_backoff(lambda *h, **c: Walk([], *h, **c))
+    assert idle(x.plan(1000.5))
+    assert x.plan(1001.0).updates[0].endpoint == PUB
 
 
 def relayed_backoff(w: Callable[..., Walk]) -> Walk:
@@ -399,6 +413,7 @@ def test_a_failed_try_of_direct_goes_back_to_the_relay_at_once() -> None:
 
 SCENARIOS: dict[Row, Callable[[Callable[..., Walk]], Walk]] = {
     (S.UNKNOWN, E.RELAY): unknown_relay,
+    (S.UNKNOWN, E.BACKOFF): unknown_backoff,
     (S.PRIMED, E.RELAY): primed_relay,
     (S.UNKNOWN, E.RELAY_FRESH): unknown_relay_fresh,
     (S.TRYING, E.RELAY): trying_relay,
@@ -653,3 +668,31 @@ def check_plan(plan: Plan, device: DeviceState, mesh: bool) -> None:
         if u.allowed_ips is not None and not u.remove:
             added.add(u.public_key)  # mesh mode adds it, then may set its endpoint
         assert mesh and u.public_key in added, u
+
+
+def test_a_stall_that_re_punching_does_not_repair_goes_to_the_relay() -> None:
+    """A direct path stalls (we keep sending, nothing comes back), is re-punched, and still
+    receives nothing 4 s later: with a relay ready, the relay takes it; traffic coming back
+    before that keeps it direct."""
+    for repaired in (False, True):
+        p = Planner(PunchConfig(punch_delay=0.0))
+        p.set_record(record(PUBLIC))
+        p.plan(dev(), 1000.0)
+        p.plan(dev(PUB, hs=1000.0), 1000.5)  # DIRECT
+        p.set_relay(A, RLY)
+        rx, tx, stalled = 500, 500, frozenset[bytes]()
+        t = 1001.0
+        while not stalled and t < 1010.0:  # we send, nothing comes back
+            tx += 200
+            d = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB, (), 1000.0, rx, tx, 25),))
+            stalled = p.watch_traffic(d, t)
+            t += 0.3
+        assert stalled == {A}
+        if repaired:
+            rx += 400
+        d = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB, (), 1000.0, rx, tx, 25),))
+        p.watch_traffic(d, t + 1.0)
+        assert p.next_deadline() is not None
+        plan = p.plan(d, t + 4.5)
+        moved = [u.endpoint for u in plan.updates if u.endpoint is not None]
+        assert moved == ([] if repaired else [RLY]), (repaired, plan)

@@ -110,6 +110,7 @@ TRANSITIONS: Final[Mapping[PathState, Mapping[PathEvent, PathState]]] = {
         _E.FRESH: _S.DIRECT,
         _E.PUNCH: _S.PRIMED,
         _E.SET: _S.TRYING,
+        _E.BACKOFF: _S.WAITING,
         _E.NO_CANDIDATE: _S.UNKNOWN,
         _E.RELAY: _S.TRYING,
         _E.RELAY_FRESH: _S.RELAYED,
@@ -143,9 +144,9 @@ TRANSITIONS: Final[Mapping[PathState, Mapping[PathEvent, PathState]]] = {
         for settled in (_S.DIRECT, _S.WAITING, _S.RELAYED)
     },
 }
-"""State -> event -> next state. UNKNOWN has no BACKOFF row: it is entered only with nothing
-to try, and a record with candidates always arrives with a fresh round (``set_record``), so
-its first plan finds an untried candidate."""
+"""State -> event -> next state. UNKNOWN's BACKOFF is the wait for a relay that the NAT classes
+call for (rule 8): a direct initiation sent meanwhile would hold WireGuard's next one back 5 s
+(REKEY_TIMEOUT), whatever the endpoint."""
 
 
 def next_state(state: PathState, event: PathEvent) -> PathState:
@@ -252,6 +253,13 @@ class PeerPath:
     """The relay's address for this peer once its allocation is READY (None: none)."""
     upgrade_at: float = 0.0
     """RELAYED: when direct is tried again (rule 8)."""
+    stall_at: float = 0.0
+    """When the path last stalled and was re-punched (0: not stalled since)."""
+    stall_check: float = 0.0
+    """When to look whether the re-punch repaired it (0: looked already)."""
+    relay_wait_until: float = 0.0
+    """When the relay is predicted: until then no direct try is made while the relay is asked
+    for (0: not started)."""
     upgrade_now: bool = False
     """A NAT class changed so that direct may work now: try it at the next settled plan on
     the relay, whatever ``upgrade_at`` says (kept through a try already under way)."""

@@ -156,6 +156,12 @@ class PunchConfig:
     """Mesh mode: add peers found in the zone, remove them when withdrawn."""
     relay_retry: float = 300.0
     """Seconds between tries of direct from a relayed path (rule 8)."""
+    stall_repair: float = 4.0
+    """Seconds a re-punch gets to bring a stalled path back before the relay takes it over
+    (rule 8; a clash of two hosts on one NAT port is what punching cannot repair)."""
+    relay_grace: float = 1.0
+    """When the NAT classes call for the relay: seconds to wait for it before trying direct
+    meanwhile (a direct initiation holds WireGuard's next one back 5 s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +377,8 @@ class Planner:
             return False
         if peer.state is PathState.RELAYED or peer.upgrading:
             return True
+        if self._unrepaired(peer.record.key, peer, now):
+            return True
         on_relay = peer.relay is not None and dev.endpoint == peer.relay
         if peer.state is PathState.DIRECT and not on_relay and _fresh(dev, now, self.config):
             return False  # a proven direct path
@@ -399,7 +407,15 @@ class Planner:
         about, and the search after it. Reads only: :meth:`_take` changes things."""
         cfg = self.config
         attempt = peer.attempt
-        restart = False
+        restart = starting_upgrade = False
+        if (
+            peer.relay is not None
+            and dev.endpoint != peer.relay
+            and attempt is None
+            and self._unrepaired(key, peer, now)
+        ):  # re-punching did not bring the path back: the relay takes it (rule 8)
+            peer.stall_at = 0.0
+            return PathEvent.RELAY, peer.relay, peer.rounds
         if (
             attempt is not None
             and peer.relay is not None
@@ -425,6 +441,15 @@ class Planner:
                     return PathEvent.HANDSHAKE, dev.endpoint, peer.rounds
                 if now - attempt.since < cfg.candidate_trial:
                     return PathEvent.WAIT, None, peer.rounds
+            case _ if (
+                peer.relay is not None
+                and dev.endpoint == peer.relay
+                and _fresh_relayed(dev, now)
+                and not _fresh(dev, now, cfg)
+                and peer.state is PathState.RELAYED
+                and not (peer.upgrade_now or now >= peer.upgrade_at)
+            ):  # a quiet relayed tunnel: its rekey may come as late as 145 s (rule 8)
+                return PathEvent.RELAY_FRESH, dev.endpoint, peer.rounds
             case _ if _fresh(dev, now, cfg) and dev.endpoint is not None:  # settled
                 if peer.relay is not None and dev.endpoint == peer.relay:
                     upgrade = peer.state is PathState.RELAYED and (
@@ -432,7 +457,7 @@ class Planner:
                     )
                     if not upgrade or peer.record is None or not peer.record.hints:
                         return PathEvent.RELAY_FRESH, dev.endpoint, peer.rounds
-                    restart = True  # time to try direct again (rule 8): a fresh round
+                    restart = starting_upgrade = True  # try direct again (rule 8): a fresh round
                 else:
                     source = self._proven_source(peer, dev.endpoint)
                     in_record = peer.record is None or dev.endpoint in _endpoints(peer.record)
@@ -445,15 +470,28 @@ class Planner:
         rounds = peer.rounds.restart() if restart else peer.rounds
         if peer.record is None:
             return PathEvent.NO_CANDIDATE, None, rounds
+        if (
+            peer.relay is None
+            and peer.state in (PathState.UNKNOWN, PathState.WAITING)
+            and (relay_predicted(self._nat, peer.record.nat))
+        ):  # the relay is being asked for: a direct initiation now would hold its one back 5 s
+            if not peer.relay_wait_until:
+                peer.relay_wait_until = now + cfg.relay_grace
+            if now < peer.relay_wait_until:
+                return PathEvent.BACKOFF, None, rounds
         order = self._order(peer.record)
         event, target, rounds = rounds.pick(
             order, now, cfg.candidate_trial, cfg.retry_min, cfg.retry_max
         )
         relay = peer.relay
-        if (relay is not None and dev.endpoint != relay) or (relay is not None and not restart):
-            upgrading = peer.state is PathState.RELAYED or peer.upgrading
+        if relay is not None:
+            upgrading = peer.upgrading or starting_upgrade
             predicted = relay_predicted(self._nat, peer.record.nat)
-            if event is PathEvent.BACKOFF or (predicted and not upgrading):
+            # A relayed peer leaves the relay only to try direct at its slot or after a NAT
+            # change (or when WireGuard roams); a stale relayed path shakes hands through the
+            # relay again rather than wander through the direct candidates.
+            stays = peer.state is PathState.RELAYED and not upgrading
+            if event is PathEvent.BACKOFF or stays or (predicted and not upgrading):
                 return PathEvent.RELAY, relay, rounds
         if event is PathEvent.SET and self.punch_delay(key, session=_fresh(dev, now, cfg)) > 0:
             event = PathEvent.PUNCH
@@ -572,6 +610,10 @@ class Planner:
         """When ``plan`` next has something to do on its own (a delayed punch, a trial end)."""
         times = []
         for peer in self._peers.values():
+            if peer.relay is None and peer.relay_wait_until and peer.state is PathState.WAITING:
+                times.append(peer.relay_wait_until)
+            if peer.stall_check:
+                times.append(peer.stall_check)
             if isinstance(peer.attempt, Punch):
                 times.append(peer.attempt.fire_at)
             elif isinstance(peer.attempt, Trial):
@@ -640,7 +682,23 @@ class Planner:
         """
         stalled = self._stalls.sample(device, now)
         self.kick(stalled)
+        for key in stalled:
+            peer = self._peers.get(key)
+            if peer is not None:
+                peer.stall_at, peer.stall_check = now, now + self.config.stall_repair
         return stalled
+
+    def _unrepaired(self, key: bytes, peer: PeerPath, now: float) -> bool:
+        """The path stalled, was re-punched, and still receives nothing ``stall_repair``
+        seconds later."""
+        if not peer.stall_at or now - peer.stall_at < self.config.stall_repair:
+            return False
+        peer.stall_check = 0.0
+        t = self._stalls.traffic.get(key)
+        if t is None or not t.stalled:
+            peer.stall_at = 0.0  # traffic came back
+            return False
+        return True
 
     def kick(self, keys: Iterable[bytes], why: str = "the path stalled: re-punching") -> None:
         """Shake hands with these peers again at the next plan (a stalled path, or the peer
@@ -660,6 +718,16 @@ class Planner:
             peer = self._peers.get(dev.public_key, PeerPath())
             out.append(view_of(dev, peer.record, self, now, peer))
         return out
+
+
+REJECT_AFTER_TIME = 180.0
+"""WireGuard's session lifetime: a handshake this recent still carries traffic."""
+
+
+def _fresh_relayed(dev: PeerState, now: float) -> bool:
+    """A relayed session is alive: its handshake may be up to 120 s (REKEY_AFTER_TIME) plus a
+    25 s keepalive old before the initiator rekeys, so HANDSHAKE_FRESH (135 s) is too short."""
+    return dev.latest_handshake > 0 and now - dev.latest_handshake < REJECT_AFTER_TIME
 
 
 def _fresh(dev: PeerState, now: float, cfg: PunchConfig) -> bool:

@@ -77,6 +77,7 @@ class RelayService:
         self._again = False
         self._poll_task: asyncio.Task[None] | None = None
         self._last: dict[int, int] = {}  # port -> forwarded count at the last poll
+        self._held: list[Outgoing] = []  # grants waiting for the kernel table (see _on_control)
 
     async def start(self) -> None:
         """Choose the forwarding path, restore the saved allocations and serve them."""
@@ -136,12 +137,19 @@ class RelayService:
                     log.error("relay: updating the kernel table: %s", exc)
             self.store.save_relay(list(ctl.relay))
             self.stats.syncs += 1
+            if self._held:
+                held, self._held = self._held, []
+                self._send(held)
             if not self._again and ctl.version == self._seen:
                 return
 
     def _on_control(self, data: bytes, source: Endpoint, port: int) -> None:
         out = self.registry.receive_relay(data, source, port, time.time())
-        if out:
+        if out and self.kernel is not None and self.registry.relay.version != self._seen:
+            # a bind changed the pairs: tell the peers only once the kernel forwards for them
+            # (an initiation sent on READY would otherwise reach the relay socket and be lost)
+            self._held += out
+        elif out:
             self._send(out)
         self._after()
 
