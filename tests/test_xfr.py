@@ -10,25 +10,32 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import dns.asyncquery
 import dns.flags
 import dns.message
 import dns.name
 import dns.opcode
+import dns.query
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import dns.tsig
 import dns.xfr
 import dns.zone
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.test_dnssd import K1, K3, ORIGIN, config, peer
 from wgmesh.errors import ConfigError
 from wgmesh.proto import xfr
-from wgmesh.proto.dnssd import Zone
+from wgmesh.proto.dnssd import Candidate, PublishedPeer, Zone
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.journal import Journal, next_serial, serial_newer
+from wgmesh.proto.keys import key_label
+from wgmesh.proto.kinds import CandidateKind, NatKind
 from wgmesh.proto.notify import Notifier, NotifyConfig, is_notify_response, notify_message
 from wgmesh.proto.tsigkey import TsigKey, parse_key_file
 from wgmesh.registry.dns import DnsServer, start_dns
@@ -60,7 +67,7 @@ def pump(z: Zone, into: dns.zone.Zone, serial: int | None = None, size: int = 60
     rdtype = q.question[0].rdtype
     tsig_ctx = None
     with dns.xfr.Inbound(into, rdtype, serial) as inbound:
-        wires = xfr.messages(xfr.rrsets(z, decided), q.id, (z.origin, rdtype), size,
+        wires = xfr.messages(z, xfr.rrsets(z, decided), q.id, (z.origin, rdtype), size,
                              xfr.tsig_size(key))  # fmt: skip
         for wire in wires:
             assert len(wire) + xfr.tsig_size(key) <= size
@@ -75,9 +82,9 @@ def pump(z: Zone, into: dns.zone.Zone, serial: int | None = None, size: int = 60
     return decided
 
 
-def axfr_of(z: Zone) -> dns.zone.Zone:
+def axfr_of(z: Zone, size: int = 600) -> dns.zone.Zone:
     copy = secondary()
-    pump(z, copy)
+    pump(z, copy, size=size)
     return copy
 
 
@@ -101,11 +108,19 @@ def big_zone(n: int = 12) -> tuple[Zone, list[bytes]]:
 
 def test_axfr_holds_the_zone_as_its_answers_show_it() -> None:
     z, keys = big_zone()
+    v6 = Candidate(Endpoint.parse("[2001:db8::7]:51821"), CandidateKind.IPV6, 5)
+    public6 = Candidate(Endpoint.parse("[2001:db8::9]:7"), CandidateKind.PUBLIC, 0)
+    z.upsert(PublishedPeer(K1, "none yet", (), (), NatKind.UNKNOWN, 0))  # no endpoint
+    z.upsert(peer(K3, 9, True, v6))
+    z.upsert(PublishedPeer(bytes(32), "v6", (public6, v6), (), NatKind.NONE, 1))
+    keys += [K1, K3, bytes(32)]
+    z.publish(5.0)
     copy = secondary()
     p = pump(z, copy, size=700)
-    assert p.kind is xfr.Kind.AXFR and serial_of(copy) == z.serial == 2
+    assert p.kind is xfr.Kind.AXFR and serial_of(copy) == z.serial == 3
     ptrs = copy.get_rdataset(z.service, "PTR")
-    assert ptrs is not None and len(ptrs) == 12
+    assert ptrs is not None and len(ptrs) == 14  # not the peer without an endpoint
+    assert copy == axfr_of(z, size=16383)  # the same in a few big messages
     first = dns.name.from_text(ORIGIN)
     assert copy.get_rdataset(first, "NS") is not None
     # every RRset the zone answers with is in the copy, exactly
@@ -136,17 +151,42 @@ def test_ixfr_brings_a_copy_to_what_an_axfr_gives() -> None:
 
 
 def test_ixfr_falls_back_to_the_whole_zone() -> None:
-    z, keys = big_zone()
+    z, keys = big_zone(70)
     copy = axfr_of(z)
     z.set_serial(50)  # a restart: the journal starts over
     z.upsert(peer(keys[0], 9))
     z.publish(1.0)
     p = pump(z, copy, serial=2)  # older than the journal
     assert p.kind is xfr.Kind.IXFR_FULL and copy == axfr_of(z) and serial_of(copy) == 51
-    for key in keys:  # more changes than peers: the whole zone is smaller
+    for key in keys[5:]:  # more changes than peers: the whole zone is smaller
         z.upsert(peer(key, 7))
+    for key in keys[:5]:
+        z.remove(key)
     z.publish(5.0)
     assert pump(z, copy, serial=51).kind is xfr.Kind.IXFR_FULL and copy == axfr_of(z)
+
+
+def test_transfers_hold_the_browse_ptrs_one_answer_lists() -> None:
+    """An RRset must fit in one message for a secondary to serve it (and Knot to transfer it
+    on): the zone's PTRs in a transfer are those its browse answer lists, the first peers."""
+    z = Zone(config(browse_limit=5))
+    keys = [bytes([i]) * 32 for i in range(1, 10)]
+    for i, key in enumerate(keys):
+        z.upsert(peer(key, 1000 + i))
+    z.publish(0.0)
+    assert z.published_listing == tuple(keys[:5]) == z.listing()
+    copy = axfr_of(z)
+    ptrs = copy.get_rdataset(z.service, "PTR")
+    assert ptrs is not None and {str(rd.target) for rd in ptrs} == {
+        f"{key_label(k)}._wireguard._udp.{ORIGIN}" for k in keys[:5]}  # fmt: skip
+    assert copy.get_rdataset(dns.name.from_text(f"{key_label(keys[8])}.{z.service}"), "SRV")
+    z.remove(keys[1])  # a listed peer goes: the next one is listed
+    z.upsert(peer(keys[7], 1))  # an unlisted one changes: no PTR change
+    delta = z.publish(1.0)
+    assert delta is not None and delta.listed == (keys[5],) and delta.unlisted == (keys[1],)
+    p = pump(z, copy, serial=2)
+    assert p.kind is xfr.Kind.IXFR and copy == axfr_of(z)
+    assert len(copy.get_rdataset(z.service, "PTR") or ()) == 5
 
 
 def test_a_transfer_is_the_zone_at_its_serial_not_the_changes_held_back() -> None:
@@ -181,14 +221,9 @@ def test_refusals_and_the_cheap_sniff() -> None:
 
 def test_one_rrset_too_large_for_a_message_is_split() -> None:
     z, _ = big_zone(40)
-    ptrs = next(r for r in xfr.rrsets(z, xfr.Plan(xfr.Kind.AXFR, z.serial, None,
-                                                  peers=tuple(z.published_peers())))
-                if r.rdtype == dns.rdatatype.PTR)  # fmt: skip
-    big = dns.rrset.from_rdata_list(ptrs.name, 5, [rd for _ in range(1) for rd in ptrs])
-    for key, record in z.published_peers():
-        big.update(z.peer_rrsets(key, record)[0])
+    big = z.browse_ptr([key for key, _ in z.published_peers()])
     assert len(big) == 40
-    wires = list(xfr.messages([big], 1, (z.origin, xfr.AXFR), 600))
+    wires = list(xfr.messages(z, [big], 1, (z.origin, xfr.AXFR), 600))
     assert len(wires) > 2 and all(len(w) <= 600 for w in wires)
     got = sum(len(rrs) for w in wires for rrs in dns.message.from_wire(w).answer)
     assert got == 40
@@ -270,7 +305,7 @@ def test_notify_schedule_retries_then_gives_up() -> None:
         times.append((t, retry.attempt))
     assert times == [(101.0, 2), (103.0, 3), (106.0, 4)] and n.failed() == []
     assert n.due(109.0) == [] and n.failed() == [(b, 7)] and n.next_timer() is None
-    assert (n.stats.sent, n.stats.retried, n.stats.acknowledged, n.stats.given_up) == (5, 3, 1, 1)
+    assert (n.stats.sent, n.stats.retried, n.stats.acknowledged, n.stats.given_up) == (2, 3, 1, 1)
     n.notify(8, 200.0)
     n.notify(9, 200.5)  # a newer serial replaces the one in flight
     assert {x.serial for x in n.due(200.5)} == {9}
@@ -425,3 +460,77 @@ async def test_notify_is_sent_signed_retried_and_stops_when_answered() -> None:
     finally:
         service.close()
         transport.close()
+
+
+def test_every_transfer_counter_has_a_family() -> None:
+    """Each XfrStats and NotifyStats field moves a metric (Registrar.metrics maps them)."""
+    from dataclasses import fields
+
+    from wgmesh.proto.metrics import render
+    from wgmesh.proto.notify import NotifyStats
+    from wgmesh.registry.xfr import XfrStats, xfr_metrics
+
+    z, _ = big_zone(1)
+    service = XfrService(z, XfrSettings((Endpoint.parse("127.0.0.1:53"),), KEY))
+    zero = render(xfr_metrics("p_", z, service))
+    for stats, kind in ((service.stats, XfrStats), (service.notifier.stats, NotifyStats)):
+        for f in fields(kind):
+            if f.name == "failures":
+                continue
+            setattr(stats, f.name, 7)
+            assert render(xfr_metrics("p_", z, service)) != zero, f.name
+            setattr(stats, f.name, 0)
+    assert "p_xfr_transfers_total" in zero and "p_zone_journal_deltas" in zero
+    assert render(xfr_metrics("p_", z, None)).count("\n") == zero.count("\n")
+
+
+def test_the_registrar_command_serves_transfers_to_its_secondaries(tmp_path: Path) -> None:
+    """The flags end to end: wgmesh registrar --secondary --tsig-key, a signed AXFR and IXFR
+    by dnspython, an unsigned one refused."""
+    from tests.procs import registrar
+
+    key_file = tmp_path / "xfr.key"
+    key_file.write_text(KEY_FILE)
+    flags = ["--open", "--secondary", "127.0.0.1:9", "--tsig-key", str(key_file)]
+    with registrar(tmp_path, flags) as r:
+        copy = secondary()
+        dns.query.inbound_xfr(
+            "127.0.0.1",
+            copy,
+            dns.xfr.make_query(copy, keyring=keyring(KEY), keyname=KEY.name)[0],
+            port=r.dns_port,
+            timeout=5,
+        )
+        assert serial_of(copy) >= 1 and copy.get_rdataset(copy.origin, "NS") is not None
+        q = dns.xfr.make_query(copy, serial=serial_of(copy), keyring=keyring(KEY),
+                               keyname=KEY.name)[0]  # fmt: skip
+        dns.query.inbound_xfr("127.0.0.1", copy, q, port=r.dns_port, timeout=5)  # current
+        with pytest.raises(dns.xfr.TransferError, match="REFUSED"):
+            dns.query.inbound_xfr("127.0.0.1", secondary(), port=r.dns_port, timeout=5)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, 4), st.integers(0, 300), st.integers(1, 255), st.booleans())
+def test_hostile_queries_only_ever_get_an_answer_or_nothing(
+    which: int, pos: int, xor: int, tcp: bool
+) -> None:
+    """Signed, transfer and NOTIFY-shaped queries with one byte flipped: the answer function
+    returns bytes or None and never raises; the sniff never raises either."""
+    z, _ = big_zone(2)
+    service = XfrService(z, XfrSettings((Endpoint.parse("127.0.0.1:53"),), KEY))
+    q = dns.message.make_query(ORIGIN, ["SOA", "IXFR", "AXFR", "SRV", "SOA"][which])
+    if which == 1:
+        q.authority.append(z.soa(1))
+    if which != 3:
+        q.use_tsig(keyring(KEY if which != 4 else OTHER), KEY.name)
+    data = bytearray(q.to_wire())
+    data[pos % len(data)] ^= xor
+    out = service.answer(bytes(data), tcp=tcp)
+    assert out is None or isinstance(out, bytes)
+    if service.is_transfer(bytes(data)):  # the TCP transfer path, up to the messages
+        parsed = service._refusal(bytes(data), bytes([127, 0, 0, 1]))
+        if isinstance(parsed, dns.message.Message):
+            decided = xfr.plan(z, parsed)
+            if isinstance(decided, xfr.Plan):
+                question = (parsed.question[0].name, parsed.question[0].rdtype)
+                assert list(xfr.messages(z, xfr.rrsets(z, decided), parsed.id, question))

@@ -232,6 +232,8 @@ class Zone:
         # PTRs that fit in a TCP answer beside the header, question (<= 255 + 4) and OPT (11)
         self._browse_fit = min(config.browse_limit, (MAX_TCP - 12 - 259 - 11) // PTR_SIZE)
         self._browse_memo: tuple[dns.rrset.RRset, list[dns.rrset.RRset]] | None = None
+        self._listed: tuple[bytes, ...] = ()
+        """The browse listing at :attr:`serial` (what transfers hold as PTRs)."""
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -244,6 +246,7 @@ class Zone:
         self.serial = serial
         self.pending.clear()
         self.journal.reset(serial)
+        self._listed = self.listing()
         self._stale_serial()
 
     def upsert(self, peer: PublishedPeer) -> bool:
@@ -275,7 +278,13 @@ class Zone:
         changes = self.pending.take(self._peers)
         if not changes:  # everything changed back
             return None
-        delta = Delta(self.serial, next_serial(self.serial), changes)
+        old, new = self._listed, self.listing()
+        was, now_listed = frozenset(old), frozenset(new)
+        self._listed = new
+        delta = Delta(
+            self.serial, next_serial(self.serial), changes,
+            tuple(k for k in new if k not in was), tuple(k for k in old if k not in now_listed),
+        )  # fmt: skip
         self.serial = delta.end
         self._published_at = now
         self.journal.add(delta)
@@ -290,6 +299,19 @@ class Zone:
         """Every peer's packed record as of :attr:`serial` (pending changes left out): what a
         zone transfer at that serial holds."""
         return self.pending.at_serial(self._peers)
+
+    def listing(self) -> tuple[bytes, ...]:
+        """The keys a browse answer lists now: the first peers with an endpoint, in order of
+        publication, as many as fit in one answer (~900). A transfer holds these PTRs only,
+        as of :attr:`serial` (:attr:`published_listing`): an RRset must fit in one message
+        for a secondary to serve it, or to transfer it on (Knot cannot)."""
+        listed = (k for k, r in self._peers.items() if r[0])
+        return tuple(islice(listed, self._browse_fit))
+
+    @property
+    def published_listing(self) -> tuple[bytes, ...]:
+        """:meth:`listing` as of :attr:`serial`."""
+        return self._listed
 
     def _stale_serial(self) -> None:
         # negative answers and the SOA carry the serial
@@ -557,14 +579,17 @@ class Zone:
             out += self._glue_at(name, T.A) + self._glue_at(name, T.AAAA)
         return out
 
+    def browse_ptr(self, keys: Sequence[bytes]) -> dns.rrset.RRset:
+        """The browse PTRs of ``keys``."""
+        ptrs = [dns.rdtypes.ANY.PTR.PTR(IN, T.PTR, self._peer_name(k)) for k in keys]
+        return self._rrset(self.service, T.PTR, ptrs)
+
     def peer_rrsets(self, key: bytes, record: bytes) -> list[dns.rrset.RRset]:
-        """Every RRset of one peer (its packed ``record``), its browse PTR first (if listed)."""
+        """Every RRset of one peer (its packed ``record``) but its browse PTR."""
         name = self._peer_name(key)
         targets, tail = unpack_record(record)
-        out = [self._rrset(self.service, T.PTR, [dns.rdtypes.ANY.PTR.PTR(IN, T.PTR, name)])]
-        if not targets:
-            out = []  # no endpoint: not browsable, no SRV
-        else:
+        out = []
+        if targets:  # no endpoint: no SRV
             out.append(self._srv(name, name, targets[:1]))
         out.append(self._txt(name, key, tail))
         if len(targets) > 1:

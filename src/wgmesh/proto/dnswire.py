@@ -9,8 +9,9 @@ header bit that shapes the answer (RD, the EDNS size and DO bit of RFC 6891 sect
 of it. A query with EDNS options (cookies, padding) is keyed with the options left out.
 
 Invalidation: positive answers are indexed by what they are about (a peer's key for the peer's
-names, else the question name) and dropped when that changes; negative answers (RFC 2308) carry
-the SOA serial and are stored with it, so any change makes them all stale at once. Both tables
+names, else the question name) and dropped when that changes; negative answers (RFC 2308) are
+stored with the zone's generation (raised by every change and every new serial: they carry the
+SOA), so any change makes them all stale at once. Both tables
 are capped (entries, and bytes for the positive one) and evict the oldest entry first, and
 negative answers (which hostile queries for random names produce) have their own, smaller cap,
 so a flood of them cannot push out the answers real peers ask for.
@@ -120,7 +121,8 @@ def query_shape(query: bytes, tcp: bool) -> QueryShape | None:
 
 
 class AnswerCache:
-    """Wire answers by cache key: positive ones indexed by subject, negative ones by serial."""
+    """Wire answers by cache key: positive ones indexed by subject, negative ones stamped with
+    the zone's generation."""
 
     def __init__(self, size: int, negative_size: int, max_bytes: int = 2**62) -> None:
         self.size = size
@@ -153,7 +155,7 @@ class AnswerCache:
         return sum(len(k) if isinstance(k, set) else 1 for k in self._index.values())
 
     def get(self, key: bytes, serial: int) -> bytes | None:
-        """The cached answer for ``key``, if any is valid at ``serial``."""
+        """The cached answer for ``key``, if any is valid at ``serial`` (the generation)."""
         entry = self.positive.get(key)
         if entry is not None:
             return entry[0]
@@ -197,7 +199,7 @@ class AnswerCache:
             del self._index[subject]
 
     def put_negative(self, key: bytes, serial: int, wire: bytes) -> None:
-        """Cache a negative answer, valid while the zone's serial is ``serial``."""
+        """Cache a negative answer, valid while the zone's generation is ``serial``."""
         if self.negative_size <= 0:
             return
         self._negative[key] = (wire, serial)

@@ -58,6 +58,11 @@ class Delta:
     """The serial after (``next_serial(start)``)."""
     changes: tuple[Change, ...]
     """What changed, one entry per peer."""
+    listed: tuple[bytes, ...] = ()
+    """Keys that joined the browse listing (the PTRs a transfer holds: the zone's first
+    peers, as many as one browse answer lists), in listing order."""
+    unlisted: tuple[bytes, ...] = ()
+    """Keys that left it."""
 
     @property
     def size(self) -> int:
@@ -66,7 +71,7 @@ class Delta:
             CHANGE_OVERHEAD + len(c.key) + len(c.old or b"") + len(c.new or b"")
             for c in self.changes
         )
-        return DELTA_OVERHEAD + held
+        return DELTA_OVERHEAD + held + 40 * (len(self.listed) + len(self.unlisted))
 
 
 class Pending:

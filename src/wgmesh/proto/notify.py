@@ -74,9 +74,9 @@ class NotifyStats:
     """What the schedule did."""
 
     sent: int = 0
-    """NOTIFYs handed out to send, retransmissions included."""
+    """First NOTIFYs handed out to send (one per serial and secondary)."""
     retried: int = 0
-    """Of those, retransmissions."""
+    """Retransmissions handed out to send."""
     acknowledged: int = 0
     """NOTIFY responses that matched one in flight."""
     given_up: int = 0
@@ -123,7 +123,8 @@ class Notifier:
             if p.attempt > 1:
                 self.stats.retried += 1
                 p.qid = self._new_id() & 0xFFFF
-            self.stats.sent += 1
+            else:
+                self.stats.sent += 1
             wait = min(cfg.first_retry * cfg.backoff ** (p.attempt - 1), cfg.max_retry)
             p.due = now + wait
             out.append(Notify(secondary, p.serial, p.qid, p.attempt))

@@ -159,6 +159,10 @@ class PunchConfig:
     stall_repair: float = 4.0
     """Seconds a re-punch gets to bring a stalled path back before the relay takes it over
     (rule 8; a clash of two hosts on one NAT port is what punching cannot repair)."""
+    wait_unclassified: bool = False
+    """Also wait ``relay_grace`` before a first direct try while our NAT class or the peer's
+    is still unknown (the daemon's setting: its classification takes moments, and a direct
+    initiation it would then have to take back costs the relayed one 5 s)."""
     relay_grace: float = 1.0
     """When the NAT classes call for the relay: seconds to wait for it before trying direct
     meanwhile (a direct initiation holds WireGuard's next one back 5 s)."""
@@ -473,8 +477,12 @@ class Planner:
         if (
             peer.relay is None
             and peer.state in (PathState.UNKNOWN, PathState.WAITING)
-            and (relay_predicted(self._nat, peer.record.nat))
-        ):  # the relay is being asked for: a direct initiation now would hold its one back 5 s
+            and (
+                relay_predicted(self._nat, peer.record.nat)
+                or (cfg.wait_unclassified and NatKind.UNKNOWN in (self._nat, peer.record.nat))
+            )
+        ):  # the relay is (or may be about to be) asked for: a direct initiation now would
+            # hold the relayed one back 5 s; an unclassified NAT is classified within moments
             if not peer.relay_wait_until:
                 peer.relay_wait_until = now + cfg.relay_grace
             if now < peer.relay_wait_until:

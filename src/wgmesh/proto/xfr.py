@@ -5,9 +5,10 @@ RRs, those RRs as wire messages, and their TSIG signatures.
   whole zone; IXFR (RFC 1995) from a serial the journal still holds sends the deltas since
   (section 4: per delta, the old SOA and the RRs deleted, the new SOA and the RRs added), from
   the current serial or a newer one the SOA alone (section 2), and from anything else, or when
-  the deltas would hold as many changes as the zone holds peers or more, the whole zone in AXFR form
-  (section 4). The plan holds its own copy of what it sends (the peers' packed records as of the
-  serial, or the deltas), so the zone may change while the messages are written.
+  the deltas would hold more changes than the zone holds peers (and more than :data:`MIN_FULL`),
+  the whole zone in AXFR form (section 4). The plan holds its own copy of what it sends (the
+  peers' packed records as of the serial, or the deltas), so the zone may change while the
+  messages are written.
 - :func:`rrsets` lists a plan's records, first and last the SOA (RFC 5936 section 2.2); a peer's
   records are :meth:`~wgmesh.proto.dnssd.Zone.peer_rrsets`, a delta's are the difference of
   the peer's records before and after (RR by RR).
@@ -43,10 +44,17 @@ import dns.tsig
 
 from wgmesh.proto.dnssd import Zone
 from wgmesh.proto.journal import Delta, serial_newer
+from wgmesh.proto.xfrwire import MAX_MESSAGE as MAX_FAST
+from wgmesh.proto.xfrwire import PeerWire
 
 AXFR, IXFR = 252, 251
 MAX_MESSAGE = 65535
 """Largest DNS message over TCP."""
+PTR_CHUNK = 100
+"""Browse PTRs per RRset handed to the message writer (the RRset is split across messages)."""
+MIN_FULL = 64
+"""An IXFR gets the whole zone instead of deltas holding more changes than the zone holds
+peers, and more than this many (a small zone's deltas are always sent as deltas)."""
 FUDGE = 300
 """Seconds of clock skew a TSIG signature allows (RFC 8945 section 10: 300 is recommended)."""
 _T = dns.rdatatype.RdataType
@@ -79,6 +87,9 @@ class Plan:
     """For :attr:`Kind.IXFR`: the deltas, oldest first."""
     peers: tuple[tuple[bytes, bytes], ...] = ()
     """For a whole zone: every peer's key and packed record at :attr:`serial`."""
+    listing: tuple[bytes, ...] = ()
+    """For a whole zone: the keys its browse PTRs list (:meth:`Zone.listing
+    <wgmesh.proto.dnssd.Zone.listing>`)."""
 
 
 def transfer_query(query: bytes) -> int:
@@ -111,7 +122,7 @@ def plan(zone: Zone, query: dns.message.Message) -> Plan | int:
         return dns.rcode.NOTAUTH
     serial = zone.serial
     if question.rdtype == AXFR:
-        return Plan(Kind.AXFR, serial, None, peers=tuple(zone.published_peers()))
+        return _whole(zone, Kind.AXFR, None)
     if question.rdtype != IXFR:
         return dns.rcode.FORMERR
     theirs = [
@@ -125,13 +136,24 @@ def plan(zone: Zone, query: dns.message.Message) -> Plan | int:
     if client == serial or serial_newer(client, serial):
         return Plan(Kind.CURRENT, serial, client)
     deltas = zone.journal.since(client)
-    if deltas is not None and sum(len(d.changes) for d in deltas) < max(len(zone), 1):
+    if deltas is not None and sum(len(d.changes) for d in deltas) <= max(len(zone), MIN_FULL):
         return Plan(Kind.IXFR, serial, client, deltas=deltas)
-    return Plan(Kind.IXFR_FULL, serial, client, peers=tuple(zone.published_peers()))
+    return _whole(zone, Kind.IXFR_FULL, client)
 
 
-def rrsets(zone: Zone, p: Plan) -> Iterator[dns.rrset.RRset]:
-    """The records of a transfer, in order, SOA first and last."""
+def _whole(zone: Zone, kind: Kind, client: int | None) -> Plan:
+    return Plan(kind, zone.serial, client, peers=tuple(zone.published_peers()),
+                listing=zone.published_listing)  # fmt: skip
+
+
+Part = dns.rrset.RRset | tuple[bytes, bytes]
+"""What a transfer is made of: RRsets, and peers as (key, packed record) for the fast path
+(:mod:`wgmesh.proto.xfrwire`: a peer's records written straight from its record)."""
+
+
+def rrsets(zone: Zone, p: Plan) -> Iterator[Part]:
+    """The records of a transfer, in order, SOA first and last; a whole zone's peers as
+    (key, record) (:meth:`~wgmesh.proto.dnssd.Zone.peer_rrsets` says what they hold)."""
     yield zone.soa(p.serial)
     if p.kind is Kind.CURRENT:
         return
@@ -144,8 +166,9 @@ def rrsets(zone: Zone, p: Plan) -> Iterator[dns.rrset.RRset]:
             yield from added
     else:
         yield from zone.apex_rrsets()
-        for key, record in p.peers:
-            yield from zone.peer_rrsets(key, record)
+        for i in range(0, len(p.listing), PTR_CHUNK):
+            yield zone.browse_ptr(p.listing[i : i + PTR_CHUNK])
+        yield from p.peers
     yield zone.soa(p.serial)
 
 
@@ -158,6 +181,10 @@ def diff(zone: Zone, delta: Delta) -> tuple[list[dns.rrset.RRset], list[dns.rrse
         new = _rrs(zone, change.key, change.new)
         deleted += _grouped([rr for rr in old if rr not in new], zone.config.ttl)
         added += _grouped([rr for rr in new if rr not in old], zone.config.ttl)
+    if delta.unlisted:
+        deleted.append(zone.browse_ptr(delta.unlisted))
+    if delta.listed:
+        added.append(zone.browse_ptr(delta.listed))
     return deleted, added
 
 
@@ -181,17 +208,37 @@ def _grouped(rrs: list[_Rr], ttl: int) -> list[dns.rrset.RRset]:
 
 
 def messages(
-    records: Iterable[dns.rrset.RRset],
+    zone: Zone,
+    parts: Iterable[Part],
     qid: int,
     question: tuple[dns.name.Name, int],
-    max_size: int = 32768,
+    max_size: int = MAX_FAST,
     reserve: int = 0,
 ) -> Iterator[bytes]:
-    """The records packed into answer messages (QR, AA) of at most ``max_size`` bytes with
-    ``reserve`` of them left for a TSIG; each repeats the question."""
-    limit = min(max_size, MAX_MESSAGE) - reserve
-    renderer = _start(qid, question, limit)
-    for rrset in records:
+    """The records packed into answer messages (QR, AA) of at most ``max_size`` bytes (16 KiB
+    at most: :data:`~wgmesh.proto.xfrwire.MAX_MESSAGE`) with ``reserve`` of them left for a
+    TSIG; each repeats the question."""
+    limit = min(max_size, MAX_FAST) - reserve
+    wire = PeerWire(zone.service.to_wire() or b"", zone.config.ttl)
+    renderer = _start(qid, question, limit, wire)
+    stream = iter(parts)
+    pending: list[Part] = []  # a peer too large for one message, as its RRsets
+    while (rrset := pending.pop() if pending else next(stream, None)) is not None:
+        if isinstance(rrset, tuple):
+            out = renderer.output
+            data, count = wire.encode(*rrset, out.tell())
+            if out.tell() + len(data) > limit and renderer.counts[dns.renderer.ANSWER]:
+                yield _finish(renderer)
+                renderer = _start(qid, question, limit, wire)
+                out = renderer.output
+                data, count = wire.encode(*rrset, out.tell())
+            if out.tell() + len(data) > limit:  # larger than a message: RRset by RRset
+                pending += zone.peer_rrsets(*rrset)[::-1]
+                continue
+            out.write(data)
+            wire.commit()
+            renderer.counts[dns.renderer.ANSWER] += count
+            continue
         try:
             renderer.add_rrset(dns.renderer.ANSWER, rrset)
             continue
@@ -199,7 +246,7 @@ def messages(
             pass
         if renderer.counts[dns.renderer.ANSWER]:
             yield _finish(renderer)
-            renderer = _start(qid, question, limit)
+            renderer = _start(qid, question, limit, wire)
             try:
                 renderer.add_rrset(dns.renderer.ANSWER, rrset)
                 continue
@@ -211,12 +258,15 @@ def messages(
                 renderer.add_rrset(dns.renderer.ANSWER, one)
             except dns.exception.TooBig:
                 yield _finish(renderer)
-                renderer = _start(qid, question, limit)
+                renderer = _start(qid, question, limit, wire)
                 renderer.add_rrset(dns.renderer.ANSWER, one)  # one RR always fits
     yield _finish(renderer)
 
 
-def _start(qid: int, question: tuple[dns.name.Name, int], limit: int) -> dns.renderer.Renderer:
+def _start(
+    qid: int, question: tuple[dns.name.Name, int], limit: int, wire: PeerWire
+) -> dns.renderer.Renderer:
+    wire.start()
     r = dns.renderer.Renderer(qid, 0x8400, limit)  # QR, AA
     r.add_question(question[0], question[1], dns.rdataclass.IN)
     return r

@@ -77,7 +77,9 @@ class RelayService:
         self._again = False
         self._poll_task: asyncio.Task[None] | None = None
         self._last: dict[int, int] = {}  # port -> forwarded count at the last poll
-        self._held: list[Outgoing] = []  # grants waiting for the kernel table (see _on_control)
+        self._held: list[tuple[int, list[Outgoing]]] = []
+        """Grants waiting for the kernel table, with the version that must be installed first
+        (see _on_control)."""
 
     async def start(self) -> None:
         """Choose the forwarding path, restore the saved allocations and serve them."""
@@ -137,9 +139,10 @@ class RelayService:
                     log.error("relay: updating the kernel table: %s", exc)
             self.store.save_relay(list(ctl.relay))
             self.stats.syncs += 1
-            if self._held:
-                held, self._held = self._held, []
-                self._send(held)
+            ready = [out for need, out in self._held if need <= self._seen]
+            self._held = [(need, out) for need, out in self._held if need > self._seen]
+            for out in ready:  # the kernel forwards for these pairs now
+                self._send(out)
             if not self._again and ctl.version == self._seen:
                 return
 
@@ -148,7 +151,7 @@ class RelayService:
         if out and self.kernel is not None and self.registry.relay.version != self._seen:
             # a bind changed the pairs: tell the peers only once the kernel forwards for them
             # (an initiation sent on READY would otherwise reach the relay socket and be lost)
-            self._held += out
+            self._held.append((self.registry.relay.version, out))
         elif out:
             self._send(out)
         self._after()

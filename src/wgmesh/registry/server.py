@@ -403,8 +403,11 @@ class Registrar:
             self._write()
 
     def _write(self) -> None:
-        """The flush timer: write every queued change and the zone serial in one transaction."""
-        self._flush = None
+        """The flush timer: write every queued change and the zone serial in one transaction
+        (also called at once by :meth:`make_durable`: then the timer is not needed any more)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         self._drain()
         if self._pending or self.zone.serial != self._stored_serial:
             batch, self._pending = self._pending, []

@@ -71,8 +71,8 @@ class XfrSettings:
     """Required on transfers and used to sign NOTIFYs when given."""
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     """The NOTIFY retry schedule."""
-    message_size: int = 32768
-    """Largest transfer message, TSIG included."""
+    message_size: int = 16383
+    """Largest transfer message, TSIG included (at most 16383: wgmesh.proto.xfrwire)."""
     tcp_idle: float = 10.0
     """Seconds a transfer waits for the client to read a message."""
 
@@ -132,14 +132,15 @@ class XfrService:
         """The DNS server's answer function: the zone's, except for signed queries (verified,
         answered and signed here) and IXFR over UDP (the SOA alone)."""
         signed = bool(query[10] or query[11]) and _TSIG in query
-        ixfr_udp = not tcp and transfer_query(query) == IXFR
-        if not signed and not ixfr_udp:
+        # an IXFR carries the client's SOA in authority: other queries have none
+        ixfr_udp = not tcp and bool(query[8] or query[9]) and transfer_query(query) == IXFR
+        if (not signed and not ixfr_udp) or query[2] & 0x80:  # (a response: the zone drops it)
             return self.zone.answer(query, tcp=tcp)
         try:
             q = dns.message.from_wire(query, keyring=self._keyring or False)
         except (dns.tsig.BadSignature, dns.tsig.BadTime, dns.message.UnknownTSIGKey) as exc:
             return self._tsig_error(query, exc, b"")
-        except (dns.exception.DNSException, ValueError):
+        except (dns.exception.DNSException, ValueError, IndexError, struct.error):
             return self.zone.answer(query, tcp=tcp)  # not a message we read: the zone decides
         if q.had_tsig and not q.keyring:  # signed, and we have no key at all
             return self._tsig_error(query, dns.message.UnknownTSIGKey(), b"")
@@ -175,12 +176,13 @@ class XfrService:
             if isinstance(exc, dns.tsig.BadSignature)
             else dns.rcode.BADKEY
         )
-        self._log("tsig", address, f"TSIG did not verify ({dns.rcode.to_text(error)})")
+        shown = {dns.rcode.BADTIME: "BADTIME", dns.rcode.BADSIG: "BADSIG"}.get(error, "BADKEY")
+        self._log("tsig", address, f"TSIG did not verify ({shown})")
         try:
             q = dns.message.from_wire(query, keyring=False)
-        except (dns.exception.DNSException, ValueError):
+            r = dns.message.make_response(q)
+        except (dns.exception.DNSException, ValueError, IndexError, struct.error):
             return None
-        r = dns.message.make_response(q)
         r.set_rcode(dns.rcode.NOTAUTH)
         if q.tsig is not None:
             rd = q.tsig[0].replace(mac=b"", error=error, other=b"", time_signed=int(time.time()))
@@ -212,17 +214,18 @@ class XfrService:
         counted = {Kind.AXFR: "axfr", Kind.IXFR: "ixfr", Kind.IXFR_FULL: "ixfr_full",
                    Kind.CURRENT: "current"}[decided.kind]  # fmt: skip
         setattr(self.stats, counted, getattr(self.stats, counted) + 1)
-        log.info(
-            "%s to %s: serial %s%s", decided.kind.upper(), _shown(address), decided.serial,
+        full = decided.kind in (Kind.AXFR, Kind.IXFR_FULL)  # worth a line; the others debug
+        log.log(
+            logging.INFO if full else logging.DEBUG, "%s to %s: serial %s%s",
+            decided.kind.upper(), _shown(address), decided.serial,
             "" if decided.client_serial is None else f" (theirs {decided.client_serial})",
         )  # fmt: skip
         question = (q.question[0].name, q.question[0].rdtype)
         reserve = self._reserve if q.had_tsig else 0
         ctx = None
         mac = (q.mac or b"") if q.had_tsig else b""
-        for wire in messages(
-            rrsets(self.zone, decided), q.id, question, self.settings.message_size, reserve
-        ):
+        parts = rrsets(self.zone, decided)
+        for wire in messages(self.zone, parts, q.id, question, self.settings.message_size, reserve):
             if q.had_tsig and q.keyring:
                 wire, _, ctx = sign(wire, q.keyring, int(time.time()), mac, ctx)
                 mac = b""
@@ -245,7 +248,7 @@ class XfrService:
             q = dns.message.from_wire(query, keyring=self._keyring or False)
         except (dns.tsig.BadSignature, dns.tsig.BadTime, dns.message.UnknownTSIGKey) as exc:
             return self._tsig_error(query, exc, address)
-        except (dns.exception.DNSException, ValueError):
+        except (dns.exception.DNSException, ValueError, IndexError, struct.error):
             self.stats.refused_other += 1
             return _refused(query)
         if self.key is not None and not (q.had_tsig and q.keyring):
@@ -387,7 +390,7 @@ def xfr_metrics(prefix: str, zone: Zone, service: XfrService | None) -> list[Fam
     transfers = {"axfr": s.axfr, "ixfr": s.ixfr, "ixfr_full": s.ixfr_full, "current": s.current}
     refused = {"address": s.refused_address, "unsigned": s.refused_unsigned,
                "tsig": s.tsig_failed, "other": s.refused_other}  # fmt: skip
-    notifies = {"sent": n.sent - n.retried, "retried": n.retried,
+    notifies = {"sent": n.sent, "retried": n.retried,
                 "acknowledged": n.acknowledged, "given_up": n.given_up,
                 "unexpected": n.unexpected, "send_failed": s.notify_errors}  # fmt: skip
     p = prefix + "xfr_"
