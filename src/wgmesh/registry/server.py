@@ -401,6 +401,8 @@ class Registrar:
         self._drain()
         if any(ev.change != Change.REFRESHED for ev in self._pending):
             self._write()
+        elif self._pending and self._flush is None:  # refreshes: the flush timer takes them
+            self._flush = self._loop.call_later(self.settings.flush_interval, self._write)
 
     def _write(self) -> None:
         """The flush timer: write every queued change and the zone serial in one transaction
