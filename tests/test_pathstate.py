@@ -696,3 +696,18 @@ def test_a_stall_that_re_punching_does_not_repair_goes_to_the_relay() -> None:
         plan = p.plan(d, t + 4.5)
         moved = [u.endpoint for u in plan.updates if u.endpoint is not None]
         assert moved == ([] if repaired else [RLY]), (repaired, plan)
+
+
+def test_a_trial_on_a_live_session_is_proven_by_traffic() -> None:
+    """With a live session the kick is a keepalive, not an initiation, so no handshake comes:
+    traffic received while the endpoint is still the trial's target proves it."""
+    p = Planner(PunchConfig(punch_delay=0.0))
+    p.set_record(record(PUBLIC, LANH))
+    p.plan(dev(), 1000.0)  # trying PUB
+    live = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB, (), 990.0, 1000, 0, 25),))
+    p.plan(live, 1000.5)
+    p.set_record(record(Hint(PUB2, CandidateKind.PUBLIC, 0), LANH))  # the peer moved
+    plan = p.plan(live, 1001.0)
+    assert plan.updates[0].endpoint == PUB2  # a trial of PUB2 on the live session
+    after = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB2, (), 990.0, 1100, 0, 25),))
+    assert idle(p.plan(after, 1003.0)) and state_of(p) is PathState.DIRECT

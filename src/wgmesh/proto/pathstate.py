@@ -180,6 +180,10 @@ class Trial:
     since: float
     """When WireGuard was made to initiate to it; the trial runs ``candidate_trial`` from here
     and a handshake at or after this second (WireGuard reports whole seconds) proves it."""
+    rx: int = field(default=-1, compare=False)
+    """Bytes received when the trial began (-1: unknown). On a live session the kick sends
+    a keepalive, not an initiation, so no new handshake comes: traffic received while the
+    endpoint is still the target proves it as well."""
 
 
 Attempt = Punch | Trial

@@ -439,7 +439,7 @@ class Planner:
                 return PathEvent.FIRE, attempt.target, peer.rounds
             case PathState.TRYING:
                 assert isinstance(attempt, Trial)
-                if dev.latest_handshake >= int(attempt.since):
+                if dev.latest_handshake >= int(attempt.since) or _carried(attempt, dev, now):
                     if peer.relay is not None and dev.endpoint == peer.relay:
                         return PathEvent.RELAY_FRESH, dev.endpoint, peer.rounds
                     return PathEvent.HANDSHAKE, dev.endpoint, peer.rounds
@@ -462,6 +462,9 @@ class Planner:
                     if not upgrade or peer.record is None or not peer.record.hints:
                         return PathEvent.RELAY_FRESH, dev.endpoint, peer.rounds
                     restart = starting_upgrade = True  # try direct again (rule 8): a fresh round
+                elif self._unrepaired(key, peer, now) and peer.record is not None:
+                    restart = True  # re-punched and still silent: back to the record's
+                    peer.stall_at = 0.0  # candidates, a roamed or static endpoint included
                 else:
                     source = self._proven_source(peer, dev.endpoint)
                     in_record = peer.record is None or dev.endpoint in _endpoints(peer.record)
@@ -534,7 +537,7 @@ class Planner:
                 self._because(key, "to the relay: " + (
                     "the NAT classes leave no direct path" if predicted
                     else "every direct candidate failed"))  # fmt: skip
-                peer.attempt = Trial(target, now)
+                peer.attempt = Trial(target, now, dev.rx_bytes)
                 if peer.upgrading or peer.upgrade_at <= now:
                     peer.upgrade_at = _next_slot(now, self.config.relay_retry)
                 peer.upgrading = False
@@ -575,7 +578,7 @@ class Planner:
                 self._because(key, self._trial_why(peer, target))
                 if event is PathEvent.SET and target != dev.endpoint:
                     prime.append(target)  # open our NAT toward it first
-                peer.attempt = Trial(target, now)
+                peer.attempt = Trial(target, now, dev.rx_bytes)
                 updates.append(
                     PeerUpdate(key, endpoint=target, handshake_now=True,
                                persistent_keepalive=keepalive)
@@ -730,6 +733,17 @@ class Planner:
 
 REJECT_AFTER_TIME = 180.0
 """WireGuard's session lifetime: a handshake this recent still carries traffic."""
+
+
+def _carried(trial: Trial, dev: PeerState, now: float) -> bool:
+    """The trial's endpoint carries a live session: we still send to it and received at least
+    a keepalive since the trial began, with a handshake young enough that the session lives."""
+    return (
+        trial.rx >= 0
+        and dev.endpoint == trial.target
+        and dev.rx_bytes >= trial.rx + 32
+        and _fresh_relayed(dev, now)
+    )
 
 
 def _fresh_relayed(dev: PeerState, now: float) -> bool:
