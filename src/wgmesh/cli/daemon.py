@@ -213,9 +213,7 @@ def settings_from(given: Mapping[str, Any]) -> Any:
         backend=str(values["backend"]),
         mdns=not values["no_mdns"],
         mdns_interfaces=tuple(values["mdns_interface"]),
-        punch=PunchConfig(
-            keepalive=values["keepalive"], mesh=values["mode"] == "mesh", wait_unclassified=True
-        ),
+        punch=PunchConfig(keepalive=values["keepalive"], mesh=values["mode"] == "mesh"),
         metrics=Endpoint.parse(str(values["metrics"])) if values["metrics"] else None,
         log_counters=values["log_counters"],
     )
