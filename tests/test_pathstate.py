@@ -711,3 +711,16 @@ def test_a_trial_on_a_live_session_is_proven_by_traffic() -> None:
     assert plan.updates[0].endpoint == PUB2  # a trial of PUB2 on the live session
     after = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB2, (), 990.0, 1100, 0, 25),))
     assert idle(p.plan(after, 1003.0)) and state_of(p) is PathState.DIRECT
+
+
+def test_a_restarted_daemon_on_a_relay_address_asks_for_its_allocation() -> None:
+    """After a daemon restart the interface still sends to a relay port, with a fresh
+    handshake, but the new daemon holds no lease: it wants the relay (the registrar returns the
+    pair's allocation) so that it binds it again, and takes the path as relayed once ready."""
+    p = Planner(PunchConfig(punch_delay=0.0))
+    p.registrar_ip = RLY.ip
+    p.set_record(record(PUBLIC))
+    plan = p.plan(dev(RLY, hs=999.0), 1000.0)
+    assert idle(plan) and A in plan.relay
+    p.set_relay(A, RLY)
+    assert idle(p.plan(dev(RLY, hs=999.0), 1001.0)) and state_of(p) is PathState.RELAYED

@@ -248,6 +248,7 @@ class Daemon:
             raise WireGuardError(f"interface {self.s.interface} has no private key set")
         own_key = self.device.public_key
         self.planner = Planner(self.s.punch, own_key)
+        self.planner.registrar_ip = self.s.registrar.ip
         client = RegistrarClient(
             self.s.client_config(), read_private_key(self.wg.name), self.s.registrar,
             self.s.registrar_key, time.time(), os.urandom, alt_port=self.s.registrar_alt_port,

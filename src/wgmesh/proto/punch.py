@@ -192,6 +192,8 @@ class Planner:
         self.config = config
         """The timings."""
         self.registrar_rtt = 0.0
+        self.registrar_ip: object = None
+        """The registrar's address: an endpoint on it is one of its relay ports."""
         """Smoothed registration round trip in seconds (scales the punch delays)."""
         self._own_key = own_key
         self._peers: dict[bytes, PeerPath] = {}
@@ -384,6 +386,12 @@ class Planner:
             return True
         if self._unrepaired(peer.record.key, peer, now):
             return True
+        if (
+            peer.relay is None
+            and dev.endpoint is not None
+            and dev.endpoint.ip == self.registrar_ip
+        ):  # a relay address we hold no lease for (we restarted): ask, the registrar returns
+            return True  # the pair's allocation, and we bind it again
         on_relay = peer.relay is not None and dev.endpoint == peer.relay
         if peer.state is PathState.DIRECT and not on_relay and _fresh(dev, now, self.config):
             return False  # a proven direct path
