@@ -387,9 +387,7 @@ class Planner:
         if self._unrepaired(peer.record.key, peer, now):
             return True
         if (
-            peer.relay is None
-            and dev.endpoint is not None
-            and dev.endpoint.ip == self.registrar_ip
+            peer.relay is None and dev.endpoint is not None and dev.endpoint.ip == self.registrar_ip
         ):  # a relay address we hold no lease for (we restarted): ask, the registrar returns
             return True  # the pair's allocation, and we bind it again
         on_relay = peer.relay is not None and dev.endpoint == peer.relay
