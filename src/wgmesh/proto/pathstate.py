@@ -105,45 +105,28 @@ class PathEvent(StrEnum):
 
 _S, _E = PathState, PathEvent
 
+_PICK: Final[Mapping[PathEvent, PathState]] = {
+    _E.PUNCH: _S.PRIMED,
+    _E.SET: _S.TRYING,
+    _E.BACKOFF: _S.WAITING,
+    _E.NO_CANDIDATE: _S.UNKNOWN,
+    _E.RELAY: _S.TRYING,
+    _E.RELAY_FRESH: _S.RELAYED,
+}
+"""What a plan that reads the next candidate (or the relay) leads to, from any state but
+PRIMED."""
+
 TRANSITIONS: Final[Mapping[PathState, Mapping[PathEvent, PathState]]] = {
-    _S.UNKNOWN: {
-        _E.FRESH: _S.DIRECT,
-        _E.PUNCH: _S.PRIMED,
-        _E.SET: _S.TRYING,
-        _E.BACKOFF: _S.WAITING,
-        _E.NO_CANDIDATE: _S.UNKNOWN,
-        _E.RELAY: _S.TRYING,
-        _E.RELAY_FRESH: _S.RELAYED,
-    },
+    **{settled: {_E.FRESH: _S.DIRECT, **_PICK}
+       for settled in (_S.UNKNOWN, _S.DIRECT, _S.WAITING, _S.RELAYED)},
     _S.PRIMED: {
         _E.WAIT: _S.PRIMED,
         _E.ANSWERED: _S.DIRECT,
         _E.FIRE: _S.TRYING,
         _E.RELAY: _S.TRYING,
     },
-    _S.TRYING: {
-        _E.WAIT: _S.TRYING,
-        _E.HANDSHAKE: _S.DIRECT,
-        _E.PUNCH: _S.PRIMED,
-        _E.SET: _S.TRYING,
-        _E.BACKOFF: _S.WAITING,
-        _E.NO_CANDIDATE: _S.UNKNOWN,
-        _E.RELAY: _S.TRYING,
-        _E.RELAY_FRESH: _S.RELAYED,
-    },
-    **{
-        settled: {
-            _E.FRESH: _S.DIRECT,
-            _E.PUNCH: _S.PRIMED,
-            _E.SET: _S.TRYING,
-            _E.BACKOFF: _S.WAITING,
-            _E.NO_CANDIDATE: _S.UNKNOWN,
-            _E.RELAY: _S.TRYING,
-            _E.RELAY_FRESH: _S.RELAYED,
-        }
-        for settled in (_S.DIRECT, _S.WAITING, _S.RELAYED)
-    },
-}
+    _S.TRYING: {_E.WAIT: _S.TRYING, _E.HANDSHAKE: _S.DIRECT, **_PICK},
+}  # fmt: skip
 """State -> event -> next state. UNKNOWN's BACKOFF is the wait for a relay that the NAT classes
 call for (rule 8): a direct initiation sent meanwhile would hold WireGuard's next one back 5 s
 (REKEY_TIMEOUT), whatever the endpoint."""

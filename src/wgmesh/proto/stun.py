@@ -436,6 +436,19 @@ _XOR_PORT = MAGIC_COOKIE >> 16
 _U32 = struct.Struct("!I")
 
 
+def _is_plain(data: bytes) -> bool:
+    """A plain Binding Request: the 20-byte header alone, or followed by a correct FINGERPRINT."""
+    size = len(data)
+    if size == HEADER_LEN:
+        return data[:8] == _PLAIN_REQUEST
+    return (
+        size == HEADER_LEN + 8
+        and data[:8] == _PLAIN_REQUEST_FP
+        and data[20:24] == _FINGERPRINT_TLV
+        and _U32.unpack_from(data, 24)[0] == zlib.crc32(data[:20]) ^ FINGERPRINT_XOR
+    )
+
+
 class PlainBindingResponder:
     """The fast path of a STUN server: ``answer(data, host, port)`` returns the Binding Success
     for a plain Binding Request (a 20-byte header with no attributes, or followed only by a
@@ -473,15 +486,7 @@ class PlainBindingResponder:
     def answer(self, data: bytes, host: str, port: int) -> bytes | None:
         """The answer to ``data`` from ``host``:``port``, or None when the fast path does not
         apply (the general path then decides, and refuses what it must)."""
-        size = len(data)
-        if size == HEADER_LEN:
-            if data[:8] != _PLAIN_REQUEST:
-                return None
-        elif size != HEADER_LEN + 8 or (
-            data[:8] != _PLAIN_REQUEST_FP
-            or data[20:24] != _FINGERPRINT_TLV
-            or _U32.unpack_from(data, 24)[0] != zlib.crc32(data[:20]) ^ FINGERPRINT_XOR
-        ):
+        if not _is_plain(data):
             return None
         tail = self._sources.get(host)
         if tail is None:
@@ -495,15 +500,7 @@ class PlainBindingResponder:
     def answer_v4(self, data: bytes, packed: bytes, port: int) -> bytes | None:
         """:meth:`answer` for a source given as its 4 packed address bytes (as a sockaddr_in
         holds them: the batched socket path decodes no address for a plain request)."""
-        size = len(data)
-        if size == HEADER_LEN:
-            if data[:8] != _PLAIN_REQUEST:
-                return None
-        elif size != HEADER_LEN + 8 or (
-            data[:8] != _PLAIN_REQUEST_FP
-            or data[20:24] != _FINGERPRINT_TLV
-            or _U32.unpack_from(data, 24)[0] != zlib.crc32(data[:20]) ^ FINGERPRINT_XOR
-        ):
+        if not _is_plain(data):
             return None
         tail = self._packed.get(packed)
         if tail is None:
