@@ -724,3 +724,34 @@ def test_a_restarted_daemon_on_a_relay_address_asks_for_its_allocation() -> None
     assert idle(plan) and A in plan.relay
     p.set_relay(A, RLY)
     assert idle(p.plan(dev(RLY, hs=999.0), 1001.0)) and state_of(p) is PathState.RELAYED
+
+
+def test_a_relay_ready_only_after_the_stall_was_found_unrepaired_takes_the_path() -> None:
+    """The re-punch did not repair the stall and the relay is not ready yet: the daemon asks
+    for it and tries the record's candidates meanwhile; the moment it is ready the relay takes
+    the path, without waiting out the direct try (the clash of two hosts on one NAT port:
+    retrying the record's candidates cost 10 s in CI)."""
+    p = Planner(PunchConfig(punch_delay=0.0))
+    p.set_record(record(PUBLIC, LANH))
+    p.plan(dev(), 1000.0)
+    p.plan(dev(PUB, hs=1000.0), 1000.5)  # DIRECT
+    rx, tx, stalled = 500, 500, frozenset[bytes]()
+    t = 1001.0
+    while not stalled and t < 1010.0:
+        tx += 200
+        d = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB, (), 1000.0, rx, tx, 25),))
+        stalled = p.watch_traffic(d, t)
+        t += 0.3
+    assert stalled == {A}
+    d = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB, (), 1000.0, rx, tx + 200, 25),))
+    p.watch_traffic(d, t + 1.0)
+    plan = p.plan(d, t + 4.5)
+    assert A in plan.relay, plan  # asked for
+    assert [u.endpoint for u in plan.updates if u.endpoint] in ([], [PUB], [LAN]), plan
+    assert A in p.plan(d, t + 5.0).relay  # still wanted on the next plan
+    p.set_relay(A, RLY)
+    plan = p.plan(d, t + 5.5)
+    assert [u.endpoint for u in plan.updates if u.endpoint is not None] == [RLY], plan
+    relayed = DeviceState("wg0", bytes(32), 51820, (PeerState(A, RLY, (), t + 5.6, rx, tx, 25),))
+    p.plan(relayed, t + 6.0)
+    assert state_of(p) is PathState.RELAYED and not p._peers[A].unrepaired

@@ -244,6 +244,10 @@ class PeerPath:
     """When the path last stalled and was re-punched (0: not stalled since)."""
     stall_check: float = 0.0
     """When to look whether the re-punch repaired it (0: looked already)."""
+    unrepaired: bool = False
+    """Re-punching a stall did not bring the path back: the relay is asked for and takes the
+    path the moment it is ready, even from a direct try made meanwhile (rule 8). Cleared once
+    a path is proven."""
     relay_wait_until: float = 0.0
     """When the relay is predicted: until then no direct try is made while the relay is asked
     for (0: not started)."""

@@ -382,7 +382,7 @@ class Planner:
         """Rule 8: keep a relay allocation for this peer."""
         if peer.record is None or not peer.record.hints:
             return False
-        if peer.state is PathState.RELAYED or peer.upgrading:
+        if peer.state is PathState.RELAYED or peer.upgrading or peer.unrepaired:
             return True
         if self._unrepaired(peer.record.key, peer, now):
             return True
@@ -435,8 +435,9 @@ class Planner:
             and attempt.target != peer.relay
             and not peer.upgrading
             and peer.record is not None
-            and relay_predicted(self._nat, peer.record.nat)
-        ):  # a direct try that cannot work, and the relay just became ready: no waiting it out
+            and (peer.unrepaired or relay_predicted(self._nat, peer.record.nat))
+        ):  # a direct try that cannot work (or is made while a stall waits for the relay), and
+            # the relay just became ready: no waiting it out
             return PathEvent.RELAY, peer.relay, peer.rounds
         match peer.state:
             case PathState.PRIMED:
@@ -472,8 +473,9 @@ class Planner:
                         return PathEvent.RELAY_FRESH, dev.endpoint, peer.rounds
                     restart = starting_upgrade = True  # try direct again (rule 8): a fresh round
                 elif self._unrepaired(key, peer, now) and peer.record is not None:
-                    restart = True  # re-punched and still silent: back to the record's
-                    peer.stall_at = 0.0  # candidates, a roamed or static endpoint included
+                    restart = True  # re-punched and still silent: the record's candidates
+                    peer.stall_at = 0.0  # (a roamed or static endpoint included) until the
+                    peer.unrepaired = True  # relay asked for now is ready
                 else:
                     source = self._proven_source(peer, dev.endpoint)
                     in_record = peer.record is None or dev.endpoint in _endpoints(peer.record)
@@ -542,6 +544,7 @@ class Planner:
                 pass
             case PathEvent.RELAY:
                 assert target is not None
+                peer.unrepaired = False
                 predicted = peer.record is not None and relay_predicted(self._nat, peer.record.nat)
                 self._because(key, "to the relay: " + (
                     "the NAT classes leave no direct path" if predicted
@@ -565,7 +568,7 @@ class Planner:
                     )
                     self._because(key, peer.kick_why or "re-punch")
             case PathEvent.ANSWERED | PathEvent.HANDSHAKE:  # keep the path the handshake used
-                peer.upgrading = False
+                peer.upgrading = peer.unrepaired = False
                 source = self._source_of(peer, dev.endpoint)
                 if event is PathEvent.HANDSHAKE and dev.endpoint is None:
                     source = Source.ROAMING
