@@ -755,3 +755,33 @@ def test_a_relay_ready_only_after_the_stall_was_found_unrepaired_takes_the_path(
     relayed = DeviceState("wg0", bytes(32), 51820, (PeerState(A, RLY, (), t + 5.6, rx, tx, 25),))
     p.plan(relayed, t + 6.0)
     assert state_of(p) is PathState.RELAYED and not p._peers[A].unrepaired
+
+
+def test_a_handshake_after_a_stall_ends_it() -> None:
+    """A path stalls and, before ``stall_repair`` runs out, a handshake proves a new path (the
+    peer moved, or a try of direct from the relay succeeded): the old stall is over, so 4 s
+    after it neither is the relay asked for nor does it take the working path (the lab: a pair
+    upgraded from the relay went back to it 0.1 s after its direct handshake)."""
+    p = Planner(PunchConfig(punch_delay=0.0))
+    p.set_record(record(PUBLIC, LANH))
+    p.plan(dev(), 1000.0)
+    p.plan(dev(PUB, hs=1000.0), 1000.5)  # DIRECT
+    p.set_relay(A, RLY)
+    rx, tx, stalled = 500, 500, frozenset[bytes]()
+    t = 1001.0
+    while not stalled and t < 1010.0:
+        tx += 200
+        d = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB, (), 1000.0, rx, tx, 25),))
+        stalled = p.watch_traffic(d, t)
+        t += 0.3
+    assert stalled == {A}
+    p.set_record(record(Hint(PUB2, CandidateKind.PUBLIC, 0), LANH))  # the peer moved
+    d = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB, (), 1000.0, rx, tx, 25),))
+    plan = p.plan(d, t + 0.5)
+    assert [u.endpoint for u in plan.updates if u.endpoint is not None] == [PUB2], plan
+    moved = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB2, (), t + 0.7, rx, tx, 25),))
+    p.plan(moved, t + 1.0)
+    assert state_of(p) is PathState.DIRECT
+    for later in (t + 4.5, t + 5.0, t + 6.0):
+        plan = p.plan(moved, later)
+        assert A not in plan.relay and not plan.updates, (later, plan)

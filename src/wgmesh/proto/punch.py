@@ -569,6 +569,7 @@ class Planner:
                     self._because(key, peer.kick_why or "re-punch")
             case PathEvent.ANSWERED | PathEvent.HANDSHAKE:  # keep the path the handshake used
                 peer.upgrading = peer.unrepaired = False
+                peer.stall_at = peer.stall_check = 0.0  # the peer answered: a stall is over
                 source = self._source_of(peer, dev.endpoint)
                 if event is PathEvent.HANDSHAKE and dev.endpoint is None:
                     source = Source.ROAMING
