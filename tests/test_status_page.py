@@ -103,11 +103,13 @@ def chromium() -> str:
     return found
 
 
-def browse(chromium: str, tmp: Path, url: str, *extra: str) -> str:
-    """Run headless Chromium on ``url`` (loopback only: see the module docstring)."""
+def browse(chromium: str, tmp: Path, url: str, *extra: str, netns: str | None = None) -> str:
+    """Run headless Chromium on ``url`` (loopback only: see the module docstring), inside the
+    lab namespace ``netns`` if given."""
+    inside = ["ip", "netns", "exec", netns] if netns else []
     out = subprocess.run(
         [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            *inside, chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             f"--user-data-dir={tmp / 'chromium'}", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--disable-default-apps",
             "--disable-extensions", "--no-pings", "--disable-domain-reliability",
