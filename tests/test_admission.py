@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,57 @@ def test_missing_file_names_the_option(tmp_path: Path) -> None:
 def test_any_text_parses_or_raises_config_error(text: str) -> None:
     with contextlib.suppress(ConfigError):
         parse_authorized_keys(text)
+
+
+KEYS = [encode_key(bytes([i]) * 32) for i in range(1, 6)]
+
+
+def test_overlapping_subnets_of_two_peers_are_refused_naming_both_lines() -> None:
+    text = (
+        f"{KEYS[0]} alice 100.64.0.1/32,10.1.0.0/24\n"
+        f"{KEYS[1]} bob 100.64.0.2/32\n"
+        f"{KEYS[2]} carol 100.64.0.3/32,10.1.0.128/25\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        parse_authorized_keys(text, "keys")
+    assert str(err.value).startswith("keys:3: 10.1.0.128/25 of carol overlaps 10.1.0.0/24 of "
+                                     "alice on line 1"), err.value  # fmt: skip
+    # one peer's own networks may nest, and disjoint ones are fine
+    ok = f"{KEYS[0]} alice 100.64.0.1/32,10.1.0.0/24,10.1.0.0/25\n{KEYS[1]} bob 10.1.1.0/24\n"
+    assert len(parse_authorized_keys(ok).peers) == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 255), st.integers(20, 32)).map(
+                lambda t: ipaddress.ip_network(f"10.0.{t[0]}.0/{t[1]}", strict=False)
+            ),
+            min_size=0,
+            max_size=4,
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_overlaps_are_found_exactly_when_two_peers_share_an_address(
+    nets: list[list[ipaddress.IPv4Network]],
+) -> None:
+    text = "".join(
+        f"{KEYS[i]} {','.join(map(str, group))}\n" if group else f"{KEYS[i]}\n"
+        for i, group in enumerate(nets)
+    )
+    clash = any(
+        a.overlaps(b)
+        for i, ga in enumerate(nets)
+        for j, gb in enumerate(nets)
+        if i < j
+        for a in ga
+        for b in gb
+    )
+    if clash:
+        with pytest.raises(ConfigError, match="overlaps"):
+            parse_authorized_keys(text)
+    else:
+        assert len(parse_authorized_keys(text).peers) == len(nets)

@@ -7,7 +7,12 @@ One peer per line, ``#`` starts a comment, fields separated by white space::
     TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=  bob
 
 The allowed IPs published in TXT ``allowed=`` come only from this file, never from a peer.
-Errors name the file and line. The file is read again on SIGHUP.
+Besides its tunnel address a peer may be given subnets (a LAN behind it; ``0.0.0.0/0`` only
+when it is meant to carry the default route): mesh-mode daemons add them to its allowed IPs
+(and, with ``--routes``, route them). A WireGuard allowed IP belongs to one peer of an
+interface, so two peers whose networks overlap would steal each other's traffic: such a file is
+refused, naming both lines. Errors name the file and line. The file is read again on SIGHUP
+(a bad new file is logged and the old list kept).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ MAX_LINES = 1_000_000
 def parse_authorized_keys(text: str, origin: str = "authorized-keys") -> Admission:
     """Parse the file's text; raises ConfigError naming ``origin:line``."""
     peers: dict[bytes, AdmittedPeer] = {}
+    lines: dict[bytes, int] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         if lineno > MAX_LINES:
             raise ConfigError(f"{origin}: more than {MAX_LINES} lines")
@@ -55,7 +61,38 @@ def parse_authorized_keys(text: str, origin: str = "authorized-keys") -> Admissi
             else:
                 raise ConfigError(f"{where}: {value!r} is neither a name nor a list of CIDRs")
         peers[key] = AdmittedPeer(key, name, allowed)
+        lines[key] = lineno
+    _refuse_overlaps(peers, lines, origin)
     return Admission(open=False, peers=peers)
+
+
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _refuse_overlaps(
+    peers: dict[bytes, AdmittedPeer], lines: dict[bytes, int], origin: str
+) -> None:
+    """ConfigError when networks of two different peers overlap: one sort and one sweep
+    (networks nest or are disjoint, so each overlaps the widest one still open before it)."""
+    nets: list[tuple[int, int, int, Net, bytes]] = []
+    for key, peer in peers.items():
+        for text in peer.allowed_ips:
+            net = ipaddress.ip_network(text)
+            first = int(net.network_address)
+            nets.append((net.version, first, -(first + net.num_addresses - 1), net, key))
+    nets.sort(key=lambda n: n[:3])
+    open_: tuple[int, int, Net, bytes] | None = None  # version, last address, network, key
+    for version, first, neg_last, net, key in nets:
+        if open_ is not None and open_[0] == version and first <= open_[1]:
+            if open_[3] != key:
+                a, b = peers[open_[3]], peers[key]
+                raise ConfigError(
+                    f"{origin}:{lines[key]}: {net} of {b.name or 'this key'} overlaps {open_[2]} "
+                    f"of {a.name or 'the key'} on line {lines[open_[3]]}: an allowed IP can "
+                    "belong to one peer only (WireGuard would move it from one to the other)"
+                )
+            continue  # one peer's own networks may nest
+        open_ = (version, -neg_last, net, key)
 
 
 def _allowed_ips(value: str, where: str) -> tuple[str, ...]:
