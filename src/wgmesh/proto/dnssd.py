@@ -545,8 +545,15 @@ class Zone:
             return T.A if self._glue[0].ip.version == 4 else T.AAAA
         return T.A
 
-    def _peer_name(self, key: bytes) -> dns.name.Name:
+    def peer_name(self, key: bytes) -> dns.name.Name:
+        """``<label>._wireguard._udp.ZONE`` of the peer ``key``."""
         return dns.name.Name((key_label(key).encode(),)).concatenate(self.service)
+
+    _peer_name = peer_name
+
+    def record_of(self, key: bytes) -> bytes | None:
+        """The peer's packed record now (changes not yet under a serial included)."""
+        return self._peers.get(key)
 
     def _rrset(
         self, name: dns.name.Name, rdtype: int, rdatas: Sequence[dns.rdata.Rdata], ttl: int = -1
