@@ -2,6 +2,10 @@
 ``wgmesh daemon`` processes beside wireguard-go on NATed hosts, all driven through the CLI.
 
 Shared by the end-to-end tests, the connection-time benchmark and the demo.
+
+IPv6: the registrar listens on every address its host has (one ``--listen`` each) and daemons are
+given every one of them (one ``--registrar`` each); ``listen_families`` / ``registrar_families``
+choose. A registrar host without IPv6 gets exactly the arguments it always had.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,8 @@ from wgmesh.proto.keys import encode_key
 
 PYTHON = sys.executable
 ZONE = "mesh.test"
+FAMILIES = (4, 6)
+"""Address families, IPv4 first: the default of ``listen_families`` and ``registrar_families``."""
 
 
 @dataclass
@@ -61,10 +68,32 @@ class Mesh:
 
     @property
     def registrar_ip(self) -> str:
-        return str(self.reg_host.address)
+        """The registrar's IPv4 address, or its IPv6 one on an IPv6-only host."""
+        return self.registrar_addresses()[0]
 
-    def start_registrar(self, *extra: str) -> None:
-        """Start (or restart, keeping the state directory) ``wgmesh registrar``."""
+    @property
+    def registrar_ip6(self) -> str | None:
+        """The registrar's IPv6 address, None if its host has none."""
+        return None if self.reg_host.address6 is None else str(self.reg_host.address6)
+
+    def registrar_addresses(self, families: Iterable[int] = FAMILIES) -> list[str]:
+        """The registrar host's addresses of ``families`` (4, 6), in that order; those it lacks
+        are left out. ValueError if none is left."""
+        host = self.reg_host
+        own: dict[int, object] = {4: host.address4, 6: host.address6}
+        chosen = []
+        for family in families:
+            if family not in own:
+                raise ValueError(f"address family {family!r}: use 4 or 6")
+            if own[family] is not None:
+                chosen.append(str(own[family]))
+        if not chosen:
+            raise ValueError(f"{host.name} has no address of families {tuple(families)}")
+        return chosen
+
+    def start_registrar(self, *extra: str, listen_families: Iterable[int] = FAMILIES) -> None:
+        """Start (or restart, keeping the state directory) ``wgmesh registrar``, with one
+        ``--listen`` per address of its host in ``listen_families``."""
         admission = ["--open"]
         if self.authorized:
             keys = self.workdir / "authorized_keys"
@@ -72,10 +101,12 @@ class Mesh:
                 "".join(f"{p.wg.public_key} {p.name} {p.tunnel_ip}/32\n" for p in self.peers)
             )
             admission = ["--authorized-keys", str(keys)]
+        listen = [a for address in self.registrar_addresses(listen_families)
+                  for a in ("--listen", address)]  # fmt: skip
         seen = len(self.registrar_log.read_bytes()) if self.registrar_log.exists() else 0
         self.registrar = self.reg_host.spawn(
             PYTHON, "-m", "wgmesh", "registrar", "--zone", ZONE,
-            "--private-key-file", str(self.key_file), "--listen", self.registrar_ip,
+            "--private-key-file", str(self.key_file), *listen,
             "--dns-port", "53", "--stun-port", "3478",
             "--state-dir", str(self.workdir / "state"), *admission, *extra,
             log_path=self.registrar_log,
@@ -102,12 +133,22 @@ class Mesh:
         a.wg.add_peer(b.wg.public_key, f"{b.tunnel_ip}/32")
         b.wg.add_peer(a.wg.public_key, f"{a.tunnel_ip}/32")
 
-    def start_daemon(self, peer: MeshPeer, *extra: str) -> None:
+    def start_daemon(
+        self, peer: MeshPeer, *extra: str, registrar_families: Iterable[int] = FAMILIES
+    ) -> None:
+        """Start ``wgmesh daemon`` for ``peer``: one ``--registrar`` per registrar address in
+        ``registrar_families``, ``--dns`` the first of them of a family the peer's host has
+        (an IPv6-only peer queries over IPv6). ``extra`` options come last (they win)."""
         assert peer.log is not None
+        addresses = self.registrar_addresses(registrar_families)
+        registrars = [a for address in addresses for a in ("--registrar", address)]
+        own = {4: peer.host.address4, 6: peer.host.address6}
+        usable = [a for a in addresses if own[6 if ":" in a else 4] is not None]
+        dns = (usable or addresses)[0]
         peer.daemon = peer.host.spawn(
             PYTHON, "-m", "wgmesh", "daemon", "--interface", peer.wg.name,
-            "--registrar", self.registrar_ip, "--registrar-key", self.registrar_key,
-            "--zone", ZONE, "--dns", self.registrar_ip, "--name", peer.name,
+            *registrars, "--registrar-key", self.registrar_key,
+            "--zone", ZONE, "--dns", dns, "--name", peer.name,
             "--status-socket", peer.status_socket, "--verbose", *extra,
             log_path=peer.log,
         )  # fmt: skip
@@ -134,7 +175,8 @@ class Mesh:
         raise AssertionError(f"{other.name} not in {peer.name}'s wgmesh peers")
 
     def wait_ping(self, a: MeshPeer, b: MeshPeer, timeout: float = 20.0) -> bool:
-        """True once a can ping b's tunnel address, trying until ``timeout``."""
+        """True once a can ping b's tunnel address (IPv4 100.64.0.N, whatever family the tunnel
+        runs over), trying until ``timeout``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if a.host.ping(b.tunnel_ip, count=1, timeout=1.0):
