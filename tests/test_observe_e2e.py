@@ -52,7 +52,10 @@ EXPECTED = {
     # the forward keeps the mapping test's port (51821); the filtering test's own socket is
     # an ephemeral port, which the router filters as a port-restricted one
     RouterKind.PORT_FORWARD: (
-        "cone", "endpoint-independent", "address-and-port-dependent", "port-restricted cone NAT"
+        "cone",
+        "endpoint-independent",
+        "address-and-port-dependent",
+        "port-restricted cone NAT",
     ),
     RouterKind.NONE: ("none", "endpoint-independent", None, "no NAT"),
 }
