@@ -218,7 +218,7 @@ KINDS: dict[str, dict[str, str]] = {
         "relay_idle": "float", "status_socket": "str",
     },
     "daemon": {
-        "interface": "str", "registrar": "str", "registrar_key": "str",
+        "interface": "str", "registrar": "str_or_list", "registrar_key": "str",
         "registrar_alt_port": "int", "zone": "str", "dns": "str", "mode": "str",
         "probe_interval": "float", "name": "str", "wait_interface": "bool",
         "status_socket": "str", "backend": "str", "keepalive": "int", "no_mdns": "bool",
@@ -231,6 +231,7 @@ WRONG_TYPES: dict[str, list[Any]] = {
     "float": ["20", True, [1.0], {"a": 1}],
     "bool": ["true", 1, 0, [True]],
     "list": ["x", 5, True, {"a": "x"}],
+    "str_or_list": [5, 1.5, True, [5], {"a": 1}],
 }
 RANGES: dict[str, dict[str, list[Any]]] = {
     "registrar": {
@@ -273,8 +274,9 @@ FORMATS: dict[str, dict[str, list[Any]]] = {
     },
     "daemon": {
         "interface": ["", "x" * 16, "a/b", "a b", "wg:0", "."],
-        "registrar": ["1.2.3.4:0", "1.2.3.4:70000", "::1", "[2001:db8::1]:3478",
-                      "host.example", "1.2.3.4:x", ""],
+        "registrar": ["1.2.3.4:0", "1.2.3.4:70000", "[2001:db8::1", "[2001:db8::1]:0",
+                      "host..example", "1.2.3.4:x", "", ["192.0.2.1", "192.0.2.2:3478"],
+                      ["::1", "[2001:db8::1]:3478"], [], [""]],
         "registrar_key": ["nope", "A" * 44, ""],
         "zone": ["a b", "a..b", ""],
         "dns": ["1.2.3.4:0", "ns.example", ""],

@@ -16,6 +16,11 @@ example:
   wgmesh daemon --interface wg0 --registrar 203.0.113.10 --registrar-key KEY \\
       --zone mesh.example.com --dns 203.0.113.10
 
+A dual-stack registrar is given by both its addresses, one per family (or by a name with A and
+AAAA records): --registrar 203.0.113.10 --registrar 2001:db8::10 ([2001:db8::10]:3478 with a
+port). The daemon then registers its WireGuard port's mapping over each family it has a route
+for, and prefers a direct IPv6 path to peers that have one too.
+
 `wgmesh peers --interface wg0` shows what the daemon sees and does.
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,10 +43,93 @@ from wgmesh.cli.options import (
     setup_logging,
     where_of,
 )
-from wgmesh.errors import ConfigError
+from wgmesh.errors import ConfigError, DecodeError
 from wgmesh.proto.device import DEFAULT_KEEPALIVE
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import decode_key
+
+REGISTRAR_PORT = 3478
+REGISTRAR_EXPECTED = (
+    "the registrar's address, one per family: IP[:PORT], [IPv6]:PORT or a host name[:PORT] "
+    f"(port default {REGISTRAR_PORT}), e.g. --registrar 203.0.113.10 --registrar 2001:db8::10"
+)
+
+
+def _registrar_list(value: Any, where: str) -> list[str]:
+    """``--registrar`` (repeatable) or ``registrar`` in the file (a string or an array): each
+    an IP address or a host name, with an optional port. Names are resolved later
+    (:func:`registrar_endpoints`)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        v.fail(where, f"got {v.describe(value)}", REGISTRAR_EXPECTED)
+    out = []
+    for i, item in enumerate(items):
+        at = where if where.startswith("--") or isinstance(value, str) else f"{where}[{i}]"
+        text = v.string(item, at, REGISTRAR_EXPECTED)
+        host, port = _split(text, at)
+        if not 1 <= port <= 65535:
+            v.fail(at, f"port {port} is out of range", REGISTRAR_EXPECTED)
+        if not _is_ip(host):
+            v.dns_name(host, at)  # a host name, resolved when the daemon starts
+        out.append(text)
+    return out
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        Endpoint.of(host, 0)
+    except ValueError:
+        return False
+    return True
+
+
+def _split(text: str, where: str) -> tuple[str, int]:
+    """(host, port) of ``IP[:PORT]``, ``[IPv6]:PORT``, a bare IPv6 address or ``NAME[:PORT]``."""
+    if ":" not in text:
+        return text, REGISTRAR_PORT
+    if text.startswith("[") or text.count(":") > 1:
+        try:
+            ep = Endpoint.parse(text, default_port=REGISTRAR_PORT)
+        except DecodeError as exc:
+            v.fail(where, str(exc), REGISTRAR_EXPECTED)
+        return str(ep.ip), ep.port
+    host, _, port = text.partition(":")
+    if not port.isdigit():
+        v.fail(where, f"bad endpoint {text!r}: port is not a number", REGISTRAR_EXPECTED)
+    return host, int(port)
+
+
+def registrar_endpoints(texts: list[str], where: str) -> tuple[Endpoint, ...]:
+    """The registrar's addresses, at most one per family, in the order given: a host name
+    gives its first IPv4 and first IPv6 address (getaddrinfo). ConfigError for a name that
+    does not resolve, or two addresses of one family."""
+    out: dict[int, tuple[Endpoint, str]] = {}
+    for text in texts:
+        host, port = _split(text, where)
+        if _is_ip(host):
+            found = [Endpoint.of(host, port)]
+        else:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except (socket.gaierror, UnicodeError) as exc:
+                raise ConfigError(
+                    f"{where}: cannot resolve {host!r} ({exc}); expected {REGISTRAR_EXPECTED}"
+                ) from None
+            found = []
+            for family in (socket.AF_INET, socket.AF_INET6):
+                ips = [str(i[4][0]).split("%", 1)[0] for i in infos if i[0] == family]
+                if ips:
+                    found.append(Endpoint.of(ips[0], port))
+        for ep in found:
+            if ep.family in out:
+                other, given = out[ep.family]
+                raise ConfigError(
+                    f"{where}: {given} ({other}) and {text} ({ep}) are both IPv{ep.family}; "
+                    f"expected at most one address per family, one IPv4 and one IPv6"
+                )
+            out[ep.family] = (ep, text)
+    return tuple(ep for ep, _ in out.values())
+
 
 DEFAULTS: dict[str, Any] = {
     "interface": None,
@@ -65,7 +154,7 @@ DEFAULTS: dict[str, Any] = {
 
 CHECKS: dict[str, v.Check] = {
     "interface": v.interface,
-    "registrar": v.endpoint(3478, ipv4_only=True),
+    "registrar": _registrar_list,
     "registrar_key": v.public_key,
     "registrar_alt_port": v.port(zero="to turn NAT classification off"),
     "zone": v.zone_name,
@@ -96,7 +185,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     del name
     a = parser.add_argument
     a("--interface", "-i", metavar="IFACE", help="WireGuard interface (required)")
-    a("--registrar", metavar="HOST[:PORT]", help="registrar address, port default 3478 (required)")
+    a(
+        "--registrar",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="registrar address, port default 3478 (required); repeat it for the other family "
+        "(at most one IPv4 and one IPv6 address, IPv6 with a port as [2001:db8::10]:3478); a "
+        "name with A and AAAA records gives both",
+    )
     a(
         "--registrar-key",
         metavar="PUBKEY",
@@ -182,18 +278,25 @@ def settings_from(given: Mapping[str, Any]) -> Any:
                 f"{v.flag_of(flag)} is required (or {flag.replace('_', '-')} in --config FILE; "
                 "see wgmesh daemon --help)"
             )
-    registrar = Endpoint.parse(str(values["registrar"]), default_port=3478)  # checked
+    registrars = registrar_endpoints(values["registrar"], where_of(given, "registrar"))
+    if not registrars:
+        raise ConfigError(
+            f"{where_of(given, 'registrar')}: {', '.join(values['registrar'])} has no IPv4 or "
+            f"IPv6 address; expected {REGISTRAR_EXPECTED}"
+        )
+    registrar = registrars[0]
     alt = values["registrar_alt_port"]
-    if alt is None and registrar.port == 65535:
-        raise ConfigError(
-            f"{where_of(given, 'registrar')}: port 65535 leaves no port for the registrar's "
-            "second STUN port (port + 1); expected --registrar-alt-port (0 turns it off)"
-        )
-    if alt == registrar.port:
-        raise ConfigError(
-            f"{where_of(given, 'registrar_alt_port')}: {alt} is the registrar's STUN port too; "
-            "expected its second STUN port, or 0 to turn NAT classification off"
-        )
+    for ep in registrars:
+        if alt is None and ep.port == 65535:
+            raise ConfigError(
+                f"{where_of(given, 'registrar')}: port 65535 leaves no port for the registrar's "
+                "second STUN port (port + 1); expected --registrar-alt-port (0 turns it off)"
+            )
+        if alt == ep.port:
+            raise ConfigError(
+                f"{where_of(given, 'registrar_alt_port')}: {alt} is the registrar's STUN port "
+                "too; expected its second STUN port, or 0 to turn NAT classification off"
+            )
     key = decode_key(str(values["registrar_key"]))  # checked
     dns_server = Endpoint.parse(values["dns"], default_port=53) if values["dns"] else None
     interface = str(values["interface"])
@@ -201,6 +304,7 @@ def settings_from(given: Mapping[str, Any]) -> Any:
     return DaemonSettings(
         interface=interface,
         registrar=registrar,
+        registrars=registrars,
         registrar_key=key,
         zone=str(values["zone"]).rstrip(".") + ".",
         dns=dns_server,

@@ -130,17 +130,29 @@ def _table(state: dict[str, Any]) -> str:
     else:
         head += "  (no daemon: showing the interface only)"
     rows = [("NAME", "KEY", "ALLOWED IPS", "ENDPOINT", "FROM", "PATH", "HANDSHAKE", "RX/TX")]
-    reasons = []
+    reasons, candidates = [], []
     for p in state["peers"]:
+        path = p["path"]
+        if path != "none" and p.get("family"):
+            path += f" (IPv{p['family']})"
         rows.append((
             p["name"] or "-", p["public_key"][:8], ",".join(p["allowed_ips"]) or "-",
-            p["endpoint"] or "-", p["source"], p["path"], _age(p["latest_handshake"]),
+            p["endpoint"] or "-", p["source"], path, _age(p["latest_handshake"]),
             f"{_size(p['rx_bytes'])}/{_size(p['tx_bytes'])}",
         ))  # fmt: skip
         if p["reason"]:
             reasons.append(f"  {p['public_key'][:8]}: {p['reason']}")
+        by_family = p.get("candidates_by_family") or {}
+        if by_family:
+            shown = "; ".join(f"{f.replace('ipv', 'IPv')} {' '.join(c)}"
+                              for f, c in by_family.items())  # fmt: skip
+            if p.get("first_family") == 6 and "ipv4" in by_family:
+                shown += " (IPv6 first)"
+            candidates.append(f"  {p['public_key'][:8]}: {shown}")
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    if candidates:
+        lines += ["candidates:", *candidates]
     if reasons:
         lines += ["why not direct:", *reasons]
     return "\n".join(lines)

@@ -2,8 +2,11 @@
 
 - :class:`~wgmesh.proto.client.RegistrarClient` decides when to Register and Watch, what a
   Status or a Push means, backoff and re-reads of the zone; this moves its datagrams (Registers
-  through the raw sender on the WireGuard port, Watches through the control socket) and
-  re-arms one timer from its ``next_timer()``;
+  through the raw sender on the WireGuard port, over IPv4 or IPv6 as the destination says;
+  Watches through the control socket of the control address's family) and re-arms one timer
+  from its ``next_timer()``; a send that finds no route (ENETUNREACH, EADDRNOTAVAIL,
+  EAFNOSUPPORT) is handed back to the client, which skips that family for the round or moves
+  control to the registrar's other address;
 - :class:`~wgmesh.proto.punch.Planner` decides WireGuard endpoints and punches; this reads the
   interface (in a thread: blocking calls never run on the event loop), applies its plan, and
   plans again when its ``next_deadline()`` comes, when records change, or every
@@ -21,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +45,7 @@ from wgmesh.errors import InterfaceNotFound, RemoteProtocolError, WireGuardError
 from wgmesh.metricshttp import HttpListener, log_counters, metrics_route
 from wgmesh.proto.client import (
     ClientConfig,
+    ControlMoved,
     Event,
     MappingObserved,
     MembersChanged,
@@ -90,6 +96,8 @@ CLIENT_COUNTED: dict[str, tuple[str, str]] = {
     "pushes": ("pushes", "Pushes accepted from the registrar"),
     "relay_grants": ("relay_grants", "relay grants accepted from the registrar"),
     "repunches": ("repunches_asked", "Repunches: a peer whose path to us stalled asked us to send"),
+    "unroutable": ("sends_unroutable", "sends to a registrar address of a family without a route"),
+    "control_moves": ("control_moves", "times control moved to another registrar address"),
 }
 """``RegistrarClient.counters`` keys with a family of their own: key -> (name, help)."""
 CLIENT_DROPPED = {"dropped": "invalid", "late": "late"}
@@ -103,7 +111,7 @@ class DaemonSettings:
     interface: str
     """WireGuard interface name."""
     registrar: Endpoint
-    """Registrar STUN address (primary port)."""
+    """Registrar STUN address (primary port): the first of :attr:`registrars`."""
     registrar_key: bytes
     """Registrar public key."""
     zone: str
@@ -144,6 +152,13 @@ class DaemonSettings:
     default is 60)."""
     paths: ReportConfig = field(default_factory=ReportConfig)
     """When our paths to the peers are reported to the registrar (its status page)."""
+    registrars: tuple[Endpoint, ...] = ()
+    """Every registrar address, at most one per family, in the order given (empty: just
+    :attr:`registrar`)."""
+
+    def registrar_endpoints(self) -> tuple[Endpoint, ...]:
+        """The registrar's addresses, ``registrar`` first."""
+        return self.registrars or (self.registrar,)
 
     def client_config(self) -> ClientConfig:
         """The registrar protocol's settings."""
@@ -191,15 +206,63 @@ class DaemonStats:
             u["handshake"] += update.handshake_now
 
 
-class _Control(asyncio.DatagramProtocol):
-    def __init__(self, daemon: Daemon) -> None:
+UNROUTABLE = frozenset({errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
+"""A send failed because this host has no route (or no address) of the destination's family."""
+MAX_CONTROL = 2048
+"""Largest control datagram read (a sealed Status or roster page is well under)."""
+
+
+class _Control:
+    """The control sockets: one ordinary UDP socket per family of the registrar's addresses,
+    not connected, read from the event loop. ``sendto`` sends to :attr:`target` (set to each
+    control datagram's destination before it is sent) and raises OSError synchronously, so a
+    missing route is seen at once; only datagrams from a registrar address are read."""
+
+    def __init__(self, daemon: Daemon, registrars: tuple[Endpoint, ...]) -> None:
         self.daemon = daemon
+        self.target = registrars[0]
+        self._from = {ep.ip for ep in registrars}
+        self._socks: dict[int, socket.socket] = {}
+        loop = asyncio.get_running_loop()
+        for ep in registrars:
+            family = socket.AF_INET if ep.family == 4 else socket.AF_INET6
+            try:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+            except OSError as exc:  # no such family on this host: sends to it are unroutable
+                log.debug("no IPv%d control socket: %s", ep.family, exc)
+                continue
+            sock.setblocking(False)
+            self._socks[ep.family] = sock
+            loop.add_reader(sock.fileno(), self._readable, sock)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self.daemon.on_control(data)
+    def sendto(self, data: bytes) -> None:
+        sock = self._socks.get(self.target.family)
+        if sock is None:
+            raise OSError(errno.EAFNOSUPPORT, f"no IPv{self.target.family} socket")
+        sock.sendto(data, self.target.sockaddr())
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("control socket: %s", exc)
+    def _readable(self, sock: socket.socket) -> None:
+        for _ in range(64):  # bounded: the loop comes back for the rest
+            try:
+                data, addr = sock.recvfrom(MAX_CONTROL)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error queued on the socket
+                log.debug("control socket: %s", exc)
+                continue
+            try:
+                source = Endpoint.from_sockaddr(addr)
+            except ValueError:
+                continue
+            if source.ip in self._from:
+                self.daemon.on_control(data)
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._socks.values():
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self._socks.clear()
 
 
 class Daemon:
@@ -214,7 +277,8 @@ class Daemon:
         self.client: RegistrarClient | None = None
         self.lan: LanDiscovery | None = None
         self.lan_hints: dict[bytes, tuple[Hint, ...]] = {}
-        self._control: asyncio.DatagramTransport | None = None
+        self._control: _Control | None = None
+        self._unroutable_logged: set[Endpoint] = set()
         self._raw: RawSender | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._plan_wake = asyncio.Event()
@@ -248,9 +312,10 @@ class Daemon:
             raise WireGuardError(f"interface {self.s.interface} has no private key set")
         own_key = self.device.public_key
         self.planner = Planner(self.s.punch, own_key)
-        self.planner.registrar_ip = self.s.registrar.ip
+        registrars = self.s.registrar_endpoints()
+        self.planner.registrar_ips = frozenset(ep.ip for ep in registrars)
         client = RegistrarClient(
-            self.s.client_config(), read_private_key(self.wg.name), self.s.registrar,
+            self.s.client_config(), read_private_key(self.wg.name), registrars,
             self.s.registrar_key, time.time(), os.urandom, alt_port=self.s.registrar_alt_port,
             name=self.s.name, software=f"wgmesh/{__version__}",
         )  # fmt: skip
@@ -259,13 +324,11 @@ class Daemon:
         self.client = client
         self._raw = RawSender(self.device.listen_port)
         loop = asyncio.get_running_loop()
-        self._control, _ = await loop.create_datagram_endpoint(
-            lambda: _Control(self), remote_addr=self.s.registrar.sockaddr()
-        )
+        self._control = _Control(self, registrars)
         log.info(
             "daemon for %s (key %s, port %d) registrar %s zone %s mode %s",
             self.s.interface, short_key(own_key), self.device.listen_port,
-            self.s.registrar, self.s.zone, self.s.mode,
+            " ".join(map(str, registrars)), self.s.zone, self.s.mode,
         )  # fmt: skip
         client.set_addresses(await self._local_addresses(), time.time())
         stop = asyncio.Event()
@@ -361,10 +424,13 @@ class Daemon:
                 if t.via is Via.WIREGUARD:
                     self._raw.send(t.destination, t.data)
                 else:
+                    self._control.target = t.destination
                     self._control.sendto(t.data)
             except OSError as exc:
                 failed[t.via] += 1
                 log.debug("sending to %s: %s", t.destination, exc)
+                if exc.errno in UNROUTABLE:  # skipped for the round, or control moves on
+                    client.unroutable(t.destination, time.time())
             else:
                 sent[t.via] += 1
         for event in client.events():
@@ -412,16 +478,25 @@ class Daemon:
         elif isinstance(event, RegistrarState):
             if event.first and self.s.mdns:
                 self._tasks.append(asyncio.create_task(self._start_lan()))
+            assert self.client is not None
             if not event.reachable:
                 log.warning(
                     "registrar %s does not answer; tunnels are unaffected (endpoints stay as "
                     "they are), retrying with backoff. If it is up and reachable, check that it "
                     "admits this key and that --registrar-key is its key: it answers nothing it "
                     "cannot authenticate",
-                    self.s.registrar,
+                    " ".join(map(str, self.client.registrars)),
                 )
             elif not event.first:
-                log.info("registrar %s answers again", self.s.registrar)
+                log.info("registrar %s answers again", self.client.registrar)
+        elif isinstance(event, ControlMoved):
+            if not event.unroutable:
+                log.warning("registrar %s did not answer a round: control moves to %s",
+                            event.previous, event.current)  # fmt: skip
+            elif event.previous not in self._unroutable_logged:  # once: it stays unroutable
+                self._unroutable_logged.add(event.previous)
+                log.info("registrar %s: no route from this host; control moves to %s",
+                         event.previous, event.current)  # fmt: skip
 
     async def _local_addresses(self) -> tuple[Endpoint, ...]:
         """Our LAN candidates (``ip -j addr`` runs in a thread, never on the event loop)."""
@@ -655,7 +730,8 @@ class Daemon:
             "interface": self.s.interface,
             "public_key": encode_key(self.planner.own_key) if client else None,
             "mode": self.s.mode,
-            "registrar": str(self.s.registrar),
+            "registrar": str(client.registrar if client else self.s.registrar),
+            "registrars": [str(ep) for ep in self.s.registrar_endpoints()],
             "observed_endpoint": str(observed[0]) if observed else None,
             "observed_endpoints": [str(ep) for ep in observed],
             "nat": str(self.planner.our_nat),

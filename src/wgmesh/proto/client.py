@@ -21,6 +21,23 @@ A *probe round* (docs/protocol.md, "The daemon's side"):
 4. a round that got a Status schedules the next one ``probe_interval`` later; a failed round
    retries after a backoff doubling from ``backoff_min`` up to ``probe_interval``.
 
+Both address families (docs/protocol.md, "One mapping per address family"). The registrar may
+be given by one address per family (:attr:`RegistrarClient.registrars`). The round above runs
+with the *control* address (:attr:`RegistrarClient.registrar`: Watches, Repunches, relay
+requests, path reports, and the round's first Register); once its Status came, a Register
+leaves the WireGuard port for each other family's address, and a Watch ``classify_delay``
+later reads the Status that records them all, so the registrar keeps one mapping per family,
+each refreshed every round. They go only after the first Register was accepted: the registrar
+accepts a key's Registers in counter order only, whatever the family, and two sent at once
+could overtake each other on different paths. A family whose send finds no route
+(:meth:`RegistrarClient.unroutable`: the adapter saw ENETUNREACH, EADDRNOTAVAIL or
+EAFNOSUPPORT) is skipped for the rest of the round and tried again at the next. Classification
+(step 3) goes over IPv4 when the round registered IPv4: the NAT class is what predicts an IPv4
+relay. Control stays on the first address that answers; a round that gets no Status moves it
+to the next (:class:`ControlMoved`), at once and without a failure report when the control
+address had no route at all (an IPv6-only host given an IPv4 address first), else after the
+usual backoff.
+
 A probe asked for during a round (:meth:`request_probe`: a stalled path, new local addresses)
 starts as soon as the round ends. The phases of a round and what moves between them are the
 table :data:`TRANSITIONS`; the handlers named there do the work.
@@ -28,7 +45,7 @@ table :data:`TRANSITIONS`; the handlers named there do the work.
 Events: :class:`MappingObserved` (each accepted Status), :class:`Resolve` (re-read these peers,
 or the whole zone: when the zone's serial changes, every ``probe_interval``, and for each Push),
 :class:`RegistrarState` (the registrar started or stopped answering; the first round always
-reports one).
+reports one), :class:`ControlMoved` (control fails over to another registrar address).
 """
 
 from __future__ import annotations
@@ -37,7 +54,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
-from wgmesh.errors import DecodeError
+from wgmesh.errors import DecodeError, LocalProtocolError
 from wgmesh.proto import sealed, stun
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import NatKind
@@ -146,7 +163,22 @@ class PunchAsked:
     keys: tuple[bytes, ...]
 
 
-Event = MappingObserved | Resolve | RegistrarState | MembersChanged | RelayChanged | PunchAsked
+@dataclass(frozen=True, slots=True)
+class ControlMoved:
+    """Control (Watches, relay requests, reports) moved to another registrar address."""
+
+    previous: Endpoint
+    """The address that stopped answering (or had no route)."""
+    current: Endpoint
+    """Where control goes from now on."""
+    unroutable: bool
+    """The previous address had no route from this host (else: it did not answer a round)."""
+
+
+Event = (
+    MappingObserved | Resolve | RegistrarState | MembersChanged | RelayChanged | PunchAsked
+    | ControlMoved
+)  # fmt: skip
 
 
 class Phase(Enum):
@@ -164,6 +196,10 @@ class Phase(Enum):
     """The secondary Register is out; its Watch is sent at the deadline."""
     AWAIT_CLASSIFY = "await-classify"
     """The secondary Watch is out; waiting for its Status."""
+    FAMILIES = "families"
+    """The other families' Registers are out; their Watch is sent at the deadline."""
+    AWAIT_FAMILIES = "await-families"
+    """The Watch for the other families' Registers is out; waiting for its Status."""
 
 
 class Input(Enum):
@@ -190,6 +226,10 @@ TRANSITIONS: dict[tuple[Phase, Input], str] = {
     (Phase.AWAIT_CLASSIFY, Input.STATUS): "_classified",
     (Phase.AWAIT_CLASSIFY, Input.STALE_STATUS): "_classified",
     (Phase.AWAIT_CLASSIFY, Input.DUE): "_succeeded",
+    (Phase.FAMILIES, Input.DUE): "_families_watch",
+    (Phase.AWAIT_FAMILIES, Input.STATUS): "_families_done",
+    (Phase.AWAIT_FAMILIES, Input.STALE_STATUS): "_families_done",
+    (Phase.AWAIT_FAMILIES, Input.DUE): "_after_families",
 }
 """(phase, input) -> the handler that acts and picks the next phase. Anything not listed is
 ignored (a late Status, a Status while idle)."""
@@ -202,7 +242,7 @@ class RegistrarClient:
         self,
         config: ClientConfig,
         private_key: bytes,
-        registrar: Endpoint,
+        registrar: Endpoint | tuple[Endpoint, ...],
         registrar_key: bytes,
         now: float,
         random: Callable[[int], bytes],
@@ -212,9 +252,21 @@ class RegistrarClient:
         software: str = "wgmesh",
     ) -> None:
         self.config = config
-        self.registrar = registrar
+        registrars = (registrar,) if isinstance(registrar, Endpoint) else tuple(registrar)
+        families = [ep.family for ep in registrars]
+        if not registrars or len(set(families)) != len(families):
+            raise LocalProtocolError(
+                f"expected one registrar address per family, got {', '.join(map(str, registrars))}"
+            )
+        self.registrars = registrars
+        """The registrar's addresses, at most one per family, in the order given."""
+        self.registrar = registrars[0]
+        """The control address: where Watches and the round's first Register go now."""
         self.registrar_key = registrar_key
-        self.alt_port = alt_port if alt_port is not None else registrar.port + 1
+        self._alt_port = alt_port
+        self._skipped: set[int] = set()  # families without a route this round
+        self._control_unroutable = False  # the control address had no route this round
+        self._moved: set[Endpoint] = set()  # control addresses failed since the last success
         self.name = name
         self.software = software
         self._sealer = sealed.Sealer(private_key)
@@ -252,6 +304,8 @@ class RegistrarClient:
                 "late",
                 "relay_grants",
                 "repunches",
+                "unroutable",
+                "control_moves",
             ),
             0,
         )
@@ -330,6 +384,27 @@ class RegistrarClient:
             self._step(Input.STALE_STATUS if stale else Input.STATUS, now)
         else:
             self.counters["dropped"] += 1
+
+    @property
+    def alt_port(self) -> int:
+        """The registrar's alternate STUN port (classification) on the control address."""
+        return self._alt_port if self._alt_port is not None else self.registrar.port + 1
+
+    def unroutable(self, destination: Endpoint, now: float) -> None:
+        """A send to ``destination`` found no route from this host (ENETUNREACH, EADDRNOTAVAIL,
+        EAFNOSUPPORT): its family is skipped for the rest of the round (retried at the next).
+        When it is the control address while the round waits for its Status, the round ends
+        now and control moves to the next address (see the module docstring)."""
+        self.counters["unroutable"] += 1
+        self._skipped.add(destination.family)
+        if (
+            destination.ip == self.registrar.ip
+            and self.phase is Phase.AWAIT_STATUS
+            and len(self.registrars) > 1
+        ):
+            self._control_unroutable = True
+            self._attempt = self.config.attempts
+            self._deadline = now
 
     def ask_repunch(self, peers: Iterable[bytes], now: float) -> None:
         """Our paths to ``peers`` stalled: have the registrar ask them to send toward us."""
@@ -427,6 +502,8 @@ class RegistrarClient:
 
     def _start(self, now: float) -> None:
         self.counters["rounds"] += 1
+        self._skipped.clear()
+        self._control_unroutable = False
         self._wanted = False  # a request from now on asks for another round
         self._nat_at_start = self.nat
         self._attempt = 0
@@ -438,7 +515,7 @@ class RegistrarClient:
             self._failed(now)
             return
         self._attempt += 1
-        self._register = self._send_register(self.registrar.port, secondary=False, now=now)
+        self._register = self._send_register(self.registrar, secondary=False, now=now)
         self._sent_at = now
         self._send_watch(self._register, now)
         self._enter(Phase.AWAIT_STATUS, now + self.config.answer_timeout * self._attempt)
@@ -454,8 +531,38 @@ class RegistrarClient:
     def _accepted(self, now: float) -> None:
         rtt = (now - self._sent_at) if self.phase is Phase.AWAIT_STATUS else self._first_rtt
         self._apply(rtt, now)
+        others = self._others()
+        if not others:
+            self._after_families(now)
+            return
+        for ep in others:
+            self._register = self._send_register(ep, secondary=False, now=now)
+        self._enter(Phase.FAMILIES, now + self.config.classify_delay)
+
+    def _others(self) -> list[Endpoint]:
+        """The registrar addresses of the other families, but those without a route."""
+        control = self.registrar.family
+        return [ep for ep in self.registrars
+                if ep.family != control and ep.family not in self._skipped]  # fmt: skip
+
+    def _families_watch(self, now: float) -> None:
+        if not self._others():  # every other family found no route: nothing to read
+            self._after_families(now)
+            return
+        self._send_watch(self._register, now)
+        self._enter(Phase.AWAIT_FAMILIES, now + self.config.answer_timeout)
+
+    def _families_done(self, now: float) -> None:
+        self._apply(None, now)
+        self._after_families(now)
+
+    def _after_families(self, now: float) -> None:
+        """Classify (step 3: over IPv4 when it was registered this round), or end the round."""
         if self.config.classify and NatKind.UNKNOWN in (self._nat_at_start, self.nat):
-            self._register = self._send_register(self.alt_port, secondary=True, now=now)
+            via = next((ep for ep in self.registrars
+                        if ep.family == 4 and 4 not in self._skipped), self.registrar)  # fmt: skip
+            alt = self._alt_port if self._alt_port is not None else via.port + 1
+            self._register = self._send_register(Endpoint(via.ip, alt), secondary=True, now=now)
             self._enter(Phase.CLASSIFY, now + self.config.classify_delay)
         else:
             self._succeeded(now)
@@ -470,6 +577,7 @@ class RegistrarClient:
 
     def _succeeded(self, now: float) -> None:
         self._backoff = self.config.backoff_min
+        self._moved.clear()
         if self.config.roster:  # the Watch just answered made our control address known
             self.roster.start()
             self._roster_tries = 0
@@ -479,6 +587,21 @@ class RegistrarClient:
 
     def _failed(self, now: float) -> None:
         self.counters["failed_rounds"] += 1
+        if len(self.registrars) > 1:
+            unroutable, self._control_unroutable = self._control_unroutable, False
+            previous = self.registrar
+            self._moved.add(previous)
+            untried = [ep for ep in self.registrars if ep not in self._moved]
+            at = self.registrars.index(previous)
+            self.registrar = (
+                untried[0] if untried else self.registrars[(at + 1) % len(self.registrars)]
+            )
+            self.cookie, self.proven = bytes(sealed.COOKIE_LEN), False  # a new source address
+            self.counters["control_moves"] += 1
+            self._events.append(ControlMoved(previous, self.registrar, unroutable))
+            if unroutable and untried:  # no route at all: the next address at once, unreported
+                self._enter(Phase.IDLE, now)
+                return
         self._report(False)
         delay = 0.0 if self._wanted else self._backoff
         self._backoff = min(self._backoff * 2, self.config.probe_interval)
@@ -520,14 +643,12 @@ class RegistrarClient:
             self._random(24),
         )  # fmt: skip
 
-    def _send_register(self, port: int, *, secondary: bool, now: float) -> int:
+    def _send_register(self, destination: Endpoint, *, secondary: bool, now: float) -> int:
         counter = self._next_counter(now)
         payload = sealed.Register(
             int(now * 1000), counter, self.name, self.addresses, self.software, secondary
         )
-        self._out.append(
-            Transmit(self._seal(payload), Endpoint(self.registrar.ip, port), Via.WIREGUARD)
-        )
+        self._out.append(Transmit(self._seal(payload), destination, Via.WIREGUARD))
         return counter
 
     def _roster_due(self, now: float) -> None:

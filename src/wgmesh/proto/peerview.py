@@ -4,7 +4,7 @@ Sans-IO."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from wgmesh.proto.device import PeerState
@@ -47,6 +47,14 @@ class PeerView:
     """The peer's published NAT class (a :class:`NatKind` value)."""
     relay: str | None = None
     """The relay address in use or ready for this peer (None: none)."""
+    family: int | None = None
+    """The address family of the endpoint in use: 4 or 6 (None: no endpoint)."""
+    candidates_by_family: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The record's candidates by family (``ipv4``, ``ipv6``; a family without any is left
+    out), each endpoint once, as ``kind:endpoint``."""
+    first_family: int | None = None
+    """The family whose candidates the daemon tries first for this peer (6 when both sides
+    have IPv6 and IPv4 is not preferred for it; None without a daemon)."""
 
 
 def view_of(
@@ -77,6 +85,16 @@ def view_of(
     else:
         path = "none"
         reason = why_not_direct(dev, record, planner, peer)
+    by_family: dict[str, tuple[str, ...]] = {}
+    seen = set()
+    for h in record.hints if record else ():
+        if h.endpoint not in seen:
+            seen.add(h.endpoint)
+            name = f"ipv{h.endpoint.family}"
+            by_family[name] = (*by_family.get(name, ()), f"{h.kind}:{h.endpoint}")
+    first = None
+    if planner is not None and record is not None:
+        first = 6 if planner.ipv6_first(record) else 4
     return PeerView(
         public_key=encode_key(dev.public_key),
         name=record.name if record else "",
@@ -91,6 +109,9 @@ def view_of(
         candidates=tuple(f"{h.kind}:{h.endpoint}" for h in (record.hints if record else ())),
         nat=record.nat.value if record else NatKind.UNKNOWN.value,
         relay=str(relay) if relay is not None else None,
+        family=dev.endpoint.family if dev.endpoint else None,
+        candidates_by_family=dict(sorted(by_family.items())),
+        first_family=first,
     )
 
 
@@ -112,6 +133,8 @@ def why_not_direct(
         return clash
     ours = planner.our_nat if planner else NatKind.UNKNOWN
     theirs = record.nat
+    if planner is not None and planner.ipv6_first(record):
+        ours = theirs = NatKind.UNKNOWN  # the NAT classes say nothing about IPv6 (no NAT)
     if theirs == NatKind.SYMMETRIC and ours == NatKind.SYMMETRIC:
         return "both peers are behind symmetric NATs: no direct path without a relay"
     if theirs == NatKind.SYMMETRIC and ours in _FILTERING_NOT_SYMMETRIC:

@@ -40,6 +40,21 @@ Rules (docs/protocol.md, "Choosing an endpoint"):
    no longer holds; a failed try goes back to the relay at once. A proven direct path releases
    the relay: the relay is left only for a handshake, never for a record.
 
+9. Address families (docs/protocol.md, "Choosing an address family"). An IPv6 candidate is
+   tried only when we have an IPv6 mapping ourselves (the registrar saw us over IPv6, so we
+   have a route); an IPv4 candidate is always kept (an IPv6-only host tries them last, and a
+   send without a route costs one trial). When we have an IPv6 mapping and the record has an
+   IPv6 candidate (the peer registered over IPv6 too), the IPv6 candidates go first: both
+   sides order alike and punch them at once as in rule 6, the NAT classes (an IPv4 matter:
+   IPv6 has firewalls, not NATs) predict no relay for them, and a failed IPv6 trial falls
+   back to the IPv4 ones, then to the relay. Once the pair's path is proven on IPv4 (a
+   fallback, a roaming, a session older than this daemon) or its IPv6 path stalled
+   unrepaired, IPv4 goes first for that peer and stays first: there is no timed return to
+   IPv6, which could only flap. IPv6 goes first again when the IPv4 path fails and an IPv6
+   one is proven, or when the peer's IPv6 candidates or our IPv6 mapping change (a new
+   network). Candidates are deduplicated by endpoint, so a global address the peer reports
+   for itself behind a firewall without NAT, which is its IPv6 mapping too, is tried once.
+
 Each peer's path is in one explicit state (UNKNOWN, PRIMED, TRYING, DIRECT, WAITING), and the
 transitions between them are one table, :data:`wgmesh.proto.pathstate.TRANSITIONS`. A plan
 reads each peer's inputs as one event of its state (``Planner._observe``), takes the
@@ -192,9 +207,12 @@ class Planner:
         self.config = config
         """The timings."""
         self.registrar_rtt = 0.0
-        self.registrar_ip: object = None
-        """The registrar's address: an endpoint on it is one of its relay ports."""
         """Smoothed registration round trip in seconds (scales the punch delays)."""
+        self.registrar_ips: frozenset[object] = frozenset()
+        """The registrar's addresses: an endpoint on one of them is one of its relay ports."""
+        self._ipv4_first: dict[bytes, tuple[Endpoint | None, frozenset[Endpoint]]] = {}
+        # peers whose IPv4 path is preferred (rule 9): our IPv6 mapping and the record's IPv6
+        # candidates when that was decided; a change of either lifts it
         self._own_key = own_key
         self._peers: dict[bytes, PeerPath] = {}
         self._mappings: dict[int, Endpoint] = {}
@@ -206,6 +224,16 @@ class Planner:
         self._why: dict[bytes, str] = {}
         self._listen_port = 0
         self._clashes: ClashIndex | None = None  # rebuilt after the records or ours change
+
+    @property
+    def registrar_ip(self) -> object:
+        """One registrar address (the lowest), None when unset; setting it sets
+        :attr:`registrar_ips` to that address alone."""
+        return min(self.registrar_ips, key=str, default=None)
+
+    @registrar_ip.setter
+    def registrar_ip(self, ip: object) -> None:
+        self.registrar_ips = frozenset() if ip is None else frozenset({ip})
 
     @property
     def own_key(self) -> bytes:
@@ -387,13 +415,16 @@ class Planner:
         if self._unrepaired(peer.record.key, peer, now):
             return True
         if (
-            peer.relay is None and dev.endpoint is not None and dev.endpoint.ip == self.registrar_ip
+            peer.relay is None
+            and dev.endpoint is not None
+            and dev.endpoint.ip in self.registrar_ips
         ):  # a relay address we hold no lease for (we restarted): ask, the registrar returns
             return True  # the pair's allocation, and we bind it again
         on_relay = peer.relay is not None and dev.endpoint == peer.relay
         if peer.state is PathState.DIRECT and not on_relay and _fresh(dev, now, self.config):
             return False  # a proven direct path
-        if relay_predicted(self._nat, peer.record.nat) or self.clash_reason(peer.record.key):
+        target = peer.attempt.target if peer.attempt is not None else None
+        if self._predicted(peer, target) or self.clash_reason(peer.record.key):
             return True  # a clash: allocate now, use it once direct fails (it may be ours)
         return peer.rounds.count > 0 or (
             peer.state is PathState.WAITING and bool(peer.rounds.tried)
@@ -435,7 +466,7 @@ class Planner:
             and attempt.target != peer.relay
             and not peer.upgrading
             and peer.record is not None
-            and (peer.unrepaired or relay_predicted(self._nat, peer.record.nat))
+            and (peer.unrepaired or self._predicted(peer, attempt.target))
         ):  # a direct try that cannot work (or is made while a stall waits for the relay), and
             # the relay just became ready: no waiting it out
             return PathEvent.RELAY, peer.relay, peer.rounds
@@ -476,6 +507,8 @@ class Planner:
                     restart = True  # re-punched and still silent: the record's candidates
                     peer.stall_at = 0.0  # (a roamed or static endpoint included) until the
                     peer.unrepaired = True  # relay asked for now is ready
+                    if dev.endpoint.family == 6:  # IPv4 first from now on (rule 9)
+                        self._prefer_ipv4(key, peer.record)
                 else:
                     source = self._proven_source(peer, dev.endpoint)
                     in_record = peer.record is None or dev.endpoint in _endpoints(peer.record)
@@ -492,7 +525,7 @@ class Planner:
             peer.relay is None
             and peer.state in (PathState.UNKNOWN, PathState.WAITING)
             and (
-                relay_predicted(self._nat, peer.record.nat)
+                self._predicted(peer, None)
                 or (cfg.wait_unclassified and NatKind.UNKNOWN in (self._nat, peer.record.nat))
             )
         ):  # the relay is (or may be about to be) asked for: a direct initiation now would
@@ -508,7 +541,7 @@ class Planner:
         relay = peer.relay
         if relay is not None:
             upgrading = peer.upgrading or starting_upgrade
-            predicted = relay_predicted(self._nat, peer.record.nat)
+            predicted = self._predicted(peer, target)
             # A relayed peer leaves the relay only to try direct at its slot or after a NAT
             # change (or when WireGuard roams); a stale relayed path shakes hands through the
             # relay again rather than wander through the direct candidates.
@@ -569,6 +602,7 @@ class Planner:
                     self._because(key, peer.kick_why or "re-punch")
             case PathEvent.ANSWERED | PathEvent.HANDSHAKE:  # keep the path the handshake used
                 peer.upgrading = peer.unrepaired = False
+                self._proved_family(key, peer, dev.endpoint)
                 peer.stall_at = peer.stall_check = 0.0  # the peer answered: a stall is over
                 source = self._source_of(peer, dev.endpoint)
                 if event is PathEvent.HANDSHAKE and dev.endpoint is None:
@@ -576,6 +610,7 @@ class Planner:
                 peer.proven, peer.proven_source = dev.endpoint, source
                 peer.rounds, peer.attempt = rounds.proven(), None
             case PathEvent.FRESH:
+                self._proved_family(key, peer, dev.endpoint)
                 if peer.proven != dev.endpoint:  # WireGuard roamed, or a static endpoint works
                     peer.proven = dev.endpoint
                     peer.proven_source = self._source_of(peer, dev.endpoint)
@@ -645,26 +680,81 @@ class Planner:
         return min(times) if times else None
 
     def _order(self, record: PeerRecord) -> list[Endpoint]:
-        """The record's candidates in the order to try them (rule 4): LAN first when the peer
-        was seen on our LAN, or its public candidate is behind our own public address (our
-        mapping of the same family)."""
+        """The record's usable candidates in the order to try them, each endpoint once: LAN
+        first when the peer was seen on our LAN, or its public candidate is behind our own
+        public address (our mapping of the same family) (rule 4); then IPv6 first when we
+        both have it and IPv4 is not preferred for the peer (rule 9); then SRV priority."""
+        hints = self.usable_hints(record)
         lan_first = record.key in self._lan_keys or any(
             h.kind == CandidateKind.PUBLIC
             and (ours := self._mappings.get(h.endpoint.family)) is not None
             and h.endpoint.ip == ours.ip
-            for h in record.hints
+            for h in hints
         )
+        ipv6_first = self.ipv6_first(record)
 
-        def rank(h: Hint) -> tuple[int, int]:
-            if lan_first:
-                return (0 if h.kind == CandidateKind.LAN else 1, h.priority)
-            return (0, h.priority)
+        def rank(h: Hint) -> tuple[int, int, int]:
+            lan = 0 if not lan_first or h.kind == CandidateKind.LAN else 1
+            family = 0 if ipv6_first == (h.endpoint.family == 6) else 1
+            return (lan, family, h.priority)
 
         out: list[Endpoint] = []
-        for h in sorted(record.hints, key=rank):
+        for h in sorted(hints, key=rank):
             if h.endpoint not in out:
                 out.append(h.endpoint)
         return out
+
+    # -- address families (rule 9) ------------------------------------------------------------
+
+    def usable_hints(self, record: PeerRecord) -> tuple[Hint, ...]:
+        """The record's hints we can use: IPv6 ones only with an IPv6 mapping of our own."""
+        if 6 in self._mappings:
+            return record.hints
+        return tuple(h for h in record.hints if h.endpoint.family != 6)
+
+    def _ipv6_candidates(self, record: PeerRecord) -> frozenset[Endpoint]:
+        if 6 not in self._mappings:
+            return frozenset()
+        return frozenset(h.endpoint for h in record.hints if h.endpoint.family == 6)
+
+    def ipv6_first(self, record: PeerRecord) -> bool:
+        """IPv6 candidates go first for this peer: we both have IPv6, and IPv4 is not
+        preferred for it (or that preference lapsed: our IPv6 mapping or its IPv6 candidates
+        changed since)."""
+        v6 = self._ipv6_candidates(record)
+        if not v6:
+            return False
+        held = self._ipv4_first.get(record.key)
+        if held is not None and held == (self._mappings.get(6), v6):
+            return False
+        self._ipv4_first.pop(record.key, None)
+        return True
+
+    def _prefer_ipv4(self, key: bytes, record: PeerRecord) -> None:
+        self._ipv4_first[key] = (self._mappings.get(6), self._ipv6_candidates(record))
+
+    def _proved_family(self, key: bytes, peer: PeerPath, endpoint: Endpoint | None) -> None:
+        """A handshake proved ``endpoint``: a direct IPv4 path of a pair that has IPv6 makes
+        IPv4 the peer's first family; an IPv6 path makes IPv6 first again (rule 9)."""
+        record = peer.record
+        if endpoint is None or record is None or endpoint == peer.relay:
+            return
+        if endpoint.family == 6:
+            self._ipv4_first.pop(key, None)
+        elif self.ipv6_first(record):
+            self._prefer_ipv4(key, record)
+
+    def _predicted(self, peer: PeerPath, target: Endpoint | None) -> bool:
+        """The NAT classes leave no direct path toward ``target`` (or, with None, toward the
+        peer's first candidate): never for IPv6 (no NAT), else as for IPv4 (rule 9)."""
+        record = peer.record
+        if record is None:
+            return False
+        if target is not None and target.family == 6:
+            return False
+        if target is None and self.ipv6_first(record):
+            return False
+        return relay_predicted(self._nat, record.nat)
 
     def _proven_source(self, peer: PeerPath, endpoint: Endpoint) -> Source | None:
         """Where the endpoint in use came from, as FRESH would record it."""
