@@ -39,7 +39,7 @@ from wgmesh.proto.endpoint import Endpoint
 DEFAULTS: dict[str, Any] = {
     "zone": None,
     "private_key_file": None,
-    "listen": "0.0.0.0",
+    "listen": ["0.0.0.0", "::"],
     "stun_port": 3478,
     "stun_alt_port": None,
     "dns_port": 53,
@@ -74,11 +74,39 @@ DEFAULTS: dict[str, Any] = {
     "verbose": False,
 }
 
+LISTEN_EXPECTED = (
+    "IP addresses to listen on, each once, such as 203.0.113.10 and 2001:db8::10 (--listen "
+    "repeated; in a config file an address or a list of them)"
+)
+
+
+def _listen(value: Any, where: str) -> list[str]:
+    """``--listen`` (a list: the flag is repeated) or ``listen`` in a config file (an address,
+    as before the flag could repeat, or a list of them): IP addresses, each once."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        shown = "an empty list" if isinstance(items, list) else v.describe(value)
+        v.fail(where, f"got {shown}", LISTEN_EXPECTED)
+    indexed = not where.startswith("--") and not isinstance(value, str)
+    seen: dict[Any, str] = {}
+    out = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]" if indexed else where
+        text = v.ip_address(item, at)
+        ip = ipaddress.ip_address(text)
+        if ip in seen:
+            twice = text if seen[ip] == text else f"{text} (the same as {seen[ip]})"
+            v.fail(at, f"{twice} is listed twice", LISTEN_EXPECTED)
+        seen[ip] = text
+        out.append(text)
+    return out
+
+
 OFF = "to turn NAT classification off"
 CHECKS: dict[str, v.Check] = {
     "zone": v.zone_name,
     "private_key_file": v.path,
-    "listen": v.ip_address,
+    "listen": _listen,
     "stun_port": v.port(),
     "stun_alt_port": v.port(zero=OFF),
     "dns_port": v.port(),
@@ -125,7 +153,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         help="registrar private key, WireGuard format (wgmesh genkey); peers are given its "
         "public key (wgmesh pubkey < FILE) as --registrar-key (required)",
     )
-    a("--listen", metavar="ADDR", help="address to bind STUN and DNS to (default 0.0.0.0)")
+    a(
+        "--listen",
+        action="append",
+        metavar="ADDR",
+        help="an IP address to serve STUN and DNS (UDP and TCP) on; repeat for several, e.g. "
+        "--listen 203.0.113.10 --listen 2001:db8::10 (default: 0.0.0.0 and ::, every address of "
+        "both families). Every reply leaves from the address its request came to, also on a "
+        "wildcard (addresses added later, a VIP, included); :: alone also serves IPv4",
+    )
     a("--stun-port", type=int, metavar="PORT", help="STUN/registration UDP port (default 3478)")
     a(
         "--stun-alt-port",
@@ -348,7 +384,7 @@ def settings_from(given: Mapping[str, Any]) -> Any:
     return RegistrarSettings(
         zone=zone_config,
         private_key=private_key,
-        listen=str(values["listen"]),
+        listen=tuple(values["listen"]),
         stun_port=stun_port,
         stun_alt_port=alt,
         dns_port=dns_port,
@@ -402,12 +438,14 @@ def _relay(values: Mapping[str, Any], where: Callable[[str], str]) -> tuple[Any,
         )
     address = values["relay_address"]
     if address is None:
-        if ipaddress.ip_address(values["listen"]).is_unspecified:
+        concrete = [a for a in values["listen"] if ipaddress.ip_address(a).version == 4
+                    and not ipaddress.ip_address(a).is_unspecified]  # fmt: skip
+        if not concrete:
             raise ConfigError(
                 f"relaying needs the address daemons send to: give {where('relay_address')} "
-                f"(the public address) or a concrete {where('listen')}"
+                f"(the public address) or a concrete IPv4 {where('listen')}"
             )
-        address = values["listen"]
+        address = concrete[0]
     if ipaddress.ip_address(address).version != 4:
         raise ConfigError(f"{where('relay_address')}: {address}: the relay is IPv4 only for now")
     return RelayConfig(low=low, high=high, per_peer=values["relay_per_peer"],
@@ -450,8 +488,8 @@ def _metrics_endpoint(values: Mapping[str, Any], where: Callable[[str], str]) ->
     if not values["metrics"]:
         return None
     metrics = Endpoint.parse(str(values["metrics"]))
-    listen = ipaddress.ip_address(values["listen"])
-    overlap = metrics.ip == listen or metrics.ip.is_unspecified or listen.is_unspecified
+    listen = [ipaddress.ip_address(a) for a in values["listen"]]
+    overlap = metrics.ip.is_unspecified or any(a == metrics.ip or a.is_unspecified for a in listen)
     if metrics.port == values["dns_port"] and overlap:
         raise ConfigError(
             f"{where('metrics')}: port {metrics.port} is also the DNS server's TCP port "
@@ -501,8 +539,8 @@ async def _main(settings: Any) -> int:
     except OSError as exc:
         ports = [settings.stun_port, settings.stun_alt_port, settings.dns_port]
         raise RuntimeFailure(
-            f"cannot bind {settings.listen} (UDP {', '.join(str(p) for p in ports if p)}, "
-            f"TCP {settings.dns_port}): {exc.strerror}"
+            f"cannot bind {', '.join(settings.listen)} (UDP "
+            f"{', '.join(str(p) for p in ports if p)}, TCP {settings.dns_port}): {exc.strerror}"
         ) from None
     await registrar.serve_forever()
     return 0

@@ -10,6 +10,14 @@ before parsing and counted, TCP connections are capped in all and per source (an
 an IPv6 /64: when all slots are taken, a newcomer takes the oldest slot of the source holding
 the most, if that source holds more than the newcomer would), time out when idle or when the
 client stops reading, and a TCP query longer than a query can sensibly be ends its connection.
+
+The server listens on every address it is given, UDP and TCP on the same port; UDP answers
+leave from the address their query came to (:mod:`wgmesh.registry.udpbatch`: on a wildcard it
+reads each query's destination). An IPv6 wildcard's ``IPV6_V6ONLY`` follows
+:func:`~wgmesh.registry.udpbatch.v6only_for` for TCP too (asyncio's own ``start_server`` would
+always set it, so ``::`` alone would refuse IPv4 clients over TCP); IPv4 clients of a dual-stack
+socket are seen as IPv4 (their mapped address unmapped), so their prefixes and transfer rights
+are those of their IPv4 address.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
@@ -28,7 +37,7 @@ from wgmesh.errors import ConfigError, RemoteProtocolError
 from wgmesh.proto.dnssd import Zone
 from wgmesh.proto.rrl import RrlConfig, RrlStats, UdpGuard, prefix_key
 from wgmesh.registry import udpbatch
-from wgmesh.registry.udpbatch import BatchedUdp, UdpEndpoint, open_udp
+from wgmesh.registry.udpbatch import BatchedUdp, UdpEndpoint, on_one_port, open_udp, v6only_for
 
 if TYPE_CHECKING:
     from wgmesh.registry.xfr import XfrService
@@ -106,11 +115,17 @@ class DnsAdapterStats:
         self.internal_errors += 1
 
 
+_MAPPED = bytes(10) + b"\xff\xff"
+"""The first 12 bytes of an IPv4-mapped IPv6 address."""
+
+
 def _packed(host: str) -> bytes:
-    """The packed form of a textual address (its scope, if any, left out), or b""."""
+    """The packed form of a textual address (its scope, if any, left out; an IPv4-mapped one
+    as IPv4), or b""."""
     try:
         if ":" in host:
-            return socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+            packed = socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+            return packed[12:] if packed[:12] == _MAPPED else packed
         return socket.inet_pton(socket.AF_INET, host)
     except OSError:
         return b""
@@ -132,6 +147,8 @@ def _udp_handlers(
         address = name[4:8] if n == 16 else name[8:24] if n == 28 else b""
         if not address:
             return None
+        if n == 28 and address[:12] == _MAPPED:  # IPv4 on a dual-stack socket
+            address = address[12:]
         try:
             return udp(data, address, clock())
         except RemoteProtocolError as exc:
@@ -166,7 +183,9 @@ class DnsServer:
         self.udp_port = 0
         self.tcp_port = 0
         self._udp: UdpEndpoint | None = None
-        self._tcp: asyncio.Server | None = None
+        """The UDP socket of the first address (``_udps`` holds them all)."""
+        self._udps: list[UdpEndpoint] = []
+        self._tcp: list[asyncio.Server] = []
         # each open connection's source (rrl.prefix_key at the TCP prefixes), and back
         self._connections: dict[asyncio.StreamWriter, int] = {}
         # source -> its connections, oldest first
@@ -253,21 +272,22 @@ class DnsServer:
 
     def close(self) -> None:
         """Stop listening and close every open connection."""
-        if self._udp is not None:
-            self._udp.close()
-        if self._tcp is not None:
-            self._tcp.close()
+        for udp in self._udps:
+            udp.close()
+        for tcp in self._tcp:
+            tcp.close()
         for w in list(self._connections):
             w.close()
 
     async def wait_closed(self) -> None:
         """Wait (at most 2 s) until the TCP server and its connections are gone."""
-        if self._tcp is not None:
+        if self._tcp:
+            waits = [tcp.wait_closed() for tcp in self._tcp]
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tcp.wait_closed(), 2.0)
+                await asyncio.wait_for(asyncio.gather(*waits), 2.0)
 
 
-async def _open_udp(host: str, port: int, server: DnsServer) -> UdpEndpoint:
+async def _open_udp(host: str, port: int, server: DnsServer, v6only: bool) -> UdpEndpoint:
     """Bind host:port for UDP: batched (:class:`BatchedUdp`, given the raw sockaddr, so the
     source address costs a slice) where the platform allows, else asyncio's endpoint."""
     size = server.limits.max_udp_query
@@ -281,9 +301,10 @@ async def _open_udp(host: str, port: int, server: DnsServer) -> UdpEndpoint:
             max_datagram=size,
             on_truncated=stats.count_dropped,
             on_error=stats.count_internal_error,
+            v6only=v6only,
         )
     loop = asyncio.get_running_loop()
-    sock = await udpbatch.bind_udp(host, port)
+    sock = await udpbatch.bind_udp(host, port, v6only=v6only)
     batched = BatchedUdp(
         sock,
         raw,
@@ -295,29 +316,59 @@ async def _open_udp(host: str, port: int, server: DnsServer) -> UdpEndpoint:
     return batched
 
 
+def tcp_listener(host: str, port: int, v6only: bool) -> socket.socket:
+    """A listening TCP socket on host:port (SO_REUSEADDR, ``IPV6_V6ONLY`` = ``v6only`` for
+    IPv6): made here because asyncio's ``start_server`` sets IPV6_V6ONLY on every IPv6 one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def start_dns(
     zone: Zone,
-    host: str,
+    hosts: str | Sequence[str],
     port: int,
     limits: DnsLimits | None = None,
     xfr: XfrService | None = None,
 ) -> DnsServer:
-    """Serve ``zone`` on host:port over UDP and TCP (port 0: a free port, the same for both).
+    """Serve ``zone`` on port ``port`` of each of ``hosts`` (IP addresses; one given as a
+    string is one address) over UDP and TCP (port 0: a free port, the same for all).
 
     UDP is read in batches (:mod:`wgmesh.registry.udpbatch`) where the platform allows."""
+    listen = [hosts] if isinstance(hosts, str) else list(hosts)
+    if not listen:
+        raise ValueError("start_dns needs at least one address")
     server = DnsServer(zone, limits or DnsLimits(), xfr)
-    attempts = 8 if port == 0 else 1
-    for attempt in range(1, attempts + 1):
-        udp = await _open_udp(host, port, server)
+    v6only = v6only_for(listen)
+
+    async def open_one(host: str, p: int) -> tuple[tuple[UdpEndpoint, asyncio.Server], int]:
+        udp = await _open_udp(host, p, server, v6only)
         udp_port = int(cast(tuple[str, int], udp.get_extra_info("sockname"))[1])
         try:
-            server._tcp = await asyncio.start_server(server._serve_tcp, host, udp_port)
+            sock = tcp_listener(host, udp_port, v6only)
         except OSError:
             udp.close()
-            if attempt == attempts:
-                raise
-            continue  # port 0: the free UDP port is taken for TCP; pick another
-        server._udp, server.udp_port = udp, udp_port
-        server.tcp_port = int(server._tcp.sockets[0].getsockname()[1])
-        break
+            raise  # port 0: the free UDP port is taken for TCP; on_one_port picks another
+        tcp = await asyncio.start_server(server._serve_tcp, sock=sock)
+        return (udp, tcp), udp_port
+
+    def close(pair: tuple[UdpEndpoint, asyncio.Server]) -> None:
+        pair[0].close()
+        pair[1].close()
+
+    opened, bound = await on_one_port(listen, port, open_one, close)
+    server._udps = [udp for udp, _ in opened]
+    server._tcp = [tcp for _, tcp in opened]
+    server._udp, server.udp_port = server._udps[0], bound
+    server.tcp_port = int(server._tcp[0].sockets[0].getsockname()[1])
     return server

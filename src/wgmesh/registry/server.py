@@ -1,7 +1,15 @@
 """The registrar process: asyncio adapters around the sans-IO :class:`Registry` and :class:`Zone`.
 
 One datagram handler per STUN socket (the primary port and the alternate port used to tell
-cone from symmetric NATs), the DNS UDP+TCP server, and SIGHUP to reload the authorized-keys file.
+cone from symmetric NATs, on each listen address), the DNS UDP+TCP server, and SIGHUP to reload
+the authorized-keys file.
+
+Every datagram leaves from the local address and port its peer last talked to, or the peer's
+NAT drops it: an answer goes out by the socket its request came in on, from the address the
+request was sent to (:mod:`wgmesh.registry.udpbatch` reads it on wildcard sockets); anything the
+registrar sends by itself (Pushes, Repunches passed on, relay grants) goes out by the socket and
+from the address the destination's last answered datagram came in on (:class:`ReplyRoutes`, a
+bounded LRU table), else by the primary-port socket of the destination's family.
 
 Nothing polls. After every input that can change the registry (a batch of datagrams, a reload,
 the restore at startup, the expiry timer itself) the adapter drains the registry's events and
@@ -28,6 +36,7 @@ import logging
 import os
 import signal
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -54,7 +63,14 @@ from wgmesh.registry.relayserve import RelayService
 from wgmesh.registry.statuspage import remove_socket, serve_socket
 from wgmesh.registry.statuspage import routes as status_routes
 from wgmesh.registry.store import Store
-from wgmesh.registry.udpbatch import BatchedUdp, UdpEndpoint, open_udp
+from wgmesh.registry.udpbatch import (
+    BatchedUdp,
+    UdpEndpoint,
+    is_wildcard,
+    on_one_port,
+    open_udp,
+    v6only_for,
+)
 from wgmesh.registry.xfr import XfrService, XfrSettings, xfr_metrics
 
 log = logging.getLogger("wgmesh.registrar")
@@ -95,8 +111,10 @@ class RegistrarSettings:
     """The DNS zone it serves."""
     private_key: bytes
     """The registrar's X25519 private key (WireGuard format)."""
-    listen: str = "0.0.0.0"
-    """Address the STUN and DNS sockets bind to."""
+    listen: tuple[str, ...] = ("0.0.0.0", "::")
+    """Addresses the STUN and DNS sockets bind to, each IP once (the default: both wildcards,
+    each family on a socket of its own; ``::`` alone is dual-stack). A single string is taken
+    as a one-address tuple."""
     stun_port: int = 3478
     """STUN / registration / control port."""
     stun_alt_port: int = 3479
@@ -132,14 +150,90 @@ class RegistrarSettings:
     status_socket: Path | None = None
     """The unix socket ``wgmesh mesh`` reads the mesh from (None: none)."""
 
+    def __post_init__(self) -> None:
+        given: object = self.listen  # a str from callers of the one-address days
+        listen = (given,) if isinstance(given, str) else tuple(self.listen)
+        if not listen:
+            raise ValueError("RegistrarSettings.listen: expected at least one address")
+        parsed = [ipaddress.ip_address(a) for a in listen]  # ValueError for a non-IP
+        if len(set(parsed)) != len(parsed):
+            raise ValueError(f"RegistrarSettings.listen: {listen} lists an address twice")
+        object.__setattr__(self, "listen", listen)
+
+
+class ReplyRoutes:
+    """For each peer address, the STUN socket and local address its last answered datagram came
+    in on: what the registrar sends there by itself (Pushes to a watcher's control socket,
+    Repunches, relay grants) leaves by the same socket from the same address, the only way
+    through the peer's NAT (which maps and filters by our address and port too).
+
+    A least-recently-noted table of at most ``cap`` entries (the registrar sizes it from the
+    registry's peer cap); a full table forgets its oldest entry (``evicted`` counts them), whose
+    address then gets the primary socket of its family until it talks to us again (a daemon's
+    next Watch or registration, seconds away).
+    """
+
+    def __init__(self, cap: int) -> None:
+        if cap < 1:
+            raise ValueError(f"ReplyRoutes cap {cap}: expected at least 1")
+        self.cap = cap
+        self.evicted = 0
+        self._table: OrderedDict[Endpoint, tuple[UdpEndpoint, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def note(self, peer: Endpoint, endpoint: UdpEndpoint, local: bytes) -> None:
+        """``peer``'s datagram came in on ``endpoint``, sent to the packed address ``local``."""
+        table = self._table
+        table[peer] = (endpoint, local)
+        table.move_to_end(peer)
+        if len(table) > self.cap:
+            table.popitem(last=False)
+            self.evicted += 1
+
+    def route(self, peer: Endpoint) -> tuple[UdpEndpoint, bytes] | None:
+        """The socket and local address ``peer`` last came in on, if it is still known."""
+        return self._table.get(peer)
+
+
+def send_from(endpoint: UdpEndpoint, data: bytes, addr: tuple[str, int], local: bytes) -> None:
+    """Send ``data`` to ``addr`` by ``endpoint``, from the packed address ``local`` where the
+    endpoint can set the source (a batched wildcard socket), else from its own address."""
+    if isinstance(endpoint, BatchedUdp):
+        endpoint.sendto(data, addr, local)
+    else:
+        endpoint.sendto(data, addr)
+
+
+def _local_of(endpoint: UdpEndpoint | None) -> bytes:
+    """The local address of the datagram ``endpoint``'s handler is handling (b"": unknown)."""
+    return endpoint.current_local() if isinstance(endpoint, BatchedUdp) else b""
+
+
+def describe_listen(listen: tuple[str, ...]) -> str:
+    """The listen addresses as the start-up line shows them: ``0.0.0.0, [::] (IPv6 only)``."""
+    v6only = v6only_for(listen)
+    shown = []
+    for host in listen:
+        text = f"[{host}]" if ":" in host else host
+        if ":" in host and is_wildcard(host):
+            text += " (IPv6 only)" if v6only else " (IPv6 and IPv4)"
+        shown.append(text)
+    return ", ".join(shown)
+
 
 class _StunSocket:
     """One STUN socket's datagram handler; the socket itself is a :mod:`udpbatch` endpoint."""
 
-    def __init__(self, registrar: Registrar) -> None:
+    def __init__(self, registrar: Registrar, host: str) -> None:
         self.registrar = registrar
+        self.host = host
+        """The listen address it is bound to."""
         self.local_port = 0
         self.endpoint: UdpEndpoint | None = None
+        self.other: _StunSocket | None = None
+        """The socket of the other STUN port on the same address (None: no second port)."""
         self._answer_plain = registrar.registry.answer_plain_binding
 
     def count_oversize(self) -> None:
@@ -162,21 +256,23 @@ class _StunSocket:
             return reply
         source = Endpoint.from_sockaddr(addr)
         registrar = self.registrar
-        ports = registrar.stun_ports
         changed = registrar.registry.answer_change_request(
-            data, source, has_other_port=len(ports) > 1
+            data, source, has_other_port=self.other is not None
         )
         if changed is not None:  # RFC 5780 filtering test: maybe answered from the other port
             if not changed.other_port:
                 return changed.data or None
-            other = registrar._transports[1 - ports.index(self.local_port)]
-            if changed.data and not other.is_closing():
-                other.sendto(changed.data, addr)
+            other = None if self.other is None else self.other.endpoint
+            if changed.data and other is not None and not other.is_closing():
+                send_from(other, changed.data, addr, _local_of(self.endpoint))  # same address
             return None
         out = registrar.registry.receive(data, source, self.local_port, time.time())
         if out:  # a Status (an acknowledgement) or pushes: what they tell must be on disk
+            local = _local_of(self.endpoint)
+            if self.endpoint is not None:
+                registrar.routes.note(source, self.endpoint, local)
             registrar.make_durable()
-            registrar.send(out, self.endpoint, source)
+            registrar.send(out, self.endpoint, source, local)
         registrar.changed()
         return None
 
@@ -214,7 +310,18 @@ class Registrar:
         self.registry.restore(entries, now)
         log.info("restored %d live peers from %s", len(self.registry.peers), self.store.path)
         self._primary: UdpEndpoint | None = None
+        """The primary-port socket of the first listen address."""
+        self._primaries: dict[int, UdpEndpoint] = {}
+        """Address family (4, 6) -> the primary-port socket of the first listen address that
+        reaches it: where a datagram goes that :attr:`routes` knows no way for."""
         self._transports: list[UdpEndpoint] = []
+        """Every STUN socket: the primary port's on each listen address, then the second
+        port's on each."""
+        self.routes = ReplyRoutes(max(1024, 2 * settings.registry.max_peers))
+        """The way back to each peer address (two per peer: its WireGuard port and its control
+        socket)."""
+        self.unroutable = 0
+        """Datagrams not sent: no socket of the destination's address family."""
         self._dns: DnsServer | None = None
         self._pending: list[PeerEvent] = []
         self._settle: asyncio.Handle | None = None
@@ -241,31 +348,60 @@ class Registrar:
         ports = [settings.stun_port]
         if settings.stun_alt_port:
             ports.append(settings.stun_alt_port)
-        bound = []
-        for port in ports:
-            stun = _StunSocket(self)
+        listen = settings.listen
+        v6only = v6only_for(listen)
+
+        async def open_stun(host: str, port: int) -> tuple[_StunSocket, int]:
+            stun = _StunSocket(self, host)
             endpoint = await open_udp(
-                settings.listen,
+                host,
                 port,
                 stun.on_datagram,
                 max_datagram=settings.registry.max_datagram,
                 on_truncated=stun.count_oversize,
                 on_error=stun.count_error,
                 fast_v4=self.registry.answer_plain_binding_v4,
+                v6only=v6only,
             )
             stun.endpoint = endpoint
             stun.local_port = int(cast(tuple[str, int], endpoint.get_extra_info("sockname"))[1])
-            bound.append(stun.local_port)
-            self._transports.append(endpoint)
-            if self._primary is None:
-                self._primary = endpoint
+            return stun, stun.local_port
+
+        def close_stun(stun: _StunSocket) -> None:
+            if stun.endpoint is not None:
+                stun.endpoint.close()
+
+        bound: list[int] = []
+        by_port: list[list[_StunSocket]] = []
+        try:
+            for port in ports:  # each port on every address (port 0: one free port for all)
+                group, got = await on_one_port(listen, port, open_stun, close_stun)
+                by_port.append(group)
+                bound.append(got)
+                self._transports += [g.endpoint for g in group if g.endpoint is not None]
+        except OSError:
+            for t in self._transports:
+                t.close()
+            self.store.close()
+            raise
+        if len(by_port) > 1:
+            for first, second in zip(*by_port, strict=True):
+                first.other, second.other = second, first
+        for stun in by_port[0]:
+            ip = ipaddress.ip_address(stun.host)
+            dual = ip.version == 6 and ip.is_unspecified and not v6only
+            reaches = {4, 6} if dual else {ip.version}
+            for family in reaches:
+                if stun.endpoint is not None:
+                    self._primaries.setdefault(family, stun.endpoint)
+        self._primary = by_port[0][0].endpoint
         self.stun_ports = tuple(bound)
         self.registry.primary_port = bound[0]
         if settings.xfr is not None:
             self.xfr = XfrService(self.zone, settings.xfr)
-            await self.xfr.start(settings.listen)
+            await self.xfr.start(listen)
         self._dns = await start_dns(
-            self.zone, settings.listen, settings.dns_port, settings.dns_limits, self.xfr
+            self.zone, listen, settings.dns_port, settings.dns_limits, self.xfr
         )
         if settings.metrics is not None:
             routes = {"/metrics": metrics_route(self.metrics), **status_routes(self.status)}
@@ -294,12 +430,11 @@ class Registrar:
         self._serial_stored()
         self._after_input()  # the restore
         log.info(
-            "registrar %s for zone %s: STUN %s:%s, DNS %s:%d, %s",
+            "registrar %s for zone %s: listening on %s: STUN port %s, DNS port %d (UDP, TCP); %s",
             encode_key(public_key(settings.private_key)),
             settings.zone.origin,
-            settings.listen,
+            describe_listen(listen),
             "/".join(map(str, bound)),
-            settings.listen,
             self._dns.udp_port,
             "open registration"
             if settings.open_registration and not settings.authorized_keys
@@ -320,13 +455,28 @@ class Registrar:
         out: list[Outgoing],
         transport: UdpEndpoint | None = None,
         source: Endpoint | None = None,
+        local: bytes = b"",
     ) -> None:
-        """Replies leave by the socket the request came in on; pushes by the primary port, which
-        is the one the daemons' control sockets talk to (their NATs drop anything else)."""
+        """Send ``out``: the answers to ``source`` by ``transport``, the socket the request came
+        in on, from ``local``, the address it was sent to; anything else (pushes) by the socket
+        and from the address its destination last came in on (:attr:`routes`), else by the
+        primary-port socket of the destination's family (which the daemons' control sockets talk
+        to: their NATs drop anything else)."""
         for data, dest in out:
-            t = transport if dest == source else self._primary
-            if t is not None and not t.is_closing():
-                t.sendto(data, dest.sockaddr())
+            if dest == source and transport is not None:
+                t, src = transport, local
+            else:
+                route = self.routes.route(dest)
+                if route is not None:
+                    t, src = route
+                else:
+                    found = self._primaries.get(dest.family)
+                    if found is None:
+                        self.unroutable += 1
+                        continue
+                    t, src = found, b""
+            if not t.is_closing():
+                send_from(t, data, dest.sockaddr(), src)
 
     def reload(self) -> None:
         """SIGHUP: re-read the authorized-keys file; keep the old list if the new one is bad."""
@@ -537,13 +687,14 @@ class Registrar:
         ]  # fmt: skip
 
     def _udp_metrics(self) -> list[Family]:
-        """The batched sockets' own counts (their truncated datagrams and handler errors are
-        counted above already, as ``rejected{reason="oversize"}``, ``dns_dropped`` and
-        ``errors``)."""
-        t = self._transports
-        named = [("stun", t[0] if t else None), ("stun_alt", t[1] if len(t) > 1 else None),
-                 ("dns", None if self._dns is None else self._dns._udp)]  # fmt: skip
-        batched = {name: e.stats for name, e in named if isinstance(e, BatchedUdp)}
+        """The batched sockets' own counts, summed over the listen addresses (their truncated
+        datagrams and handler errors are counted above already, as
+        ``rejected{reason="oversize"}``, ``dns_dropped`` and ``errors``), and the reply routes."""
+        t, n = self._transports, len(self.settings.listen)
+        dns = [] if self._dns is None else self._dns._udps
+        named = {"stun": t[:n], "stun_alt": t[n:], "dns": dns}
+        batched = {name: [e.stats for e in group if isinstance(e, BatchedUdp)]
+                   for name, group in named.items()}  # fmt: skip
         out = []
         for field_name, text in (
             ("received", "datagrams received"),
@@ -551,9 +702,19 @@ class Registrar:
             ("send_failed", "datagrams the kernel did not take"),
             ("batches", "recvmmsg calls that returned datagrams"),
         ):
-            values = {name: getattr(stats, field_name) for name, stats in batched.items()}
+            values = {name: sum(getattr(s, field_name) for s in stats)
+                      for name, stats in batched.items() if stats}  # fmt: skip
             help_text = f"batched UDP sockets: {text}"
             out.append(labelled(f"{PREFIX}udp_{field_name}", help_text, "socket", values))
+        r = self.routes
+        out += [
+            gauge(PREFIX + "reply_routes", "peer addresses whose socket and local address are "
+                  "known (pushes leave from them)", len(r)),
+            counter(PREFIX + "reply_routes_evicted", "peer addresses forgotten by the full "
+                    "reply route table", r.evicted),
+            counter(PREFIX + "unroutable", "datagrams not sent: no socket of the destination's "
+                    "address family", self.unroutable),
+        ]  # fmt: skip
         return out
 
     async def serve_forever(self) -> None:

@@ -19,6 +19,25 @@ is dropped and counted (``errors``, and the caller's ``on_error``), the exceptio
 its traceback at most once per ``error_log_interval`` seconds per socket (:class:`ErrorLog`), and
 the rest of the batch is answered as usual. Failed sends (OSError: a full socket buffer, an
 unreachable address, a firewall's EPERM) are expected and only counted (``send_failed``).
+
+**Every reply leaves from the address its request came to.** A socket bound to a concrete
+address does that by itself. A socket bound to a wildcard (``0.0.0.0``, ``::``) would let the
+kernel pick the source by the route, which on a host with a second address (a floating IP, a
+VIP) is the wrong one and makes clients drop the answer; so on wildcard sockets the kernel is
+asked for each datagram's destination (``IP_PKTINFO``, ``IPV6_RECVPKTINFO``: the ancillary data
+lands in a control slot next to each receive slot) and every reply is sent with that address as
+its source (the same control bytes, rewritten in place into the send form). Why this and not
+one socket per address: an address added after the start (a VIP moving to this host on
+failover) is served at once, with no interface scan and no restart; a concrete address costs
+nothing per datagram, a wildcard one about 0.3 us per answer (two slice assignments and the
+send slot's control fields). ``current_local()`` tells a handler
+the local address of the datagram it is handling, and ``sendto(..., local=...)`` sends from
+it (pushes, answers sent outside the batch).
+
+An IPv6 wildcard is bound with ``IPV6_V6ONLY`` set explicitly (:func:`v6only_for`): off when no
+IPv4 address is listened on too (``::`` alone serves both families; IPv4 sources come as
+``::ffff:a.b.c.d``, their destination as a mapped IPV6_PKTINFO, which the kernel also takes on
+send), on otherwise (Linux refuses ``0.0.0.0:P`` next to a dual-stack ``[::]:P``).
 """
 
 from __future__ import annotations
@@ -26,12 +45,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import ipaddress
 import logging
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 from wgmesh.errorlog import ERROR_LOG_INTERVAL, ErrorLog
 
@@ -45,15 +65,26 @@ NAME_SIZE = 128
 """sizeof(struct sockaddr_storage)."""
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+"""Linux's value; Python has the name only from 3.13 on."""
+CONTROL_SIZE = 64
+"""Bytes of ancillary data per slot: CMSG_SPACE(sizeof(struct in6_pktinfo)) is 40."""
+_CMSG_HEADER = ctypes.sizeof(ctypes.c_size_t) + 8
+"""sizeof(struct cmsghdr): cmsg_len (size_t), cmsg_level, cmsg_type (int); the data follows
+(CMSG_DATA is aligned to size_t, which this already is)."""
+_MAPPED = bytes(10) + b"\xff\xff"
+"""The first 12 bytes of an IPv4-mapped IPv6 address."""
+_ZERO4 = bytes(4)
 
 Handler = Callable[[bytes, bytes], bytes | None]
 """(datagram, raw sockaddr) -> reply or None."""
 AddressHandler = Callable[[bytes, "tuple[str, int] | None"], bytes | None]
+"""(datagram, (host, port) or None when not asked for) -> reply or None."""
 V4Handler = Callable[[bytes, bytes, int], bytes | None]
 """(datagram, the 4 packed IPv4 address bytes, port) -> the reply, or None to hand the datagram
 to the ordinary handler: a fast path that needs no decoded address."""
 _AF_INET = socket.AF_INET.to_bytes(2, sys.byteorder)
-"""(datagram, (host, port) or None when not asked for) -> reply or None."""
+_AF_INET6 = socket.AF_INET6.to_bytes(2, sys.byteorder)
 
 
 class _Iovec(ctypes.Structure):
@@ -130,7 +161,9 @@ class BatchStats:
 class BatchedUdp:
     """Reads ``sock`` (non-blocking, bound) in batches and answers through ``handler``.
 
-    ``start(loop)`` registers the reader; ``close()`` removes it and closes the socket.
+    ``start(loop)`` registers the reader; ``close()`` removes it and closes the socket. On a
+    socket bound to a wildcard address every reply carries the destination of its request as
+    its source (the module docstring); :func:`bind_udp` asks the kernel for that destination.
     """
 
     def __init__(
@@ -152,8 +185,18 @@ class BatchedUdp:
         """Called for each datagram dropped for its size (the caller's own counter)."""
         self.on_error = on_error
         """Called for each datagram dropped because the handler raised (the caller's counter)."""
+        host = str(sock.getsockname()[0]).partition("%")[0]
+        self.bound = _unmapped(socket.inet_pton(sock.family, host))
+        """The packed address the socket is bound to (4 bytes for IPv4, 16 for IPv6)."""
+        self.pktinfo = not any(self.bound)
+        """Bound to a wildcard: each datagram's destination is read, and replies sent from it."""
+        self.v6 = sock.family == socket.AF_INET6
         self._error_log = ErrorLog(f"udp port {sock.getsockname()[1]}", error_log_interval, log)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._current = 0
+        """The slot of the datagram the handler is handling (:meth:`current_local`)."""
+        self._used = 0
+        """Receive slots the last recvmmsg filled (their lengths need resetting)."""
         n = BATCH
         # receive slots are one byte longer than `size`, so a datagram that fills a slot was
         # longer than `size` even where MSG_TRUNC is not reported
@@ -161,6 +204,8 @@ class BatchedUdp:
         self._in = ctypes.create_string_buffer(n * self._slot)
         self._names = ctypes.create_string_buffer(n * NAME_SIZE)
         self._out = ctypes.create_string_buffer(n * size)
+        self._control = ctypes.create_string_buffer(n * CONTROL_SIZE if self.pktinfo else 1)
+        self._cview = memoryview(self._control).cast("B")
         self._riov = (_Iovec * n)()
         self._siov = (_Iovec * n)()
         self._rmsg = (_Mmsghdr * n)()
@@ -168,6 +213,7 @@ class BatchedUdp:
         self._in_at = ctypes.addressof(self._in)
         self._names_at = ctypes.addressof(self._names)
         self._out_at = ctypes.addressof(self._out)
+        self._control_at = ctypes.addressof(self._control)
         for i in range(n):
             self._riov[i].iov_base = self._in_at + i * self._slot
             self._riov[i].iov_len = self._slot
@@ -176,6 +222,10 @@ class BatchedUdp:
             r.msg_name = self._names_at + i * NAME_SIZE
             r.msg_iov = ctypes.pointer(self._riov[i])
             r.msg_iovlen = 1
+            r.msg_namelen = NAME_SIZE
+            if self.pktinfo:
+                r.msg_control = self._control_at + i * CONTROL_SIZE
+                r.msg_controllen = CONTROL_SIZE
             s = self._smsg[i].msg_hdr
             s.msg_iov = ctypes.pointer(self._siov[i])
             s.msg_iovlen = 1
@@ -195,10 +245,33 @@ class BatchedUdp:
         """As a transport's."""
         return self.sock.fileno() < 0
 
-    def sendto(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
-        """Send one datagram outside the batches (pushes, replies to other addresses)."""
+    def current_local(self) -> bytes:
+        """The packed local address (4 bytes for IPv4, an IPv4-mapped one included; 16 for
+        IPv6) the datagram the handler is handling was sent to; for :meth:`sendto`'s
+        ``local``. Only meaningful while a handler runs."""
+        if not self.pktinfo:
+            return self.bound
+        o = self._current * CONTROL_SIZE + _CMSG_HEADER
+        if self.v6:
+            return _unmapped(bytes(self._cview[o : o + 16]))
+        return bytes(self._cview[o + 8 : o + 12])
+
+    def sendto(
+        self,
+        data: bytes,
+        addr: tuple[str, int] | tuple[str, int, int, int],
+        local: bytes = b"",
+    ) -> None:
+        """Send one datagram outside the batches (pushes, replies to other addresses); from
+        ``local`` (a packed address, as :meth:`current_local` gives) on a wildcard socket, else
+        from the address the kernel picks. An IPv4 ``addr`` on an IPv6 socket is sent mapped."""
+        if self.v6 and ":" not in addr[0]:
+            addr = ("::ffff:" + addr[0], addr[1])
         try:
-            self.sock.sendto(data, addr)
+            if local and self.pktinfo:
+                self.sock.sendmsg([data], [pktinfo_control(self.v6, local)], 0, addr)
+            else:
+                self.sock.sendto(data, addr)
             self.stats.sent += 1
         except OSError as exc:
             self.stats.send_failed += 1
@@ -225,17 +298,31 @@ class BatchedUdp:
         if fd < 0:
             return 0
         rmsg, smsg, siov = self._rmsg, self._smsg, self._siov
-        for i in range(BATCH):
-            rmsg[i].msg_hdr.msg_namelen = NAME_SIZE
+        pktinfo = self.pktinfo
+        # recvmmsg rewrites the name and control lengths of the slots it fills: only those of
+        # the last batch need resetting (all of them were set in __init__)
+        if pktinfo:
+            for i in range(self._used):
+                h = rmsg[i].msg_hdr
+                h.msg_namelen = NAME_SIZE
+                h.msg_controllen = CONTROL_SIZE
+        else:
+            for i in range(self._used):
+                rmsg[i].msg_hdr.msg_namelen = NAME_SIZE
+        self._used = 0
         n: int = _LIBC.recvmmsg(fd, ctypes.byref(rmsg), BATCH, MSG_DONTWAIT, None)
         if n <= 0:
             return 0
+        self._used = n
         stats = self.stats
         stats.batches += 1
         stats.received += n
         string_at, memmove = ctypes.string_at, ctypes.memmove
         slot, size, handler = self._slot, self.size, self.handler
         in_at, names_at, out_at = self._in_at, self._names_at, self._out_at
+        control_at, cview, v6 = self._control_at, self._cview, self.v6
+        # where the address is in the received in_pktinfo / in6_pktinfo, and how long it is
+        need = _CMSG_HEADER + (20 if v6 else 12)
         k = 0
         for i in range(n):
             r = rmsg[i]
@@ -248,6 +335,8 @@ class BatchedUdp:
                 continue
             namelen = hdr.msg_namelen
             name = string_at(names_at + i * NAME_SIZE, namelen)
+            if pktinfo:
+                self._current = i
             try:
                 reply = handler(string_at(in_at + i * slot, length), name)
             except Exception as exc:  # a bug: drop this datagram, answer the rest of the batch
@@ -256,13 +345,29 @@ class BatchedUdp:
             if reply is None:
                 continue
             if len(reply) > size:
-                self._send_one(reply, name)
+                self._send_one(reply, name, self.current_local() if pktinfo else b"")
                 continue
             memmove(out_at + k * size, reply, len(reply))
             siov[k].iov_len = len(reply)
             s = smsg[k].msg_hdr
             s.msg_name = names_at + i * NAME_SIZE
             s.msg_namelen = namelen
+            if pktinfo:
+                # the received pktinfo, rewritten in place into the one that sets the source:
+                # in6_pktinfo {addr, ifindex} with the ifindex cleared (the route picks the
+                # interface); in_pktinfo {ifindex, spec_dst, addr}: spec_dst = addr, ifindex 0
+                controllen = hdr.msg_controllen
+                if controllen >= need:
+                    o = i * CONTROL_SIZE + _CMSG_HEADER
+                    if v6:
+                        cview[o + 16 : o + 20] = _ZERO4
+                    else:
+                        cview[o + 4 : o + 8] = cview[o + 8 : o + 12]
+                        cview[o : o + 4] = _ZERO4
+                    s.msg_control = control_at + i * CONTROL_SIZE
+                    s.msg_controllen = controllen
+                else:  # no destination given (cannot happen on Linux): the kernel picks
+                    s.msg_controllen = 0
             k += 1
         sent = 0
         while sent < k:  # sendmmsg may take fewer than asked; a failing datagram is skipped
@@ -285,12 +390,27 @@ class BatchedUdp:
             exc, f"handler raised on a datagram from {sockaddr_tuple(name)}; dropped it"
         )
 
-    def _send_one(self, reply: bytes, name: bytes) -> None:
+    def _send_one(self, reply: bytes, name: bytes, local: bytes) -> None:
         addr = sockaddr_tuple(name)
         if addr is None:
             self.stats.send_failed += 1
             return
-        self.sendto(reply, addr)
+        self.sendto(reply, addr, local)
+
+
+def pktinfo_control(v6: bool, local: bytes) -> tuple[int, int, bytes]:
+    """The ancillary item that makes a datagram leave from ``local`` (packed, 4 or 16 bytes),
+    for ``socket.sendmsg`` on an IPv6 (``v6``) or IPv4 socket; an IPv4 address on an IPv6
+    socket is given mapped, as the kernel wants it there."""
+    if v6:
+        address = _MAPPED + local if len(local) == 4 else local
+        return socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, address + _ZERO4
+    return socket.IPPROTO_IP, IP_PKTINFO, _ZERO4 + local + _ZERO4
+
+
+def _unmapped(packed: bytes) -> bytes:
+    """An IPv4-mapped IPv6 address as its 4 IPv4 bytes; any other unchanged."""
+    return packed[12:] if len(packed) == 16 and packed[:12] == _MAPPED else packed
 
 
 def sockaddr_tuple(name: bytes) -> tuple[str, int] | None:
@@ -349,20 +469,74 @@ UdpEndpoint = asyncio.DatagramTransport | BatchedUdp
 """What :func:`open_udp` returns: both have sendto, is_closing, close, get_extra_info."""
 
 
-async def bind_udp(host: str, port: int) -> socket.socket:
+def is_wildcard(host: str) -> bool:
+    """``host`` is ``0.0.0.0`` or ``::`` (an address of each interface, present and future)."""
+    return ipaddress.ip_address(host.partition("%")[0]).is_unspecified
+
+
+def v6only_for(hosts: Sequence[str]) -> bool:
+    """``IPV6_V6ONLY`` for the IPv6 sockets of a server listening on ``hosts``: off only when no
+    IPv4 address is among them, so that ``::`` alone serves IPv4 too (mapped), and on as soon as
+    one is, because Linux refuses to bind ``0.0.0.0:P`` (or any IPv4 address on P) next to a
+    dual-stack ``[::]:P``: the default, both wildcards, then works with a socket per family."""
+    return any(ipaddress.ip_address(h.partition("%")[0]).version == 4 for h in hosts)
+
+
+async def bind_udp(host: str, port: int, *, v6only: bool = True) -> socket.socket:
     """A non-blocking UDP socket bound to ``host:port`` (resolved as asyncio would), for
-    :class:`BatchedUdp`; OSError when it cannot bind."""
+    :class:`BatchedUdp`; OSError when it cannot bind. An IPv6 socket gets ``IPV6_V6ONLY`` =
+    ``v6only`` (set, never left to the sysctl); a wildcard one is asked for each datagram's
+    destination address (IP_PKTINFO / IPV6_RECVPKTINFO), which its replies leave from."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind(address)
+        if not any(socket.inet_pton(family, str(sock.getsockname()[0]).partition("%")[0])):
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     except OSError:
         sock.close()
         raise
     return sock
+
+
+E = TypeVar("E")
+
+
+async def on_one_port(
+    hosts: Sequence[str],
+    port: int,
+    open_one: Callable[[str, int], Awaitable[tuple[E, int]]],
+    close: Callable[[E], None],
+    attempts: int = 8,
+) -> tuple[list[E], int]:
+    """``open_one(host, port)`` (returning what it opened and the port it got) for every host,
+    all on one port: with port 0 the first host's free port, then tried on the others, and
+    another one (at most ``attempts`` in all) when one of them has it taken. Returns what was
+    opened, in the order of ``hosts``, and the port; raises the last bind's OSError."""
+    tries = attempts if port == 0 else 1
+    for attempt in range(1, tries + 1):
+        opened: list[E] = []
+        try:
+            first, got = await open_one(hosts[0], port)
+            opened.append(first)
+            for host in hosts[1:]:
+                opened.append((await open_one(host, got))[0])
+        except OSError:
+            for e in opened:
+                close(e)
+            if attempt == tries:
+                raise
+            continue
+        return opened, got
+    raise AssertionError("unreachable")
 
 
 async def open_udp(
@@ -376,6 +550,7 @@ async def open_udp(
     error_log_interval: float = ERROR_LOG_INTERVAL,
     with_address: bool = True,
     fast_v4: V4Handler | None = None,
+    v6only: bool = True,
 ) -> UdpEndpoint:
     """Bind host:port and answer every datagram of at most ``max_datagram`` bytes through
     ``handler`` (longer ones are dropped unread and reported to ``on_truncated``): batched
@@ -383,21 +558,29 @@ async def open_udp(
     raises is dropped and reported to ``on_error``, its exception logged (at most once per
     ``error_log_interval`` seconds). ``with_address=False`` spares a handler that ignores the
     sender the cost of decoding the address (it gets None). ``fast_v4``, on the batched path,
-    is asked first for datagrams from IPv4 sources, with the raw address bytes."""
+    is asked first for datagrams from IPv4 sources (IPv4-mapped ones on a dual-stack socket
+    too), with the raw address bytes. ``v6only``: as :func:`bind_udp`.
+
+    The asyncio fallback reads no destination address: there, replies on a wildcard leave
+    from the address the kernel picks (listen on concrete addresses on such platforms)."""
     loop = asyncio.get_running_loop()
+    sock = await bind_udp(host, port, v6only=v6only)
     if not available():
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Plain(handler, max_datagram, on_truncated, on_error, error_log_interval),
-            local_addr=(host, port),
+            sock=sock,
         )
         return transport
-    sock = await bind_udp(host, port)
     if with_address and fast_v4 is not None:
         fast = fast_v4
 
         def raw(data: bytes, name: bytes) -> bytes | None:
             if name[:2] == _AF_INET:
                 reply = fast(data, name[4:8], (name[2] << 8) | name[3])
+                if reply is not None:
+                    return reply
+            elif name[8:20] == _MAPPED and name[:2] == _AF_INET6:  # IPv4 on a dual-stack socket
+                reply = fast(data, name[20:24], (name[2] << 8) | name[3])
                 if reply is not None:
                     return reply
             addr = sockaddr_tuple(name)

@@ -15,9 +15,13 @@ and :mod:`wgmesh.proto.notify`, hooked into the DNS adapter (:mod:`wgmesh.regist
   the zone as usual and signed; an IXFR over UDP gets the current SOA alone, which tells the
   client to ask over TCP (RFC 1995 section 2).
 - **NOTIFY**: :meth:`XfrService.notify` is called with each new serial once it is on disk (so a
-  restart never reuses a serial a secondary was told of); one UDP socket per address family
-  sends the NOTIFYs and reads the responses, and one timer re-armed from the schedule's
-  ``next_timer()`` drives retries.
+  restart never reuses a serial a secondary was told of); UDP sockets on an ephemeral port send
+  the NOTIFYs and read the responses, and one timer re-armed from the schedule's
+  ``next_timer()`` drives retries. A secondary accepts a NOTIFY only from an address it knows as
+  its primary, so each leaves from the local address the secondary last transferred from (the
+  TCP connection's own address; else the first listen address of its family): one socket per
+  concrete listen address of a secondary's family, and one on that family's wildcard (sending
+  with IP_PKTINFO / IPV6_PKTINFO) when the server listens on a wildcard.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from wgmesh.proto.notify import (
 )
 from wgmesh.proto.tsigkey import TsigKey
 from wgmesh.proto.xfr import IXFR, Kind, messages, plan, rrsets, sign, transfer_query, tsig_size
+from wgmesh.registry.udpbatch import pktinfo_control
 
 log = logging.getLogger("wgmesh.xfr")
 
@@ -121,7 +126,11 @@ class XfrService:
         self._allowed = frozenset(s.ip.packed for s in settings.secondaries)
         self._reserve = 0 if self.key is None else tsig_size(self.key)
         self.notifier = Notifier(settings.secondaries, _random_id, settings.notify)
-        self._sockets: dict[int, asyncio.DatagramTransport] = {}
+        self._sockets: list[_Sender] = []
+        """The NOTIFY sockets (see the module docstring), in the order of the listen addresses."""
+        self._local_of: dict[bytes, bytes] = {}
+        """A secondary's packed address -> the packed local address it last transferred from
+        (only secondaries are kept: bounded by the configuration)."""
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged: dict[tuple[str, bytes], float] = {}
@@ -203,6 +212,7 @@ class XfrService:
         if refusal is None:
             return False
         q = refusal
+        self._note_local(address, writer)
         decided = plan(self.zone, q)
         if isinstance(decided, int):
             self.stats.refused_other += 1
@@ -277,17 +287,47 @@ class XfrService:
 
     # -- NOTIFY ---------------------------------------------------------------------------
 
-    async def start(self, listen: str) -> None:
-        """Open the NOTIFY sockets (an ephemeral port on ``listen``, one per family in use)."""
+    async def start(self, listen: str | Sequence[str]) -> None:
+        """Open the NOTIFY sockets on an ephemeral port, for each family a secondary has: one
+        per concrete address of ``listen`` of that family, and one on the family's wildcard when
+        ``listen`` has it (``::`` alone, dual-stack, counts as both) or has no address of it."""
         self._loop = asyncio.get_running_loop()
-        ours = ipaddress.ip_address(listen)
+        hosts = [ipaddress.ip_address(h) for h in ([listen] if isinstance(listen, str) else listen)]
+        dual = all(h.version == 6 for h in hosts)  # as udpbatch.v6only_for decides
         for family in sorted({s.family for s in self.settings.secondaries}):
-            host = listen if ours.version == family else ("0.0.0.0" if family == 4 else "::")
-            af = socket.AF_INET if family == 4 else socket.AF_INET6
-            transport, _ = await self._loop.create_datagram_endpoint(
-                lambda: _NotifySocket(self), local_addr=(host, 0), family=af
-            )
-            self._sockets[family] = transport
+            mine = [h for h in hosts if h.version == family]
+            concrete = [h for h in mine if not h.is_unspecified]
+            wild = len(concrete) < len(mine) or not concrete or (family == 4 and dual)
+            binds = [(str(h), h.packed) for h in concrete]
+            if wild:
+                binds.append(("0.0.0.0" if family == 4 else "::", b""))
+            for host, local in binds:
+                self._sockets.append(_Sender.open(self, family, host, local))
+
+    def _note_local(self, address: bytes, writer: asyncio.StreamWriter) -> None:
+        """Remember the local address a secondary transferred from (its NOTIFYs leave from it)."""
+        sockname = writer.get_extra_info("sockname")
+        if address not in self._allowed or not isinstance(sockname, tuple) or not sockname:
+            return
+        with contextlib.suppress(ValueError):
+            ip = ipaddress.ip_address(str(sockname[0]).partition("%")[0])
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            self._local_of[address] = ip.packed
+
+    def _sender(self, secondary: Endpoint) -> tuple[_Sender, bytes] | None:
+        """The socket a NOTIFY to ``secondary`` leaves by, and the source address to set on it
+        (b"": the socket's own)."""
+        local = self._local_of.get(secondary.ip.packed, b"")
+        family = [s for s in self._sockets if s.family == secondary.family and not s.closed]
+        for s in family:
+            if local and s.local == local:
+                return s, b""
+        wild = next((s for s in family if not s.local), None)
+        if wild is not None:
+            first = next((s.local for s in family if s.local), b"")
+            return wild, local or first
+        return (family[0], b"") if family else None
 
     def notify(self, serial: int) -> None:
         """Tell every secondary about ``serial`` (on disk already); retried until answered."""
@@ -303,11 +343,12 @@ class XfrService:
             wire = notify_message(self.zone.origin, self.zone.soa(n.serial), n.qid)
             if self.key is not None:
                 wire = sign(wire, self.key, int(now))[0]
-            transport = self._sockets.get(n.secondary.family)
-            if transport is None or transport.is_closing():
+            chosen = self._sender(n.secondary)
+            if chosen is None:
                 continue
+            sender, source = chosen
             try:
-                transport.sendto(wire, n.secondary.sockaddr())
+                sender.send(wire, n.secondary.sockaddr(), source)
             except OSError:
                 self.stats.notify_errors += 1
         for secondary, serial in self.notifier.failed():
@@ -337,17 +378,63 @@ class XfrService:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for transport in self._sockets.values():
-            transport.close()
+        for sender in self._sockets:
+            sender.close()
         self._sockets.clear()
 
 
-class _NotifySocket(asyncio.DatagramProtocol):
-    def __init__(self, service: XfrService) -> None:
-        self.service = service
+class _Sender:
+    """One NOTIFY socket: sends, and reads the responses from the loop's reader."""
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.service.received(data, addr)
+    READS = 64
+    """Datagrams read per readable event at most."""
+
+    def __init__(self, service: XfrService, family: int, sock: socket.socket, local: bytes):
+        self.service = service
+        self.family = family
+        self.sock = sock
+        self.local = local
+        """The packed address it is bound to; b"" on the wildcard (the source is set per send)."""
+        self.closed = False
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    @classmethod
+    def open(cls, service: XfrService, family: int, host: str, local: bytes) -> _Sender:
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        sock = socket.socket(af, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if af == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, 0))
+        except OSError:
+            sock.close()
+            raise
+        return cls(service, family, sock, local)
+
+    def send(self, wire: bytes, addr: tuple[str, int], source: bytes) -> None:
+        """Send ``wire`` to ``addr``, from ``source`` when given (on the wildcard socket)."""
+        if source:
+            self.sock.sendmsg([wire], [pktinfo_control(self.family == 6, source)], 0, addr)
+        else:
+            self.sock.sendto(wire, addr)
+
+    def _readable(self) -> None:
+        for _ in range(self.READS):
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # an ICMP error of an earlier send: nothing to read
+                continue
+            self.service.received(data, addr)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
 
 
 def _refused(query: bytes) -> bytes:
