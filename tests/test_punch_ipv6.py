@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -307,3 +308,44 @@ def test_wgmesh_peers_shows_the_family_and_the_candidates_of_each() -> None:
     q.set_record(record(PUBLIC, MAPPED6))
     (view,) = q.views(Wire().device(), NOW)
     assert view.first_family == 4 and set(view.candidates_by_family) == {"ipv4", "ipv6"}
+
+
+@pytest.mark.parametrize("late", ["record", "mapping"])
+def test_a_relayed_pair_goes_direct_over_ipv6_once_it_can(late: str) -> None:
+    """Symmetric IPv4 NATs: the first record (or our first mapping) has no IPv6, so the pair
+    is relayed; when the peer's IPv6 candidate (or our IPv6 mapping) arrives, the relayed
+    path tries IPv6 at once, not at the relay's next slot (the lab: they stayed relayed)."""
+    relay = Endpoint.parse("203.0.113.10:40000")
+    p = Planner(PunchConfig(punch_delay=0.0), LEAD)
+    p.registrar_ips = frozenset({relay.ip})
+    p.set_our_mapping((OUR4,) if late == "mapping" else (OUR4, OUR6), NatKind.SYMMETRIC)
+    p.set_record(record(PUBLIC, *(() if late == "record" else (MAPPED6,)),
+                        nat=NatKind.SYMMETRIC))  # fmt: skip
+    p.set_relay(A, relay)
+    wire = Wire(working=frozenset({relay, V6}))
+    assert run(p, wire, NOW, NOW + 3.0) == [relay]
+    assert p._peers[A].state is PathState.RELAYED
+    if late == "record":
+        p.set_record(record(PUBLIC, MAPPED6, nat=NatKind.SYMMETRIC))
+    else:
+        p.set_our_mapping((OUR4, OUR6), NatKind.SYMMETRIC)
+    assert run(p, wire, NOW + 3.0, NOW + 6.0) == [V6]
+    assert p._peers[A].state is PathState.DIRECT
+
+
+def test_our_ipv6_mapping_and_nat_class_in_one_status_go_ipv6_first() -> None:
+    """Our first Status had IPv4 and no class; the next brings our IPv6 mapping and a
+    symmetric class at once (the peer symmetric too): IPv6 is tried, not the relay, even
+    though the relay is asked for and ready moments later (the lab's order of events)."""
+    relay = Endpoint.parse("203.0.113.10:40000")
+    p = Planner(PunchConfig(punch_delay=0.0), LEAD)
+    p.registrar_ips = frozenset({relay.ip})
+    p.set_our_mapping((OUR4,), NatKind.UNKNOWN)
+    p.set_record(record(PUBLIC, MAPPED6, LANH, nat=NatKind.SYMMETRIC))
+    wire = Wire(working=frozenset({relay, V6}))
+    run(p, wire, NOW, NOW + 0.5)
+    p.set_our_mapping((OUR4, OUR6), NatKind.SYMMETRIC)
+    assert run(p, wire, NOW + 0.5, NOW + 1.0) == [V6]
+    p.set_relay(A, relay)
+    assert run(p, wire, NOW + 1.0, NOW + 8.0) == []
+    assert p._peers[A].state is PathState.DIRECT

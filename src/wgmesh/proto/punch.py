@@ -265,12 +265,15 @@ class Planner:
         whose candidates differ from the last one restarts the search through them."""
         peer = self._peers.setdefault(record.key, PeerPath())
         old = peer.record
+        had_ipv6 = old is not None and bool(self._ipv6_candidates(old))
         peer.record = record
         self._clashes = None
         if old is None or _endpoints(old) != _endpoints(record):
             peer.rounds = Rounds()
         if old is not None and old.nat != record.nat:
             self._prediction_moved(peer, self._nat, old.nat)
+        if not had_ipv6:
+            self._ipv6_appeared(peer)
 
     def set_relay(self, key: bytes, relay: Endpoint | None) -> None:
         """The relay's address for ``key`` is ready (or gone: None)."""
@@ -318,17 +321,35 @@ class Planner:
             family in self._mappings and self._mappings[family] != ep
             for family, ep in mappings.items()
         )
+        had_ipv6 = 6 in self._mappings
         self._mappings = mappings
         self._clashes = None
         before, self._nat = self._nat, nat
         if nat != before:
             for peer in self._peers.values():
                 self._prediction_moved(peer, before, None)
+        if not had_ipv6 and 6 in mappings:
+            for peer in self._peers.values():
+                self._ipv6_appeared(peer)
         if changed:
             for peer in self._peers.values():
                 peer.kick, peer.kick_why = True, "our public mapping changed: shaking hands again"
             self._kick_others = True
         return changed
+
+    def _ipv6_appeared(self, peer: PeerPath) -> None:
+        """The pair can now use IPv6 (the peer's record gained an IPv6 candidate, or we got an
+        IPv6 mapping): a peer on the relay tries direct over IPv6 at its next plan, where the
+        NAT classes that sent it to the relay do not apply (rules 8 and 9; the first record a
+        daemon reads often predates the peer's IPv6 registration)."""
+        record = peer.record
+        if record is None or not self._ipv6_candidates(record):
+            return
+        if peer.state in (PathState.TRYING, PathState.WAITING, PathState.UNKNOWN):
+            peer.rounds = Rounds()  # the search starts again, IPv6 first
+        on_relay = peer.relay is not None or peer.state is PathState.RELAYED or peer.upgrading
+        if on_relay or relay_predicted(self._nat, record.nat):
+            peer.upgrade_now = True  # acted on once relayed (also when the relay is on its way)
 
     def _prediction_moved(
         self, peer: PeerPath, ours_before: NatKind, theirs_before: NatKind | None
