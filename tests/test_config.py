@@ -223,6 +223,7 @@ KINDS: dict[str, dict[str, str]] = {
         "probe_interval": "float", "name": "str", "wait_interface": "bool",
         "status_socket": "str", "backend": "str", "keepalive": "int", "no_mdns": "bool",
         "mdns_interface": "list", "metrics": "str", "log_counters": "float", "verbose": "bool",
+        "routes": "bool",
     },
 }  # fmt: skip
 WRONG_TYPES: dict[str, list[Any]] = {

@@ -147,6 +147,7 @@ DEFAULTS: dict[str, Any] = {
     "keepalive": DEFAULT_KEEPALIVE,
     "no_mdns": False,
     "mdns_interface": [],
+    "routes": False,
     "metrics": None,
     "log_counters": 60.0,
     "verbose": False,
@@ -168,6 +169,7 @@ CHECKS: dict[str, v.Check] = {
     "keepalive": v.integer(1, 65535, "a number of seconds"),
     "no_mdns": v.boolean,
     "mdns_interface": v.list_of(v.interface, "interface names"),
+    "routes": v.boolean,
     "metrics": v.listen_endpoint,
     "log_counters": v.seconds_or_off(1.0, v.MAX_SECONDS),
     "verbose": v.boolean,
@@ -260,6 +262,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         help="announce and browse only on this interface (repeatable; default: every up "
         "interface but the WireGuard one, which is never used)",
     )
+    a(
+        "--routes",
+        action="store_true",
+        default=None,
+        help="mesh mode: keep a kernel route on the interface for each subnet the admission file "
+        "gives a member besides its tunnel address (a LAN behind it), removed when the member "
+        "is; only routes the daemon added (proto 87) are ever changed, never a default route",
+    )
     add_counter_arguments(parser, "127.0.0.1:9109")
     a("-v", "--verbose", action="store_true", default=None, help="debug logging")
     add_config_argument(parser)
@@ -297,6 +307,11 @@ def settings_from(given: Mapping[str, Any]) -> Any:
                 f"{where_of(given, 'registrar_alt_port')}: {alt} is the registrar's STUN port "
                 "too; expected its second STUN port, or 0 to turn NAT classification off"
             )
+    if values["routes"] and values["mode"] != "mesh":
+        raise ConfigError(
+            f"{v.flag_of('routes')}: routes follow the members the registrar vouches for; "
+            "expected --mode mesh with it (in endpoints mode your own configuration routes)"
+        )
     key = decode_key(str(values["registrar_key"]))  # checked
     dns_server = Endpoint.parse(values["dns"], default_port=53) if values["dns"] else None
     interface = str(values["interface"])
@@ -317,6 +332,7 @@ def settings_from(given: Mapping[str, Any]) -> Any:
         backend=str(values["backend"]),
         mdns=not values["no_mdns"],
         mdns_interfaces=tuple(values["mdns_interface"]),
+        routes=bool(values["routes"]),
         punch=PunchConfig(keepalive=values["keepalive"], mesh=values["mode"] == "mesh"),
         metrics=Endpoint.parse(str(values["metrics"])) if values["metrics"] else None,
         log_counters=values["log_counters"],

@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,8 +41,9 @@ from wgmesh import __version__
 from wgmesh.daemon.localaddr import local_addresses, read_private_key
 from wgmesh.daemon.rawsend import RawSender
 from wgmesh.daemon.resolver import ZoneResolver
+from wgmesh.daemon.routes import KernelRoutes
 from wgmesh.errorlog import ErrorLog
-from wgmesh.errors import InterfaceNotFound, RemoteProtocolError, WireGuardError
+from wgmesh.errors import ConfigError, InterfaceNotFound, RemoteProtocolError, WireGuardError
 from wgmesh.metricshttp import HttpListener, log_counters, metrics_route
 from wgmesh.proto.client import (
     ClientConfig,
@@ -145,6 +147,8 @@ class DaemonSettings:
     """Announce and browse _wireguard._udp.local. on the LAN."""
     mdns_interfaces: tuple[str, ...] = ()
     """Interfaces for mDNS (default: every up interface but the WireGuard one)."""
+    routes: bool = False
+    """Mesh mode: keep kernel routes for the members' subnets (wgmesh.daemon.routes)."""
     metrics: Endpoint | None = None
     """Where to serve the counters over HTTP as Prometheus text (None: nowhere)."""
     log_counters: float = 0.0
@@ -288,6 +292,8 @@ class Daemon:
         self._resolve_all = False
         self._tasks: list[asyncio.Task[None]] = []
         self._relayed: frozenset[bytes] = frozenset()  # the peers the Planner wants relayed
+        self._routes = KernelRoutes(settings.interface) if settings.routes else None
+        self._routed: tuple[str, ...] | None = None  # the allowed IPs the routes follow
         self._paths = PathReporter(settings.paths)
         self._lookup_errors = ErrorLog("DNS lookups", logger=log)
         self.stats = DaemonStats()
@@ -594,6 +600,8 @@ class Daemon:
             return
         if self.s.traffic_poll > 0:
             self._watch_traffic(self.device)
+        if self._routes is not None:
+            await self._sync_routes(self.device)
         plan = self.planner.plan(self.device, time.time())
         assert self._raw is not None and self.client is not None
         if plan.relay != self._relayed:
@@ -631,6 +639,22 @@ class Daemon:
             log.warning("updating %s: %s", self.s.interface, exc)
         else:
             self.stats.count_applied(plan.updates)
+
+    async def _sync_routes(self, device: DeviceState) -> None:
+        """``--routes``: the kernel routes follow the allowed IPs the interface holds for the
+        members the registrar vouches for (the plan that changed them ran before this read)."""
+        assert self._routes is not None
+        members = self.planner.members
+        wanted = tuple(sorted(ip for p in device.peers if p.public_key in members
+                              for ip in p.allowed_ips))  # fmt: skip
+        if wanted == self._routed:
+            return
+        try:
+            await asyncio.to_thread(self._routes.sync, wanted)
+        except (OSError, ValueError, ConfigError, subprocess.SubprocessError) as exc:
+            log.warning("routes on %s: %s (retried at the next plan)", self.s.interface, exc)
+            return
+        self._routed = wanted
 
     def _report_paths(self, device: DeviceState) -> None:
         """Our path to each peer, sealed to the registrar on change and now and then

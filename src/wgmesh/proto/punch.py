@@ -302,6 +302,11 @@ class Planner:
         exactly these allowed IPs; a record's ``allowed_ips`` (read from DNS) never is."""
         self._members = dict(members)
 
+    @property
+    def members(self) -> Mapping[bytes, tuple[str, ...]]:
+        """Mesh mode: the members and allowed IPs last vouched for (:meth:`set_members`)."""
+        return self._members
+
     def add_lan_peer(self, key: bytes) -> None:
         """mDNS saw this peer on our LAN: its LAN candidates go first (rule 4)."""
         self._lan_keys.add(key)
