@@ -215,7 +215,7 @@ KINDS: dict[str, dict[str, str]] = {
         "dns_tcp_per_source": "int", "dns_tcp_max": "int", "relay_ports": "str",
         "secondary": "list", "tsig_key": "str", "serial_interval": "float",
         "relay_mode": "str", "relay_address": "str", "relay_per_peer": "int",
-        "relay_idle": "float", "status_socket": "str",
+        "relay_idle": "float", "status_socket": "str", "update_primary": "str",
     },
     "daemon": {
         "interface": "str", "registrar": "str_or_list", "registrar_key": "str",
@@ -529,7 +529,7 @@ def test_secondaries_and_the_tsig_key_reach_the_settings(
     )
     code, err = wgmesh(capsys, "registrar", "--config", str(plain), "--tsig-key",
                        str(files["tsig"]))  # fmt: skip
-    assert_config_error(code, err, "registrar", "--tsig-key: no secondary uses the key")
+    assert_config_error(code, err, "registrar", "--tsig-key: nothing uses the key")
     code, err = wgmesh(capsys, "registrar", "--config", str(plain), "--secondary",
                        "192.0.2.1", "--secondary", "192.0.2.1:53")  # fmt: skip
     assert_config_error(code, err, "registrar", "--secondary: 192.0.2.1:53 is listed twice")

@@ -284,3 +284,41 @@ async def _gone(knot: Knot, name: str) -> bool:
 
 
 _ = dns.update
+
+
+async def test_the_registrar_command_keeps_the_primary_current(knot: Knot, tmp_path: Path) -> None:
+    """``wgmesh registrar --update-primary ADDRESS:PORT --tsig-key FILE``, as an operator runs
+    it: a registration appears in Knot's copy of the zone, a withdrawal (the key revoked,
+    SIGHUP) leaves it, and Knot's own records stay."""
+    from nacl.public import PrivateKey
+
+    from tests.procs import Client, RegistrarProcess
+    from wgmesh.proto.keys import encode_key
+
+    key_file = tmp_path / "ddns.key"
+    key_file.write_text(
+        f'key "{KEY_NAME}" {{\n\talgorithm hmac-sha256;\n\tsecret "{SECRET}";\n}};\n'
+    )
+    keys = tmp_path / "authorized_keys"
+    private = PrivateKey.generate()
+    peer_key = bytes(private.public_key)
+    keys.write_text(f"{encode_key(peer_key)} alice 100.64.0.1/32\n")
+    args = ["--authorized-keys", str(keys), "--update-primary", f"127.0.0.1:{knot.port}",
+            "--tsig-key", str(key_file)]  # fmt: skip
+    r = RegistrarProcess(tmp_path, args)
+    await asyncio.to_thread(r.start)
+    client = Client(r.key, private)
+    try:
+        await asyncio.to_thread(client.register, r.endpoint, "alice")
+        srv = name_of(peer_key)
+        await until(lambda: _has(knot, srv, "SRV", f"0 0 {client.port} {srv}"), 5, "SRV at Knot")
+        assert await knot.rdatas(srv, "A") == {"127.0.0.1"}
+        keys.write_text("")
+        assert r.proc is not None
+        r.proc.send_signal(signal.SIGHUP)
+        await until(lambda: _gone(knot, srv), 5, "withdrawn at Knot")
+        assert await knot.rdatas(f"www.{ORIGIN}", "A") == {"192.0.2.80"}
+    finally:
+        client.close()
+        await asyncio.to_thread(r.stop)
+        print(r.log.read_text())

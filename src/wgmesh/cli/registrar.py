@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "dns_tcp_max": 256,
     "secondary": [],
     "tsig_key": None,
+    "update_primary": None,
     "serial_interval": 1.0,
     "relay_ports": None,
     "relay_mode": None,
@@ -129,6 +130,7 @@ CHECKS: dict[str, v.Check] = {
     "dns_tcp_max": v.integer(1, 65536, "a number of connections"),
     "secondary": v.list_of(v.endpoint(53), "secondaries' addresses, IP[:PORT]"),
     "tsig_key": v.path,
+    "update_primary": v.endpoint(53),
     "serial_interval": v.number(0, 3600, "seconds between two zone serials (0: every change)"),
     "relay_ports": v.port_range,
     "relay_mode": v.choice("kernel", "userspace", "off"),
@@ -245,7 +247,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "--tsig-key",
         metavar="FILE",
         help="TSIG key in BIND's key-file format (tsig-keygen NAME > FILE): transfers must be "
-        "signed with it, NOTIFYs are; needs --secondary",
+        "signed with it, NOTIFYs and UPDATEs are; needs --secondary or --update-primary",
+    )
+    a(
+        "--update-primary",
+        metavar="ADDRESS[:PORT]",
+        help="RFC 2136 mode: also keep the peers' records in this external primary's copy of "
+        "the zone with dynamic UPDATEs (signed with --tsig-key; port default 53), touching only "
+        'the names derived from peer keys (docs/operations.md, "An external primary")',
     )
     a(
         "--serial-interval",
@@ -396,6 +405,7 @@ def settings_from(given: Mapping[str, Any]) -> Any:
         log_counters=values["log_counters"],
         dns_limits=dns_limits,
         xfr=_transfers(values, where),
+        update=_update_primary(values, where),
         relay=relay,
         relay_mode=relay_mode,
         relay_address=relay_address,
@@ -475,12 +485,30 @@ def _transfers(values: Mapping[str, Any], where: Callable[[str], str]) -> Any:
             raise ConfigError(f"{where('tsig_key')}: {path}: not UTF-8 text; {expected}") from None
         except ConfigError as exc:
             raise ConfigError(f"{where('tsig_key')}: {path}: {exc}; {expected}") from None
-        if not secondaries:
+        if not secondaries and not values["update_primary"]:
             raise ConfigError(
-                f"{where('tsig_key')}: no secondary uses the key; expected --secondary "
-                "ADDRESS[:PORT] (or secondary in --config FILE) with it"
+                f"{where('tsig_key')}: nothing uses the key; expected --secondary ADDRESS[:PORT] "
+                "or --update-primary ADDRESS[:PORT] (or secondary, update-primary in --config "
+                "FILE) with it"
             )
     return XfrSettings(secondaries, key) if secondaries else None
+
+
+def _update_primary(values: Mapping[str, Any], where: Callable[[str], str]) -> Any:
+    """``--update-primary`` with the TSIG key, or None."""
+    if not values["update_primary"]:
+        return None
+    from wgmesh.proto.tsigkey import parse_key_file
+    from wgmesh.registry.ddns import UpdateSettings
+
+    if not values["tsig_key"]:
+        raise ConfigError(
+            f"{where('update_primary')}: UPDATEs must be signed; expected --tsig-key FILE "
+            "with the key the primary's update ACL names"
+        )
+    key = parse_key_file(Path(values["tsig_key"]).read_text(encoding="utf-8"))  # checked above
+    primary = Endpoint.parse(str(values["update_primary"]), default_port=53)
+    return UpdateSettings(primary, key)
 
 
 def _metrics_endpoint(values: Mapping[str, Any], where: Callable[[str], str]) -> Endpoint | None:

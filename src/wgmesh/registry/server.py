@@ -57,6 +57,7 @@ from wgmesh.proto.metrics import (
 from wgmesh.proto.registry import Change, Outgoing, PeerEvent, Registry, RegistryConfig
 from wgmesh.proto.relay import RelayConfig
 from wgmesh.registry.admission import load_admission
+from wgmesh.registry.ddns import UpdateService, UpdateSettings, ddns_metrics
 from wgmesh.registry.dns import DnsAdapterStats, DnsLimits, DnsServer, start_dns
 from wgmesh.registry.relaynft import KernelRelayError
 from wgmesh.registry.relayserve import RelayService
@@ -141,6 +142,8 @@ class RegistrarSettings:
     """Response rate limiting, cookies and TCP caps of the DNS server."""
     xfr: XfrSettings | None = None
     """Secondaries that may transfer the zone and are sent NOTIFY (None: none)."""
+    update: UpdateSettings | None = None
+    """RFC 2136 mode: the external primary kept current with UPDATEs (None: none)."""
     relay: RelayConfig = field(default_factory=RelayConfig)
     """The relay's ports and limits (off by default)."""
     relay_mode: str = "off"
@@ -335,6 +338,8 @@ class Registrar:
         self.http: HttpListener | None = None
         """The metrics listener (``settings.metrics``)."""
         self._counter_log: asyncio.Task[None] | None = None
+        self.ddns: UpdateService | None = None
+        """RFC 2136 UPDATEs to an external primary (``settings.update``)."""
         self.xfr: XfrService | None = None
         """Zone transfers and NOTIFYs (``settings.xfr``)."""
         self._stored_serial = -1
@@ -400,6 +405,9 @@ class Registrar:
         if settings.xfr is not None:
             self.xfr = XfrService(self.zone, settings.xfr)
             await self.xfr.start(listen)
+        if settings.update is not None:
+            self.ddns = UpdateService(self.zone, settings.update)
+            self.ddns.start()
         self._dns = await start_dns(
             self.zone, listen, settings.dns_port, settings.dns_limits, self.xfr
         )
@@ -573,6 +581,8 @@ class Registrar:
             self._stored_serial = self.zone.serial
             if self.xfr is not None:
                 self.xfr.notify(self.zone.serial)
+            if self.ddns is not None:
+                self.ddns.changed()
 
     # -- the status page -----------------------------------------------------------------
 
@@ -615,6 +625,7 @@ class Registrar:
             text = "registry counters without a family of their own"
             out.append(labelled(PREFIX + "other", text, "counter", other))
         out += xfr_metrics(PREFIX, self.zone, self.xfr)
+        out += ddns_metrics(PREFIX, self.ddns)
         return out + self._dns_metrics() + self._udp_metrics() + self._relay_metrics()
 
     def _relay_metrics(self) -> list[Family]:
@@ -749,6 +760,8 @@ class Registrar:
             await self._dns.wait_closed()
         if self.xfr is not None:
             self.xfr.close()
+        if self.ddns is not None:
+            await self.ddns.close()
         self._drain()
         if self._pending or self.zone.serial != self._stored_serial:
             self.store.apply(self._pending, self.zone.serial)
