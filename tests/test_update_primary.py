@@ -322,3 +322,13 @@ async def test_the_registrar_command_keeps_the_primary_current(knot: Knot, tmp_p
         client.close()
         await asyncio.to_thread(r.stop)
         print(r.log.read_text())
+
+
+def test_the_example_primary_config_is_valid() -> None:
+    """examples/knot-primary-ddns.conf passes knotc's own check."""
+    path = Path(__file__).resolve().parent.parent / "examples" / "knot-primary-ddns.conf"
+    if shutil.which("knotc") is None:
+        pytest.skip("needs knotc (apt-get install knot; scripts/setup.sh installs it)")
+    out = subprocess.run(["knotc", "-c", str(path), "conf-check"], capture_output=True,
+                         text=True, timeout=30)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
