@@ -211,11 +211,13 @@ def registry(has_alt: bool = True) -> tuple[Registry, bool]:
     return reg, has_alt
 
 
-def pump(nat: Nat, target: Target = TARGET, has_alt: bool = True) -> Observations:
+def pump(
+    nat: Nat, target: Target = TARGET, has_alt: bool = True, config: NetcheckConfig | None = None
+) -> Observations:
     reg, _ = registry(has_alt)
     ports = (REGISTRAR.port, ALT) if has_alt else (REGISTRAR.port,)
     now = 0.0
-    check = Netcheck(NetcheckConfig(), target, os.urandom, now)
+    check = Netcheck(config or NetcheckConfig(), target, os.urandom, now)
 
     def to_registrar(data: bytes, src: Endpoint, dest: Endpoint) -> list[tuple[bytes, Endpoint]]:
         if dest.ip not in (REGISTRAR.ip, target.alt_address) or dest.port not in ports:
@@ -444,3 +446,37 @@ def test_a_second_address_that_does_not_answer_is_noted() -> None:
     report = classify(observed(ALT_ADDRESS=SILENT), Target(REGISTRAR, ALT, SECOND))
     assert report.mapping is MappingBehaviour.ENDPOINT_INDEPENDENT
     assert "mapping: the second registrar address did not answer" in report.notes
+
+
+@pytest.mark.parametrize(
+    ("filtering", "open_port"), [("apdf", False), ("adf", True), ("eif", True)]
+)
+def test_a_chosen_port_is_tested_for_unsolicited_udp(filtering: str, open_port: bool) -> None:
+    """With ``--port`` (test_port) the mapping socket asks for an answer from the alternate
+    port before it ever sends there: only a port that takes unsolicited UDP (a port forward,
+    endpoint-independent filtering) gets it, and the verdict says what that means."""
+    obs = pump(Nat("eim", filtering), config=NetcheckConfig(test_port=True))
+    report = classify(obs, TARGET)
+    assert report.open_port is open_port, obs.results[Probe.OPEN_PORT]
+    assert report.mapping is MappingBehaviour.ENDPOINT_INDEPENDENT  # still measured
+    assert ("takes UDP from ports it never sent to" in report.verdict) is open_port, report.verdict
+    plain = classify(pump(Nat("eim", filtering)), TARGET)
+    assert plain.open_port is None and Probe.OPEN_PORT not in dict(plain.not_run)
+
+
+def test_an_open_port_answer_after_the_alternate_port_was_probed_does_not_count() -> None:
+    reg, _ = registry()
+    check = Netcheck(NetcheckConfig(test_port=True), TARGET, os.urandom, 0.0)
+    first = check.datagrams_to_send(0.0)
+    opened = [t for t in first if t.sock is Sock.MAPPING and t.destination == REGISTRAR]
+    assert len(opened) == 2 and not any(t.destination.port == ALT for t in first)
+    check.handle_timer(0.35)
+    later = check.datagrams_to_send(0.35)  # the alternate-port mapping test goes out now
+    assert any(t.destination.port == ALT for t in later)
+    src = Endpoint(PUBLIC, 40000)
+    answers = [reg.answer_change_request(t.data, src, has_other_port=True) for t in opened]
+    changed = [a for a in answers if a is not None and a.other_port]
+    assert len(changed) == 1
+    check.receive(Sock.MAPPING, changed[0].data, Endpoint(REGISTRAR.ip, ALT), 0.4)
+    result = check.results()[Probe.OPEN_PORT]
+    assert result.outcome is Outcome.SILENT  # silent once the alternate port was probed

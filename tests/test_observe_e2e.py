@@ -49,13 +49,13 @@ EXPECTED = {
         "address-and-port-dependent",
         "symmetric NAT",
     ),
-    # the forward keeps the mapping test's port (51821); the filtering test's own socket is
-    # an ephemeral port, which the router filters as a port-restricted one
+    # tested from the forwarded port (--port 51821): the forward keeps its number and takes
+    # UDP from anyone; the filtering test's own (ephemeral) socket is filtered as usual
     RouterKind.PORT_FORWARD: (
         "cone",
         "endpoint-independent",
         "address-and-port-dependent",
-        "port-restricted cone NAT",
+        "takes UDP from ports it never sent to",
     ),
     RouterKind.NONE: ("none", "endpoint-independent", None, "no NAT"),
 }
@@ -95,6 +95,13 @@ def test_netcheck_names_each_lab_router_kind() -> None:
             assert mapped is not None and mapped.startswith(f"{host.public_ip}:"), (kind, mapped)
             if kind is RouterKind.PORT_FORWARD:
                 assert mapped == f"{host.public_ip}:51821", report
+                assert report["open_port"] is True, report["tests"]
+            else:
+                assert report["open_port"] is None, report["tests"]
+        # a port that is not forwarded, tested the same way: it filters by port
+        closed = netcheck(hosts[RouterKind.PORT_RESTRICTED], mesh.registrar_ip, "--port", "51821")
+        assert closed["open_port"] is False, closed["tests"]
+        assert "port-restricted cone NAT" in closed["verdict"], closed["verdict"]
 
 
 def wait_for(cond: Any, timeout: float, what: str) -> None:

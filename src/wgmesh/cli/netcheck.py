@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     a("--backend", choices=("auto", "uapi", "wg"), default="auto", help="WireGuard control")
     a("--status-socket", metavar="PATH", help="the daemon's socket (default: IFACE's)")
     a("--port", type=int, default=0, metavar="PORT", help="local port of the mapping test "
-      "(default: an ephemeral one)")  # fmt: skip
+      "(default: an ephemeral one); given, it is also tested for unsolicited UDP (a port "
+      "forward to this host: the forwarded port, which WireGuard must not hold then)")  # fmt: skip
     a("--timeout", type=float, default=1.5, metavar="SECONDS", help="wait for answers (1.5)")
     a("--json", action="store_true", help="print the report as JSON (docs/cli.md)")
 
@@ -243,6 +244,7 @@ def report_json(
         "mapping": report.mapping.value,
         "filtering": report.filtering.value,
         "hairpinning": report.hairpinning,
+        "open_port": report.open_port,
         "rtt_ms": None if report.rtt is None else round(report.rtt * 1000, 3),
         **families,
         "tests": {t.value: _result(obs.results[t]) for t in Probe if t in obs.results},
@@ -275,6 +277,18 @@ def report_text(doc: dict[str, Any]) -> str:
         f"mapping      {doc['mapping']}",
         f"filtering    {doc['filtering']}",
         f"hairpinning  {yes(doc['hairpinning'])}",
+        *(
+            [
+                f"open port    port {doc['port']['used']} "
+                + (
+                    "takes unsolicited UDP (a port forward, or no filtering)"
+                    if doc["open_port"]
+                    else "drops unsolicited UDP"
+                )
+            ]
+            if doc["open_port"] is not None
+            else []
+        ),
     ]
     for fam in ("ipv4", "ipv6"):
         f = doc[fam]
@@ -296,7 +310,7 @@ def report_text(doc: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     target = target_of(args)
-    config = NetcheckConfig(timeout=args.timeout)
+    config = NetcheckConfig(timeout=args.timeout, test_port=bool(args.port))
     wg_port, why = _wireguard(args)
     obs, used = probe(target, config, args.port)
     report = classify(obs, target)

@@ -20,6 +20,15 @@ The tests follow RFC 5780 section 4 as far as a registrar with one address and t
   address and answers 420: that test could not run, and the report says which).
 - hairpinning (4.5): once the first mapping is known, a Binding Request to it from the same
   socket; it comes back to that socket if the NAT hairpins.
+- an open port (``NetcheckConfig.test_port``, with ``--port``: the port the operator cares
+  about, e.g. one forwarded to this host): before the mapping socket sends anything to the
+  alternate port, it asks the primary port to answer from the alternate one (CHANGE-REQUEST
+  "change port"). An answer that arrives while the mapping socket has talked to the primary
+  port only came from a port the socket never sent to: the port does not filter by port (a
+  port forward, or a NAT without port-dependent filtering), so peers behind any NAT, symmetric
+  ones included, reach it once it has sent toward their address. The request is silent after
+  ``open_port_wait``, when the alternate-port mapping test starts; an answer after that is
+  inconclusive (it may have come through that test's hole).
 - the registrar's round trip, and the other address family when a registrar address of it is
   given (``Observations.sources`` says which families have a route at all).
 
@@ -72,6 +81,9 @@ class Probe(StrEnum):
     """Mapping socket -> our own mapping."""
     OTHER_FAMILY = "other-family"
     """A Binding Request to the registrar's address of the other family."""
+    OPEN_PORT = "open-port"
+    """Mapping socket (on ``--port``) -> primary port, CHANGE-REQUEST change port, before it
+    sends to the alternate port: is the chosen port open to unsolicited UDP."""
 
 
 class Outcome(StrEnum):
@@ -126,6 +138,12 @@ class NetcheckConfig:
     """When each request is sent, in seconds after it starts, until it is answered."""
     hairpin_wait: float = 0.5
     """Least seconds the hairpin request is waited for (it starts after the first answer)."""
+    test_port: bool = False
+    """Test whether the mapping socket's port (chosen with ``--port``) is open to unsolicited
+    UDP (:data:`Probe.OPEN_PORT`)."""
+    open_port_wait: float = 0.3
+    """With ``test_port``: seconds the alternate-port mapping test waits for that answer (the
+    registrar answers at once; a path slower than this makes the test inconclusive)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +170,8 @@ class _Request:
     sent: int = 0
     last_sent: float = 0.0
     result: Result | None = None
+    offsets: tuple[float, ...] | None = None
+    """Its own send schedule (None: ``NetcheckConfig.retransmit``)."""
 
 
 class Netcheck:
@@ -172,8 +192,17 @@ class Netcheck:
         self._not_run: dict[Probe, str] = {}
         reg = target.registrar
         self._add(Probe.BINDING, Sock.MAPPING, reg, now)
+        later = 0.0
+        if config.test_port and target.alt_port:
+            self._add(Probe.OPEN_PORT, Sock.MAPPING, reg, now, stun.CHANGE_PORT)
+            later = config.open_port_wait
+        elif config.test_port:
+            self._not_run[Probe.OPEN_PORT] = "the registrar has no alternate port"
+        else:
+            self._not_run[Probe.OPEN_PORT] = "no --port given (an ephemeral port says nothing)"
         if target.alt_port:
-            self._add(Probe.ALT_PORT, Sock.MAPPING, Endpoint(reg.ip, target.alt_port), now)
+            alt = Endpoint(reg.ip, target.alt_port)
+            self._add(Probe.ALT_PORT, Sock.MAPPING, alt, now + later)
         else:
             self._not_run[Probe.ALT_PORT] = "the registrar has no alternate port"
         if target.alt_address is not None:
@@ -195,15 +224,22 @@ class Netcheck:
         deadline = self._deadline
         if test is Probe.HAIRPIN:
             deadline = max(deadline, now + self.config.hairpin_wait)
-        self._requests[test] = _Request(test, sock, dest, tid, data, now, deadline)
+        elif test is Probe.ALT_PORT:
+            deadline = max(deadline, now + self.config.timeout / 2)
+        offsets = None
+        if test is Probe.OPEN_PORT:  # silent once the alternate port is probed: a later
+            wait = self.config.open_port_wait  # answer could come through that probe's hole
+            deadline, offsets = now + wait, (0.0, wait / 2)
+        self._requests[test] = _Request(test, sock, dest, tid, data, now, deadline,
+                                        offsets=offsets)  # fmt: skip
 
     # -- driving ---------------------------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[Transmit]:
         """The requests due now (first sends and retransmissions)."""
         out = []
-        offsets = self.config.retransmit
         for r in self._requests.values():
+            offsets = r.offsets or self.config.retransmit
             if r.result is None and r.sent < len(offsets) and r.start + offsets[r.sent] <= now:
                 r.sent += 1
                 r.last_sent = now
@@ -212,9 +248,9 @@ class Netcheck:
 
     def next_timer(self) -> float | None:
         """When :meth:`handle_timer` (then :meth:`datagrams_to_send`) has something to do."""
-        offsets = self.config.retransmit
         times = []
         for r in self._requests.values():
+            offsets = r.offsets or self.config.retransmit
             if r.result is not None:
                 continue
             times.append(r.deadline)
@@ -254,6 +290,10 @@ class Netcheck:
         result = _answer(r, msg, source, now, self.target)
         if result is None:
             return
+        alt = self._requests.get(Probe.ALT_PORT)
+        if r.test is Probe.OPEN_PORT and alt is not None and alt.sent:
+            why = "answered only after the alternate port was probed: inconclusive"
+            result = Result(Outcome.IGNORED, result.mapped, source, result.rtt, why)
         r.result = result
         if r.test is Probe.BINDING and result.mapped is not None:
             self._add(Probe.HAIRPIN, Sock.MAPPING, result.mapped, now)
@@ -299,7 +339,7 @@ def _answer(
     mapped = _mapped(msg)
     if mapped is None:
         return None
-    if r.test is Probe.CHANGE_PORT:
+    if r.test in (Probe.CHANGE_PORT, Probe.OPEN_PORT):
         if source.ip != reg.ip:
             return None
         if source.port == reg.port:
@@ -390,6 +430,9 @@ class Report:
     """Caveats, for people."""
     verdict: str
     """What it means, in words."""
+    open_port: bool | None = None
+    """The ``--port`` chosen takes UDP from ports it never sent to (None: not tested, or
+    inconclusive)."""
 
 
 def classify(obs: Observations, target: Target) -> Report:
@@ -419,7 +462,10 @@ def classify(obs: Observations, target: Target) -> Report:
         (test, res[test].detail or res[test].outcome.value)
         for test in Probe
         if test in res and res[test].outcome in (Outcome.NOT_RUN, Outcome.REFUSED, Outcome.IGNORED)
-    )
+        and not (test is Probe.OPEN_PORT and res[test].outcome is Outcome.NOT_RUN)
+    )  # fmt: skip
+    tried = res.get(Probe.OPEN_PORT, Result(Outcome.NOT_RUN)).outcome
+    open_port = {Outcome.ANSWERED: True, Outcome.SILENT: False}.get(tried) if reachable else None
     return Report(
         reachable=reachable,
         mapped=first.mapped if reachable else None,
@@ -431,7 +477,8 @@ def classify(obs: Observations, target: Target) -> Report:
         families=_families(obs, target),
         not_run=not_run,
         notes=tuple(notes),
-        verdict=verdict(reachable, nat, mapping, filtering, target),
+        verdict=verdict(reachable, nat, mapping, filtering, target, open_port, first.mapped),
+        open_port=open_port,
     )
 
 
@@ -502,8 +549,17 @@ def verdict(
     mapping: MappingBehaviour,
     filtering: FilteringBehaviour,
     target: Target,
+    open_port: bool | None = None,
+    mapped: Endpoint | None = None,
 ) -> str:
     """What the classes mean for wgmesh's paths, in one sentence or two."""
+    if reachable and open_port and nat is not NatKind.SYMMETRIC:
+        where = f" at {mapped}" if mapped is not None else ""
+        return (
+            f"this port{where} takes UDP from ports it never sent to (a port forward, or a NAT "
+            "that does not filter by port): peers behind any NAT, symmetric ones included, "
+            "reach it directly; use it as WireGuard's port"
+        )
     if not reachable:
         ports = str(target.registrar.port)
         if target.alt_port:
