@@ -349,3 +349,30 @@ def test_our_ipv6_mapping_and_nat_class_in_one_status_go_ipv6_first() -> None:
     p.set_relay(A, relay)
     assert run(p, wire, NOW + 1.0, NOW + 8.0) == []
     assert p._peers[A].state is PathState.DIRECT
+
+
+@pytest.mark.parametrize("v6_works", [True, False])
+def test_relayed_before_ipv6_was_tried_tries_it_once_from_the_relay(v6_works: bool) -> None:
+    """The lab's order: an IPv4 trial is in flight when IPv6 becomes usable (the peer's IPv6
+    candidate, then our IPv6 mapping with our NAT class still unknown), then the classes send
+    the pair to the relay mid-trial: once relayed it tries IPv6 (direct when it works); when
+    IPv6 does not work it goes back to the relay and stays there: one try, no flapping."""
+    relay = Endpoint.parse("203.0.113.10:40000")
+    p = Planner(PunchConfig(punch_delay=0.0), LEAD)
+    p.registrar_ips = frozenset({relay.ip})
+    p.set_our_mapping((OUR4,), NatKind.UNKNOWN)
+    p.set_record(record(PUBLIC, LANH, nat=NatKind.UNKNOWN))
+    wire = Wire(working=frozenset({relay, V6} if v6_works else {relay}))
+    moved = run(p, wire, NOW, NOW + 0.25)
+    assert moved == [PUB]
+    p.set_record(record(PUBLIC, MAPPED6, LANH, nat=NatKind.SYMMETRIC))
+    p.set_our_mapping((OUR4, OUR6), NatKind.UNKNOWN)
+    p.set_our_mapping((OUR4, OUR6), NatKind.SYMMETRIC)
+    p.set_relay(A, relay)
+    moved += run(p, wire, NOW + 0.25, NOW + 60.0)
+    assert moved[:3] == [PUB, relay, V6], moved
+    if v6_works:
+        assert p._peers[A].state is PathState.DIRECT and wire.endpoint == V6
+    else:
+        assert wire.endpoint == relay and moved.count(V6) == 1, moved
+        assert run(p, wire, NOW + 60.0, NOW + 200.0) == []  # stays relayed until its slot

@@ -167,6 +167,9 @@ class Trial:
     """Bytes received when the trial began (-1: unknown). On a live session the kick sends
     a keepalive, not an initiation, so no new handshake comes: traffic received while the
     endpoint is still the target proves it as well."""
+    handshake: float = field(default=-1.0, compare=False)
+    """The interface's latest handshake when the trial began (-1: unknown): only another one
+    proves it (a handshake through the relay in the trial's first second is not the trial's)."""
 
 
 Attempt = Punch | Trial

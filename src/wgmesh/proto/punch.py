@@ -211,6 +211,7 @@ class Planner:
         self.registrar_ips: frozenset[object] = frozenset()
         """The registrar's addresses: an endpoint on one of them is one of its relay ports."""
         self._ipv4_first: dict[bytes, tuple[Endpoint | None, frozenset[Endpoint]]] = {}
+        self._ipv6_from_relay: set[bytes] = set()  # relayed peers that tried IPv6 once since
         # peers whose IPv4 path is preferred (rule 9): our IPv6 mapping and the record's IPv6
         # candidates when that was decided; a change of either lifts it
         self._own_key = own_key
@@ -350,11 +351,11 @@ class Planner:
         record = peer.record
         if record is None or not self._ipv6_candidates(record):
             return
+        self._ipv6_from_relay.discard(record.key)
         if peer.state in (PathState.TRYING, PathState.WAITING, PathState.UNKNOWN):
             peer.rounds = Rounds()  # the search starts again, IPv6 first
-        on_relay = peer.relay is not None or peer.state is PathState.RELAYED or peer.upgrading
-        if on_relay or relay_predicted(self._nat, record.nat):
-            peer.upgrade_now = True  # acted on once relayed (also when the relay is on its way)
+        if peer.relay is not None or peer.state is PathState.RELAYED or peer.upgrading:
+            peer.upgrade_now = True  # (a relay still on its way: the RELAY event tries IPv6)
 
     def _prediction_moved(
         self, peer: PeerPath, ours_before: NatKind, theirs_before: NatKind | None
@@ -506,7 +507,10 @@ class Planner:
                 return PathEvent.FIRE, attempt.target, peer.rounds
             case PathState.TRYING:
                 assert isinstance(attempt, Trial)
-                if dev.latest_handshake >= int(attempt.since) or _carried(attempt, dev, now):
+                shaken = dev.latest_handshake >= int(attempt.since) and (
+                    dev.latest_handshake != attempt.handshake
+                )
+                if shaken or _carried(attempt, dev, now):
                     if peer.relay is not None and dev.endpoint == peer.relay:
                         return PathEvent.RELAY_FRESH, dev.endpoint, peer.rounds
                     return PathEvent.HANDSHAKE, dev.endpoint, peer.rounds
@@ -604,11 +608,20 @@ class Planner:
             case PathEvent.RELAY:
                 assert target is not None
                 peer.unrepaired = False
+                record = peer.record
+                if (
+                    record is not None
+                    and key not in self._ipv6_from_relay
+                    and not any(ep.family == 6 for ep in rounds.tried)
+                    and self.ipv6_first(record)
+                ):  # relayed before IPv6 was tried (the NAT classes spoke first): try it once
+                    self._ipv6_from_relay.add(key)  # from the relay (rules 8 and 9)
+                    peer.upgrade_now = True
                 predicted = peer.record is not None and relay_predicted(self._nat, peer.record.nat)
                 self._because(key, "to the relay: " + (
                     "the NAT classes leave no direct path" if predicted
                     else "every direct candidate failed"))  # fmt: skip
-                peer.attempt = Trial(target, now, dev.rx_bytes)
+                peer.attempt = Trial(target, now, dev.rx_bytes, dev.latest_handshake)
                 if peer.upgrading or peer.upgrade_at <= now:
                     peer.upgrade_at = _next_slot(now, self.config.relay_retry)
                 peer.upgrading = False
@@ -652,7 +665,7 @@ class Planner:
                 self._because(key, self._trial_why(peer, target))
                 if event is PathEvent.SET and target != dev.endpoint:
                     prime.append(target)  # open our NAT toward it first
-                peer.attempt = Trial(target, now, dev.rx_bytes)
+                peer.attempt = Trial(target, now, dev.rx_bytes, dev.latest_handshake)
                 updates.append(
                     PeerUpdate(key, endpoint=target, handshake_now=True,
                                persistent_keepalive=keepalive)
