@@ -26,7 +26,9 @@ Printed at the end:
 - endpoint changes, from every interface's UAPI sampled each second: total, those the faults
   allow, the excess. A rebinding of a NAT allows one change of each outside peer's endpoint for
   each peer behind it; so does a state loss of a NAT with two peers on one port (the clash: the
-  mapping may move to the other host, or the path to the relay); nothing else allows any. The
+  mapping may move to the other host, or the path to the relay), and a state loss of a NAT
+  rebound earlier in the run (its public ports are pinned to a range since, so a new flow
+  gets a new port, as after a rebinding); nothing else allows any. The
   daemons' own "endpoint" log lines are counted beside;
 - RSS and CPU of each daemon, the registrar and (anchor) lab-b's wireguard-go, every
   ``--sample-every`` s, as a table, and the RSS slope in MB/h over the second half of the run
@@ -554,10 +556,18 @@ def endpoints(
         by_window[w].append(ch)
     allowed_total = excess = 0
     excess_lines: list[str] = []
+    rebound: set[str] = set()
     for w, chs in sorted(by_window.items()):
         f = faults[w] if w >= 0 else None
+        for earlier in faults[: w + 1] if w >= 0 else ():
+            if earlier.kind == "rebind" and earlier.nat is not None:
+                rebound.add(earlier.nat.name)  # its ports are pinned now: not preserved
         allowed: Counter[tuple[str, str]] = Counter()
-        if f is not None and f.nat is not None and (f.kind == "rebind" or f.nat.name in clash):
+        moves = f is not None and f.nat is not None and (
+            f.kind == "rebind" or f.nat.name in clash
+            or (f.kind == "flush" and f.nat.name in rebound)
+        )  # fmt: skip
+        if f is not None and f.nat is not None and moves:
             inside = behind[f.nat.name]
             for obs in {c[1] for c in chs} - set(inside):
                 for remote in inside:
