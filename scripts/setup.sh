@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=${WGMESH_VENV:-/opt/wgmesh-venv}
 APT_PACKAGES=(python3 python3-venv python3-dev gcc iproute2 wireguard-go wireguard-tools nftables
   conntrack iputils-ping dnsutils coturn stun-client avahi-utils avahi-daemon dbus-daemon procps
-  chromium knot knot-dnsutils nsd)
+  chromium knot knot-dnsutils nsd zonemaster-cli dnsviz)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

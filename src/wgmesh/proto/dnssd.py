@@ -101,6 +101,14 @@ which is for small meshes and for debugging."""
 BROWSE_ADDITIONAL = 32
 """A browse of at most this many peers offers their SRV/TXT/addresses as additional data (as
 many as fit); a longer one offers none (it fills the message with PTRs anyway)."""
+SOA_REFRESH, SOA_RETRY = 60, 30
+"""SOA refresh and retry (RFC 1035 section 3.3.13): how often a secondary that missed the NOTIFYs
+asks for the serial (NOTIFY, RFC 1996, is what brings changes within a second)."""
+SOA_EXPIRE = 14 * 86400
+"""SOA expire: how long a secondary that cannot reach the registrar keeps answering for the zone
+(then SERVFAIL). Two weeks, RFC 1912 section 2.2's lower bound (Zonemaster warns below one): a
+registrar outage of hours must not take every secondary's answers with it, and its last peers'
+endpoints remain the best guess (WireGuard roams as soon as either side sends)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,7 +576,7 @@ class Zone:
         cfg = self.config
         soa = dns.rdtypes.ANY.SOA.SOA(
             IN, T.SOA, self._ns[0], self._hostmaster, self.serial if serial < 0 else serial,
-            60, 30, 3600, cfg.negative_ttl,
+            SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, cfg.negative_ttl,
         )  # fmt: skip
         return self._rrset(self.origin, T.SOA, [soa], ttl)
 
