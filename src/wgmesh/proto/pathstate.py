@@ -29,28 +29,14 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Final
 
 from wgmesh.errors import LocalProtocolError
+from wgmesh.proto.candidates import Source
 from wgmesh.proto.endpoint import Endpoint
 
 if TYPE_CHECKING:
-    from wgmesh.proto.punch import PeerRecord
+    from wgmesh.proto.candidates import PeerRecord
 
 HANDSHAKE_FRESH = 135.0
 """A handshake this recent proves a path (WireGuard re-handshakes every 120 s when busy)."""
-
-
-class Source(StrEnum):
-    """Where an endpoint or candidate came from."""
-
-    REGISTRAR = "registrar"
-    """The registrar's zone (DNS-SD)."""
-    LAN = "lan"
-    """mDNS on our LAN."""
-    STATIC = "static"
-    """Configured on the interface by someone else."""
-    ROAMING = "roaming"
-    """WireGuard learned it from an authenticated packet (not an address we set)."""
-    RELAY = "relay"
-    """The registrar's relay address for this peer (wgmesh.proto.relaylease)."""
 
 
 class PathState(StrEnum):

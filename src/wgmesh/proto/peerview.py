@@ -5,15 +5,30 @@ Sans-IO."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from wgmesh.proto.candidates import PeerRecord, Source
 from wgmesh.proto.device import PeerState
 from wgmesh.proto.keys import encode_key
 from wgmesh.proto.kinds import NatKind
-from wgmesh.proto.pathstate import HANDSHAKE_FRESH, PeerPath, Source
+from wgmesh.proto.pathstate import HANDSHAKE_FRESH, PeerPath
 
 if TYPE_CHECKING:
-    from wgmesh.proto.punch import PeerRecord, Planner
+    from wgmesh.proto.punchconfig import PunchConfig
+
+
+class Planner(Protocol):
+    """What a row reads of the daemon's Planner (wgmesh.proto.punch.Planner)."""
+
+    @property
+    def config(self) -> PunchConfig: ...
+
+    @property
+    def our_nat(self) -> NatKind: ...
+
+    def clash_reason(self, key: bytes) -> str: ...
+
+    def ipv6_first(self, record: PeerRecord) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,8 +68,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from wgmesh.errors import LocalProtocolError
+from wgmesh.proto.candidates import Hint, PeerRecord, Source, merge_hints
 from wgmesh.proto.clash import ClashIndex, Seen, explain, seen_of
-from wgmesh.proto.device import DEFAULT_KEEPALIVE, DeviceState, PeerState, PeerUpdate
+from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import CandidateKind, NatKind, relay_predicted
 from wgmesh.proto.pathstate import (
@@ -79,11 +80,11 @@ from wgmesh.proto.pathstate import (
     PeerPath,
     Punch,
     Rounds,
-    Source,
     Trial,
     next_state,
 )
 from wgmesh.proto.peerview import PeerView, view_of, why_not_direct
+from wgmesh.proto.punchconfig import PunchConfig
 from wgmesh.proto.stall import StallWatch
 
 __all__ = [
@@ -102,86 +103,6 @@ __all__ = [
     "view_of",
     "why_not_direct",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Hint:
-    """One address at which a peer may be reachable."""
-
-    endpoint: Endpoint
-    """Where to send."""
-    kind: CandidateKind
-    """What the address is (the registrar-observed mapping, a LAN or an IPv6 address)."""
-    priority: int
-    """SRV priority: lower is tried first."""
-    source: Source = Source.REGISTRAR
-    """Who told us."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRecord:
-    """What the zone (or mDNS) says about one peer."""
-
-    key: bytes
-    """WireGuard public key."""
-    hints: tuple[Hint, ...]
-    """Candidates, any order."""
-    name: str = ""
-    """Published name."""
-    allowed_ips: tuple[str, ...] = ()
-    """Published allowed IPs (admission list)."""
-    nat: NatKind = NatKind.UNKNOWN
-    """Published NAT class (TXT ``nat=``)."""
-    since: int = 0
-    """When the public endpoint was first observed."""
-
-
-@dataclass(frozen=True, slots=True)
-class PunchConfig:
-    """Timings of the endpoint choice."""
-
-    handshake_fresh: float = HANDSHAKE_FRESH
-    """A handshake this recent proves a path (WireGuard re-handshakes every 120 s when busy)."""
-    candidate_trial: float = 6.0
-    """Seconds a candidate has to produce a handshake before the next is tried. Longer than
-    WireGuard's own retry (REKEY_TIMEOUT 5 s + jitter), so that retry lands on the same one."""
-    punch_delay: float = 0.05
-    """Seconds between opening our NAT toward a candidate (the low-TTL priming packet) and
-    making WireGuard initiate to it when we lead, so that the peer, acting at about the same
-    moment, has opened its NAT too (at least this, and twice the registrar round trip)."""
-    punch_stagger: float = 0.3
-    """Further seconds the follower (the higher key) waits before initiating, and then only if
-    no handshake came in (at least this, and three registrar round trips)."""
-    stall_after: float = 1.0
-    """Seconds without received bytes after which a busy path counts as stalled."""
-    busy_bytes: int = 256
-    """Bytes received in one sample that show the peer is sending data, not just a handshake
-    (148 + 32 bytes) or a keepalive (32); two samples in a row with any growth show it too."""
-    stall_probes: int = 3
-    """Stall-triggered registrar probes allowed in a burst ..."""
-    stall_refill: float = 10.0
-    """... and seconds to earn one more (a token bucket)."""
-    retry_min: float = 5.0
-    """First pause after every candidate failed."""
-    retry_max: float = 60.0
-    """Longest pause between rounds of attempts (doubling from ``retry_min``)."""
-    keepalive: int = DEFAULT_KEEPALIVE
-    """Persistent keepalive set on managed peers that have none (keeps NAT mappings open)."""
-    mesh: bool = False
-    """Mesh mode: add peers found in the zone, remove them when withdrawn."""
-    relay_retry: float = 300.0
-    """Seconds between tries of direct from a relayed path (rule 8)."""
-    stall_repair: float = 4.0
-    """Seconds a re-punch gets to bring a stalled path back before the relay takes it over
-    (rule 8; a clash of two hosts on one NAT port is what punching cannot repair)."""
-    wait_unclassified: bool = False
-    """Also wait ``relay_grace`` before a first direct try while our NAT class or the peer's
-    is still unknown. Off: the two sides then stop acting at the same moment, and behind a NAT
-    without a firewall the peer's early initiation takes our port (docs/lab.md); measured in the
-    lab (open x open failed to connect once in four full runs with it on)."""
-    relay_grace: float = 1.0
-    """When the NAT classes call for the relay: seconds to wait for it before trying direct
-    meanwhile (a direct initiation holds WireGuard's next one back 5 s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -907,12 +828,3 @@ def _next_slot(now: float, interval: float) -> float:
 
 def _endpoints(record: PeerRecord) -> list[Endpoint]:
     return [h.endpoint for h in record.hints]
-
-
-def merge_hints(*groups: Iterable[Hint]) -> tuple[Hint, ...]:
-    """Union of hints from several sources (DNS-SD, mDNS), first occurrence wins."""
-    seen: dict[Endpoint, Hint] = {}
-    for group in groups:
-        for h in group:
-            seen.setdefault(h.endpoint, h)
-    return tuple(seen.values())

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from wgmesh.proto.device import DeviceState
 
 if TYPE_CHECKING:
-    from wgmesh.proto.punch import PunchConfig
+    from wgmesh.proto.punchconfig import PunchConfig
 
 
 @dataclass(slots=True)
