@@ -6,13 +6,25 @@ cd "$(dirname "$0")/.."
 VENV=${WGMESH_VENV:-/opt/wgmesh-venv}
 APT_PACKAGES=(python3 python3-venv python3-dev gcc iproute2 wireguard-go wireguard-tools nftables
   conntrack iputils-ping dnsutils coturn stun-client avahi-utils avahi-daemon dbus-daemon procps
-  chromium knot knot-dnsutils nsd zonemaster-cli dnsviz)
+  chromium knot knot-dnsutils nsd bind9 zonemaster-cli dnsviz)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # The servers among them (knot, nsd, bind9, coturn, avahi) are started by the tests and
+  # benchmarks themselves, in their own namespaces: keep the packages from starting them as
+  # system services on port 53 and friends (policy-rc.d, exit 101: "action forbidden").
+  policy=/usr/sbin/policy-rc.d
+  ours=no
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && ours=yes
+  fi
+  status=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    || status=$?
+  if [ "$ours" = yes ]; then rm -f "$policy"; fi
+  [ "$status" -eq 0 ] || exit "$status"
 fi
 PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then

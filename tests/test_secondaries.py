@@ -1,9 +1,9 @@
 """Real secondaries from Debian's packages, started by the test on loopback high ports: Knot
-(knotd) and NSD each transfer the registrar's zone with TSIG, serve a new peer's SRV within
-2 s of its registration (driven by NOTIFY: the SOA says refresh 60 s), drop a withdrawn peer as
-fast, and catch up by IXFR after being stopped while peers changed. A transfer without the
-right key is refused (asked with Knot's kdig). The registrar runs in process; the secondaries
-are ended by their PID."""
+(knotd), NSD and BIND 9 (named) each transfer the registrar's zone with TSIG, serve a new
+peer's SRV within 2 s of its registration (driven by NOTIFY: the SOA says refresh 60 s), drop a
+withdrawn peer as fast, and catch up by IXFR after being stopped while peers changed. A
+transfer without the right key is refused (asked with Knot's kdig). The registrar runs in
+process; the secondaries are ended by their PID."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ SECRET = "d9NM5is+ktHzOPgemJzYquzcHtJML+IH1tvzNUGY8q8="
 KEY_NAME = "xfr.mesh.test"
 KEY = parse_key_file(f'key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{SECRET}"; }};')
 ORIGIN = "mesh.test."
-BINARIES = {"knot": "knotd", "nsd": "nsd"}
+BINARIES = {"knot": "knotd", "nsd": "nsd", "bind": "named"}
 
 KNOT_CONF = """\
 server:
@@ -98,6 +98,36 @@ zone:
     allow-notify: 127.0.0.1 {key}
     request-xfr: 127.0.0.1@{primary} {key}
 """
+BIND_CONF = """\
+options {{
+    directory "{dir}";
+    pid-file "{dir}/named.pid";
+    session-keyfile "{dir}/session.key";
+    managed-keys-directory "{dir}";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+}};
+controls {{ }};
+key "{key}" {{
+    algorithm hmac-sha256;
+    secret "{secret}";
+}};
+zone "mesh.test" {{
+    type secondary;
+    file "mesh.test.zone";
+    masterfile-format text;
+    primaries {{ 127.0.0.1 port {primary} key "{key}"; }};
+    allow-notify {{ 127.0.0.1; }};
+    request-ixfr yes;
+    notify no;
+}};
+"""
+CONFS = {"knot": KNOT_CONF, "nsd": NSD_CONF, "bind": BIND_CONF}
+# in the foreground; named -g also logs to stderr, -4 leaves IPv6 alone, -n 1: one worker thread
+ARGV = {"knot": ["knotd", "-c"], "nsd": ["nsd", "-d", "-c"],
+        "bind": ["named", "-g", "-4", "-n", "1", "-c"]}  # fmt: skip
 
 
 @dataclass
@@ -115,14 +145,14 @@ class Secondary:
         assert self.proc is None
         (self.dir / "db").mkdir(parents=True, exist_ok=True)  # Knot's journal and timers
         conf = self.dir / f"{self.kind}.conf"
-        text = KNOT_CONF if self.kind == "knot" else NSD_CONF
-        conf.write_text(text.format(dir=self.dir, port=self.port, primary=self.primary,
-                                    key=KEY_NAME, secret=SECRET))  # fmt: skip
+        conf.write_text(CONFS[self.kind].format(dir=self.dir, port=self.port,
+                                                primary=self.primary, key=KEY_NAME,
+                                                secret=SECRET))  # fmt: skip
         log = self.dir / f"{self.kind}-{len(self.logs)}.log"
         self.logs.append(log)
-        argv = ["knotd", "-c", str(conf)] if self.kind == "knot" else ["nsd", "-d", "-c", str(conf)]
         with log.open("wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([*ARGV[self.kind], str(conf)], stdout=out,
+                                         stderr=subprocess.STDOUT)  # fmt: skip
 
     def stop(self) -> None:
         """SIGTERM to its PID (SIGKILL after 10 s), and wait for it."""
@@ -140,19 +170,44 @@ class Secondary:
     async def on_disk(self, serial: int) -> bool:
         """The secondary's zone file holds ``serial`` (NSD writes it every second: stopped
         before, it would restart from an older zone than its transfer state says it has, and
-        fall back to AXFR; Knot writes at once)."""
+        fall back to AXFR; Knot writes at once). BIND writes the zone file after an AXFR but
+        commits each IXFR to its journal (the file's .jnl) before serving it, and dumps the
+        file only later; it restarts from the file rolled forward by the journal, so either
+        may hold ``serial``."""
         path = self.dir / ("zones/mesh.test.zone" if self.kind == "knot" else "mesh.test.zone")
         try:
             text = path.read_text()
         except OSError:
             return False
         fields = text.partition("SOA")[2].replace("(", " ").split()  # MNAME RNAME SERIAL ...
-        return len(fields) > 2 and fields[2] == str(serial)
+        if len(fields) > 2 and fields[2] == str(serial):
+            return True
+        return self.kind == "bind" and await journal_end(Path(f"{path}.jnl")) == serial
 
     def log(self) -> str:
         own = [p.read_text(errors="replace") for p in self.logs if p.exists()]
         nsd = self.dir / "nsd.log"
         return "\n".join(own + ([nsd.read_text(errors="replace")] if nsd.exists() else []))
+
+
+async def journal_end(path: Path) -> int | None:
+    """The last serial committed to a BIND journal (``named-journalprint -x``: "End serial = N"
+    from its header), None without one (named-journalprint then says nothing of the kind)."""
+    proc = await asyncio.create_subprocess_exec(
+        "named-journalprint", "-x", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 5)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None
+    for line in out.decode(errors="replace").splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == "End serial" and value.strip().isdigit():
+            return int(value)
+    return None
 
 
 async def ask(port: int, qname: str, rdtype: str) -> dns.message.Message | None:
@@ -230,11 +285,11 @@ class Mesh:
         return r is not None and r.rcode() == dns.rcode.NXDOMAIN
 
 
-@pytest.fixture(params=["knot", "nsd"])
+@pytest.fixture(params=["knot", "nsd", "bind"])
 async def mesh(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Mesh]:
     kind = request.param
     if shutil.which(BINARIES[kind]) is None:
-        pytest.skip(f"needs {BINARIES[kind]} (apt-get install knot nsd)")
+        pytest.skip(f"needs {BINARIES[kind]} (apt-get install knot nsd bind9)")
     secondary = Secondary(kind, tmp_path / kind, free_port())
     keys = tmp_path / "authorized_keys"
     keys.write_text("")
@@ -338,13 +393,14 @@ async def test_a_transfer_without_the_right_key_is_refused(mesh: Mesh) -> None:
 
 
 def test_the_example_secondary_configs_are_valid_and_share_the_key() -> None:
-    """examples/knot-secondary.conf and nsd-secondary.conf pass their servers' own checks and
-    hold the secret of examples/xfr.key (what --tsig-key reads)."""
+    """examples/knot-secondary.conf, nsd-secondary.conf and bind-secondary.conf pass their
+    servers' own checks and hold the secret of examples/xfr.key (what --tsig-key reads)."""
     examples = Path(__file__).resolve().parent.parent / "examples"
     key = parse_key_file((examples / "xfr.key").read_text())
     secret = base64.b64encode(key.secret).decode()
     for conf, check in (("knot-secondary.conf", ["knotc", "-c"]),
-                        ("nsd-secondary.conf", ["nsd-checkconf"])):  # fmt: skip
+                        ("nsd-secondary.conf", ["nsd-checkconf"]),
+                        ("bind-secondary.conf", ["named-checkconf"])):  # fmt: skip
         path = examples / conf
         assert secret in path.read_text() and key.name.rstrip(".") in path.read_text()
         if shutil.which(check[0]) is not None:
