@@ -26,7 +26,8 @@ Printed at the end:
 - endpoint changes, from every interface's UAPI sampled each second: total, those the faults
   allow, the excess. A rebinding of a NAT allows one change of each outside peer's endpoint for
   each peer behind it; so does a state loss of a NAT with two peers on one port (the clash: the
-  mapping may move to the other host, or the path to the relay), and a state loss of a NAT
+  mapping may move to the other host, or the path to the relay: then the peer behind it changes
+  its endpoint for the outside peer too, to the relay or back), and a state loss of a NAT
   rebound earlier in the run (its public ports are pinned to a range since, so a new flow
   gets a new port, as after a rebinding); nothing else allows any. The
   daemons' own "endpoint" log lines are counted beside;
@@ -572,6 +573,10 @@ def endpoints(
             for obs in {c[1] for c in chs} - set(inside):
                 for remote in inside:
                     allowed[(obs, remote)] = 1
+            if f.nat.name in clash:  # a pair moved to (or back from) the relay: both sides
+                for obs in inside:
+                    for remote in {c[2] for c in chs} - set(inside):
+                        allowed[(obs, remote)] = 1
         seen: Counter[tuple[str, str]] = Counter((c[1], c[2]) for c in chs)
         for pair, n in seen.items():
             allowed_total += min(n, allowed[pair])
