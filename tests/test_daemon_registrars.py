@@ -73,7 +73,7 @@ def test_a_name_that_does_not_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_control_sockets_read_only_the_registrar() -> None:
     """One socket per family; a datagram from a registrar address reaches the client, one
     from anywhere else does not; sendto goes to the target set."""
-    from wgmesh.daemon.service import _Control
+    from wgmesh.daemon.controlsock import ControlSockets
 
     servers = {}
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
@@ -89,7 +89,7 @@ async def test_control_sockets_read_only_the_registrar() -> None:
         def on_control(self, data: bytes) -> None:
             got.append(data)
 
-    control = _Control(Daemon(), (reg4, reg6))  # type: ignore[arg-type]
+    control = ControlSockets(Daemon().on_control, (reg4, reg6))
     try:
         for ep, family in ((reg4, socket.AF_INET), (reg6, socket.AF_INET6)):
             control.target = ep

@@ -278,7 +278,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 def settings_from(given: Mapping[str, Any]) -> Any:
     """The daemon's settings from the merged options, every value checked first: raises
     ConfigError (exit status 2) naming the flag or config key at fault."""
-    from wgmesh.daemon.service import DaemonSettings
+    from wgmesh.daemon.settings import DaemonSettings
     from wgmesh.proto.punch import PunchConfig
 
     values = check_values(given, CHECKS)

@@ -24,29 +24,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wgmesh import __version__
+from wgmesh.daemon.controlsock import UNROUTABLE, ControlSockets
 from wgmesh.daemon.localaddr import local_addresses, read_private_key
 from wgmesh.daemon.rawsend import RawSender
 from wgmesh.daemon.resolver import ZoneResolver
 from wgmesh.daemon.routes import KernelRoutes
+from wgmesh.daemon.settings import DaemonSettings, DaemonStats
 from wgmesh.errorlog import ErrorLog
 from wgmesh.errors import ConfigError, InterfaceNotFound, RemoteProtocolError, WireGuardError
 from wgmesh.metricshttp import HttpListener, log_counters, metrics_route
 from wgmesh.proto.client import (
-    ClientConfig,
     ControlMoved,
     Event,
     MappingObserved,
@@ -57,7 +55,7 @@ from wgmesh.proto.client import (
     Resolve,
     Via,
 )
-from wgmesh.proto.device import DeviceState, PeerUpdate
+from wgmesh.proto.device import DeviceState
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, short_key
 from wgmesh.proto.kinds import CandidateKind
@@ -69,8 +67,8 @@ from wgmesh.proto.metrics import (
     gauge,
     labelled,
 )
-from wgmesh.proto.pathreport import PathReporter, ReportConfig
-from wgmesh.proto.punch import Hint, PeerRecord, Planner, PunchConfig, Source, merge_hints
+from wgmesh.proto.pathreport import PathReporter
+from wgmesh.proto.punch import Hint, PeerRecord, Planner, Source, merge_hints
 from wgmesh.proto.relaylease import RelayChanged
 from wgmesh.proto.sealed import MAX_ADDRESSES, RelayRefusal
 from wgmesh.wg.control import WireGuardControl
@@ -106,169 +104,6 @@ CLIENT_DROPPED = {"dropped": "invalid", "late": "late"}
 """``RegistrarClient.counters`` keys of control datagrams dropped, and the reason each is."""
 
 
-@dataclass(frozen=True, slots=True)
-class DaemonSettings:
-    """Everything the daemon is configured with."""
-
-    interface: str
-    """WireGuard interface name."""
-    registrar: Endpoint
-    """Registrar STUN address (primary port): the first of :attr:`registrars`."""
-    registrar_key: bytes
-    """Registrar public key."""
-    zone: str
-    """DNS-SD zone."""
-    dns: Endpoint | None = None
-    """Authoritative server to ask; None: the zone's own NS."""
-    registrar_alt_port: int | None = None
-    """Alternate STUN port for NAT classification (None: registrar port + 1; 0: off)."""
-    mode: str = "endpoints"
-    """``endpoints`` or ``mesh``."""
-    probe_interval: float = 20.0
-    """Seconds between registrations (keeps NAT mappings alive; conntrack often forgets at 30 s)."""
-    traffic_poll: float = 0.5
-    """Seconds between reads of the peers' counters to spot stalled paths (0: off)."""
-    device_poll: float = 2.0
-    """Longest pause between two plans (each reads the interface: handshakes are only seen
-    when asked for)."""
-    name: str = ""
-    """Name reported to the registrar."""
-    wait_interface: bool = False
-    """Wait for the interface to appear instead of failing."""
-    status_socket: Path | None = None
-    """Where ``wgmesh peers`` finds us."""
-    backend: str = "auto"
-    """WireGuard control backend: auto, uapi, wg."""
-    prime_ttl: int = 2
-    """TTL of the NAT-priming packet (enough to leave our NAT, not to reach the peer's)."""
-    punch: PunchConfig = field(default_factory=PunchConfig)
-    """Endpoint choice timings."""
-    mdns: bool = True
-    """Announce and browse _wireguard._udp.local. on the LAN."""
-    mdns_interfaces: tuple[str, ...] = ()
-    """Interfaces for mDNS (default: every up interface but the WireGuard one)."""
-    routes: bool = False
-    """Mesh mode: keep kernel routes for the members' subnets (wgmesh.daemon.routes)."""
-    metrics: Endpoint | None = None
-    """Where to serve the counters over HTTP as Prometheus text (None: nowhere)."""
-    log_counters: float = 0.0
-    """Seconds between log lines of the counters that changed (0: none; the command line's
-    default is 60)."""
-    paths: ReportConfig = field(default_factory=ReportConfig)
-    """When our paths to the peers are reported to the registrar (its status page)."""
-    registrars: tuple[Endpoint, ...] = ()
-    """Every registrar address, at most one per family, in the order given (empty: just
-    :attr:`registrar`)."""
-
-    def registrar_endpoints(self) -> tuple[Endpoint, ...]:
-        """The registrar's addresses, ``registrar`` first."""
-        return self.registrars or (self.registrar,)
-
-    def client_config(self) -> ClientConfig:
-        """The registrar protocol's settings."""
-        return ClientConfig(
-            probe_interval=self.probe_interval,
-            classify=self.registrar_alt_port != 0,
-            roster=self.mode == "mesh",
-        )
-
-
-def _zeros(*keys: str) -> dict[str, int]:
-    return dict.fromkeys(map(str, keys), 0)  # plain strings, also for a StrEnum's members
-
-
-@dataclass(slots=True)
-class DaemonStats:
-    """What the adapter counts (the registrar client counts its own, ``client.counters``);
-    each dict is one labelled metric family, keyed by label value."""
-
-    sent: dict[str, int] = field(default_factory=lambda: _zeros(*Via))
-    """Datagrams sent to the registrar, by :class:`Via` (wireguard: the Registers, probes)."""
-    send_failed: dict[str, int] = field(default_factory=lambda: _zeros(*Via))
-    """Sends to the registrar that failed, by :class:`Via`."""
-    lookups: dict[str, int] = field(default_factory=lambda: _zeros("found", "absent", "failed"))
-    """DNS-SD lookups of a peer by result: a record, none (NXDOMAIN/NODATA), an error."""
-    updates: dict[str, int] = field(
-        default_factory=lambda: _zeros("endpoint", "handshake", "added", "removed")
-    )
-    """Changes applied to the interface's peers, by kind."""
-    interface_errors: dict[str, int] = field(default_factory=lambda: _zeros("read", "apply"))
-    """Reads and updates of the interface that failed."""
-    mapping_changes: int = 0
-    """Times our public mapping changed (every peer is punched again)."""
-    primes: int = 0
-    """NAT-priming packets sent."""
-    stalls: int = 0
-    """Stalled paths that made the daemon probe the registrar at once."""
-
-    def count_applied(self, updates: Sequence[PeerUpdate]) -> None:
-        u = self.updates
-        for update in updates:
-            u["removed"] += update.remove
-            u["added"] += update.allowed_ips is not None and not update.remove
-            u["endpoint"] += update.endpoint is not None
-            u["handshake"] += update.handshake_now
-
-
-UNROUTABLE = frozenset({errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
-"""A send failed because this host has no route (or no address) of the destination's family."""
-MAX_CONTROL = 2048
-"""Largest control datagram read (a sealed Status or roster page is well under)."""
-
-
-class _Control:
-    """The control sockets: one ordinary UDP socket per family of the registrar's addresses,
-    not connected, read from the event loop. ``sendto`` sends to :attr:`target` (set to each
-    control datagram's destination before it is sent) and raises OSError synchronously, so a
-    missing route is seen at once; only datagrams from a registrar address are read."""
-
-    def __init__(self, daemon: Daemon, registrars: tuple[Endpoint, ...]) -> None:
-        self.daemon = daemon
-        self.target = registrars[0]
-        self._from = {ep.ip for ep in registrars}
-        self._socks: dict[int, socket.socket] = {}
-        loop = asyncio.get_running_loop()
-        for ep in registrars:
-            family = socket.AF_INET if ep.family == 4 else socket.AF_INET6
-            try:
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-            except OSError as exc:  # no such family on this host: sends to it are unroutable
-                log.debug("no IPv%d control socket: %s", ep.family, exc)
-                continue
-            sock.setblocking(False)
-            self._socks[ep.family] = sock
-            loop.add_reader(sock.fileno(), self._readable, sock)
-
-    def sendto(self, data: bytes) -> None:
-        sock = self._socks.get(self.target.family)
-        if sock is None:
-            raise OSError(errno.EAFNOSUPPORT, f"no IPv{self.target.family} socket")
-        sock.sendto(data, self.target.sockaddr())
-
-    def _readable(self, sock: socket.socket) -> None:
-        for _ in range(64):  # bounded: the loop comes back for the rest
-            try:
-                data, addr = sock.recvfrom(MAX_CONTROL)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # an ICMP error queued on the socket
-                log.debug("control socket: %s", exc)
-                continue
-            try:
-                source = Endpoint.from_sockaddr(addr)
-            except ValueError:
-                continue
-            if source.ip in self._from:
-                self.daemon.on_control(data)
-
-    def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sock in self._socks.values():
-            loop.remove_reader(sock.fileno())
-            sock.close()
-        self._socks.clear()
-
-
 class Daemon:
     """One interface's daemon. :meth:`run` until SIGTERM/SIGINT or a fatal error."""
 
@@ -281,7 +116,7 @@ class Daemon:
         self.client: RegistrarClient | None = None
         self.lan: LanDiscovery | None = None
         self.lan_hints: dict[bytes, tuple[Hint, ...]] = {}
-        self._control: _Control | None = None
+        self._control: ControlSockets | None = None
         self._unroutable_logged: set[Endpoint] = set()
         self._raw: RawSender | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -330,7 +165,7 @@ class Daemon:
         self.client = client
         self._raw = RawSender(self.device.listen_port)
         loop = asyncio.get_running_loop()
-        self._control = _Control(self, registrars)
+        self._control = ControlSockets(self.on_control, registrars)
         log.info(
             "daemon for %s (key %s, port %d) registrar %s zone %s mode %s",
             self.s.interface, short_key(own_key), self.device.listen_port,
