@@ -308,7 +308,7 @@ def settings_from(given: Mapping[str, Any]) -> Any:
     from wgmesh.proto.registry import RegistryConfig
     from wgmesh.proto.rrl import RrlConfig
     from wgmesh.registry.dns import DnsLimits
-    from wgmesh.registry.server import RegistrarSettings
+    from wgmesh.registry.settings import RegistrarSettings
 
     values = check_values(given, CHECKS)
 

@@ -36,14 +36,11 @@ import logging
 import os
 import signal
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 from wgmesh.metricshttp import HttpListener, ListenFailure, log_counters, metrics_route
 from wgmesh.proto import sealed
-from wgmesh.proto.dnssd import Zone, ZoneConfig
+from wgmesh.proto.dnssd import Zone
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, public_key, short_key
 from wgmesh.proto.meshview import snapshot
@@ -54,13 +51,14 @@ from wgmesh.proto.metrics import (
     gauge,
     labelled,
 )
-from wgmesh.proto.registry import Change, Outgoing, PeerEvent, Registry, RegistryConfig
-from wgmesh.proto.relay import RelayConfig
+from wgmesh.proto.registry import Change, Outgoing, PeerEvent, Registry
 from wgmesh.registry.admission import load_admission
-from wgmesh.registry.ddns import UpdateService, UpdateSettings, ddns_metrics
-from wgmesh.registry.dns import DnsAdapterStats, DnsLimits, DnsServer, start_dns
+from wgmesh.registry.ddns import UpdateService, ddns_metrics
+from wgmesh.registry.dns import DnsAdapterStats, DnsServer, start_dns
 from wgmesh.registry.relaynft import KernelRelayError
 from wgmesh.registry.relayserve import RelayService
+from wgmesh.registry.replyroute import ReplyRoutes, _local_of, send_from
+from wgmesh.registry.settings import RegistrarSettings
 from wgmesh.registry.statuspage import remove_socket, serve_socket
 from wgmesh.registry.statuspage import routes as status_routes
 from wgmesh.registry.store import Store
@@ -72,7 +70,7 @@ from wgmesh.registry.udpbatch import (
     open_udp,
     v6only_for,
 )
-from wgmesh.registry.xfr import XfrService, XfrSettings, xfr_metrics
+from wgmesh.registry.xfr import XfrService, xfr_metrics
 
 log = logging.getLogger("wgmesh.registrar")
 
@@ -102,116 +100,6 @@ LIMITED = {"rate_limited": "source", "key_limited": "key", "agreement_limited": 
 MAPPED = {*COUNTED, *REJECTED, *LIMITED, "errors"}
 """Every ``Registry.counters`` key :meth:`Registrar.metrics` names; any other is exposed as
 ``other_total{counter=KEY}``."""
-
-
-@dataclass(frozen=True, slots=True)
-class RegistrarSettings:
-    """Everything the registrar process is configured with."""
-
-    zone: ZoneConfig
-    """The DNS zone it serves."""
-    private_key: bytes
-    """The registrar's X25519 private key (WireGuard format)."""
-    listen: tuple[str, ...] = ("0.0.0.0", "::")
-    """Addresses the STUN and DNS sockets bind to, each IP once (the default: both wildcards,
-    each family on a socket of its own; ``::`` alone is dual-stack). A single string is taken
-    as a one-address tuple."""
-    stun_port: int = 3478
-    """STUN / registration / control port."""
-    stun_alt_port: int = 3479
-    """Second STUN port for NAT classification (0: off)."""
-    dns_port: int = 53
-    """DNS port (UDP and TCP)."""
-    state_dir: Path = Path("/var/lib/wgmesh")
-    """Where registrar.sqlite3 lives."""
-    authorized_keys: Path | None = None
-    """The authorized-keys file, or None with ``open_registration``."""
-    open_registration: bool = False
-    """Accept any key."""
-    registry: RegistryConfig = field(default_factory=RegistryConfig)
-    """Timings and limits."""
-    flush_interval: float = 0.2
-    """Most seconds a peer change waits before it is written to SQLite (with the changes that
-    came after it, in one transaction): what a ``kill -9`` can lose."""
-    metrics: Endpoint | None = None
-    """Where to serve the counters over HTTP as Prometheus text (None: nowhere)."""
-    log_counters: float = 0.0
-    """Seconds between log lines of the counters that changed (0: none; the command line's
-    default is 60)."""
-    dns_limits: DnsLimits = field(default_factory=DnsLimits)
-    """Response rate limiting, cookies and TCP caps of the DNS server."""
-    xfr: XfrSettings | None = None
-    """Secondaries that may transfer the zone and are sent NOTIFY (None: none)."""
-    update: UpdateSettings | None = None
-    """RFC 2136 mode: the external primary kept current with UPDATEs (None: none)."""
-    relay: RelayConfig = field(default_factory=RelayConfig)
-    """The relay's ports and limits (off by default)."""
-    relay_mode: str = "off"
-    """kernel, userspace, auto (kernel where nftables works) or off."""
-    relay_address: str | None = None
-    """The address daemons send relayed traffic to (the relay ports bind to it)."""
-    status_socket: Path | None = None
-    """The unix socket ``wgmesh mesh`` reads the mesh from (None: none)."""
-
-    def __post_init__(self) -> None:
-        given: object = self.listen  # a str from callers of the one-address days
-        listen = (given,) if isinstance(given, str) else tuple(self.listen)
-        if not listen:
-            raise ValueError("RegistrarSettings.listen: expected at least one address")
-        parsed = [ipaddress.ip_address(a) for a in listen]  # ValueError for a non-IP
-        if len(set(parsed)) != len(parsed):
-            raise ValueError(f"RegistrarSettings.listen: {listen} lists an address twice")
-        object.__setattr__(self, "listen", listen)
-
-
-class ReplyRoutes:
-    """For each peer address, the STUN socket and local address its last answered datagram came
-    in on: what the registrar sends there by itself (Pushes to a watcher's control socket,
-    Repunches, relay grants) leaves by the same socket from the same address, the only way
-    through the peer's NAT (which maps and filters by our address and port too).
-
-    A least-recently-noted table of at most ``cap`` entries (the registrar sizes it from the
-    registry's peer cap); a full table forgets its oldest entry (``evicted`` counts them), whose
-    address then gets the primary socket of its family until it talks to us again (a daemon's
-    next Watch or registration, seconds away).
-    """
-
-    def __init__(self, cap: int) -> None:
-        if cap < 1:
-            raise ValueError(f"ReplyRoutes cap {cap}: expected at least 1")
-        self.cap = cap
-        self.evicted = 0
-        self._table: OrderedDict[Endpoint, tuple[UdpEndpoint, bytes]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-    def note(self, peer: Endpoint, endpoint: UdpEndpoint, local: bytes) -> None:
-        """``peer``'s datagram came in on ``endpoint``, sent to the packed address ``local``."""
-        table = self._table
-        table[peer] = (endpoint, local)
-        table.move_to_end(peer)
-        if len(table) > self.cap:
-            table.popitem(last=False)
-            self.evicted += 1
-
-    def route(self, peer: Endpoint) -> tuple[UdpEndpoint, bytes] | None:
-        """The socket and local address ``peer`` last came in on, if it is still known."""
-        return self._table.get(peer)
-
-
-def send_from(endpoint: UdpEndpoint, data: bytes, addr: tuple[str, int], local: bytes) -> None:
-    """Send ``data`` to ``addr`` by ``endpoint``, from the packed address ``local`` where the
-    endpoint can set the source (a batched wildcard socket), else from its own address."""
-    if isinstance(endpoint, BatchedUdp):
-        endpoint.sendto(data, addr, local)
-    else:
-        endpoint.sendto(data, addr)
-
-
-def _local_of(endpoint: UdpEndpoint | None) -> bytes:
-    """The local address of the datagram ``endpoint``'s handler is handling (b"": unknown)."""
-    return endpoint.current_local() if isinstance(endpoint, BatchedUdp) else b""
 
 
 def describe_listen(listen: tuple[str, ...]) -> str:
