@@ -785,3 +785,27 @@ def test_a_handshake_after_a_stall_ends_it() -> None:
     for later in (t + 4.5, t + 5.0, t + 6.0):
         plan = p.plan(moved, later)
         assert A not in plan.relay and not plan.updates, (later, plan)
+
+
+def test_a_pair_the_known_nat_classes_keep_relayed_does_not_try_direct_at_its_slots() -> None:
+    """Both sides classified symmetric: the relayed pair is not taken off its working relay
+    at each 300 s slot (both sides would try at once, and each futile trial is a stretch of
+    lost traffic); a class change still tries direct at once (upgrade_now)."""
+    p = Planner(PunchConfig(punch_delay=0.0))
+    p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.SYMMETRIC)
+    p.set_record(PeerRecord(A, (PUBLIC,), nat=NatKind.SYMMETRIC))
+    p.set_relay(A, RLY)
+    p.plan(dev(), 1000.0)
+    p.plan(dev(RLY, hs=1000.0), 1000.5)
+    assert state_of(p) is PathState.RELAYED
+    t, hs = 1001.0, 1000.0
+    while t < 2500.0:  # five slots; WireGuard rekeys the busy tunnel every 120 s
+        if t - hs >= 120:
+            hs = float(int(t))
+        plan = p.plan(dev(RLY, hs=hs), t)
+        assert not [u for u in plan.updates if u.endpoint not in (None, RLY)], (t, plan)
+        t += 5.0
+    p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.CONE)
+    p.set_record(PeerRecord(A, (PUBLIC,), nat=NatKind.CONE))  # predicted no more
+    plan = p.plan(dev(RLY, hs=hs), t)
+    assert plan.prime == (PUB,) or [u.endpoint for u in plan.updates] == [PUB], plan

@@ -351,6 +351,20 @@ class Planner:
         )  # fmt: skip
         return Plan(tuple(updates), tuple(prime), relay, self._why)
 
+    def _upgrade_due(self, peer: PeerPath, now: float) -> bool:
+        """A relayed peer tries direct now (rule 8): at once after a change that may have
+        opened a direct path (``upgrade_now``), else at its slot, but not while both sides'
+        NAT classes are known and leave no direct path: each try sets a direct endpoint on a working
+        relayed path, and both sides try at the same slot, so a futile try costs the tunnel
+        up to a trial per candidate every ``relay_retry`` seconds."""
+        if peer.upgrade_now:
+            return True
+        if now < peer.upgrade_at:
+            return False
+        record = peer.record
+        known = record is not None and NatKind.UNKNOWN not in (self._nat, record.nat)
+        return not (known and self._predicted(peer, None))  # an unclassified side may surprise
+
     def _because(self, key: bytes, why: str) -> None:
         self._why[key] = f"{self._why[key]}; {why}" if key in self._why else why
 
@@ -443,14 +457,12 @@ class Planner:
                 and _fresh_relayed(dev, now)
                 and not _fresh(dev, now, cfg)
                 and peer.state is PathState.RELAYED
-                and not (peer.upgrade_now or now >= peer.upgrade_at)
+                and not self._upgrade_due(peer, now)
             ):  # a quiet relayed tunnel: its rekey may come as late as 145 s (rule 8)
                 return PathEvent.RELAY_FRESH, dev.endpoint, peer.rounds
             case _ if _fresh(dev, now, cfg) and dev.endpoint is not None:  # settled
                 if peer.relay is not None and dev.endpoint == peer.relay:
-                    upgrade = peer.state is PathState.RELAYED and (
-                        peer.upgrade_now or now >= peer.upgrade_at
-                    )
+                    upgrade = peer.state is PathState.RELAYED and self._upgrade_due(peer, now)
                     if not upgrade or peer.record is None or not peer.record.hints:
                         return PathEvent.RELAY_FRESH, dev.endpoint, peer.rounds
                     restart = starting_upgrade = True  # try direct again (rule 8): a fresh round
