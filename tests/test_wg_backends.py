@@ -25,7 +25,8 @@ from wgmesh.errors import InterfaceNotFound, WireGuardError
 from wgmesh.proto.device import DEFAULT_KEEPALIVE, PeerState, PeerUpdate
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, public_key
-from wgmesh.wg.control import WireGuardControl, open_control
+from wgmesh.wg.backends import open_control
+from wgmesh.wg.control import WireGuardControl
 from wgmesh.wg.uapi import Uapi
 from wgmesh.wg.wgtool import WgCli
 

@@ -21,7 +21,7 @@ from wgmesh.errors import ConfigError, InterfaceNotFound, LocalProtocolError, Wi
 from wgmesh.proto.device import DEFAULT_KEEPALIVE, DeviceState, PeerUpdate, keepalive_for
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import decode_key, encode_key
-from wgmesh.wg.control import open_control
+from wgmesh.wg.backends import open_control
 from wgmesh.wg.fake import FakeWireGuard
 from wgmesh.wg.uapi import Uapi, format_set, parse_uapi
 from wgmesh.wg.wgtool import MAX_ARGS_CHARS, WgCli, parse_dump, set_arguments

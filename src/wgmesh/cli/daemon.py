@@ -344,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(bool(values["verbose"]))
     settings = settings_from(values)
     from wgmesh.daemon.service import Daemon
-    from wgmesh.wg.control import open_control
+    from wgmesh.wg.backends import open_control
 
     try:
         wg = open_control(settings.interface, settings.backend)

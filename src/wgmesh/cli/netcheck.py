@@ -185,7 +185,7 @@ def _wireguard(args: argparse.Namespace) -> tuple[int | None, str]:
     """The interface's listen port, or None and why."""
     if not args.interface:
         return None, ""
-    from wgmesh.wg.control import open_control
+    from wgmesh.wg.backends import open_control
 
     try:
         return open_control(args.interface, args.backend).read().listen_port, ""

@@ -61,7 +61,7 @@ def _from_daemon(path: Path) -> dict[str, Any] | None:
 
 def _without_daemon(args: argparse.Namespace) -> dict[str, Any]:
     from wgmesh.proto.punch import PeerRecord, view_of
-    from wgmesh.wg.control import open_control
+    from wgmesh.wg.backends import open_control
 
     device = open_control(args.interface, args.backend).read()
     records: dict[bytes, PeerRecord] = {}

@@ -4,6 +4,7 @@ and an in-memory fake for unit tests (:mod:`wgmesh.wg.fake`). The real backends 
 run them in a thread. See docs/architecture.md for the contract."""
 
 from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate
-from wgmesh.wg.control import WireGuardControl, open_control
+from wgmesh.wg.backends import open_control
+from wgmesh.wg.control import WireGuardControl
 
 __all__ = ["DeviceState", "PeerState", "PeerUpdate", "WireGuardControl", "open_control"]

@@ -37,7 +37,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from wgmesh.errors import ConfigError
 from wgmesh.proto.device import DeviceState, PeerUpdate
 
 UAPI_DIR = Path("/var/run/wireguard")
@@ -66,19 +65,3 @@ def parse_uint(text: str, limit: int = 2**64 - 1) -> int:
     if not (text.isascii() and text.isdigit() and len(text) <= 20 and int(text) <= limit):
         raise ValueError(f"not a number in 0..{limit}: {text[:24]!r}")
     return int(text)
-
-
-def open_control(interface: str, backend: str = "auto") -> WireGuardControl:
-    """``uapi`` (the socket wireguard-go and boringtun serve), ``wg`` (the wg command: kernel or
-    any userspace), or ``auto``: the UAPI socket if there is one, else the wg command.
-
-    Raises ConfigError for an unknown backend name.
-    """
-    from wgmesh.wg.uapi import Uapi
-    from wgmesh.wg.wgtool import WgCli
-
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend: unknown WireGuard backend {backend!r} (auto, uapi, wg)")
-    if backend == "uapi" or (backend == "auto" and (UAPI_DIR / f"{interface}.sock").exists()):
-        return Uapi(interface)
-    return WgCli(interface)
