@@ -8,10 +8,11 @@ id in every interface name. The lab removes the socket at close in case wireguar
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from nacl.public import PrivateKey
 
@@ -19,8 +20,26 @@ from wgmesh.lab.netns import LabError
 from wgmesh.proto.keys import decode_key, encode_key, public_key
 from wgmesh.wg.control import UAPI_DIR
 
-if TYPE_CHECKING:
-    from wgmesh.lab.topology import Host
+
+class _Workdir(Protocol):
+    @property
+    def workdir(self) -> Path: ...
+
+
+class Host(Protocol):
+    """What an interface needs of its lab host (wgmesh.lab.topology.Host)."""
+
+    @property
+    def lab(self) -> _Workdir: ...
+
+    def run(
+        self, *argv: str, check: bool = True, timeout: float = 10.0, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]: ...
+
+    def spawn(
+        self, *argv: str, env: dict[str, str] | None = None, log_path: Path | None = None
+    ) -> subprocess.Popen[bytes]: ...
+
 
 IFNAMSIZ = 15
 """Longest Linux interface name."""
