@@ -45,7 +45,7 @@ def no_start(monkeypatch: pytest.MonkeyPatch) -> None:
         raise Started
 
     monkeypatch.setattr(asyncio, "run", refuse)
-    monkeypatch.setattr("wgmesh.wg.control.open_control", no_control)
+    monkeypatch.setattr("wgmesh.wg.backends.open_control", no_control)
     monkeypatch.setitem(sys.modules, "uvloop", None)  # no event loop policy installed
 
 
@@ -256,7 +256,9 @@ FORMATS: dict[str, dict[str, list[Any]]] = {
         "zone": ["a b", "", ".", "a..b", "-a.test", "a-.test", "a" * 64 + ".test", "é.test",
                  "x." * 85 + "test", "mesh.test/x"],
         "listen": ["localhost", "1.2.3.4.5", ""],
-        "ns": [["a b"], ["ns1.mesh.test", "ns1.mesh.test"], ["b" * 64]],
+        "ns": [["a b"], ["ns1.mesh.test", "ns1.mesh.test"], ["b" * 64], ["ns2.mesh.test="],
+               ["ns2.mesh.test=nope"], ["ns2.mesh.test=192.0.2.1,"],
+               ["ns.other.example=192.0.2.1"]],
         "ns_address": [["1.2.3"], ["fe80::zz"], [""]],
         "hostmaster": ["me@example.com", "a b", ""],
         "private_key_file": ["", "{dir}/no-such-key", "{garbage}", "{dir}"],
@@ -604,3 +606,14 @@ def test_a_metrics_port_in_use_is_a_runtime_failure(tmp_path: Path) -> None:
     assert out.returncode == 1, out.stderr
     assert f"error: cannot listen for HTTP on 127.0.0.1:{port} (TCP)" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_ns_names_with_their_own_glue_reach_the_zone(files: dict[str, Path]) -> None:
+    cfg = write_config(files["dir"] / "r.toml", {**registrar_base(files),
+                       "ns": ["ns1.mesh.test", "ns2.mesh.test=192.0.2.53,2001:db8::53"],
+                       "ns-address": ["203.0.113.10"]})  # fmt: skip
+    s = registrar.settings_from(resolve(parse(["registrar", "--config", str(cfg)]),
+                                        registrar.DEFAULTS, registrar.CHECKS))  # fmt: skip
+    assert s.zone.ns == ("ns1.mesh.test.", "ns2.mesh.test.")
+    assert s.zone.ns_glue == (("ns2.mesh.test.", ("192.0.2.53", "2001:db8::53")),)
+    assert s.zone.ns_addresses == ("203.0.113.10",)

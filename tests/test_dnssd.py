@@ -500,3 +500,24 @@ def test_cache_is_capped_in_bytes_and_stays_exact() -> None:
     z.upsert(PublishedPeer(last, "renamed", peer(last).candidates, (), NatKind.CONE, 1))
     assert "name=renamed" in str(ask(z, name(last), "TXT").answer[0])
     assert z.stats.cache_hits == 1 and cache.indexed == len(cache)
+
+
+def test_each_ns_name_inside_the_zone_gets_its_own_glue() -> None:
+    """``--ns ns2.mesh.test=192.0.2.53``: the secondary named inside the zone is served at its
+    own address, the registrar's name at ``--ns-address`` (it used to get the registrar's
+    address for every in-zone name: Zonemaster's CONSISTENCY05)."""
+    z = Zone(ZoneConfig(ORIGIN, ("ns1.mesh.test.", "ns2.mesh.test."), "hostmaster.mesh.test.",
+                        ns_addresses=("203.0.113.10",),
+                        ns_glue=(("ns2.mesh.test.", ("192.0.2.53", "2001:db8::53")),)))  # fmt: skip
+
+    def rdatas(qname: str, rdtype: str) -> set[str]:
+        q = dns.message.make_query(qname, rdtype)
+        r = dns.message.from_wire(z.answer(q.to_wire(), tcp=True) or b"")
+        return {rd.to_text() for rrset in r.answer for rd in rrset}
+
+    assert rdatas("ns1.mesh.test.", "A") == {"203.0.113.10"}
+    assert rdatas("ns2.mesh.test.", "A") == {"192.0.2.53"}
+    assert rdatas("ns2.mesh.test.", "AAAA") == {"2001:db8::53"}
+    glue = {(r.name.to_text(), rd.to_text()) for r in z.apex_rrsets()[1:] for rd in r}
+    assert glue == {("ns1.mesh.test.", "203.0.113.10"), ("ns2.mesh.test.", "192.0.2.53"),
+                    ("ns2.mesh.test.", "2001:db8::53")}  # fmt: skip

@@ -114,7 +114,7 @@ CHECKS: dict[str, v.Check] = {
     "state_dir": v.path,
     "authorized_keys": v.path,
     "open": v.boolean,
-    "ns": v.list_of(v.dns_name, "DNS names"),
+    "ns": v.list_of(v.ns_entry, "DNS names (NAME or NAME=ADDRESS[,ADDRESS])"),
     "ns_address": v.list_of(v.ip_address, "IP addresses"),
     "hostmaster": v.hostmaster,
     "ttl": v.integer(0, v.MAX_TTL, "a TTL in seconds"),
@@ -189,14 +189,17 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     a(
         "--ns",
         action="append",
-        metavar="NAME",
-        help="NS name(s) for the zone apex (default ns1.ZONE); repeat for several",
+        metavar="NAME[=ADDR,...]",
+        help="NS name(s) for the zone apex (default ns1.ZONE); repeat for several. A name "
+        "inside the zone gets glue A/AAAA: NAME=ADDR[,ADDR] gives its own (e.g. a secondary's, "
+        "--ns ns2.mesh.example.com=192.0.2.53), else --ns-address",
     )
     a(
         "--ns-address",
         action="append",
         metavar="ADDR",
-        help="address(es) of the NS names inside the zone, served as glue A/AAAA",
+        help="address(es) of the NS names inside the zone that --ns gives none of their own "
+        "(the registrar's), served as glue A/AAAA",
     )
     a("--hostmaster", metavar="NAME", help="SOA RNAME (default hostmaster.ZONE)")
     a("--ttl", type=int, help="TTL of positive answers in seconds (default 5)")
@@ -361,7 +364,15 @@ def settings_from(given: Mapping[str, Any]) -> Any:
             f"{where('state_dir')}: {state_dir} is not a directory; "
             "expected a directory (made if missing)"
         )
-    ns = tuple(n.rstrip(".") + "." for n in values["ns"]) or (f"ns1.{origin}",)
+    entries = [str(n).partition("=") for n in values["ns"]]
+    ns = tuple(n.rstrip(".") + "." for n, _, _ in entries) or (f"ns1.{origin}",)
+    glue = tuple((n.rstrip(".") + ".", tuple(a.split(","))) for n, eq, a in entries if eq)
+    outside = next((n for n, _ in glue if not _inside(n, origin)), None)
+    if outside is not None:
+        raise ConfigError(
+            f"{where('ns')}: {outside} is not inside the zone {origin}, so it has no glue here; "
+            "expected NAME=ADDRESS only for NS names inside the zone (give others as NAME)"
+        )
     folded = [n.lower() for n in ns]
     if len(set(folded)) != len(folded):
         twice = next(n for n in ns if folded.count(n.lower()) > 1)
@@ -374,6 +385,7 @@ def settings_from(given: Mapping[str, Any]) -> Any:
         ttl=values["ttl"],
         negative_ttl=values["negative_ttl"],
         ns_addresses=tuple(values["ns_address"]),
+        ns_glue=glue,
         serial_interval=values["serial_interval"],
     )
     from wgmesh import __version__
@@ -572,3 +584,9 @@ async def _main(settings: Any) -> int:
         ) from None
     await registrar.serve_forever()
     return 0
+
+
+def _inside(name: str, origin: str) -> bool:
+    """``name`` is ``origin`` or below it (DNS names compare without case)."""
+    n, o = name.rstrip(".").lower(), origin.rstrip(".").lower()
+    return n == o or n.endswith("." + o)

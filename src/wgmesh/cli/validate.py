@@ -203,6 +203,29 @@ def hostmaster(value: Any, where: str) -> str:
 IP_EXPECTED = "an IP address such as 203.0.113.10 or 2001:db8::1"
 
 
+NS_EXPECTED = "a DNS name, or NAME=ADDRESS[,ADDRESS] for a name inside the zone with its glue"
+
+
+def ns_entry(value: Any, where: str) -> str:
+    """``NAME`` or ``NAME=ADDRESS[,ADDRESS...]`` (the glue of an NS name inside the zone)."""
+    text = string(value, where, NS_EXPECTED)
+    name, eq, addresses = text.partition("=")
+    problem = name_problem(name)
+    if problem is not None:
+        fail(where, f"{shown(name)} {problem}", NS_EXPECTED)
+    if eq:
+        parts = addresses.split(",")
+        if not addresses or len(parts) > 8:
+            fail(where, f"{shown(text)} gives {len(parts) if addresses else 0} addresses",
+                 "1 to 8 addresses after NAME=")  # fmt: skip
+        for part in parts:
+            try:
+                ipaddress.ip_address(part)
+            except ValueError:
+                fail(where, f"{shown(part)} in {shown(text)} is not an IP address", NS_EXPECTED)
+    return text
+
+
 def ip_address(value: Any, where: str) -> str:
     text = string(value, where, IP_EXPECTED)
     try:

@@ -156,7 +156,10 @@ class ZoneConfig:
     negative_ttl: int = 5
     """SOA minimum and TTL of the SOA in negative answers: how long "no such name" is cached."""
     ns_addresses: tuple[str, ...] = ()
-    """Glue addresses for NS names inside the zone."""
+    """Glue addresses for the NS names inside the zone that :attr:`ns_glue` gives none."""
+    ns_glue: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(NS name, its own glue addresses), for NS names inside the zone at other addresses
+    than the registrar (a secondary named in the zone)."""
     max_udp: int = 1232
     """Our EDNS UDP payload size (RFC 6891 section 6.2.5; 1232 avoids IP fragmentation)."""
     browse_limit: int = 4000
@@ -211,7 +214,11 @@ class Zone:
             self.origin = dns.name.from_text(config.origin)
             self._ns = tuple(dns.name.from_text(n) for n in config.ns)
             self._hostmaster = dns.name.from_text(config.hostmaster)
-            glue = tuple(Endpoint.of(a, 0) for a in config.ns_addresses)
+            shared = tuple(Endpoint.of(a, 0) for a in config.ns_addresses)
+            own = {
+                dns.name.from_text(n): tuple(Endpoint.of(a, 0) for a in addresses)
+                for n, addresses in config.ns_glue
+            }
         except (dns.exception.DNSException, ValueError) as exc:
             raise ConfigError(f"bad zone configuration: {exc}") from None
         self.config = config
@@ -227,7 +234,7 @@ class Zone:
         self._generation = 0
         """Raised by every change and serial: cached negative answers of another are stale."""
         self._glue_names = frozenset(n for n in self._ns if n.is_subdomain(self.origin))
-        self._glue = glue
+        self._glue = {n: own.get(n, shared) for n in self._glue_names}
         self._ents = frozenset(
             p for n in (*self._glue_names, self.service) for p in _parents(n, self.origin)
         )
@@ -549,8 +556,8 @@ class Zone:
         if (located := self._locate(_wire(qname))) is not None:
             _, record, index = located
             return unpack_record(record)[0][index].rdtype if index > 0 else T.SRV
-        if qname in self._glue_names and self._glue:
-            return T.A if self._glue[0].ip.version == 4 else T.AAAA
+        if qname in self._glue_names and (glue := self._glue[qname]):
+            return T.A if glue[0].ip.version == 4 else T.AAAA
         return T.A
 
     def peer_name(self, key: bytes) -> dns.name.Name:
@@ -612,7 +619,8 @@ class Zone:
         return out + self._addresses(name, targets)
 
     def _glue_at(self, name: dns.name.Name, qtype: int) -> list[dns.rrset.RRset]:
-        rdatas = [rd for ep in self._glue for rd in _address_rdata(ep.ip.packed, qtype)]
+        glue = self._glue.get(name, ())
+        rdatas = [rd for ep in glue for rd in _address_rdata(ep.ip.packed, qtype)]
         return [self._rrset(name, qtype, rdatas)] if rdatas else []
 
     def _address(self, name: dns.name.Name, ip: bytes, qtype: int) -> list[dns.rrset.RRset]:
