@@ -617,3 +617,21 @@ def test_ns_names_with_their_own_glue_reach_the_zone(files: dict[str, Path]) -> 
     assert s.zone.ns == ("ns1.mesh.test.", "ns2.mesh.test.")
     assert s.zone.ns_glue == (("ns2.mesh.test.", ("192.0.2.53", "2001:db8::53")),)
     assert s.zone.ns_addresses == ("203.0.113.10",)
+
+
+def test_the_default_listen_set_drops_ipv6_on_a_kernel_without_it(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ipv6.disable=1``: no AF_INET6 socket at all; the default (both wildcards) becomes
+    IPv4 only so the registrar starts; a ``--listen ::`` given by hand is kept (its bind
+    error is the answer)."""
+    base = {k: v for k, v in registrar_base(files).items() if k != "listen"}
+    cfg = write_config(files["dir"] / "r.toml", base)
+    for ipv6, want in ((True, ("0.0.0.0", "::")), (False, ("0.0.0.0",))):
+        monkeypatch.setattr(registrar, "has_ipv6", lambda ipv6=ipv6: ipv6)
+        s = registrar.settings_from(resolve(parse(["registrar", "--config", str(cfg)]),
+                                            registrar.DEFAULTS, registrar.CHECKS))  # fmt: skip
+        assert s.listen == want, ipv6
+    argv = ["registrar", "--config", str(cfg), "--listen", "::"]
+    given = registrar.settings_from(resolve(parse(argv), registrar.DEFAULTS, registrar.CHECKS))
+    assert given.listen == ("::",)

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import ipaddress
 import os
+import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -405,7 +406,7 @@ def settings_from(given: Mapping[str, Any]) -> Any:
     return RegistrarSettings(
         zone=zone_config,
         private_key=private_key,
-        listen=tuple(values["listen"]),
+        listen=_usable_default(tuple(values["listen"])),
         stun_port=stun_port,
         stun_alt_port=alt,
         dns_port=dns_port,
@@ -590,3 +591,21 @@ def _inside(name: str, origin: str) -> bool:
     """``name`` is ``origin`` or below it (DNS names compare without case)."""
     n, o = name.rstrip(".").lower(), origin.rstrip(".").lower()
     return n == o or n.endswith("." + o)
+
+
+def _usable_default(listen: tuple[str, ...]) -> tuple[str, ...]:
+    """The default listen set without ``::`` on a host whose kernel has no IPv6 at all
+    (``ipv6.disable=1``: no AF_INET6 socket can be made), so that the registrar still starts on
+    IPv4; addresses given with ``--listen`` are kept as given (their bind error is the answer)."""
+    if listen != tuple(DEFAULTS["listen"]) or has_ipv6():
+        return listen
+    return tuple(a for a in listen if ":" not in a)
+
+
+def has_ipv6() -> bool:
+    """This kernel can make IPv6 sockets."""
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
+    except OSError:
+        return False
+    return True
