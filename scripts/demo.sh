@@ -3,6 +3,6 @@
 # inside network namespaces on this machine, then everything is torn down. Debian 12, as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --demo
 VENV=${WGMESH_VENV:-/opt/wgmesh-venv}
 exec "$VENV/bin/python" -m wgmesh.lab.demo

@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Install everything wgmesh, its tests, its demo and its benchmarks need on Debian 12, as root:
-# Debian packages, then a virtualenv at $WGMESH_VENV (default /opt/wgmesh-venv) with wgmesh in it.
+# Install what wgmesh and its tests need on Debian 12, as root: Debian packages, then a
+# virtualenv at $WGMESH_VENV (default /opt/wgmesh-venv) with wgmesh in it.
+#   bash scripts/setup.sh          everything the test suite uses (the servers it runs against:
+#                                  coturn, avahi, chromium, knot, nsd, bind9, zonemaster, dnsviz)
+#   bash scripts/setup.sh --demo   only what the demo needs (the lab and wgmesh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${WGMESH_VENV:-/opt/wgmesh-venv}
-APT_PACKAGES=(python3 python3-venv python3-dev gcc iproute2 wireguard-go wireguard-tools nftables
-  conntrack iputils-ping dnsutils coturn stun-client avahi-utils avahi-daemon dbus-daemon procps
-  chromium knot knot-dnsutils nsd bind9 zonemaster-cli dnsviz)
+DEMO_PACKAGES=(python3 python3-venv python3-dev gcc iproute2 wireguard-go wireguard-tools nftables
+  conntrack iputils-ping dnsutils procps)
+TEST_PACKAGES=(coturn stun-client avahi-utils avahi-daemon dbus-daemon chromium knot knot-dnsutils
+  nsd bind9 zonemaster-cli dnsviz)
+case "${1:-}" in
+  --demo) APT_PACKAGES=("${DEMO_PACKAGES[@]}") ;;
+  "") APT_PACKAGES=("${DEMO_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
+  *) echo "usage: bash scripts/setup.sh [--demo]" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
