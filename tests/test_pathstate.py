@@ -726,6 +726,20 @@ def test_a_restarted_daemon_on_a_relay_address_asks_for_its_allocation() -> None
     assert idle(p.plan(dev(RLY, hs=999.0), 1001.0)) and state_of(p) is PathState.RELAYED
 
 
+def stall_direct(p: Planner) -> tuple[int, int, float]:
+    """On a DIRECT path to PUB we keep sending and nothing comes back until the stall is
+    reported: (rx, tx, the time after the last sample)."""
+    rx, tx, stalled = 500, 500, frozenset[bytes]()
+    t = 1001.0
+    while not stalled and t < 1010.0:
+        tx += 200
+        d = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB, (), 1000.0, rx, tx, 25),))
+        stalled = p.watch_traffic(d, t)
+        t += 0.3
+    assert stalled == {A}
+    return rx, tx, t
+
+
 def test_a_relay_ready_only_after_the_stall_was_found_unrepaired_takes_the_path() -> None:
     """The re-punch did not repair the stall and the relay is not ready yet: the daemon asks
     for it and tries the record's candidates meanwhile; the moment it is ready the relay takes
@@ -735,14 +749,7 @@ def test_a_relay_ready_only_after_the_stall_was_found_unrepaired_takes_the_path(
     p.set_record(record(PUBLIC, LANH))
     p.plan(dev(), 1000.0)
     p.plan(dev(PUB, hs=1000.0), 1000.5)  # DIRECT
-    rx, tx, stalled = 500, 500, frozenset[bytes]()
-    t = 1001.0
-    while not stalled and t < 1010.0:
-        tx += 200
-        d = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB, (), 1000.0, rx, tx, 25),))
-        stalled = p.watch_traffic(d, t)
-        t += 0.3
-    assert stalled == {A}
+    rx, tx, t = stall_direct(p)
     d = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB, (), 1000.0, rx, tx + 200, 25),))
     p.watch_traffic(d, t + 1.0)
     plan = p.plan(d, t + 4.5)
@@ -767,14 +774,7 @@ def test_a_handshake_after_a_stall_ends_it() -> None:
     p.plan(dev(), 1000.0)
     p.plan(dev(PUB, hs=1000.0), 1000.5)  # DIRECT
     p.set_relay(A, RLY)
-    rx, tx, stalled = 500, 500, frozenset[bytes]()
-    t = 1001.0
-    while not stalled and t < 1010.0:
-        tx += 200
-        d = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB, (), 1000.0, rx, tx, 25),))
-        stalled = p.watch_traffic(d, t)
-        t += 0.3
-    assert stalled == {A}
+    rx, tx, t = stall_direct(p)
     p.set_record(record(Hint(PUB2, CandidateKind.PUBLIC, 0), LANH))  # the peer moved
     d = DeviceState("wg0", bytes(32), 51820, (PeerState(A, PUB, (), 1000.0, rx, tx, 25),))
     plan = p.plan(d, t + 0.5)
