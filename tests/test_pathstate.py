@@ -759,8 +759,13 @@ def test_a_relay_ready_only_after_the_stall_was_found_unrepaired_takes_the_path(
     p.set_relay(A, RLY)
     plan = p.plan(d, t + 5.5)
     assert [u.endpoint for u in plan.updates if u.endpoint is not None] == [RLY], plan
+    # the relay stays wanted while its trial runs (CI: releasing it in the plan that took it
+    # made both sides allocate and release a new pair of ports every 0.25 s for 20 s)
+    assert A in plan.relay, plan
+    on_relay = DeviceState("wg0", bytes(32), 51820, (PeerState(A, RLY, (), 1000.0, rx, tx, 25),))
+    assert A in p.plan(on_relay, t + 5.6).relay
     relayed = DeviceState("wg0", bytes(32), 51820, (PeerState(A, RLY, (), t + 5.6, rx, tx, 25),))
-    p.plan(relayed, t + 6.0)
+    assert A in p.plan(relayed, t + 6.0).relay
     assert state_of(p) is PathState.RELAYED and not p._peers[A].unrepaired
 
 

@@ -382,10 +382,11 @@ class Planner:
             and dev.endpoint.ip in self.registrar_ips
         ):  # a relay address we hold no lease for (we restarted): ask, the registrar returns
             return True  # the pair's allocation, and we bind it again
-        on_relay = peer.relay is not None and dev.endpoint == peer.relay
-        if peer.state is PathState.DIRECT and not on_relay and _fresh(dev, now, self.config):
-            return False  # a proven direct path
         target = peer.attempt.target if peer.attempt is not None else None
+        if peer.relay is not None and peer.relay in (dev.endpoint, target):
+            return True  # the path uses the relay, or is trying it: releasing it would undo it
+        if peer.state is PathState.DIRECT and _fresh(dev, now, self.config):
+            return False  # a proven direct path
         if self._predicted(peer, target) or self.clash_reason(peer.record.key):
             return True  # a clash: allocate now, use it once direct fails (it may be ours)
         return peer.rounds.count > 0 or (
