@@ -435,6 +435,7 @@ def test_the_example_registrar_config_loads(files: dict[str, Path]) -> None:
     ])  # fmt: skip
     s = registrar.settings_from(resolve(args, registrar.DEFAULTS, registrar.CHECKS))
     assert s.zone.hostmaster == "hostmaster.mesh.example.com." and s.registry.max_peers == 10**6
+    assert s.registry.max_watchers == 10**6  # one watcher per peer: a lower cap starves daemons
     args = parse([
         "registrar", "--config", str(example), "--private-key-file", str(files["key"]),
         "--authorized-keys", str(files["akeys"]), "--state-dir", str(files["dir"]),

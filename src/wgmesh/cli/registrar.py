@@ -223,7 +223,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "registered key's valid messages are limited per key instead)",
     )
     a("--burst", type=float, help="burst of the per-source limit (default 5)")
-    a("--max-peers", type=int, help="most registered peers (default 1000000)")
+    a(
+        "--max-peers",
+        type=int,
+        help="most registered peers, and most watchers (one per peer) "
+        "remembered for pushes (default 1000000)",
+    )
     a(
         "--dns-rate",
         type=float,
@@ -400,6 +405,7 @@ def settings_from(given: Mapping[str, Any]) -> Any:
     registry = RegistryConfig(
         expiry=values["expiry"],
         max_peers=values["max_peers"],
+        max_watchers=values["max_peers"],  # one watcher per peer
         rate_limit=RateLimitConfig(rate=values["rate"], burst=values["burst"]),
         software=f"wgmesh/{__version__}",
     )

@@ -57,8 +57,11 @@ class RegistryConfig:
     """Largest accepted distance between a message's timestamp and our clock, in seconds."""
     max_peers: int = 1_000_000
     """Most registered peers; registrations of new keys beyond it are refused and counted."""
-    max_watchers: int = 100_000
-    """Most control addresses remembered for pushes."""
+    max_watchers: int = 1_000_000
+    """Most control addresses remembered for pushes: one per peer, so as many as ``max_peers``
+    (the CLI sets both from ``--max-peers``). A proven Watch from a new key beyond it gets no
+    Status (counted ``table_full``), so a lower cap would leave every daemon past it without
+    a working round."""
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     """Per-source-address limit on the sealed messages that cost us work an attacker can cause
     from anywhere: first contacts (an X25519 step) and boxes that do not open. Never charged for
