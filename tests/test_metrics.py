@@ -610,3 +610,33 @@ def test_a_real_registrar_counts_what_it_serves(
     r.stop()
     assert "stopping; counters since the start: " in r.log.read_text()
     assert r.proc is not None and r.proc.returncode == 0
+
+
+def test_a_restarted_registrar_agrees_no_key_again(
+    registrar_with_metrics: tuple[RegistrarProcess, int],
+) -> None:
+    """A peer's shared key is stored wrapped: after kill -9 and a restart, the peer's next
+    registration opens with it, and the registrar counts no X25519 step (a restart at a million
+    peers used to re-key every one of them, 2,000 a second)."""
+    r, port = registrar_with_metrics
+    alice = Client(r.key)
+    alice.register(r.endpoint, name="alice")
+    wait_log(lambda: "metrics on http://" in r.log.read_text(), r)
+    first = scrape_value(parse_exposition(scrape(port)[2]), "wgmesh_registrar_key_agreements_total")
+    assert first >= 1  # the first contact
+    time.sleep(0.6)  # the refresh's flush (an acknowledged first contact is on disk at once)
+    r.kill()
+    r.start()
+    wait_log(lambda: r.log.read_text().count("metrics on http://") == 2, r)
+    alice.register(r.endpoint, name="alice")
+    parsed = parse_exposition(scrape(port)[2])
+    assert scrape_value(parsed, "wgmesh_registrar_registrations_total") >= 1
+    assert scrape_value(parsed, "wgmesh_registrar_key_agreements_total") == 0
+    alice.close()
+
+
+def wait_log(done: Callable[[], bool], r: RegistrarProcess, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, r.log.read_text()
+        time.sleep(0.05)

@@ -70,9 +70,11 @@ async def start(
         probe.expired.append((time.time(), len(registry.peers)))
         return out
 
-    def counted_apply(events: list[PeerEvent], serial: int) -> None:
+    def counted_apply(
+        events: list[PeerEvent], serial: int, wrapped: Callable[[bytes], bytes | None] | None = None
+    ) -> None:
         probe.flushed.append((time.time(), list(events)))
-        apply(events, serial)
+        apply(events, serial, wrapped)
 
     registry.expire = counted_expire  # type: ignore[method-assign]
     store.apply = counted_apply  # type: ignore[assignment,method-assign]

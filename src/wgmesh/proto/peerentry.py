@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from wgmesh.proto import stun
 from wgmesh.proto.dnssd import Candidate, PublishedPeer
@@ -152,6 +153,14 @@ class PeerEvent:
     """What happened."""
     peer: PeerEntry
     """The peer's state after the change (before it, for withdrawals)."""
+
+
+class Stored(NamedTuple):
+    """A peer as the registrar's database holds it: its entry, and its shared key wrapped
+    (wgmesh.proto.keywrap; None when none was stored)."""
+
+    entry: PeerEntry
+    wrapped_key: bytes | None = None
 
 
 def candidates_of(entry: PeerEntry) -> tuple[Candidate, ...]:

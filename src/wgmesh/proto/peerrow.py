@@ -31,8 +31,8 @@ single-mapping layout would), else the second mapping (the IPv6 one, beside an I
 ``shared`` is the peer's NaCl shared key with the registrar (``crypto_box_beforenm``: X25519 of
 our private key and its public key), stored only once a box from the peer opened with it, so a
 refresh opens its box without the ~80 us X25519 step; :data:`NO_KEY` until then (a row restored
-after a restart: the key is never persisted). A watcher keeps its shared key the same way, for
-its Status answers and pushes.
+after a restart without a stored key: wgmesh.proto.keywrap). A watcher keeps its shared key the
+same way, for its Status answers and pushes.
 """
 
 from __future__ import annotations

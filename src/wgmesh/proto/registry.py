@@ -60,6 +60,7 @@ from wgmesh.proto.peerentry import (
     PeerEntry,
     PeerEvent,
     RegistryConfig,
+    Stored,
     candidates_of,
     carried_over,
     classify,
@@ -129,6 +130,7 @@ class Registry:
     ) -> None:
         self.config = config
         self.sealer = sealer
+        self._wrap = sealer.key_wrap()
         self.admission = admission
         self.roster = roster_of(admission)
         """The mesh's members as sealed Rosters carry them (wgmesh.proto.roster)."""
@@ -204,20 +206,24 @@ class Registry:
 
     # -- state loading --------------------------------------------------------------------
 
-    def restore(self, entries: Iterable[PeerEntry], now: float) -> None:
-        """Load persisted peers; those already past expiry are left out. The zone's serial
+    def restore(self, entries: Iterable[PeerEntry | Stored], now: float) -> None:
+        """Load persisted peers, with their shared keys where they were stored wrapped and
+        unwrap under our private key (else the first message pays its X25519, as a first
+        contact); those already past expiry are left out. The zone's serial
         moves on by exactly one from the one it was created with (the saved serial), whatever
         was restored: the zone may differ from what secondaries hold (peers expired while we
         were down), and a serial must only ever grow (RFC 1982), never jump by the peer count."""
         saved = self.zone.serial
-        for stored in entries:
+        for item in entries:
+            stored, wrapped = item if isinstance(item, Stored) else (item, None)
             admitted = self.admission.lookup(stored.key)
             entry = self._without_stale(stored, now)
             if admitted is None or entry is None:
                 continue
             entry = self._apply_admission(entry, admitted)
+            shared = self._wrap.unwrap(entry.key, wrapped) or NO_KEY
             try:
-                self._rows[entry.key] = _row(entry, NO_KEY)  # the shared key is never stored
+                self._rows[entry.key] = _row(entry, shared)
             except (struct.error, ValueError):
                 continue  # a counter out of range: not a row we wrote
             self.zone.upsert(published(entry))
@@ -225,6 +231,13 @@ class Registry:
         # expire() relies on refresh order
         rows = sorted(self._rows.items(), key=lambda kv: last_seen(kv[1]))
         self._rows = OrderedDict(rows)
+
+    def wrapped_key(self, key: bytes) -> bytes | None:
+        """``key``'s shared key as the database stores it (wgmesh.proto.keywrap); None when
+        the peer has no row or its row no key yet."""
+        row = self._rows.get(key)
+        shared = None if row is None else shared_key(row, SHARED_AT)
+        return None if shared is None else self._wrap.wrap(key, shared)
 
     def set_admission(self, admission: Admission, now: float) -> list[Outgoing]:
         """Replace the admission list (SIGHUP); withdraw or republish affected peers."""

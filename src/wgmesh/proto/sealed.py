@@ -58,6 +58,7 @@ from nacl.public import PrivateKey
 from wgmesh.errors import DecodeError, LocalProtocolError
 from wgmesh.proto import stun
 from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.keywrap import KeyWrap
 from wgmesh.proto.kinds import NatKind
 from wgmesh.proto.payloads import (
     COOKIE_LEN,
@@ -576,6 +577,11 @@ class Sealer:
         self._cache_size = cache_size
         self.agreements = 0
         """X25519 steps done so far (tens of microseconds each); for tests and benchmarks."""
+
+    def key_wrap(self) -> KeyWrap:
+        """A :class:`~wgmesh.proto.keywrap.KeyWrap` under our private key (shared keys as the
+        registrar's database stores them)."""
+        return KeyWrap(self._private)
 
     @property
     def cached_keys(self) -> int:

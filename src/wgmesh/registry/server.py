@@ -459,7 +459,7 @@ class Registrar:
         self._drain()
         if self._pending or self.zone.serial != self._stored_serial:
             batch, self._pending = self._pending, []
-            self.store.apply(batch, self.zone.serial)
+            self.store.apply(batch, self.zone.serial, self.registry.wrapped_key)
             self._serial_stored()
 
     def _serial_stored(self) -> None:
@@ -613,6 +613,8 @@ class Registrar:
                     "reply route table", r.evicted),
             counter(PREFIX + "unroutable", "datagrams not sent: no socket of the destination's "
                     "address family", self.unroutable),
+            counter(PREFIX + "key_agreements", "X25519 steps (first contacts; a known peer's "
+                    "shared key is kept, also across restarts)", self.registry.sealer.agreements),
         ]  # fmt: skip
         return out
 
@@ -652,6 +654,6 @@ class Registrar:
             await self.ddns.close()
         self._drain()
         if self._pending or self.zone.serial != self._stored_serial:
-            self.store.apply(self._pending, self.zone.serial)
+            self.store.apply(self._pending, self.zone.serial, self.registry.wrapped_key)
             self._pending = []
         self.store.close()

@@ -9,17 +9,23 @@ A peer's observed mappings (one per address family) are in ``endpoint``, space-s
 mappings has one endpoint and no ``refreshed`` column: the column is added when it is opened,
 and a row without it reads as one mapping last registered at ``last_seen``. (A registrar from
 before that change cannot write to a database once it has the column.)
+
+Each peer's shared key is in ``wrapped_key``, wrapped under the registrar's private key
+(wgmesh.proto.keywrap), so a restart does not cost an X25519 per peer; NULL when the peer had no
+key yet, or in a database from before the column (added when it is opened, like
+``refreshed``).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from wgmesh.errors import ConfigError, DecodeError
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import NatKind
+from wgmesh.proto.peerentry import Stored
 from wgmesh.proto.registry import Change, PeerEntry, PeerEvent
 from wgmesh.proto.relay import Allocation
 
@@ -36,7 +42,8 @@ CREATE TABLE IF NOT EXISTS peers (
     watch_counter INTEGER NOT NULL,
     software TEXT NOT NULL,
     secondary TEXT,
-    refreshed TEXT
+    refreshed TEXT,
+    wrapped_key BLOB
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS relay (
@@ -55,12 +62,12 @@ CREATE TABLE IF NOT EXISTS relay (
 """
 _SELECT = (
     "SELECT key, name, endpoint, addresses, nat, since, last_seen, register_counter,"
-    " watch_counter, software, secondary, refreshed FROM peers ORDER BY last_seen"
+    " watch_counter, software, secondary, refreshed, wrapped_key FROM peers ORDER BY last_seen"
 )
 _INSERT = (
     "INSERT OR REPLACE INTO peers (key, name, endpoint, addresses, nat, since, last_seen,"
-    " register_counter, watch_counter, software, secondary, refreshed)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    " register_counter, watch_counter, software, secondary, refreshed, wrapped_key)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -78,16 +85,19 @@ class Store:
             have = {row[1] for row in self._db.execute("PRAGMA table_info(peers)")}
             if "refreshed" not in have:  # a database from before per-family mappings
                 self._db.execute("ALTER TABLE peers ADD COLUMN refreshed TEXT")
+            if "wrapped_key" not in have:  # from before stored shared keys
+                self._db.execute("ALTER TABLE peers ADD COLUMN wrapped_key BLOB")
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"--state-dir {state_dir}: {exc}") from None
 
-    def load(self) -> tuple[Iterator[PeerEntry], int]:
-        """All stored peers (oldest refresh first, read as they are consumed: a million of them
-        never exist as PeerEntry objects at once) and the last zone serial."""
+    def load(self) -> tuple[Iterator[Stored], int]:
+        """All stored peers with their wrapped shared keys (oldest refresh first, read as they
+        are consumed: a million of them never exist as PeerEntry objects at once) and the last
+        zone serial."""
         serial = self._db.execute("SELECT value FROM meta WHERE name='serial'").fetchone()
         return self._entries(), int(serial[0]) if serial else 1
 
-    def _entries(self) -> Iterator[PeerEntry]:
+    def _entries(self) -> Iterator[Stored]:
         rows = self._db.execute(_SELECT)
         for row in rows:
             try:
@@ -113,10 +123,17 @@ class Store:
                 )
             except (DecodeError, ValueError, TypeError, AttributeError):
                 continue  # a row we cannot read is skipped, not fatal
-            yield entry
+            wrapped = row[12]
+            yield Stored(entry, bytes(wrapped) if isinstance(wrapped, bytes) else None)
 
-    def apply(self, events: Iterable[PeerEvent], serial: int) -> None:
-        """Persist a batch of peer changes and the zone serial in one transaction."""
+    def apply(
+        self,
+        events: Iterable[PeerEvent],
+        serial: int,
+        wrapped_key: Callable[[bytes], bytes | None] | None = None,
+    ) -> None:
+        """Persist a batch of peer changes and the zone serial in one transaction
+        (``wrapped_key``: each peer's shared key as it is stored, wgmesh.proto.keywrap)."""
         db = self._db
         db.execute("BEGIN")
         try:
@@ -132,6 +149,7 @@ class Store:
                         " ".join(map(str, p.addresses)), str(p.nat), p.since, p.last_seen,
                         p.register_counter, p.watch_counter, p.software,
                         " ".join(map(str, p.secondary)) or None, " ".join(map(repr, p.refreshed)),
+                        None if wrapped_key is None else wrapped_key(p.key),
                     ),
                 )  # fmt: skip
             db.execute("INSERT OR REPLACE INTO meta VALUES ('serial', ?)", (serial,))
