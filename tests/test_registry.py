@@ -19,6 +19,7 @@ from wgmesh.proto.dnssd import Candidate, Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import key_label
 from wgmesh.proto.kinds import CandidateKind, NatKind
+from wgmesh.proto.peerentry import Refresh
 from wgmesh.proto.peerrow import (
     NO_KEY,
     SAME,
@@ -1318,3 +1319,29 @@ def test_a_restore_moves_the_serial_on_by_exactly_one(reg_private: PrivateKey) -
         again.restore(entries, later)
         assert again.zone.serial == ((saved + 1) % 2**32 or 1)
         assert len(again.peers) == (30 if later == NOW + 1 else 0)
+
+
+def test_the_store_updates_a_refresh_and_writes_a_row_it_lacks(
+    reg_private: PrivateKey, tmp_path: Path
+) -> None:
+    """A refresh event updates the row's times, counter and software in place; one for a peer
+    the database lacks writes the whole row; either way the database reads back as the
+    registry holds the peer."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice, bob = Peer(), Peer()
+    r.receive(alice.register(reg_key, addresses=(LAN,)), SRC, PORT, NOW)
+    r.receive(bob.register(reg_key), SRC2, PORT, NOW)
+    store = Store(tmp_path)
+    store.apply([e for e in r.events() if e.peer.key == alice.key], r.zone.serial)  # no bob
+    r.receive(alice.register(reg_key, NOW + 5, addresses=(LAN,)), SRC, PORT, NOW + 5)
+    r.receive(bob.register(reg_key, NOW + 6), SRC2, PORT, NOW + 6)
+    events = r.events()
+    assert [type(e) for e in events] == [Refresh, Refresh]
+    store.apply(events, r.zone.serial, r.wrapped_key)
+    entries, _ = store.load()
+    stored_entries = {s.entry.key: s for s in entries}
+    assert {k: s.entry for k, s in stored_entries.items()} == dict(r.peers.items())
+    assert stored_entries[alice.key].wrapped_key == r.wrapped_key(alice.key)
+    assert r.peers[alice.key].last_seen == NOW + 5
+    store.close()

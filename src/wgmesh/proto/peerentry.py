@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from wgmesh.proto import stun
 from wgmesh.proto.dnssd import Candidate, PublishedPeer
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import CandidateKind, NatKind
+from wgmesh.proto.peerrow import unpack_row, without_key
 from wgmesh.proto.ratelimit import RateLimitConfig
 
 
@@ -153,6 +154,46 @@ class PeerEvent:
     """What happened."""
     peer: PeerEntry
     """The peer's state after the change (before it, for withdrawals)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """A refresh: the peer registered again and nothing published changed. The registrar's
+    commonest event by far, so it carries the peer's packed row (wgmesh.proto.peerrow), read
+    only when someone asks for :attr:`peer`; the store writes only what a refresh changes."""
+
+    key: bytes
+    row: bytes
+    """The row after the refresh, without its shared key (:func:`refresh_event`)."""
+    allowed_ips: tuple[str, ...] = ()
+    """The admission file's, as :attr:`PeerEntry.allowed_ips`."""
+    moved: bool = False
+    """A mapping came or went (the other family's), so more than the times and the counter
+    changed."""
+    change: ClassVar[Change] = Change.REFRESHED
+
+    @property
+    def peer(self) -> PeerEntry:
+        return entry_of(self.key, self.row, self.allowed_ips)
+
+
+def refresh_event(
+    key: bytes, row: bytes, allowed_ips: tuple[str, ...], moved: bool = False
+) -> Refresh:
+    """The event of a refresh that left ``key`` with ``row`` (its shared key is not copied)."""
+    return Refresh(key, without_key(row), allowed_ips, moved)
+
+
+Event = PeerEvent | Refresh
+"""What the registry tells its adapter (:meth:`wgmesh.proto.registry.Registry.events`)."""
+
+
+def entry_of(key: bytes, row: bytes, allowed_ips: tuple[str, ...]) -> PeerEntry:
+    """A row unpacked (the allowed IPs are not stored: they are the admission file's)."""
+    u = unpack_row(row)
+    return PeerEntry(key, u.name, u.mappings, u.addresses, u.nat, u.since, u.refreshed,
+                     u.register_counter, u.watch_counter, u.software, allowed_ips,
+                     u.secondary)  # fmt: skip
 
 
 class Stored(NamedTuple):

@@ -195,6 +195,23 @@ def last_seen(row: bytes) -> float:
     return when
 
 
+def without_key(row: bytes) -> bytes:
+    """The row with :data:`NO_KEY` for its shared key (what leaves the registry in events:
+    shared keys never do)."""
+    return b"".join((row[:SHARED_AT], NO_KEY, row[SHARED_AT + 32 :]))
+
+
+def refreshed_fields(row: bytes) -> tuple[tuple[float, ...], int, str]:
+    """What a refresh changes in a row: when each mapping was last registered, the Register
+    counter and the software (the store's update after a refresh, without :func:`unpack_row`)."""
+    first, _, counter, _, _, seen_len, secondary_len, other_len, _ = ROW.unpack_from(row)
+    at = ROW.size + seen_len + secondary_len
+    software = row[at + other_len :].decode()
+    if not other_len:
+        return (first,), counter, software
+    return (first, _TIME.unpack_from(row, at)[0]), counter, software
+
+
 def unpack_row(row: bytes) -> Unpacked:
     """The values a row holds (see :func:`pack_row`)."""
     first_seen, since, counter, watch_counter, nat, seen_len, secondary_len, other_len, _ = (
@@ -241,10 +258,26 @@ def refresh(
     the reported ``addresses`` or the published ``name`` differ, or the row's other mapping was
     last registered before ``stale_before`` (it is to be dropped). ``counter``: the new
     Register counter; ``shared``: the key its box opened with."""
+    seen = pack_seen(mapping, addresses, name)
+    return refresh_seen(row, seen, mapping, now, counter, software.encode(), shared, stale_before)
+
+
+def refresh_seen(
+    row: bytes,
+    seen: bytes,
+    mapping: Endpoint,
+    now: float,
+    counter: int,
+    software: bytes,
+    shared: bytes,
+    stale_before: float,
+) -> Refreshed | None:
+    """:func:`refresh` with the registration's ``seen`` packed already (:func:`pack_seen` of
+    ``mapping``, the addresses and the name; the registrar's fast path builds it from the
+    payload's bytes, wgmesh.proto.refresh) and ``software`` encoded."""
     first_seen, since, _, watch_counter, nat, seen_len, secondary_len, other_len, _ = (
         ROW.unpack_from(row)
     )
-    seen = pack_seen(mapping, addresses, name)
     at = ROW.size + seen_len
     other_at = at + secondary_len
     if seen_len == len(seen) and row.startswith(seen, ROW.size):  # the first mapping
@@ -253,7 +286,7 @@ def refresh(
         new = b"".join((
             ROW.pack(now, since, counter, watch_counter, nat, seen_len, secondary_len, other_len,
                      shared),
-            seen, row[at : other_at + other_len], software.encode(),
+            seen, row[at : other_at + other_len], software,
         ))  # fmt: skip
         secondary = _unpack_secondary(row[at:other_at], mapping)
         if not other_len:
@@ -284,7 +317,7 @@ def refresh(
         ROW.pack(first_seen, since, counter, watch_counter, nat, seen_len, secondary_len,
                  other_len, shared),
         row[ROW.size : other_at], _TIME.pack(now), row[other_at + _TIME.size : end],
-        software.encode(),
+        software,
     ))  # fmt: skip
     mappings = (first, mapping)
     return new, since, watch_counter, NATS[nat], mappings, (first_seen, now), secondary

@@ -57,6 +57,7 @@ from wgmesh.proto.peerentry import (
     Admission,
     AdmittedPeer,
     Change,
+    Event,
     PeerEntry,
     PeerEvent,
     RegistryConfig,
@@ -64,11 +65,13 @@ from wgmesh.proto.peerentry import (
     candidates_of,
     carried_over,
     classify,
+    entry_of,
     family_of,
     nat_of,
     observed_after,
     of_family,
     published,
+    refresh_event,
     shown_of,
 )
 from wgmesh.proto.peerrow import (
@@ -77,17 +80,19 @@ from wgmesh.proto.peerrow import (
     WATCHER_SHARED_AT,
     last_seen,
     last_watch,
+    pack_endpoint,
     pack_row,
     pack_watcher,
     refresh,
+    refresh_seen,
     register_counter,
     row_watch_counter,
     shared_key,
-    unpack_row,
     unpack_watcher,
     watcher_counter,
 )
 from wgmesh.proto.ratelimit import RateLimiter
+from wgmesh.proto.refresh import registration, sealed_request
 from wgmesh.proto.relay import Relay, RelayConfig
 from wgmesh.proto.relayctl import IPAddress, RelayControl
 from wgmesh.proto.roster import RosterBook
@@ -154,7 +159,7 @@ class Registry:
         self._key_limiter = RateLimiter(config.key_rate_limit)
         self._agreements = RateLimiter(config.agreement_limit)
         self._plain = stun.PlainBindingResponder(config.software)
-        self._events: list[PeerEvent] = []
+        self._events: list[Event] = []
         self._push_counter = 0
         self.relay = self._relay_control(RelayConfig(), None)
         """RelayRequests, RelayBinds and the allocations (wgmesh.proto.relayctl); off until
@@ -306,6 +311,8 @@ class Registry:
         if len(data) > self.config.max_datagram:
             c["oversize"] += 1
             return []
+        if local_port == self.primary_port and self._refresh_fast(data, source, now):
+            return []
         if not stun.is_stun(data):
             classic = stun.classic_binding_success(data, source)
             if classic is not None:  # an RFC 3489 client (RFC 8489 section 12)
@@ -327,6 +334,46 @@ class Registry:
             c["binding"] += 1
             return [(stun.binding_success(msg, source, software=self.config.software), source)]
         return self._sealed(msg, key, box, source, local_port, now)
+
+    def _refresh_fast(self, data: bytes, source: Endpoint, now: float) -> bool:
+        """The fast path (wgmesh.proto.refresh): True when ``data`` was a known peer's Register
+        that changes nothing published, and is handled; False, with nothing changed or counted,
+        when the full path must judge it. The checks are the full path's, in its order."""
+        parsed = sealed_request(data)
+        if parsed is None:
+            return False
+        tid, key, box = parsed
+        row = self._rows.get(key)
+        if row is None:
+            return False
+        shared = row[SHARED_AT : SHARED_AT + 32]
+        admitted = self.admission.lookup(key)
+        if shared == NO_KEY or admitted is None:
+            return False
+        plaintext = sealed.open_or_none(shared, box)
+        if plaintext is None:
+            return False
+        reg = registration(plaintext, tid)
+        if (
+            reg is None
+            or abs(reg.timestamp_ms / 1000.0 - now) > self.config.freshness_window
+            or reg.counter <= register_counter(row)
+        ):
+            return False
+        name = admitted.name.encode() if admitted.name else reg.name
+        seen = b"".join((bytes((reg.count,)), pack_endpoint(source), reg.seen_tail, name))
+        done = refresh_seen(row, seen, source, now, reg.counter, reg.software, shared,
+                            now - self.config.expiry)  # fmt: skip
+        if done is None:
+            return False
+        if not self._key_limiter.allow(key, now):  # only the key's owner can spend this
+            self.counters["key_limited"] += 1
+            return True
+        self.counters["registered"] += 1
+        self._rows[key] = done[0]
+        self._rows.move_to_end(key)
+        self._events.append(refresh_event(key, done[0], admitted.allowed_ips))
+        return True
 
     def _sealed(
         self,
@@ -462,13 +509,9 @@ class Registry:
             if done is not None:
                 # the common case, a refresh: nothing published changes (the allowed IPs
                 # neither: set_admission republishes when they change)
-                new, since, watch_counter, nat, mappings, refreshed, secondary = done
-                self._rows[key] = new
+                self._rows[key] = done[0]
                 self._rows.move_to_end(key)
-                entry = PeerEntry(key, name, mappings, reg.addresses, nat, since, refreshed,
-                                  reg.counter, watch_counter, reg.software, admitted.allowed_ips,
-                                  secondary)  # fmt: skip
-                self._events.append(PeerEvent(Change.REFRESHED, entry))
+                self._events.append(refresh_event(key, done[0], admitted.allowed_ips))
                 return []
         previous = None if row is None else self._entry(key, row)
         mappings, refreshed = observed_after(previous, source, now, limit)
@@ -490,9 +533,9 @@ class Registry:
         if previous is None:
             return self._publish(Change.ADDED, entry, now, shared)
         if shown_of(entry) == shown_of(previous):  # e.g. the other family's mapping came back
-            self._rows[key] = _row(entry, shared)
+            self._rows[key] = new = _row(entry, shared)
             self._rows.move_to_end(key)
-            self._events.append(PeerEvent(Change.REFRESHED, entry))
+            self._events.append(refresh_event(key, new, admitted.allowed_ips, moved=True))
             return []
         return self._publish(Change.CHANGED, entry, now, shared)
 
@@ -715,7 +758,7 @@ class Registry:
         out += self.relay.expire(now)
         return out
 
-    def events(self) -> list[PeerEvent]:
+    def events(self) -> list[Event]:
         """Peer changes since the last call, oldest first."""
         events, self._events = self._events, []
         return events
@@ -724,12 +767,8 @@ class Registry:
 
     def _entry(self, key: bytes, row: bytes, admission: Admission | None = None) -> PeerEntry:
         """Unpack a row. The allowed IPs are not stored: they are the admission file's."""
-        u = unpack_row(row)
         admitted = (admission or self.admission).lookup(key)
-        return PeerEntry(key, u.name, u.mappings, u.addresses, u.nat, u.since, u.refreshed,
-                         u.register_counter, u.watch_counter, u.software,
-                         () if admitted is None else admitted.allowed_ips,
-                         u.secondary)  # fmt: skip
+        return entry_of(key, row, () if admitted is None else admitted.allowed_ips)
 
     def _without_stale(self, entry: PeerEntry, now: float) -> PeerEntry | None:
         """``entry`` without its mappings not registered within ``expiry`` (``entry`` itself

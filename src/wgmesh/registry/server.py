@@ -51,7 +51,8 @@ from wgmesh.proto.metrics import (
     gauge,
     labelled,
 )
-from wgmesh.proto.registry import Change, Outgoing, PeerEvent, Registry
+from wgmesh.proto.peerentry import Event
+from wgmesh.proto.registry import Change, Outgoing, Registry
 from wgmesh.registry.admission import load_admission
 from wgmesh.registry.ddns import UpdateService, ddns_metrics
 from wgmesh.registry.dns import DnsAdapterStats, DnsServer, start_dns
@@ -214,7 +215,9 @@ class Registrar:
         self.unroutable = 0
         """Datagrams not sent: no socket of the destination's address family."""
         self._dns: DnsServer | None = None
-        self._pending: list[PeerEvent] = []
+        self._pending: list[Event] = []
+        self._pending_published = 0
+        """How many of ``_pending`` publish something (not refreshes)."""
         self._settle: asyncio.Handle | None = None
         """Scheduled :meth:`_after_input`: once per loop iteration that fed the registry."""
         self._expiry: asyncio.TimerHandle | None = None
@@ -432,6 +435,7 @@ class Registrar:
         events = self.registry.events()
         for ev in events:
             if ev.change != Change.REFRESHED:
+                self._pending_published += 1
                 p = ev.peer
                 log.info(
                     "peer %s %s (%s) endpoint %s nat %s",
@@ -445,7 +449,7 @@ class Registrar:
         withdrawn peer), before an answer or a push tells anyone about it; refreshes wait for
         the flush timer (losing one costs nothing but a replay floor a moment old)."""
         self._drain()
-        if any(ev.change != Change.REFRESHED for ev in self._pending):
+        if self._pending_published:
             self._write()
         elif self._pending and self._flush is None:  # refreshes: the flush timer takes them
             self._flush = self._loop.call_later(self.settings.flush_interval, self._write)
@@ -458,7 +462,7 @@ class Registrar:
             self._flush = None
         self._drain()
         if self._pending or self.zone.serial != self._stored_serial:
-            batch, self._pending = self._pending, []
+            batch, self._pending, self._pending_published = self._pending, [], 0
             self.store.apply(batch, self.zone.serial, self.registry.wrapped_key)
             self._serial_stored()
 
@@ -655,5 +659,5 @@ class Registrar:
         self._drain()
         if self._pending or self.zone.serial != self._stored_serial:
             self.store.apply(self._pending, self.zone.serial, self.registry.wrapped_key)
-            self._pending = []
+            self._pending, self._pending_published = [], 0
         self.store.close()

@@ -25,8 +25,9 @@ from pathlib import Path
 from wgmesh.errors import ConfigError, DecodeError
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import NatKind
-from wgmesh.proto.peerentry import Stored
-from wgmesh.proto.registry import Change, PeerEntry, PeerEvent
+from wgmesh.proto.peerentry import Event, Refresh, Stored
+from wgmesh.proto.peerrow import refreshed_fields
+from wgmesh.proto.registry import Change, PeerEntry
 from wgmesh.proto.relay import Allocation
 
 SCHEMA = """
@@ -68,6 +69,10 @@ _INSERT = (
     "INSERT OR REPLACE INTO peers (key, name, endpoint, addresses, nat, since, last_seen,"
     " register_counter, watch_counter, software, secondary, refreshed, wrapped_key)"
     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_REFRESH = (
+    "UPDATE peers SET last_seen=?, refreshed=?, register_counter=?, software=?, wrapped_key=?"
+    " WHERE key=?"
 )
 
 
@@ -128,16 +133,24 @@ class Store:
 
     def apply(
         self,
-        events: Iterable[PeerEvent],
+        events: Iterable[Event],
         serial: int,
         wrapped_key: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
         """Persist a batch of peer changes and the zone serial in one transaction
-        (``wrapped_key``: each peer's shared key as it is stored, wgmesh.proto.keywrap)."""
+        (``wrapped_key``: each peer's shared key as it is stored, wgmesh.proto.keywrap). A
+        refresh updates only what it changed; the whole row is written when there is none yet."""
         db = self._db
         db.execute("BEGIN")
         try:
             for ev in events:
+                if isinstance(ev, Refresh) and not ev.moved:
+                    refreshed, counter, software = refreshed_fields(ev.row)
+                    wrapped = None if wrapped_key is None else wrapped_key(ev.key)
+                    done = db.execute(_REFRESH, (max(refreshed), " ".join(map(repr, refreshed)),
+                                                 counter, software, wrapped, ev.key))  # fmt: skip
+                    if done.rowcount:
+                        continue
                 p = ev.peer
                 if ev.change == Change.WITHDRAWN:
                     db.execute("DELETE FROM peers WHERE key=?", (p.key,))
