@@ -48,6 +48,7 @@ import ctypes.util
 import ipaddress
 import logging
 import socket
+import struct
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -105,6 +106,26 @@ class _Msghdr(ctypes.Structure):
 
 class _Mmsghdr(ctypes.Structure):
     _fields_ = (("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint))
+
+
+_MM = ctypes.sizeof(_Mmsghdr)
+"""Bytes per mmsghdr: the slots are read and written through memoryviews at these offsets,
+since a ctypes attribute access costs more than the rest of a plain STUN answer."""
+_HDR = _Mmsghdr.msg_hdr.offset
+_NAME = struct.Struct("@PI")
+"""msg_name, msg_namelen (adjacent at the head of a msghdr)."""
+_NAMELEN_AT = _HDR + _Msghdr.msg_namelen.offset
+_CONTROL = struct.Struct("@PN")
+"""msg_control, msg_controllen (adjacent)."""
+_CONTROL_AT = _HDR + _Msghdr.msg_control.offset
+_CONTROLLEN_AT = _HDR + _Msghdr.msg_controllen.offset
+_FLAGS_AT = _HDR + _Msghdr.msg_flags.offset
+_LEN_AT = _Mmsghdr.msg_len.offset
+_U32 = struct.Struct("@I")
+_INT = struct.Struct("@i")
+_SIZE = struct.Struct("@N")
+_IOV_LEN_AT = _Iovec.iov_len.offset
+_IOV = ctypes.sizeof(_Iovec)
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -229,6 +250,15 @@ class BatchedUdp:
             s = self._smsg[i].msg_hdr
             s.msg_iov = ctypes.pointer(self._siov[i])
             s.msg_iovlen = 1
+        self._rview = memoryview(self._rmsg).cast("B")
+        self._sview = memoryview(self._smsg).cast("B")
+        self._siov_view = memoryview(self._siov).cast("B")
+        self._inview = memoryview(self._in).cast("B")
+        self._nview = memoryview(self._names).cast("B")
+        self._oview = memoryview(self._out).cast("B")
+        self._rtemplate = bytes(self._rview)
+        """The receive headers as set here: recvmmsg rewrites the name and control lengths,
+        flags and lengths of the slots it fills, and copying this back resets them."""
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start answering from ``loop``."""
@@ -297,66 +327,60 @@ class BatchedUdp:
         fd = self.sock.fileno()
         if fd < 0:
             return 0
-        rmsg, smsg, siov = self._rmsg, self._smsg, self._siov
+        rview, sview, smsg = self._rview, self._sview, self._smsg
         pktinfo = self.pktinfo
         # recvmmsg rewrites the name and control lengths of the slots it fills: only those of
         # the last batch need resetting (all of them were set in __init__)
-        if pktinfo:
-            for i in range(self._used):
-                h = rmsg[i].msg_hdr
-                h.msg_namelen = NAME_SIZE
-                h.msg_controllen = CONTROL_SIZE
-        else:
-            for i in range(self._used):
-                rmsg[i].msg_hdr.msg_namelen = NAME_SIZE
+        used = self._used * _MM
+        if used:
+            rview[:used] = self._rtemplate[:used]
         self._used = 0
-        n: int = _LIBC.recvmmsg(fd, ctypes.byref(rmsg), BATCH, MSG_DONTWAIT, None)
+        n: int = _LIBC.recvmmsg(fd, ctypes.byref(self._rmsg), BATCH, MSG_DONTWAIT, None)
         if n <= 0:
             return 0
         self._used = n
         stats = self.stats
         stats.batches += 1
         stats.received += n
-        string_at, memmove = ctypes.string_at, ctypes.memmove
         slot, size, handler = self._slot, self.size, self.handler
-        in_at, names_at, out_at = self._in_at, self._names_at, self._out_at
-        control_at, cview, v6 = self._control_at, self._cview, self.v6
+        inview, nview, oview, iov = self._inview, self._nview, self._oview, self._siov_view
+        names_at, control_at, cview, v6 = self._names_at, self._control_at, self._cview, self.v6
+        u32, flags_of, size_t = _U32.unpack_from, _INT.unpack_from, _SIZE.unpack_from
         # where the address is in the received in_pktinfo / in6_pktinfo, and how long it is
         need = _CMSG_HEADER + (20 if v6 else 12)
         k = 0
         for i in range(n):
-            r = rmsg[i]
-            length = r.msg_len
-            hdr = r.msg_hdr
-            if length >= slot or hdr.msg_flags & MSG_TRUNC:
+            at = i * _MM
+            length = u32(rview, at + _LEN_AT)[0]
+            if length >= slot or flags_of(rview, at + _FLAGS_AT)[0] & MSG_TRUNC:
                 stats.truncated += 1
                 if self.on_truncated is not None:
                     self.on_truncated()
                 continue
-            namelen = hdr.msg_namelen
-            name = string_at(names_at + i * NAME_SIZE, namelen)
+            namelen = u32(rview, at + _NAMELEN_AT)[0]
+            name_at = i * NAME_SIZE
+            name = nview[name_at : name_at + namelen].tobytes()
             if pktinfo:
                 self._current = i
             try:
-                reply = handler(string_at(in_at + i * slot, length), name)
+                reply = handler(inview[i * slot : i * slot + length].tobytes(), name)
             except Exception as exc:  # a bug: drop this datagram, answer the rest of the batch
                 self._handler_failed(exc, name)
                 continue
             if reply is None:
                 continue
-            if len(reply) > size:
+            out = len(reply)
+            if out > size:
                 self._send_one(reply, name, self.current_local() if pktinfo else b"")
                 continue
-            memmove(out_at + k * size, reply, len(reply))
-            siov[k].iov_len = len(reply)
-            s = smsg[k].msg_hdr
-            s.msg_name = names_at + i * NAME_SIZE
-            s.msg_namelen = namelen
+            oview[k * size : k * size + out] = reply
+            _SIZE.pack_into(iov, k * _IOV + _IOV_LEN_AT, out)
+            _NAME.pack_into(sview, k * _MM + _HDR, names_at + name_at, namelen)
             if pktinfo:
                 # the received pktinfo, rewritten in place into the one that sets the source:
                 # in6_pktinfo {addr, ifindex} with the ifindex cleared (the route picks the
                 # interface); in_pktinfo {ifindex, spec_dst, addr}: spec_dst = addr, ifindex 0
-                controllen = hdr.msg_controllen
+                controllen = size_t(rview, at + _CONTROLLEN_AT)[0]
                 if controllen >= need:
                     o = i * CONTROL_SIZE + _CMSG_HEADER
                     if v6:
@@ -364,16 +388,14 @@ class BatchedUdp:
                     else:
                         cview[o + 4 : o + 8] = cview[o + 8 : o + 12]
                         cview[o : o + 4] = _ZERO4
-                    s.msg_control = control_at + i * CONTROL_SIZE
-                    s.msg_controllen = controllen
+                    _CONTROL.pack_into(sview, k * _MM + _CONTROL_AT,
+                                       control_at + i * CONTROL_SIZE, controllen)  # fmt: skip
                 else:  # no destination given (cannot happen on Linux): the kernel picks
-                    s.msg_controllen = 0
+                    _SIZE.pack_into(sview, k * _MM + _CONTROLLEN_AT, 0)
             k += 1
         sent = 0
         while sent < k:  # sendmmsg may take fewer than asked; a failing datagram is skipped
-            m: int = _LIBC.sendmmsg(
-                fd, ctypes.byref(smsg, sent * ctypes.sizeof(_Mmsghdr)), k - sent, MSG_DONTWAIT
-            )
+            m: int = _LIBC.sendmmsg(fd, ctypes.byref(smsg, sent * _MM), k - sent, MSG_DONTWAIT)
             if m <= 0:
                 stats.send_failed += 1
                 sent += 1
