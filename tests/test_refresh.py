@@ -101,7 +101,7 @@ def test_the_fast_readers_agree_with_the_full_decoders(
         assert isinstance(full, sealed.Register) and not full.secondary
         assert (reg.timestamp_ms, reg.counter) == (full.timestamp_ms, full.counter)
         assert (reg.name.decode(), reg.software.decode()) == (full.name, full.software)
-        assert reg.count == len(full.addresses)
+        assert reg.addresses == len(full.addresses)
         assert reg.seen_tail == b"".join(map(pack_endpoint, full.addresses))
 
 

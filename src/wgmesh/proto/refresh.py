@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import NamedTuple
 
 from wgmesh.proto import stun
 from wgmesh.proto.payloads import HEADER_LEN, MAX_ADDRESSES, MAX_NAME, MAX_SOFTWARE, VERSION, Kind
@@ -68,30 +69,20 @@ def sealed_request(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     return tid, data[_KEY_AT:_SEALED_AT], data[_SEALED_AT + 4 : end]
 
 
-class Registration:
-    """What the fast path reads from a Register's plaintext (:func:`registration`)."""
+class Registration(NamedTuple):
+    """What the fast path reads from a Register's plaintext (:func:`registration`). A
+    NamedTuple: it is built for nearly every datagram."""
 
-    __slots__ = ("count", "counter", "name", "seen_tail", "software", "timestamp_ms")
-
-    def __init__(
-        self,
-        timestamp_ms: int,
-        counter: int,
-        name: bytes,
-        count: int,
-        seen_tail: bytes,
-        software: bytes,
-    ) -> None:
-        self.timestamp_ms = timestamp_ms
-        self.counter = counter
-        self.name = name
-        """The name the peer reports (UTF-8, checked)."""
-        self.count = count
-        """How many addresses it reports."""
-        self.seen_tail = seen_tail
-        """Those addresses as ``pack_seen`` packs them."""
-        self.software = software
-        """The software string (ASCII, checked)."""
+    timestamp_ms: int
+    counter: int
+    name: bytes
+    """The name the peer reports (UTF-8, checked)."""
+    addresses: int
+    """How many addresses it reports."""
+    seen_tail: bytes
+    """Those addresses as ``pack_seen`` packs them."""
+    software: bytes
+    """The software string (ASCII, checked)."""
 
 
 def registration(plaintext: bytes, transaction_id: bytes) -> Registration | None:

@@ -361,7 +361,7 @@ class Registry:
         ):
             return False
         name = admitted.name.encode() if admitted.name else reg.name
-        seen = b"".join((bytes((reg.count,)), pack_endpoint(source), reg.seen_tail, name))
+        seen = b"".join((bytes((reg.addresses,)), pack_endpoint(source), reg.seen_tail, name))
         done = refresh_seen(row, seen, source, now, reg.counter, reg.software, shared,
                             now - self.config.expiry)  # fmt: skip
         if done is None:
