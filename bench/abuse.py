@@ -577,7 +577,7 @@ def register_msg(s: sealed.Sealer, reg_key: bytes, counter: int, now: float) -> 
 
 def watch_msg(s: sealed.Sealer, reg_key: bytes, counter: int, now: float,
               cookie: bytes = bytes(16)) -> bytes:  # fmt: skip
-    payload = sealed.Watch(int(now * 1000), counter, 0, cookie)
+    payload = sealed.padded_watch(sealed.Watch(int(now * 1000), counter, 0, cookie))
     return sealed.build_sealed_request(s, s.public_key, reg_key, payload, os.urandom(12),
                                        os.urandom(24))  # fmt: skip
 

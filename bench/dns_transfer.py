@@ -169,7 +169,7 @@ class Peer:
         registered = self.counter
         now = int(time.time() * 1000)
         for payload in (sealed.Register(now, registered, "bench", (), "t", False),
-                        sealed.Watch(now, registered + 1, registered)):  # fmt: skip
+                        sealed.padded_watch(sealed.Watch(now, registered + 1, registered))):  # fmt: skip
             self.sock.sendto(self._sealed(payload), dest.sockaddr())
         self.counter += 1
         reply, _ = self.sock.recvfrom(2048)

@@ -365,6 +365,8 @@ def sample_payloads(rng: random.Random, ts: int) -> list[sealed.Payload]:
         sealed.Register(ts, 2, "\u00e5lice \U0001f422", lans + six, "wgmesh/0.1.0", True),
         sealed.Register(ts, 3, "n" * 63, (v4,), "s" * 32),
         sealed.Watch(ts, 4, 2),
+        sealed.padded_watch(sealed.Watch(ts, 4, 2)),
+        sealed.padded_watch(sealed.Watch(ts, 5, 2, bytes(16), ())),
         sealed.Watch(ts, 5, 2, rng.randbytes(16), ()),
         sealed.Watch(ts, 5, 2, rng.randbytes(16), ids),
         sealed.Watch(ts, 5, 2, bytes(16), tuple(rng.randbytes(8) for _ in range(57))),
@@ -563,6 +565,7 @@ class RegistryHarness:
             sealed.Register(ts, 11, "", (*odd, lan, lan), "x", secondary=True),
             sealed.Register(ts, 12, "b" * 63, many, "s" * 32),
             sealed.Watch(ts, 13, 10),
+            sealed.padded_watch(sealed.Watch(ts, 13, 10)),
             sealed.Watch(ts, 13, 10, bytes(16), tuple(sealed.key_id(k) for k in keys[:9])),
             sealed.RosterQuery(ts, 14, 0),
             sealed.RosterQuery(ts, 15, 3),
@@ -700,7 +703,9 @@ class RegistryHarness:
         probe = self.probes[i]
         self.stamp += 2
         register = sealed.Register(int(now * 1000), self.stamp - 1, f"probe{i}", (), "wgmesh")
-        watch = sealed.Watch(int(now * 1000), self.stamp, self.stamp - 1, self.probe_cookies[i])
+        watch = sealed.padded_watch(
+            sealed.Watch(int(now * 1000), self.stamp, self.stamp - 1, self.probe_cookies[i])
+        )
         out: list[tuple[bytes, Endpoint]] = []
         for p, source in ((register, self.probe_wg[i]), (watch, self.probe_control[i])):
             tid, nonce = rng.randbytes(12), rng.randbytes(24)

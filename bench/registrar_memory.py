@@ -122,7 +122,9 @@ def ours(n: int, rounds: int, dual: bool = False) -> dict[str, float]:
                 public = Endpoint.of(f"198.51.{100 + (i >> 16) % 2}.{(i >> 8) & 255}", 1024 + i % 60000)  # fmt: skip
                 payload: sealed.Payload
                 if watch:
-                    payload = sealed.Watch(int(now * 1000), counter + 1, counter)
+                    payload = sealed.padded_watch(
+                        sealed.Watch(int(now * 1000), counter + 1, counter)
+                    )
                     public = Endpoint(public.ip, public.port + 1)  # its control socket
                 else:
                     if kind == "register6":  # the same peer's IPv6 mapping

@@ -265,7 +265,7 @@ static void lat_print(const char *name, struct lat *l, long long lost) {
    in a STUN Binding Request with WG-PUBLIC-KEY, WG-SEALED and FINGERPRINT. */
 static size_t build(uint8_t *out, uint32_t p, int kind, uint64_t counter, uint64_t reg,
                     const uint8_t cookie[16]) {
-    uint8_t rnd[36], pt[96];
+    uint8_t rnd[36], pt[128];
     randombytes_buf(rnd, sizeof rnd);
     const uint8_t *tid = rnd, *nonce = rnd + 12;
     size_t n = 0;
@@ -292,7 +292,10 @@ static size_t build(uint8_t *out, uint32_t p, int kind, uint64_t counter, uint64
     } else {
         wr64(pt + n, reg);
         memcpy(pt + n + 8, cookie, 16);
-        n += 24; /* no interest list: every peer's changes */
+        n += 24;
+        pt[n++] = 0xFF; /* every peer's changes, then zeros to WATCH_MIN (112), as daemons pad */
+        memset(pt + n, 0, 112 - n);
+        n = 112;
     }
     size_t box = 24 + 16 + n, pad = (4 - box % 4) % 4;
     size_t len = 20 + 36 + 4 + box + pad + 8;
@@ -1090,6 +1093,7 @@ def check_generator(gen: Path, keys: Path, reg_private: bytes) -> None:
     lan = (Endpoint.of("10.0.0.0", 51820),)
     assert isinstance(reg, sealed.Register) and reg.counter == 1000 and reg.addresses == lan
     assert isinstance(watch, sealed.Watch) and watch.register_counter == 1000
+    assert watch.interest is None and 30 + watch.padding + 25 == sealed.WATCH_MIN
     query = dns.message.from_wire(bytes.fromhex(out["query"]))
     assert str(query.question[0].name) == f"{key_label(raw[:32])}._wireguard._udp.mesh.test."
 

@@ -132,7 +132,9 @@ class Client:
         self.sock.sendto(data, dest.sockaddr())
         self.counter += 1
         self.sock.sendto(
-            self._sealed(sealed.Watch(int(time.time() * 1000), self.counter, registered)),
+            self._sealed(
+                sealed.padded_watch(sealed.Watch(int(time.time() * 1000), self.counter, registered))
+            ),
             dest.sockaddr(),
         )
         reply, _ = self.sock.recvfrom(2048)

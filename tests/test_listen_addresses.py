@@ -317,7 +317,7 @@ for host in targets:
                                                os.urandom(12), os.urandom(24))
         now = int(time.time() * 1000)
         s.sendto(box(sealed.Register(now, counter, "probe", (), "t", False)), (host, 3478))
-        s.sendto(box(sealed.Watch(now, counter + 1, counter)), (host, 3478))
+        s.sendto(box(sealed.padded_watch(sealed.Watch(now, counter + 1, counter))), (host, 3478))
         data, addr = s.recvfrom(4096)
         _, status = sealed.open_sealed(sealer, stun.decode(data), registrar_key)
         r["register"] = [source(addr), type(status).__name__]

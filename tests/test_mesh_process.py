@@ -27,8 +27,8 @@ def prove(client: Client, r: RegistrarProcess) -> None:
     proven control address (what PathReports must come from)."""
     for _ in range(2):
         client.counter += 1
-        watch = sealed.Watch(int(time.time() * 1000), client.counter, 0,
-                             getattr(client, "cookie", bytes(16)))  # fmt: skip
+        watch = sealed.padded_watch(sealed.Watch(int(time.time() * 1000), client.counter, 0,
+                                                 getattr(client, "cookie", bytes(16))))  # fmt: skip
         client.sock.sendto(client._sealed(watch), r.endpoint.sockaddr())
         reply, _ = client.sock.recvfrom(2048)
         _, status = sealed.open_sealed(client.sealer, stun.decode(reply), r.key)

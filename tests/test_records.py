@@ -16,6 +16,7 @@ from wgmesh.daemon.resolver import ZoneResolver
 from wgmesh.errors import RemoteProtocolError
 from wgmesh.proto.dnssd import Candidate, Zone
 from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.keys import encode_key
 from wgmesh.proto.kinds import CandidateKind, NatKind
 from wgmesh.proto.punch import Hint
 from wgmesh.proto.records import (
@@ -110,6 +111,25 @@ def test_negative_and_failed_answers() -> None:
     assert read_srv_answer(name, _answer(name)) is None  # NODATA
     with pytest.raises(RemoteProtocolError, match="SERVFAIL"):
         read_srv_answer(name, _answer(name, rcode=dns.rcode.SERVFAIL))
+
+
+def test_a_record_whose_pub_names_another_key_is_ignored() -> None:
+    """A forged TXT under K1's name whose ``pub=`` names K2 (an attacker's key): the record is
+    refused whole (the daemon's lookup fails and the planner keeps what it had), so nothing
+    read under one key's name can speak for another key. The same answer with K1's own
+    ``pub=`` reads."""
+    name = instance_name(K1, ORIGIN_NAME)
+    srv = dns.rrset.from_text(name, 0, "IN", "SRV", f"0 0 51820 {name}")
+    a = dns.rrset.from_text(name, 0, "IN", "A", "192.0.2.66")
+    for pub, ok in ((encode_key(K2), False), (encode_key(K1), True)):
+        txt = dns.rrset.from_text(name, 0, "IN", "TXT", f'"pub={pub}"', '"allowed=0.0.0.0/0"')
+        answer = read_srv_answer(name, _answer(name, srv, a, txt))
+        assert answer is not None
+        if ok:
+            assert peer_record(K1, answer).key == K1
+        else:
+            with pytest.raises(RemoteProtocolError, match="pub= names another key"):
+                peer_record(K1, answer)
 
 
 def test_targets_of_unknown_kind_and_bad_fields_are_left_out() -> None:

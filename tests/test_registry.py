@@ -56,6 +56,7 @@ class Peer:
         self.counter = 1000
         self.cookie = bytes(16)
         self.interest: tuple[bytes, ...] | None = None
+        self.padded = True
 
     def message(
         self, reg_key: bytes, payload: sealed.Payload, msg_type: int = stun.BINDING_REQUEST
@@ -97,6 +98,8 @@ class Peer:
         payload = sealed.Watch(
             int(now * 1000), self.counter, self.counter - 1, self.cookie, self.interest
         )
+        if self.padded:  # as daemons send it
+            payload = sealed.padded_watch(payload)
         return self.message(reg_key, payload)
 
 
@@ -286,12 +289,15 @@ def test_first_contacts_are_limited_per_source_and_in_all(reg_private: PrivateKe
     assert r.counters["agreement_limited"] == 7 and r.sealer.agreements == 8
 
 
+@pytest.mark.parametrize("moving", [False, True], ids=["refreshing", "moving"])
 def test_junk_with_a_victims_source_does_not_stop_its_registrations(
-    reg_private: PrivateKey,
+    reg_private: PrivateKey, moving: bool
 ) -> None:
     """An off-path attacker sends 1,000 packets/s carrying the victim's source address: boxes
     under the victim's key that do not open, and first contacts under random keys. The
-    victim's own registrations, one a second, all go through."""
+    victim's own registrations, one a second, all go through: plain refreshes (the fast path)
+    and, ``moving``, registrations whose LAN address changes each time (the full path, where
+    the per-source bucket is)."""
     r = make(reg_private)
     reg_key = bytes(reg_private.public_key)
     victim = Peer()
@@ -301,10 +307,45 @@ def test_junk_with_a_victims_source_does_not_stop_its_registrations(
         junk = tampered(victim.register(reg_key, now)) if tick % 2 else Peer().register(reg_key)
         r.receive(junk, SRC, PORT, now)
         if tick % 1000 == 999:
-            r.receive(victim.register(reg_key, now), SRC, PORT, now)
+            lan = (Endpoint.parse(f"10.0.0.{tick // 1000 + 1}:51820"),) if moving else ()
+            r.receive(victim.register(reg_key, now, addresses=lan), SRC, PORT, now)
     accepted = [e for e in r.events() if e.peer.key == victim.key]
     assert len(accepted) == 11  # the first and all ten during the flood
+    full = [e for e in accepted if isinstance(e, PeerEvent)]
+    assert len(full) == (11 if moving else 1)  # which path judged them
     assert r.counters["rate_limited"] > 4000  # the junk paid for itself
+
+
+def test_known_keys_are_served_while_first_contacts_spend_the_x25519_budget(
+    reg_private: PrivateKey,
+) -> None:
+    """``--open``: forged first contacts under fresh keys from 5,000 sources a second use up
+    the global X25519 budget. Known peers need no key agreement: every one of their
+    registrations (moving, so the full path judges them) and Watches is still served."""
+    r = make(reg_private, agreement_limit=RateLimitConfig(rate=200.0, burst=20.0))
+    reg_key = bytes(reg_private.public_key)
+    known = [Peer() for _ in range(5)]
+    for i, p in enumerate(known):
+        r.receive(p.register(reg_key), Endpoint.parse(f"198.51.100.{i}:4000"), PORT, NOW)
+    before = r.sealer.agreements
+    served = 0
+    for tick in range(2 * 5000):  # 2 s at 5,000 forged first contacts a second
+        now = NOW + tick / 5000
+        source = Endpoint.parse(f"203.0.113.{tick % 250}:{1024 + tick // 250}")
+        r.receive(Peer().register(reg_key, now), source, PORT, now)
+        if tick % 500 == 499:  # each known peer moves and watches 20 times a second in all
+            i = (tick // 500) % len(known)
+            p = known[i]
+            lan = (Endpoint.parse(f"10.0.{i}.{tick // 500 % 250}:51820"),)
+            wg, control = (Endpoint.parse(f"198.51.100.{i}:{port}") for port in (4000, 4001))
+            r.receive(p.register(reg_key, now, addresses=lan), wg, PORT, now)
+            out = r.receive(p.watch(reg_key, now), control, PORT, now)
+            served += len([d for d, a in out if a == control])
+    assert r.counters["agreement_limited"] > 9000
+    assert r.sealer.agreements - before <= 20 + 200 * 2 + 1  # the budget held
+    moved = [e for e in r.events() if isinstance(e, PeerEvent) and e.peer.key in
+             {p.key for p in known}]  # fmt: skip
+    assert len(moved) == 5 + 20 and served == 20
 
 
 def test_garbage_is_counted_not_raised(reg_private: PrivateKey) -> None:
@@ -1186,7 +1227,7 @@ def test_pushes_are_coalesced_per_window(reg_private: PrivateKey) -> None:
 def test_a_watch_with_a_spoofed_source_makes_no_push_target(reg_private: PrivateKey) -> None:
     """An attacker with a key of its own (``--open``) sends Watches carrying a victim's source
     address, replaying them too. The victim gets the Status answers (one each, no larger than
-    twice the Watch) and never a Push, however many peers change afterwards."""
+    the Watch) and never a Push, however many peers change afterwards."""
     r = make(reg_private)
     reg_key = bytes(reg_private.public_key)
     mallory, victim = Peer(), Endpoint.parse("192.0.2.200:53")
@@ -1198,7 +1239,7 @@ def test_a_watch_with_a_spoofed_source_makes_no_push_target(reg_private: Private
             inbound += len(data)
             outbound += sum(len(d) for d, a in out if a == victim)
     assert mallory.key not in r.watchers and r.counters["unproven"] >= 5
-    assert outbound <= 2 * inbound
+    assert 0 < outbound <= inbound
     changed = [Peer() for _ in range(20)]
     out = []
     for j, peer in enumerate(changed):
@@ -1206,6 +1247,39 @@ def test_a_watch_with_a_spoofed_source_makes_no_push_target(reg_private: Private
                          PORT, NOW + 10)  # fmt: skip
     out += r.expire(NOW + 11)
     assert [a for _, a in out if a == victim] == []
+
+
+@pytest.mark.parametrize("interest", [None, (), (bytes(8),) * 3])
+def test_an_unproven_watch_is_answered_only_when_no_smaller_than_its_status(
+    reg_private: PrivateKey, interest: tuple[bytes, ...] | None
+) -> None:
+    """Never more bytes out than in toward an unproven address: a padded Watch (as daemons send
+    it) gets its Status, at most its own size even with both families observed and an IPv6
+    source; the same Watch unpadded is smaller than that Status, gets no answer and is
+    counted. Once the source has proven itself, an unpadded Watch is answered."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    alice.interest = interest
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key), Endpoint.parse("[2001:db8::7]:40000"), PORT, NOW)
+    control = Endpoint.parse("[2001:db8::7]:50000")
+    data = alice.watch(reg_key)
+    out = r.receive(data, control, PORT, NOW)
+    assert len(out) == 1 and 0 < len(out[0][0]) <= len(data)
+    status = _opened(alice, out[0][0], reg_key)
+    assert isinstance(status, sealed.Status) and len(status.observed) == 2
+    assert not status.proven
+    alice.padded = False
+    data = alice.watch(reg_key)
+    assert r.receive(data, control, PORT, NOW) == []
+    assert r.counters["unpadded"] == 1
+    alice.cookie = status.cookie  # proven: the answer may be larger than an unpadded Watch
+    data = alice.watch(reg_key)
+    out = r.receive(data, control, PORT, NOW)
+    assert len(out) == 1 and len(out[0][0]) > len(data)
+    opened = _opened(alice, out[0][0], reg_key)
+    assert isinstance(opened, sealed.Status) and opened.proven
 
 
 def test_pushes_go_only_to_the_watchers_that_asked_for_the_peer(

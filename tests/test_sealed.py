@@ -153,7 +153,10 @@ OBS6 = b"\x06" + EP6.ip.packed + struct.pack("!H", 51820)
         (head(10) + b"\x02" + bytes(40), "sealed payload truncated"),
         (b"\x01\x00" + TID + bytes(16), "unknown sealed payload kind 0"),
         (b"\x01\x02" + bytes(12) + bytes(24), "sealed payload bound to another transaction"),
-        (head(2) + bytes(26), "trailing bytes after sealed payload"),
+        (head(2) + bytes(25) + b"\x01", "a Watch's padding is not zeros"),
+        (head(2) + bytes(24) + b"\xff\x00\x80", "a Watch's padding is not zeros"),
+        (head(2) + bytes(24) + b"\xff", "an every-peer marker without padding"),
+        (head(2) + bytes(24) + b"\xfe", "more than 57 key ids of interest"),
         (head(2) + bytes(24) + b"\x3a" + bytes(8 * 58), "sealed payload too large"),
         (head(2) + bytes(24) + b"\x3a" + bytes(8 * 40), "more than 57 key ids of interest"),
         (head(2) + bytes(24) + b"\x02" + bytes(9), "sealed payload truncated"),
@@ -484,6 +487,15 @@ payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
         st.binary(min_size=16, max_size=16),
         st.none() | st.lists(st.binary(min_size=8, max_size=8), max_size=57).map(tuple),
     ),
+    st.builds(  # padded: every Watch a daemon sends
+        Watch,
+        u64,
+        u64,
+        u64,
+        st.binary(min_size=16, max_size=16),
+        st.none() | st.lists(st.binary(min_size=8, max_size=8), max_size=50).map(tuple),
+        st.integers(1, 64),
+    ),
     st.builds(
         Status,
         u64,
@@ -623,6 +635,20 @@ def test_relay_payload_errors() -> None:
 @given(payloads, st.binary(min_size=12, max_size=12))
 def test_round_trip_property(p: sealed.Payload, tid: bytes) -> None:
     assert sealed.decode_payload(sealed.encode_payload(p, tid), tid) == p
+
+
+@given(
+    st.none() | st.lists(st.binary(min_size=8, max_size=8), max_size=57).map(tuple),
+    st.binary(min_size=12, max_size=12),
+)
+def test_a_padded_watch_is_watch_min_bytes_or_its_own_size(
+    interest: tuple[bytes, ...] | None, tid: bytes
+) -> None:
+    watch = Watch(1, 2, 3, bytes(16), interest)
+    padded = sealed.padded_watch(watch)
+    plain = sealed.encode_payload(padded, tid)
+    assert len(plain) == max(sealed.WATCH_MIN, len(sealed.encode_payload(watch, tid)))
+    assert sealed.decode_payload(plain, tid) == padded and padded.interest == interest
 
 
 @settings(max_examples=500, deadline=None)

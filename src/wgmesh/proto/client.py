@@ -668,7 +668,7 @@ class RegistrarClient:
 
     def _send_watch(self, register_counter: int, now: float) -> None:
         self._watch = self._next_counter(now)
-        payload = sealed.Watch(
-            int(now * 1000), self._watch, register_counter, self.cookie, self.interest
+        payload = sealed.padded_watch(
+            sealed.Watch(int(now * 1000), self._watch, register_counter, self.cookie, self.interest)
         )
         self._out.append(Transmit(self._seal(payload), self.registrar, Via.CONTROL))

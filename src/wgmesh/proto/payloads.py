@@ -24,6 +24,9 @@ HEADER_LEN = 30
 """u8 version, u8 kind, the 12-byte STUN transaction id, u64 timestamp_ms, u64 counter."""
 MAX_CHANGED = (MAX_PAYLOAD - HEADER_LEN - 5) // KEY_LEN
 """14: as many keys as fit in MAX_PAYLOAD after the header, serial and count."""
+WATCH_MIN = 112
+"""Plaintext bytes a daemon pads its Watch to: the largest Status (both families observed, an
+IPv6 XOR-MAPPED-ADDRESS, the SOFTWARE attribute) is then no larger than the Watch message."""
 KEY_ID_LEN = 8
 """Bytes of a key that name it in a Watch's interest (a collision only costs a spare Push)."""
 MAX_INTEREST = (MAX_PAYLOAD - HEADER_LEN - 8 - COOKIE_LEN - 1) // KEY_ID_LEN
@@ -164,6 +167,11 @@ class Watch:
     only a Watch that echoes it makes its source a push target); zeros when there is none."""
     interest: tuple[bytes, ...] | None = None
     """Key ids (:func:`key_id`) of the peers whose changes to push here; None: every peer."""
+    padding: int = 0
+    """Zero bytes after the interest. Daemons pad every Watch to :data:`WATCH_MIN` bytes of
+    plaintext, so that the registrar's Status, which it sends only when it is no larger than
+    the Watch while the source is unproven, always fits (no amplification toward a spoofed
+    source)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,7 +168,7 @@ class Registry:
             (
                 "datagrams", "binding", "registered", "watched", "oversize", "not_stun",
                 "malformed", "rate_limited", "unauthorized", "bad_box", "stale", "replay",
-                "key_limited", "agreement_limited", "unproven",
+                "key_limited", "agreement_limited", "unproven", "unpadded",
                 "unexpected", "table_full", "pushed", "roster", "repunch", "change_request",
                 "path_report",
             ),
@@ -333,7 +333,7 @@ class Registry:
         if key is None or box is None:
             c["binding"] += 1
             return [(stun.binding_success(msg, source, software=self.config.software), source)]
-        return self._sealed(msg, key, box, source, local_port, now)
+        return self._sealed(msg, key, box, source, local_port, now, len(data))
 
     def _refresh_fast(self, data: bytes, source: Endpoint, now: float) -> bool:
         """The fast path (wgmesh.proto.refresh): True when ``data`` was a known peer's Register
@@ -383,6 +383,7 @@ class Registry:
         source: Endpoint,
         local_port: int,
         now: float,
+        size: int,
     ) -> list[Outgoing]:
         c = self.counters
         if len(key) != KEY_LEN:
@@ -428,7 +429,7 @@ class Registry:
         if isinstance(payload, sealed.Register):
             return self._register(key, admitted, payload, source, local_port, now, shared)
         if isinstance(payload, sealed.Watch):
-            return self._watch(msg, key, payload, source, now, shared)
+            return self._watch(msg, key, payload, source, now, shared, size)
         if isinstance(payload, sealed.RosterQuery):
             return self._roster(msg, key, payload, source, now, shared)
         if isinstance(payload, sealed.RelayRequest):
@@ -569,7 +570,12 @@ class Registry:
         source: Endpoint,
         now: float,
         shared: bytes,
+        size: int,
     ) -> list[Outgoing]:
+        """The Status answering ``watch`` (``size`` bytes on the wire), and the pushes a stale
+        mapping's withdrawal causes. Toward a source that has not proven it receives (no valid
+        cookie) the Status goes out only when it is no larger than the Watch: never more bytes
+        out than in toward an unproven address (daemons pad their Watches for this)."""
         c = self.counters
         row = self._rows.get(key)
         entry = None if row is None else self._entry(key, row)
@@ -597,9 +603,6 @@ class Registry:
             self.watchers.pop(key, None)
             self.watchers[key] = pack_watcher(now, watch.counter, shared, source)
             self._fanout.watch(key, watch.interest)
-        else:
-            c["unproven"] += 1
-        c["watched"] += 1
         status = sealed.Status(
             timestamp_ms=int(now * 1000),
             counter=self._next_counter(now),
@@ -617,6 +620,12 @@ class Registry:
         data = stun.binding_success(
             msg, source, extra=((stun.ATTR_WG_SEALED, box),), software=self.config.software
         )
+        if not proven:
+            if len(data) > size:  # an unpadded Watch: no answer larger than it
+                c["unpadded"] += 1
+                return pushes
+            c["unproven"] += 1
+        c["watched"] += 1
         return [(data, source), *pushes]
 
     def _cookie(self, key: bytes, source: Endpoint, now: float) -> bytes:

@@ -11,8 +11,10 @@ ciphertext (16-byte MAC, then the payload). Plaintext layout, network byte order
               printable) | u8 n + n bytes ASCII software (n <= 32, printable) |
               u8 count (<= 8) + count * address
     Watch     u64 register_counter | 16-byte cookie (zeros: none yet) |
-              optional: u8 count (<= 56) + count * 8-byte key id (the peers whose changes
-              this watcher wants pushed: the first 8 bytes of their keys; absent: every peer)
+              optional: u8 count (<= 57) + count * 8-byte key id (the peers whose changes
+              this watcher wants pushed: the first 8 bytes of their keys; absent, or count
+              255 with no ids: every peer), then zero padding to the end (daemons pad to
+              WATCH_MIN bytes; padding after an absent interest needs the 255 marker)
     Status    u64 watch_counter | u64 register_counter | u8 count (<= 2) + count * address
               (the observed mappings: at most one per family, IPv4 first) |
               u8 nat (0 unknown, 1 none, 2 cone, 3 symmetric) | u32 serial |
@@ -46,6 +48,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections import OrderedDict
+from dataclasses import replace
 
 from nacl.bindings import (
     crypto_box_beforenm,
@@ -80,6 +83,7 @@ from wgmesh.proto.payloads import (
     PATH_REASONS,
     ROSTER_HEAD,
     VERSION,
+    WATCH_MIN,
     Kind,
     Member,
     PathKind,
@@ -121,6 +125,7 @@ __all__ = [
     "PATH_REASONS",
     "ROSTER_HEAD",
     "VERSION",
+    "WATCH_MIN",
     "Kind",
     "Member",
     "PathKind",
@@ -156,6 +161,8 @@ __all__ = [
 _HEADER = struct.Struct("!BB12sQQ")
 assert _HEADER.size == HEADER_LEN
 _PROVEN = 0x01
+_EVERY_PEER = 0xFF
+"""A Watch's interest count meaning 'every peer', written only when padding follows."""
 _SECONDARY = 0x01
 _U64 = struct.Struct("!Q")
 _U32 = struct.Struct("!I")
@@ -241,11 +248,14 @@ def _body(p: Payload) -> bytes:
         if len(p.cookie) != COOKIE_LEN:
             raise LocalProtocolError("a cookie is 16 bytes")
         head = _U64.pack(p.register_counter) + p.cookie
+        if p.padding < 0:
+            raise LocalProtocolError("negative padding")
+        pad = bytes(p.padding)
         if p.interest is None:
-            return head
+            return head + bytes((_EVERY_PEER,)) + pad if pad else head
         if len(p.interest) > MAX_INTEREST or any(len(i) != KEY_ID_LEN for i in p.interest):
             raise LocalProtocolError(f"an interest is at most {MAX_INTEREST} 8-byte key ids")
-        return head + bytes((len(p.interest),)) + b"".join(p.interest)
+        return head + bytes((len(p.interest),)) + b"".join(p.interest) + pad
     if isinstance(p, Status):
         families = [_family(ep) for ep in p.observed]
         if families not in ([], [4], [6], [4, 6]):
@@ -321,6 +331,17 @@ def pack_member(m: Member) -> bytes:
             raise LocalProtocolError(f"network not in canonical form: {text!r}")
         out.append(bytes((net.version, net.network.prefixlen)) + net.ip.packed)
     return b"".join(out)
+
+
+def padded_watch(watch: Watch) -> Watch:
+    """``watch`` with the padding that brings its plaintext to :data:`WATCH_MIN` bytes (none
+    when it is that long already)."""
+    unpadded = replace(watch, padding=0)
+    size = HEADER_LEN + len(_body(unpadded))
+    if size >= WATCH_MIN:
+        return unpadded
+    marker = 1 if watch.interest is None else 0  # padding after no interest needs the marker
+    return replace(unpadded, padding=max(1, WATCH_MIN - size - marker))
 
 
 def encode_payload(p: Payload, transaction_id: bytes) -> bytes:
@@ -442,12 +463,20 @@ def decode_payload(data: bytes, transaction_id: bytes) -> Payload:
     elif kind == Kind.WATCH:
         register_counter, cookie = r.u64(), r.take(COOKIE_LEN)
         interest = None
+        padding = 0
         if r.pos < len(data):
             count = r.u8()
-            if count > MAX_INTEREST:
+            if count == _EVERY_PEER:
+                if r.pos == len(data):
+                    raise DecodeError("an every-peer marker without padding")
+            elif count > MAX_INTEREST:
                 raise DecodeError(f"more than {MAX_INTEREST} key ids of interest")
-            interest = tuple(r.take(KEY_ID_LEN) for _ in range(count))
-        p = Watch(ts, counter, register_counter, cookie, interest)
+            else:
+                interest = tuple(r.take(KEY_ID_LEN) for _ in range(count))
+            padding = len(data) - r.pos
+            if r.take(padding).count(0) != padding:
+                raise DecodeError("a Watch's padding is not zeros")
+        p = Watch(ts, counter, register_counter, cookie, interest, padding)
     elif kind == Kind.STATUS:
         watch_counter, register_counter = r.u64(), r.u64()
         count = r.u8()

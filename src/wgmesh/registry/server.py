@@ -94,7 +94,7 @@ COUNTED: dict[str, tuple[str, str]] = {
 }
 """``Registry.counters`` keys with a family of their own: key -> (name, help)."""
 REJECTED = ("oversize", "not_stun", "malformed", "unexpected", "unauthorized", "bad_box",
-            "stale", "replay", "table_full")  # fmt: skip
+            "stale", "replay", "table_full", "unpadded")  # fmt: skip
 """``Registry.counters`` keys that are reasons a datagram was dropped."""
 LIMITED = {"rate_limited": "source", "key_limited": "key", "agreement_limited": "agreement"}
 """``Registry.counters`` keys of the rate limits, and the limit each is."""
