@@ -809,6 +809,11 @@ def handshake_trial(mode: str | None) -> Trial:
             return Trial(None, on_relay)
         if mode is None:
             return Trial(t)
+        if t > 2.0:  # what each daemon did, for the slow ones
+            print(f"  slow trial ({t:.1f} s); the daemons' endpoint changes:", file=sys.stderr)
+            for line in pair.mesh.logs().splitlines():
+                if "endpoint" in line or "relay" in line:
+                    print("   ", line[:220], file=sys.stderr)
         ip = pair.mesh.registrar_ip
         first = tuple(p.name for p in (pair.a, pair.b) if direct_first(p.log, ip))
         dropped = "wgmesh_registrar_relay_dropped_total"

@@ -215,7 +215,8 @@ KINDS: dict[str, dict[str, str]] = {
         "dns_tcp_per_source": "int", "dns_tcp_max": "int", "relay_ports": "str",
         "secondary": "list", "tsig_key": "str", "serial_interval": "float",
         "relay_mode": "str", "relay_address": "str", "relay_per_peer": "int",
-        "relay_idle": "float", "status_socket": "str", "update_primary": "str",
+        "relay_idle": "float", "relay_unbound": "float", "status_socket": "str",
+        "update_primary": "str",
     },
     "daemon": {
         "interface": "str", "registrar": "str_or_list", "registrar_key": "str",
@@ -244,6 +245,7 @@ RANGES: dict[str, dict[str, list[Any]]] = {
         "dns_rate": [-1, 1e10, math.nan], "dns_burst": [0, -1, math.inf], "dns_slip": [-1, 101],
         "dns_tcp_per_source": [0, 70000], "dns_tcp_max": [0, -3], "relay_per_peer": [0, 2000],
         "relay_idle": [0, -1, math.nan],
+        "relay_unbound": [0, -1, math.nan],
         "serial_interval": [-0.5, 3601, math.nan, math.inf],
     },
     "daemon": {

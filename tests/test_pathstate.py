@@ -378,6 +378,54 @@ def test_without_a_relay_within_the_grace_direct_is_tried_meanwhile() -> None:
     assert x.plan(1001.0).updates[0].endpoint == PUB
 
 
+def classes(ours: NatKind, theirs: NatKind) -> Walk:
+    """The daemon's setting (wait_unclassified) with our NAT and the peer's classified so."""
+    x = Walk([], PUBLIC, wait_unclassified=True)  # type: ignore[arg-type]
+    x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), ours)
+    x.p.set_record(PeerRecord(A, (PUBLIC,), name="a", nat=theirs))
+    return x
+
+
+def test_an_unknown_class_that_could_call_for_the_relay_is_waited_for() -> None:
+    """Ours filters, the peer's is not classified yet: were it symmetric, direct could not
+    work, so no direct initiation is made for up to the grace (it would hold the relayed one
+    back 5 s). The class arrives symmetric 0.6 s in: the relay gets its full grace from then,
+    not what was left of it, and takes the path when it is ready."""
+    x = classes(NatKind.CONE, NatKind.UNKNOWN)
+    assert idle(x.plan(1000.0)) and A not in x.plan(1000.0).relay  # waiting, nothing asked
+    assert x.p.next_deadline() == 1001.0
+    x.p.set_record(PeerRecord(A, (PUBLIC,), name="a", nat=NatKind.SYMMETRIC))
+    plan = x.plan(1000.6)
+    assert idle(plan) and A in plan.relay  # predicted now: the relay is asked for
+    assert x.p.next_deadline() == 1001.6
+    assert idle(x.plan(1001.2))  # past the first deadline, within the new one
+    x.p.set_relay(A, RLY)
+    assert x.plan(1001.3).updates[0].endpoint == RLY
+
+
+def test_a_wait_for_the_classes_ends_as_soon_as_they_allow_direct() -> None:
+    x = classes(NatKind.UNKNOWN, NatKind.CONE)
+    assert idle(x.plan(1000.0))
+    x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.CONE)
+    assert x.plan(1000.3).updates[0].endpoint == PUB  # cone x cone: direct at once
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (NatKind.NONE, NatKind.UNKNOWN),
+        (NatKind.UNKNOWN, NatKind.NONE),
+        (NatKind.CONE, NatKind.CONE),
+        (NatKind.NONE, NatKind.SYMMETRIC),
+    ],
+)
+def test_no_wait_where_no_class_could_call_for_the_relay(ours: NatKind, theirs: NatKind) -> None:
+    """An open NAT (none) on either side, or classes known to allow direct: the first plan
+    tries direct (waiting there made both sides act at once, and behind a NAT without a
+    firewall the peer's early initiation took our port)."""
+    assert classes(ours, theirs).plan(1000.0).updates[0].endpoint == PUB
+
+
 def relayed_backoff(w: Callable[..., Walk]) -> Walk:
     x = trying_relay_fresh(w)
     x.p._peers[A].rounds = Rounds((PUB,), 1, 2000.0)  # every candidate tried, none due

@@ -558,3 +558,43 @@ def test_the_peers_row_shows_nat_as_its_string_value() -> None:
     assert asdict(p.views(device(replace(peer(), public_key=bytes(32))), 1000.0)[0])["nat"] == (
         "unknown"
     )
+
+
+RELAY_EP = Endpoint.parse("203.0.113.10:40000")
+
+
+def relayed_pair(own: bytes) -> Planner:
+    """Symmetric here, port-restricted there: the relay is predicted and ready at once."""
+    p = Planner(PunchConfig(punch_delay=0.05, punch_stagger=0.3), own_key=own)
+    p.set_our_mapping((Endpoint.parse("203.0.113.50:40000"),), NatKind.SYMMETRIC)
+    p.set_record(replace(record(PUBLIC), nat=NatKind.CONE))
+    p.set_relay(A, RELAY_EP)
+    return p
+
+
+def test_through_a_new_relay_the_lower_key_initiates_and_the_higher_key_later() -> None:
+    """Both daemons get the relay's READY in the same moment: two initiations crossing at the
+    relay would both fail until WireGuard's 5 s retry. The lower key initiates at once; the
+    higher key sets the relay endpoint without a kick and initiates after the stagger only if
+    no handshake came."""
+    lead, follow = relayed_pair(LOW), relayed_pair(HIGH)
+    first = lead.plan(device(peer()), 1000.0).updates[0]
+    assert first.endpoint == RELAY_EP and first.handshake_now
+    quiet = follow.plan(device(peer(keepalive=0)), 1000.0).updates[0]
+    assert quiet.endpoint == RELAY_EP and not quiet.handshake_now
+    assert quiet.persistent_keepalive is None  # 0 -> 25 would send one: an initiation
+    assert follow.next_deadline() == 1000.3
+    assert follow.plan(device(peer(RELAY_EP)), 1000.2).updates == ()
+    kick = follow.plan(device(peer(RELAY_EP)), 1000.3).updates
+    assert len(kick) == 1 and kick[0].handshake_now and kick[0].endpoint is None
+    assert follow.plan(device(peer(RELAY_EP)), 1000.4).updates == ()  # once
+
+
+def test_the_follower_stays_quiet_when_the_leaders_relayed_handshake_came() -> None:
+    follow = relayed_pair(HIGH)
+    follow.plan(device(peer()), 1000.0)
+    assert follow.plan(device(peer(RELAY_EP, hs=1000.1)), 1000.3).updates == ()
+    other = relayed_pair(HIGH)  # with no keepalive of its own: it is turned on now
+    other.plan(device(peer(keepalive=0)), 1000.0)
+    (update,) = other.plan(device(peer(RELAY_EP, hs=1000.1, keepalive=0)), 1000.3).updates
+    assert update.persistent_keepalive == 25 and not update.handshake_now

@@ -247,6 +247,10 @@ def test_allocation_bind_and_release_end_to_end(reg: tuple[Registry, bytes]) -> 
     assert [g.state for g in alice.grants(out)] == [RelayState.RELEASED]
     assert [g.state for g in bob.grants(out)] == [RelayState.RELEASED]
     assert len(r.relay.relay) == 0 and r.relay.pairs() == []
+    lines = list(r.relay.log)  # one line each: allocation, the two binds, the release
+    assert [line.split()[0] for line in lines] == ["allocated", "bound", "bound", "released"]
+    assert lines[1].endswith("waiting for the other side") and lines[2].endswith(": ready")
+    assert str(b_map) in lines[2]
 
 
 def test_binds_by_anyone_else_or_replayed_are_rejected(reg: tuple[Registry, bytes]) -> None:
@@ -327,3 +331,4 @@ def test_unbound_allocations_expire_and_both_are_told(reg: tuple[Registry, bytes
     out = r.expire(NOW + 30.0)
     assert [g.state for g in alice.grants(out)] == [RelayState.RELEASED]
     assert [g.state for g in bob.grants(out)] == [RelayState.RELEASED]
+    assert r.relay.log[-1].startswith("expired") and "not bound by both" in r.relay.log[-1]

@@ -333,7 +333,9 @@ def settings_from(given: Mapping[str, Any]) -> Any:
         mdns=not values["no_mdns"],
         mdns_interfaces=tuple(values["mdns_interface"]),
         routes=bool(values["routes"]),
-        punch=PunchConfig(keepalive=values["keepalive"], mesh=values["mode"] == "mesh"),
+        punch=PunchConfig(
+            keepalive=values["keepalive"], mesh=values["mode"] == "mesh", wait_unclassified=True
+        ),
         metrics=Endpoint.parse(str(values["metrics"])) if values["metrics"] else None,
         log_counters=values["log_counters"],
     )

@@ -70,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "relay_address": None,
     "relay_per_peer": 8,
     "relay_idle": 300.0,
+    "relay_unbound": 30.0,
     "metrics": None,
     "log_counters": 60.0,
     "status_socket": None,
@@ -138,6 +139,7 @@ CHECKS: dict[str, v.Check] = {
     "relay_address": v.ip_address,
     "relay_per_peer": v.integer(1, 1024, "a number of relayed pairs"),
     "relay_idle": v.positive(v.MAX_SECONDS),
+    "relay_unbound": v.positive(v.MAX_SECONDS),
     "metrics": v.listen_endpoint,
     "log_counters": v.seconds_or_off(1.0, v.MAX_SECONDS),
     "status_socket": v.socket_path,
@@ -297,6 +299,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         type=float,
         help="seconds a relayed pair lives without traffic (default 300; WireGuard's "
         "keepalives keep it)",
+    )
+    a(
+        "--relay-unbound",
+        type=float,
+        help="seconds an allocation waits for both peers' binds before it expires (default 30)",
     )
     add_counter_arguments(parser, "127.0.0.1:9108")
     a(
@@ -478,7 +485,8 @@ def _relay(values: Mapping[str, Any], where: Callable[[str], str]) -> tuple[Any,
     if ipaddress.ip_address(address).version != 4:
         raise ConfigError(f"{where('relay_address')}: {address}: the relay is IPv4 only for now")
     return RelayConfig(low=low, high=high, per_peer=values["relay_per_peer"],
-                       idle_ttl=values["relay_idle"]), mode or "auto", str(address)  # fmt: skip
+                       idle_ttl=values["relay_idle"], unbound_ttl=values["relay_unbound"],
+                       ), mode or "auto", str(address)  # fmt: skip
 
 
 def _transfers(values: Mapping[str, Any], where: Callable[[str], str]) -> Any:

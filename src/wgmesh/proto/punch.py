@@ -72,7 +72,7 @@ from wgmesh.proto.candidates import Hint, PeerRecord, Source, merge_hints
 from wgmesh.proto.clash import ClashIndex, Seen, explain, seen_of
 from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.kinds import CandidateKind, NatKind, relay_predicted
+from wgmesh.proto.kinds import CandidateKind, NatKind, relay_possible, relay_predicted
 from wgmesh.proto.pathstate import (
     HANDSHAKE_FRESH,
     PathEvent,
@@ -345,6 +345,7 @@ class Planner:
                     self._because(key, "the admission file changed its allowed IPs")
             event, target, rounds = self._observe(key, peer, dev, now)
             self._take(key, peer, dev, now, event, target, rounds, updates, prime)
+            self._relay_kick_due(key, peer, dev, now, updates)
         relay = frozenset(
             key for key, peer in self._peers.items()
             if key in on_device and self._wants_relay(peer, on_device[key], now)
@@ -485,19 +486,16 @@ class Planner:
         rounds = peer.rounds.restart() if restart else peer.rounds
         if peer.record is None:
             return PathEvent.NO_CANDIDATE, None, rounds
-        if (
-            peer.relay is None
-            and peer.state in (PathState.UNKNOWN, PathState.WAITING)
-            and (
-                self._predicted(peer, None)
-                or (cfg.wait_unclassified and NatKind.UNKNOWN in (self._nat, peer.record.nat))
-            )
-        ):  # the relay is (or may be about to be) asked for: a direct initiation now would
+        if peer.relay is None and peer.state in (PathState.UNKNOWN, PathState.WAITING):
+            # the relay is (or may be about to be) asked for: a direct initiation now would
             # hold the relayed one back 5 s; an unclassified NAT is classified within moments
-            if not peer.relay_wait_until:
-                peer.relay_wait_until = now + cfg.relay_grace
-            if now < peer.relay_wait_until:
-                return PathEvent.BACKOFF, None, rounds
+            predicted = self._predicted(peer, None)
+            if predicted or (cfg.wait_unclassified and self._predicted(peer, None, possible=True)):
+                if not peer.relay_wait_until or (predicted and not peer.relay_wait_predicted):
+                    peer.relay_wait_until = now + cfg.relay_grace
+                    peer.relay_wait_predicted = predicted
+                if now < peer.relay_wait_until:
+                    return PathEvent.BACKOFF, None, rounds
         order = self._order(peer.record)
         event, target, rounds = rounds.pick(
             order, now, cfg.candidate_trial, cfg.retry_min, cfg.retry_max
@@ -559,9 +557,11 @@ class Planner:
                 if peer.upgrading or peer.upgrade_at <= now:
                     peer.upgrade_at = _next_slot(now, self.config.relay_retry)
                 peer.upgrading = False
-                updates.append(
-                    PeerUpdate(key, endpoint=target, handshake_now=True,
-                               persistent_keepalive=keepalive)
+                lead = self.relay_stagger(key, session=_fresh(dev, now, self.config)) == 0
+                peer.relay_kick_at = 0.0 if lead else now + self.relay_stagger(key)
+                updates.append(  # (a keepalive turned on sends one: an initiation, so not yet)
+                    PeerUpdate(key, endpoint=target, handshake_now=lead,
+                               persistent_keepalive=keepalive if lead else None)
                 )  # fmt: skip
             case PathEvent.RELAY_FRESH:
                 peer.proven, peer.proven_source = dev.endpoint, Source.RELAY
@@ -638,6 +638,35 @@ class Planner:
             delay += max(cfg.punch_stagger, 3 * self.registrar_rtt)
         return delay
 
+    def relay_stagger(self, key: bytes, session: bool = False) -> float:
+        """Seconds the follower (the higher key) waits before initiating through a relay it
+        switched to (rule 6): 0 for the leader, or over a live session (a kick then sends a
+        keepalive, which cannot cross)."""
+        if session or not (self._own_key and self._own_key > key):
+            return 0.0
+        return max(self.config.punch_stagger, 3 * self.registrar_rtt)
+
+    def _relay_kick_due(
+        self, key: bytes, peer: PeerPath, dev: PeerState, now: float, updates: list[PeerUpdate]
+    ) -> None:
+        """The follower's delayed initiation through the relay, unless the leader's handshake
+        came first or the path left the relay meanwhile."""
+        if not peer.relay_kick_at or now < peer.relay_kick_at:
+            return
+        peer.relay_kick_at = 0.0
+        attempt = peer.attempt
+        keepalive = None if dev.persistent_keepalive else self.config.keepalive
+        if peer.relay is None or dev.endpoint != peer.relay:
+            return  # the path left the relay meanwhile
+        if _fresh(dev, now, self.config):  # the leader's handshake came (there was no session)
+            if keepalive is not None:  # only the keepalive held back (turning it on initiates)
+                updates.append(PeerUpdate(key, persistent_keepalive=keepalive))
+            return
+        if not isinstance(attempt, Trial) or attempt.target != peer.relay:
+            return
+        updates.append(PeerUpdate(key, handshake_now=True, persistent_keepalive=keepalive))
+        self._because(key, "no handshake through the relay from the leading side: initiating")
+
     def next_deadline(self) -> float | None:
         """When ``plan`` next has something to do on its own (a delayed punch, a trial end)."""
         times = []
@@ -646,6 +675,8 @@ class Planner:
                 times.append(peer.relay_wait_until)
             if peer.stall_check:
                 times.append(peer.stall_check)
+            if peer.relay_kick_at:
+                times.append(peer.relay_kick_at)
             if isinstance(peer.attempt, Punch):
                 times.append(peer.attempt.fire_at)
             elif isinstance(peer.attempt, Trial):
@@ -717,9 +748,12 @@ class Planner:
         elif self.ipv6_first(record):
             self._prefer_ipv4(key, record)
 
-    def _predicted(self, peer: PeerPath, target: Endpoint | None) -> bool:
+    def _predicted(
+        self, peer: PeerPath, target: Endpoint | None, *, possible: bool = False
+    ) -> bool:
         """The NAT classes leave no direct path toward ``target`` (or, with None, toward the
-        peer's first candidate): never for IPv6 (no NAT), else as for IPv4 (rule 9)."""
+        peer's first candidate): never for IPv6 (no NAT), else as for IPv4 (rule 9). With
+        ``possible``: they may, once the unknown ones are known (:func:`relay_possible`)."""
         record = peer.record
         if record is None:
             return False
@@ -727,7 +761,7 @@ class Planner:
             return False
         if target is None and self.ipv6_first(record):
             return False
-        return relay_predicted(self._nat, record.nat)
+        return (relay_possible if possible else relay_predicted)(self._nat, record.nat)
 
     def _proven_source(self, peer: PeerPath, endpoint: Endpoint) -> Source | None:
         """Where the endpoint in use came from, as FRESH would record it."""

@@ -25,12 +25,14 @@ every change to it or to the set of allocated ports.
 from __future__ import annotations
 
 import ipaddress
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
 from wgmesh.errors import DecodeError
 from wgmesh.proto import sealed, stun
 from wgmesh.proto.endpoint import Endpoint
+from wgmesh.proto.keys import short_key
 from wgmesh.proto.ratelimit import RateLimiter
 from wgmesh.proto.relay import Allocation, Relay
 from wgmesh.proto.relayroute import RelayPair
@@ -54,6 +56,10 @@ class Peers(Protocol):
     def is_registered(self, key: bytes) -> bool: ...
 
     def next_counter(self, now: float) -> int: ...
+
+
+LOG_LINES = 256
+"""Lines :attr:`RelayControl.log` holds between two drains."""
 
 
 class RelayControl:
@@ -85,6 +91,10 @@ class RelayControl:
         self.counters: dict[str, int] = dict.fromkeys(
             ("requests", "request_rejected", "binds", "bind_junk"), 0
         )
+        self.log: deque[str] = deque(maxlen=LOG_LINES)
+        """What an operator wants in the log, one line per allocation, refusal, release, bind
+        that changed a mapping, and expiry; the adapter drains it (capped: a flood of requests
+        costs log lines only up to the cap between two drains)."""
 
     # -- from the control socket (the registry opened the box) -------------------------------
 
@@ -105,6 +115,8 @@ class RelayControl:
         c["requests"] += 1
         if req.op is RelayOp.RELEASE:
             alloc = self.relay.release(key, req.peer)
+            if alloc is not None:
+                self.log.append(f"released {_pair(alloc)} (asked by {short_key(key)})")
             out = [self._answer(msg, shared, source, self._grant(key, req.peer, None, now))]
             if alloc is not None:
                 self.version += 1
@@ -121,7 +133,11 @@ class RelayControl:
             result = self.relay.allocate(key, req.peer, now)
             if len(self.relay) != before:
                 self.version += 1
+                if isinstance(result, Allocation):
+                    self.log.append(f"allocated {_pair(result)} (asked by {short_key(key)})")
         if isinstance(result, RelayRefusal):
+            self.log.append(f"refused {short_key(key)} -> {short_key(req.peer)}: "
+                            f"{result.name.lower().replace('_', ' ')}")  # fmt: skip
             grant = RelayGrant(int(now * 1000), self._peers.next_counter(now), req.peer,
                                RelayState.REFUSED, None, reason=result)  # fmt: skip
             return [self._answer(msg, shared, source, grant)]
@@ -171,6 +187,10 @@ class RelayControl:
         if before == source:
             return []  # a refresh: nothing changed that anyone must be told
         self.version += 1
+        self.log.append(
+            f"bound {short_key(owner)} at {source} on port {port} of {_pair(updated)}"
+            + (": ready" if updated.ready else ": waiting for the other side")
+        )
         out = self._tell(owner, self._grant(owner, updated.other(owner), updated, now), now)
         other = updated.other(owner)
         return out + self._tell(other, self._grant(other, owner, updated, now), now)
@@ -181,6 +201,11 @@ class RelayControl:
         out: list[Outgoing] = []
         for alloc in self.relay.expire(now):
             self.version += 1
+            self.log.append(
+                f"expired {_pair(alloc)} ("
+                + ("idle" if alloc.ready else "not bound by both in time")
+                + ")"
+            )
             out += self._tell(alloc.a, self._released(alloc.b, now), now)
             out += self._tell(alloc.b, self._released(alloc.a, now), now)
         return out
@@ -193,6 +218,7 @@ class RelayControl:
         out: list[Outgoing] = []
         for alloc in self.relay.release_peer(key):
             self.version += 1
+            self.log.append(f"released {_pair(alloc)} ({short_key(key)} is gone)")
             other = alloc.other(key)
             out += self._tell(other, self._released(key, now), now)
         self._floors.pop(key, None)
@@ -251,3 +277,8 @@ class RelayControl:
         data = sealed.build_sealed_with(shared, None, grant, self._nonce(12), self._nonce(24),
                                         msg_type=stun.BINDING_INDICATION)  # fmt: skip
         return [(data, address)]
+
+
+def _pair(alloc: Allocation) -> str:
+    return (f"{short_key(alloc.a)} <-> {short_key(alloc.b)} "
+            f"(ports {alloc.port_a}/{alloc.port_b})")  # fmt: skip

@@ -106,7 +106,11 @@ class RelayService:
         self._poll_task = asyncio.create_task(self._poll_loop())
 
     def changed(self) -> None:
-        """The registry was fed something: sync if the relay's state moved."""
+        """The registry was fed something: log what the relay did, and sync if its state
+        moved."""
+        lines = self.registry.relay.log
+        while lines:
+            log.info("relay: %s", lines.popleft())
         if self.registry.relay.version == self._seen:
             return
         if self._sync_task is not None and not self._sync_task.done():
