@@ -367,7 +367,8 @@ def relayed_relay(w: Callable[..., Walk]) -> Walk:
 
 def unknown_backoff(w: Callable[..., Walk]) -> Walk:
     x = predicted(w(PUBLIC))  # the relay is called for and asked for, not ready yet
-    assert idle(x.plan(1000.0))  # no direct initiation to hold WireGuard's next one back 5 s
+    plan = x.plan(1000.0)  # no direct initiation to hold WireGuard's next one back 5 s, our
+    assert plan.updates == () and plan.prime == (PUB,)  # NAT primed toward the peer meanwhile
     assert x.p.next_deadline() == 1001.0
     return x
 
@@ -386,26 +387,26 @@ def classes(ours: NatKind, theirs: NatKind) -> Walk:
     return x
 
 
-def test_an_unknown_class_that_could_call_for_the_relay_is_waited_for() -> None:
-    """Ours filters, the peer's is not classified yet: were it symmetric, direct could not
+def test_our_unknown_class_that_could_call_for_the_relay_is_waited_for() -> None:
+    """Our NAT is not classified yet, the peer's filters: were ours symmetric, direct could not
     work, so no direct initiation is made for up to the grace (it would hold the relayed one
-    back 5 s). The class arrives symmetric 0.6 s in: the relay gets its full grace from then,
-    not what was left of it, and takes the path when it is ready."""
-    x = classes(NatKind.CONE, NatKind.UNKNOWN)
-    assert idle(x.plan(1000.0)) and A not in x.plan(1000.0).relay  # waiting, nothing asked
+    back 5 s); our NAT is primed toward the candidate meanwhile, once. Ours turns out
+    symmetric: the relay is asked for and takes the path when ready, within the grace."""
+    x = classes(NatKind.UNKNOWN, NatKind.CONE)
+    plan = x.plan(1000.0)
+    assert plan.updates == () and plan.prime == (PUB,) and A not in plan.relay
     assert x.p.next_deadline() == 1001.0
-    x.p.set_record(PeerRecord(A, (PUBLIC,), name="a", nat=NatKind.SYMMETRIC))
-    plan = x.plan(1000.6)
+    assert idle(x.plan(1000.2))  # primed once
+    x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.SYMMETRIC)
+    plan = x.plan(1000.4)
     assert idle(plan) and A in plan.relay  # predicted now: the relay is asked for
-    assert x.p.next_deadline() == 1001.6
-    assert idle(x.plan(1001.2))  # past the first deadline, within the new one
     x.p.set_relay(A, RLY)
-    assert x.plan(1001.3).updates[0].endpoint == RLY
+    assert x.plan(1000.7).updates[0].endpoint == RLY
 
 
 def test_a_wait_for_the_classes_ends_as_soon_as_they_allow_direct() -> None:
     x = classes(NatKind.UNKNOWN, NatKind.CONE)
-    assert idle(x.plan(1000.0))
+    assert x.plan(1000.0).updates == ()
     x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.CONE)
     assert x.plan(1000.3).updates[0].endpoint == PUB  # cone x cone: direct at once
 
@@ -417,6 +418,7 @@ def test_a_wait_for_the_classes_ends_as_soon_as_they_allow_direct() -> None:
         (NatKind.UNKNOWN, NatKind.NONE),
         (NatKind.CONE, NatKind.CONE),
         (NatKind.NONE, NatKind.SYMMETRIC),
+        (NatKind.CONE, NatKind.UNKNOWN),  # the peer's class: it waits for its own, not us
     ],
 )
 def test_no_wait_where_no_class_could_call_for_the_relay(ours: NatKind, theirs: NatKind) -> None:

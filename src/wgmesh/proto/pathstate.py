@@ -246,9 +246,8 @@ class PeerPath:
     there both fail until WireGuard's 5 s retry, so the higher key sets the relay endpoint
     without a kick (and without turning a keepalive on, which sends one: an initiation) and
     initiates only if no handshake came by then (rule 6, as for punches)."""
-    relay_wait_predicted: bool = False
-    """``relay_wait_until`` was set with the relay predicted (not only possible): a wait for
-    the classes that ends in a prediction gets the relay its full grace once more."""
+    primed_waiting: Endpoint | None = None
+    """The candidate our NAT was primed toward while waiting (once per candidate)."""
     upgrade_now: bool = False
     """A NAT class changed so that direct may work now: try it at the next settled plan on
     the relay, whatever ``upgrade_at`` says (kept through a try already under way)."""

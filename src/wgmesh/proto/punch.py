@@ -486,16 +486,24 @@ class Planner:
         rounds = peer.rounds.restart() if restart else peer.rounds
         if peer.record is None:
             return PathEvent.NO_CANDIDATE, None, rounds
-        if peer.relay is None and peer.state in (PathState.UNKNOWN, PathState.WAITING):
-            # the relay is (or may be about to be) asked for: a direct initiation now would
-            # hold the relayed one back 5 s; an unclassified NAT is classified within moments
-            predicted = self._predicted(peer, None)
-            if predicted or (cfg.wait_unclassified and self._predicted(peer, None, possible=True)):
-                if not peer.relay_wait_until or (predicted and not peer.relay_wait_predicted):
-                    peer.relay_wait_until = now + cfg.relay_grace
-                    peer.relay_wait_predicted = predicted
-                if now < peer.relay_wait_until:
-                    return PathEvent.BACKOFF, None, rounds
+        if (
+            peer.relay is None
+            and peer.state in (PathState.UNKNOWN, PathState.WAITING)
+            and (
+                self._predicted(peer, None)
+                or (
+                    cfg.wait_unclassified
+                    and self._nat is NatKind.UNKNOWN
+                    and self._predicted(peer, None, possible=True)
+                )
+            )
+        ):  # the relay is (or may be about to be) asked for: a direct initiation now would
+            # hold the relayed one back 5 s; our NAT's class comes within moments
+            if not peer.relay_wait_until:
+                peer.relay_wait_until = now + cfg.relay_grace
+            if now < peer.relay_wait_until:  # our NAT primed toward the first candidate
+                first = self._order(peer.record)[:1]  # meanwhile (a NAT without a firewall)
+                return PathEvent.BACKOFF, first[0] if first else None, rounds
         order = self._order(peer.record)
         event, target, rounds = rounds.pick(
             order, now, cfg.candidate_trial, cfg.retry_min, cfg.retry_max
@@ -614,6 +622,9 @@ class Planner:
                 peer.attempt = Punch(target, now + delay, dev.latest_handshake)
             case PathEvent.BACKOFF | PathEvent.NO_CANDIDATE:
                 peer.attempt = None
+                if target is not None and target != peer.primed_waiting:
+                    peer.primed_waiting = target  # waiting for the relay or our NAT's class:
+                    prime.append(target)  # a packet from the peer must not find our NAT unopened
         peer.state = state
 
     def _trial_why(self, peer: PeerPath, target: Endpoint) -> str:
