@@ -367,8 +367,7 @@ def relayed_relay(w: Callable[..., Walk]) -> Walk:
 
 def unknown_backoff(w: Callable[..., Walk]) -> Walk:
     x = predicted(w(PUBLIC))  # the relay is called for and asked for, not ready yet
-    plan = x.plan(1000.0)  # no direct initiation to hold WireGuard's next one back 5 s, our
-    assert plan.updates == () and plan.prime == (PUB,)  # NAT primed toward the peer meanwhile
+    assert idle(x.plan(1000.0))  # no direct initiation to hold WireGuard's next one back 5 s
     assert x.p.next_deadline() == 1001.0
     return x
 
@@ -377,55 +376,6 @@ def test_without_a_relay_within_the_grace_direct_is_tried_meanwhile() -> None:
     x = unknown_backoff(lambda *h, **c: Walk([], *h, **c))
     assert idle(x.plan(1000.5))
     assert x.plan(1001.0).updates[0].endpoint == PUB
-
-
-def classes(ours: NatKind, theirs: NatKind) -> Walk:
-    """The daemon's setting (wait_unclassified) with our NAT and the peer's classified so."""
-    x = Walk([], PUBLIC, wait_unclassified=True)  # type: ignore[arg-type]
-    x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), ours)
-    x.p.set_record(PeerRecord(A, (PUBLIC,), name="a", nat=theirs))
-    return x
-
-
-def test_our_unknown_class_that_could_call_for_the_relay_is_waited_for() -> None:
-    """Our NAT is not classified yet, the peer's filters: were ours symmetric, direct could not
-    work, so no direct initiation is made for up to the grace (it would hold the relayed one
-    back 5 s); our NAT is primed toward the candidate meanwhile, once. Ours turns out
-    symmetric: the relay is asked for and takes the path when ready, within the grace."""
-    x = classes(NatKind.UNKNOWN, NatKind.CONE)
-    plan = x.plan(1000.0)
-    assert plan.updates == () and plan.prime == (PUB,) and A not in plan.relay
-    assert x.p.next_deadline() == 1001.0
-    assert idle(x.plan(1000.2))  # primed once
-    x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.SYMMETRIC)
-    plan = x.plan(1000.4)
-    assert idle(plan) and A in plan.relay  # predicted now: the relay is asked for
-    x.p.set_relay(A, RLY)
-    assert x.plan(1000.7).updates[0].endpoint == RLY
-
-
-def test_a_wait_for_the_classes_ends_as_soon_as_they_allow_direct() -> None:
-    x = classes(NatKind.UNKNOWN, NatKind.CONE)
-    assert x.plan(1000.0).updates == ()
-    x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.CONE)
-    assert x.plan(1000.3).updates[0].endpoint == PUB  # cone x cone: direct at once
-
-
-@pytest.mark.parametrize(
-    ("ours", "theirs"),
-    [
-        (NatKind.NONE, NatKind.UNKNOWN),
-        (NatKind.UNKNOWN, NatKind.NONE),
-        (NatKind.CONE, NatKind.CONE),
-        (NatKind.NONE, NatKind.SYMMETRIC),
-        (NatKind.CONE, NatKind.UNKNOWN),  # the peer's class: it waits for its own, not us
-    ],
-)
-def test_no_wait_where_no_class_could_call_for_the_relay(ours: NatKind, theirs: NatKind) -> None:
-    """An open NAT (none) on either side, or classes known to allow direct: the first plan
-    tries direct (waiting there made both sides act at once, and behind a NAT without a
-    firewall the peer's early initiation took our port)."""
-    assert classes(ours, theirs).plan(1000.0).updates[0].endpoint == PUB
 
 
 def relayed_backoff(w: Callable[..., Walk]) -> Walk:

@@ -333,9 +333,7 @@ def settings_from(given: Mapping[str, Any]) -> Any:
         mdns=not values["no_mdns"],
         mdns_interfaces=tuple(values["mdns_interface"]),
         routes=bool(values["routes"]),
-        punch=PunchConfig(
-            keepalive=values["keepalive"], mesh=values["mode"] == "mesh", wait_unclassified=True
-        ),
+        punch=PunchConfig(keepalive=values["keepalive"], mesh=values["mode"] == "mesh"),
         metrics=Endpoint.parse(str(values["metrics"])) if values["metrics"] else None,
         log_counters=values["log_counters"],
     )

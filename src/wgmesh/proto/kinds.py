@@ -61,12 +61,3 @@ def relay_predicted(ours: NatKind, theirs: NatKind) -> bool:
     if NatKind.SYMMETRIC not in (ours, theirs):
         return False
     return ours == theirs or (ours in _FILTERING or theirs in _FILTERING)
-
-
-def relay_possible(ours: NatKind, theirs: NatKind) -> bool:
-    """The relay may be predicted once the unknown classes are known: :func:`relay_predicted`
-    with an unknown class read as symmetric. False for an open NAT (``none``) facing anything,
-    which is what lets such pairs try direct at once."""
-    sym = NatKind.SYMMETRIC
-    return relay_predicted(sym if ours is NatKind.UNKNOWN else ours,
-                           sym if theirs is NatKind.UNKNOWN else theirs)  # fmt: skip

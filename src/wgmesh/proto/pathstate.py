@@ -238,16 +238,14 @@ class PeerPath:
     path the moment it is ready, even from a direct try made meanwhile (rule 8). Cleared once
     a path is proven."""
     relay_wait_until: float = 0.0
-    """When the relay is predicted (or may be, once an unknown NAT class is known): until then
-    no direct try is made while the relay is asked for (0: not started)."""
+    """When the relay is predicted: until then no direct try is made while the relay is asked
+    for (0: not started)."""
     relay_kick_at: float = 0.0
     """The follower's delayed initiation toward the relay (0: none due): both sides reach the
     relay at the same moment (its READY goes to both at once), and two initiations crossing
     there both fail until WireGuard's 5 s retry, so the higher key sets the relay endpoint
     without a kick (and without turning a keepalive on, which sends one: an initiation) and
     initiates only if no handshake came by then (rule 6, as for punches)."""
-    primed_waiting: Endpoint | None = None
-    """The candidate our NAT was primed toward while waiting (once per candidate)."""
     upgrade_now: bool = False
     """A NAT class changed so that direct may work now: try it at the next settled plan on
     the relay, whatever ``upgrade_at`` says (kept through a try already under way)."""

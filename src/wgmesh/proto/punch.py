@@ -72,7 +72,7 @@ from wgmesh.proto.candidates import Hint, PeerRecord, Source, merge_hints
 from wgmesh.proto.clash import ClashIndex, Seen, explain, seen_of
 from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.kinds import CandidateKind, NatKind, relay_possible, relay_predicted
+from wgmesh.proto.kinds import CandidateKind, NatKind, relay_predicted
 from wgmesh.proto.pathstate import (
     HANDSHAKE_FRESH,
     PathEvent,
@@ -491,19 +491,14 @@ class Planner:
             and peer.state in (PathState.UNKNOWN, PathState.WAITING)
             and (
                 self._predicted(peer, None)
-                or (
-                    cfg.wait_unclassified
-                    and self._nat is NatKind.UNKNOWN
-                    and self._predicted(peer, None, possible=True)
-                )
+                or (cfg.wait_unclassified and NatKind.UNKNOWN in (self._nat, peer.record.nat))
             )
         ):  # the relay is (or may be about to be) asked for: a direct initiation now would
-            # hold the relayed one back 5 s; our NAT's class comes within moments
+            # hold the relayed one back 5 s; an unclassified NAT is classified within moments
             if not peer.relay_wait_until:
                 peer.relay_wait_until = now + cfg.relay_grace
-            if now < peer.relay_wait_until:  # our NAT primed toward the first candidate
-                first = self._order(peer.record)[:1]  # meanwhile (a NAT without a firewall)
-                return PathEvent.BACKOFF, first[0] if first else None, rounds
+            if now < peer.relay_wait_until:
+                return PathEvent.BACKOFF, None, rounds
         order = self._order(peer.record)
         event, target, rounds = rounds.pick(
             order, now, cfg.candidate_trial, cfg.retry_min, cfg.retry_max
@@ -622,9 +617,6 @@ class Planner:
                 peer.attempt = Punch(target, now + delay, dev.latest_handshake)
             case PathEvent.BACKOFF | PathEvent.NO_CANDIDATE:
                 peer.attempt = None
-                if target is not None and target != peer.primed_waiting:
-                    peer.primed_waiting = target  # waiting for the relay or our NAT's class:
-                    prime.append(target)  # a packet from the peer must not find our NAT unopened
         peer.state = state
 
     def _trial_why(self, peer: PeerPath, target: Endpoint) -> str:
@@ -672,6 +664,7 @@ class Planner:
         if _fresh(dev, now, self.config):  # the leader's handshake came (there was no session)
             if keepalive is not None:  # only the keepalive held back (turning it on initiates)
                 updates.append(PeerUpdate(key, persistent_keepalive=keepalive))
+                self._because(key, "the leading side's handshake came through the relay")
             return
         if not isinstance(attempt, Trial) or attempt.target != peer.relay:
             return
@@ -759,12 +752,9 @@ class Planner:
         elif self.ipv6_first(record):
             self._prefer_ipv4(key, record)
 
-    def _predicted(
-        self, peer: PeerPath, target: Endpoint | None, *, possible: bool = False
-    ) -> bool:
+    def _predicted(self, peer: PeerPath, target: Endpoint | None) -> bool:
         """The NAT classes leave no direct path toward ``target`` (or, with None, toward the
-        peer's first candidate): never for IPv6 (no NAT), else as for IPv4 (rule 9). With
-        ``possible``: they may, once the unknown ones are known (:func:`relay_possible`)."""
+        peer's first candidate): never for IPv6 (no NAT), else as for IPv4 (rule 9)."""
         record = peer.record
         if record is None:
             return False
@@ -772,7 +762,7 @@ class Planner:
             return False
         if target is None and self.ipv6_first(record):
             return False
-        return (relay_possible if possible else relay_predicted)(self._nat, record.nat)
+        return relay_predicted(self._nat, record.nat)
 
     def _proven_source(self, peer: PeerPath, endpoint: Endpoint) -> Source | None:
         """Where the endpoint in use came from, as FRESH would record it."""

@@ -49,15 +49,10 @@ class PunchConfig:
     """Seconds a re-punch gets to bring a stalled path back before the relay takes it over
     (rule 8; a clash of two hosts on one NAT port is what punching cannot repair)."""
     wait_unclassified: bool = False
-    """The daemon's setting (on; off here so that tests of other rules need no NAT classes):
-    while our own NAT class is still unknown and, read as symmetric, it would call for the
-    relay (:func:`relay_possible`), wait (up to ``relay_grace``) before a first direct try,
-    our NAT primed toward the first candidate meanwhile. A direct initiation made then holds a
-    relayed one back 5 s (bench/relay.py: the slow first relayed handshakes). Only our own
-    class: when both sides waited for the classes they then acted at the same moment, and
-    behind a NAT without a firewall the peer's early packet took our port (open x open failed
-    once in four full runs); priming during the wait keeps that packet from finding our NAT
-    unopened."""
+    """Also wait ``relay_grace`` before a first direct try while our NAT class or the peer's
+    is still unknown. Off: the two sides then stop acting at the same moment, and behind a NAT
+    without a firewall the peer's early initiation takes our port (docs/lab.md); measured in the
+    lab (open x open failed to connect once in four full runs with it on)."""
     relay_grace: float = 1.0
     """When the NAT classes call for the relay: seconds to wait for it before trying direct
     meanwhile (a direct initiation holds WireGuard's next one back 5 s)."""
