@@ -469,6 +469,14 @@ names = st.text(st.characters(codec="utf-8"), max_size=63).filter(
     lambda s: s.isprintable() and len(s.encode()) <= 63
 )
 keys32 = st.binary(min_size=32, max_size=32)
+
+
+def watches(max_ids: int, padding: st.SearchStrategy[int]) -> st.SearchStrategy[Watch]:
+    ids = st.lists(st.binary(min_size=8, max_size=8), max_size=max_ids).map(tuple)
+    return st.builds(Watch, u64, u64, u64, st.binary(min_size=16, max_size=16),
+                     st.none() | ids, padding)  # fmt: skip
+
+
 payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
     st.builds(
         Register,
@@ -479,23 +487,8 @@ payloads: st.SearchStrategy[sealed.Payload] = st.one_of(
         st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=32),
         st.booleans(),
     ),
-    st.builds(
-        Watch,
-        u64,
-        u64,
-        u64,
-        st.binary(min_size=16, max_size=16),
-        st.none() | st.lists(st.binary(min_size=8, max_size=8), max_size=57).map(tuple),
-    ),
-    st.builds(  # padded: every Watch a daemon sends
-        Watch,
-        u64,
-        u64,
-        u64,
-        st.binary(min_size=16, max_size=16),
-        st.none() | st.lists(st.binary(min_size=8, max_size=8), max_size=50).map(tuple),
-        st.integers(1, 64),
-    ),
+    watches(max_ids=57, padding=st.just(0)),
+    watches(max_ids=50, padding=st.integers(1, 64)),  # padded: every Watch a daemon sends
     st.builds(
         Status,
         u64,

@@ -560,8 +560,9 @@ class Planner:
                 if peer.upgrading or peer.upgrade_at <= now:
                     peer.upgrade_at = _next_slot(now, self.config.relay_retry)
                 peer.upgrading = False
-                lead = self.relay_stagger(key, session=_fresh(dev, now, self.config)) == 0
-                peer.relay_kick_at = 0.0 if lead else now + self.relay_stagger(key)
+                stagger = self.stagger(key, session=_fresh(dev, now, self.config))
+                lead = stagger == 0
+                peer.relay_kick_at = 0.0 if lead else now + stagger
                 updates.append(  # (a keepalive turned on sends one: an initiation, so not yet)
                     PeerUpdate(key, endpoint=target, handshake_now=lead,
                                persistent_keepalive=keepalive if lead else None)
@@ -637,14 +638,12 @@ class Planner:
         follower does not wait."""
         cfg = self.config
         delay = max(cfg.punch_delay, 2 * self.registrar_rtt) if cfg.punch_delay > 0 else 0.0
-        if not session and self._own_key and self._own_key > key:
-            delay += max(cfg.punch_stagger, 3 * self.registrar_rtt)
-        return delay
+        return delay + self.stagger(key, session)
 
-    def relay_stagger(self, key: bytes, session: bool = False) -> float:
-        """Seconds the follower (the higher key) waits before initiating through a relay it
-        switched to (rule 6): 0 for the leader, or over a live session (a kick then sends a
-        keepalive, which cannot cross)."""
+    def stagger(self, key: bytes, session: bool = False) -> float:
+        """Seconds the follower (the higher key) initiates after the leader, toward a punched
+        candidate or through a new relay (rule 6): 0 for the leader, or over a live session (a
+        kick then sends a keepalive, which cannot cross)."""
         if session or not (self._own_key and self._own_key > key):
             return 0.0
         return max(self.config.punch_stagger, 3 * self.registrar_rtt)
