@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import socket
 import struct
 
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wgmesh.proto import stun
 from wgmesh.proto.dnssd import Zone, ZoneConfig
 from wgmesh.registry import udpbatch
 from wgmesh.registry.dns import start_dns
@@ -240,3 +243,85 @@ async def test_dns_serves_with_and_without_batching(
     finally:
         server.close()
         await server.wait_closed()
+
+
+def plain_request(fingerprint: bool) -> bytes:
+    tid = os.urandom(stun.TRANSACTION_ID_LEN)
+    return stun.encode(stun.StunMessage(stun.BINDING_REQUEST, tid), fingerprint=fingerprint)
+
+
+@pytest.mark.parametrize("dual_stack", [False, True])
+async def test_the_in_place_fast_path_and_the_handler_share_batches(dual_stack: bool) -> None:
+    """Plain Binding Requests answered in place, amid datagrams the handler answers (with
+    replies of other lengths, too big for a slot, or none): every sender gets exactly its
+    answers, over batches whose drops move the send slots off their presets and back. Dual
+    stack: IPv4 senders arrive as IPv4-mapped on a wildcard [::] socket (the replies' source
+    set from IPV6_PKTINFO), and an IPv6 sender's requests go to the handler."""
+    responder = stun.PlainBindingResponder()
+
+    def handler(data: bytes, name: bytes) -> bytes | None:
+        if data.startswith(b"drop"):
+            return None
+        if data.startswith(b"big"):
+            return data * 100  # over the slot: sent on its own
+        if stun.is_stun(data):  # the IPv6 sender's plain requests: the general path
+            return b"general"
+        return b"re:" + data
+
+    answered: list[int] = []
+    if dual_stack:
+        sock = await udpbatch.bind_udp("::", 0, v6only=False)
+    else:
+        sock = bound()
+    server = BatchedUdp(sock, handler, size=512, fast=responder, on_fast=answered.append)
+    assert server.pktinfo == dual_stack
+    server.start(asyncio.get_running_loop())
+    port = server.get_extra_info("sockname")[1]  # type: ignore[index]
+    clients = [client(), client()] + ([client(socket.AF_INET6, "::1")] if dual_stack else [])
+    rng = random.Random(7)
+    expected: list[list[bytes]] = [[] for _ in clients]
+    plain = 0
+    try:
+        for i in range(4 * BATCH + 9):
+            which = rng.randrange(len(clients))
+            c = clients[which]
+            ipv6 = c.family == socket.AF_INET6
+            kind = rng.choice(["plain", "plain", "plain", "fp", "drop", "big", "echo"])
+            if kind in ("plain", "fp"):
+                data = plain_request(kind == "fp")
+                if ipv6:
+                    expected[which].append(b"general")
+                else:
+                    host, cport = c.getsockname()[:2]
+                    answer = responder.answer(data, host, cport)
+                    assert answer is not None
+                    expected[which].append(answer)
+                    plain += 1
+            else:
+                data = f"{kind}{i}".encode()
+                if kind != "drop":
+                    expected[which].append(handler(data, b"") or b"")
+            c.sendto(data, ("::1" if ipv6 else "127.0.0.1", port))
+            if i % BATCH == BATCH - 1:
+                await asyncio.sleep(0.05)  # let the batch be read: the socket buffer is small
+        await asyncio.sleep(0.3)
+        for c, want in zip(clients, expected, strict=True):
+            got = [d for d, _ in await asyncio.to_thread(collect, c, len(want))]
+            assert sorted(got) == sorted(want)
+            c.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                c.recvfrom(1000)  # nothing more, nothing to anyone else
+        assert sum(answered) == plain and server.stats.batches >= 4
+    finally:
+        server.close()
+        for c in clients:
+            c.close()
+
+
+def test_a_fast_path_whose_answers_exceed_the_slot_is_refused() -> None:
+    sock = bound()
+    try:
+        with pytest.raises(ValueError, match="exceed 40"):
+            BatchedUdp(sock, lambda d, n: None, size=40, fast=stun.PlainBindingResponder())
+    finally:
+        sock.close()

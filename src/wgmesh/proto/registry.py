@@ -280,14 +280,19 @@ class Registry:
             c["binding"] += 1
         return reply
 
-    def answer_plain_binding_v4(self, data: bytes, packed: bytes, port: int) -> bytes | None:
-        """:meth:`answer_plain_binding` for an IPv4 source given as its 4 packed bytes."""
-        reply = self._plain.answer_v4(data, packed, port)
-        if reply is not None:
-            c = self.counters
-            c["datagrams"] += 1
-            c["binding"] += 1
-        return reply
+    @property
+    def plain_binding(self) -> stun.PlainBindingResponder:
+        """The responder behind :meth:`answer_plain_binding`, for a batched socket that writes
+        its answers in place (``write``); such a socket reports what it answered to
+        :meth:`count_plain_bindings`."""
+        return self._plain
+
+    def count_plain_bindings(self, n: int) -> None:
+        """Count ``n`` plain Binding Requests answered through :attr:`plain_binding` as
+        :meth:`answer_plain_binding` counts each one."""
+        c = self.counters
+        c["datagrams"] += n
+        c["binding"] += n
 
     def answer_change_request(
         self, data: bytes, source: Endpoint, *, has_other_port: bool

@@ -433,6 +433,8 @@ def classic_binding_success(data: bytes, observed: Endpoint) -> bytes | None:
 _PLAIN_REQUEST = _TYPE_LEN.pack(BINDING_REQUEST, 0) + COOKIE_BYTES
 _PLAIN_REQUEST_FP = _TYPE_LEN.pack(BINDING_REQUEST, 8) + COOKIE_BYTES
 _XOR_PORT = MAGIC_COOKIE >> 16
+_XOR_TLV = (ATTR_XOR_MAPPED_ADDRESS << 16) | 8
+_FINGERPRINT_HEAD = (ATTR_FINGERPRINT << 16) | 4
 _U32 = struct.Struct("!I")
 
 
@@ -460,10 +462,14 @@ class PlainBindingResponder:
     string, an int). The answer's bytes after the port (the XORed address, SOFTWARE) are kept
     per source address, at most ``max_sources`` of them (the table is emptied when full), so a
     repeat source costs no address parsing.
+
+    :meth:`answer_in_place` is the same answer for a batched socket: it overwrites the request
+    where it was received, given the source as two integers, so no bytes object is made for the
+    request, the address or the answer.
     """
 
-    __slots__ = ("_head", "_pack", "_pack_fingerprint", "_packed", "_software", "_sources",
-                 "max_sources")  # fmt: skip
+    __slots__ = ("_head", "_in_place_head", "_in_place_tail", "_pack", "_pack_fingerprint",
+                 "_software", "_sources", "_success", "answer_size", "max_sources")  # fmt: skip
 
     def __init__(self, software: str = SOFTWARE, max_sources: int = 4096) -> None:
         text = pack_software(software)
@@ -479,8 +485,14 @@ class PlainBindingResponder:
             _TYPE_LEN.pack(BINDING_SUCCESS, layout.size - HEADER_LEN + 8),
             _TYPE_LEN.pack(ATTR_XOR_MAPPED_ADDRESS, 8) + b"\x00\x01",
         )
+        # answer_in_place(): type and length; after the transaction id, XOR-MAPPED-ADDRESS
+        # (type and length, family, port, address), SOFTWARE, FINGERPRINT's type and length
+        self.answer_size = layout.size + 8
+        """The length of every answer: :meth:`answer_in_place` needs this much room."""
+        self._success = (BINDING_SUCCESS << 16) | (self.answer_size - HEADER_LEN)
+        self._in_place_head = _U32
+        self._in_place_tail = struct.Struct(f"!IHHI{len(self._software)}sI")
         self._sources: dict[str, bytes] = {}
-        self._packed: dict[bytes, bytes] = {}
         self.max_sources = max_sources
 
     def answer(self, data: bytes, host: str, port: int) -> bytes | None:
@@ -497,19 +509,28 @@ class PlainBindingResponder:
         msg = self._pack(success, data[4:20], xor_tlv, port ^ _XOR_PORT, tail)
         return self._pack_fingerprint(msg, _FINGERPRINT_TLV, zlib.crc32(msg) ^ FINGERPRINT_XOR)
 
-    def answer_v4(self, data: bytes, packed: bytes, port: int) -> bytes | None:
-        """:meth:`answer` for a source given as its 4 packed address bytes (as a sockaddr_in
-        holds them: the batched socket path decodes no address for a plain request)."""
-        if not _is_plain(data):
-            return None
-        tail = self._packed.get(packed)
-        if tail is None:
-            if len(self._packed) >= self.max_sources:
-                self._packed.clear()
-            tail = self._packed[packed] = _xor(packed, COOKIE_BYTES) + self._software
-        success, xor_tlv = self._head
-        msg = self._pack(success, data[4:20], xor_tlv, port ^ _XOR_PORT, tail)
-        return self._pack_fingerprint(msg, _FINGERPRINT_TLV, zlib.crc32(msg) ^ FINGERPRINT_XOR)
+    def answer_in_place(
+        self, buf: memoryview, at: int, length: int, port: int, address: int
+    ) -> int:
+        """:meth:`answer` in place, for a batched socket: the request is
+        ``buf[at : at + length]`` from the IPv4 ``address`` (an integer) and ``port``, and the
+        answer overwrites it from ``buf[at]`` on (:attr:`answer_size` bytes, which must fit;
+        the request's transaction id is already where the answer's goes). Returns the
+        answer's length, or 0 when the fast path does not apply (``buf`` is untouched then)."""
+        if length == HEADER_LEN:
+            if buf[at : at + 8] != _PLAIN_REQUEST:
+                return 0
+        elif length != HEADER_LEN + 8 or not _is_plain(buf[at : at + length].tobytes()):
+            return 0
+        size = self.answer_size
+        self._in_place_head.pack_into(buf, at, self._success)
+        self._in_place_tail.pack_into(
+            buf, at + HEADER_LEN, _XOR_TLV, 1, port ^ _XOR_PORT, address ^ MAGIC_COOKIE,
+            self._software, _FINGERPRINT_HEAD,
+        )  # fmt: skip
+        end = at + size - 4
+        self._in_place_head.pack_into(buf, end, zlib.crc32(buf[at : end - 4]) ^ FINGERPRINT_XOR)
+        return size
 
     def _learn(self, host: str) -> bytes | None:
         if ":" in host:  # IPv6, or IPv4-mapped IPv6: the general path normalises those

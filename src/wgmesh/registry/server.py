@@ -256,7 +256,8 @@ class Registrar:
                 max_datagram=settings.registry.max_datagram,
                 on_truncated=stun.count_oversize,
                 on_error=stun.count_error,
-                fast_v4=self.registry.answer_plain_binding_v4,
+                fast=self.registry.plain_binding,
+                on_fast=self.registry.count_plain_bindings,
                 v6only=v6only,
             )
             stun.endpoint = endpoint

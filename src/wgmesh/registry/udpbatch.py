@@ -12,7 +12,9 @@ The handler gets each datagram's bytes and the raw sockaddr it came from, and re
 reply (sent to that sockaddr) or None. Datagrams that did not fit :attr:`BatchedUdp.size` bytes
 are dropped unread and counted; replies too large for a send slot go out with a plain
 ``sendto``. One reader callback handles at most :data:`MAX_BATCHES` batches, so a flood cannot
-starve the rest of the event loop.
+starve the rest of the event loop. Replies overwrite their requests in the receive slots, which
+the send side points at; a ``fast`` path (:class:`InPlace`: the STUN socket's plain Binding
+Requests) answers there without the handler and without making a bytes object.
 
 A handler that raises is a bug, but it costs only the datagram it was handling: that datagram
 is dropped and counted (``errors``, and the caller's ``on_error``), the exception is logged with
@@ -52,7 +54,7 @@ import struct
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 from wgmesh.errorlog import ERROR_LOG_INTERVAL, ErrorLog
 
@@ -64,8 +66,10 @@ MAX_BATCHES = 16
 """Batches handled per reader callback before yielding to the event loop."""
 NAME_SIZE = 128
 """sizeof(struct sockaddr_storage)."""
+NAME_V4 = 16
+NAME_V6 = 28
+"""sizeof(struct sockaddr_in), sizeof(struct sockaddr_in6)."""
 MSG_DONTWAIT = 0x40
-MSG_TRUNC = 0x20
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 """Linux's value; Python has the name only from 3.13 on."""
 CONTROL_SIZE = 64
@@ -81,11 +85,33 @@ Handler = Callable[[bytes, bytes], bytes | None]
 """(datagram, raw sockaddr) -> reply or None."""
 AddressHandler = Callable[[bytes, "tuple[str, int] | None"], bytes | None]
 """(datagram, (host, port) or None when not asked for) -> reply or None."""
-V4Handler = Callable[[bytes, bytes, int], bytes | None]
-"""(datagram, the 4 packed IPv4 address bytes, port) -> the reply, or None to hand the datagram
-to the ordinary handler: a fast path that needs no decoded address."""
+
+
+class InPlace(Protocol):
+    """A fast path for datagrams from IPv4 sources (IPv4-mapped ones on a dual-stack socket
+    too) that makes no bytes objects: it answers a datagram by overwriting it where it was
+    received (``stun.PlainBindingResponder`` is one)."""
+
+    @property
+    def answer_size(self) -> int:
+        """The length of its usual answer: send slots are preset to it."""
+
+    def answer_in_place(
+        self, buf: memoryview, at: int, length: int, port: int, address: int
+    ) -> int:
+        """Overwrite the datagram ``buf[at : at + length]`` from ``address`` (an integer) and
+        ``port`` with its answer and return the answer's length (at most the socket's
+        ``size``), or return 0, untouched, to hand the datagram to the ordinary handler."""
+
+
+_SOCKADDR = struct.Struct("!HHI")
+"""sin_family (compared in its wire form: :data:`_FAMILY4`), sin_port, sin_addr."""
+_MAPPED_ADDR = struct.Struct("!12sI")
+"""sin6_addr of an IPv4-mapped source: the prefix and the IPv4 address."""
 _AF_INET = socket.AF_INET.to_bytes(2, sys.byteorder)
 _AF_INET6 = socket.AF_INET6.to_bytes(2, sys.byteorder)
+_FAMILY4 = int.from_bytes(_AF_INET, "big")
+_FAMILY6 = int.from_bytes(_AF_INET6, "big")
 
 
 class _Iovec(ctypes.Structure):
@@ -119,12 +145,12 @@ _CONTROL = struct.Struct("@PN")
 """msg_control, msg_controllen (adjacent)."""
 _CONTROL_AT = _HDR + _Msghdr.msg_control.offset
 _CONTROLLEN_AT = _HDR + _Msghdr.msg_controllen.offset
-_FLAGS_AT = _HDR + _Msghdr.msg_flags.offset
 _LEN_AT = _Mmsghdr.msg_len.offset
 _U32 = struct.Struct("@I")
-_INT = struct.Struct("@i")
 _SIZE = struct.Struct("@N")
 _IOV_LEN_AT = _Iovec.iov_len.offset
+_IOVEC = struct.Struct("@PN")
+"""iov_base, iov_len."""
 _IOV = ctypes.sizeof(_Iovec)
 
 
@@ -195,9 +221,13 @@ class BatchedUdp:
         on_truncated: Callable[[], None] | None = None,
         on_error: Callable[[], None] | None = None,
         error_log_interval: float = ERROR_LOG_INTERVAL,
+        fast: InPlace | None = None,
+        on_fast: Callable[[int], None] | None = None,
     ) -> None:
         if _LIBC is None:
             raise OSError("recvmmsg/sendmmsg are not available here")
+        if fast is not None and fast.answer_size > size:
+            raise ValueError(f"the fast path's answers ({fast.answer_size} bytes) exceed {size}")
         self.sock = sock
         self.handler = handler
         self.size = size
@@ -206,6 +236,10 @@ class BatchedUdp:
         """Called for each datagram dropped for its size (the caller's own counter)."""
         self.on_error = on_error
         """Called for each datagram dropped because the handler raised (the caller's counter)."""
+        self.fast = None if fast is None else fast.answer_in_place
+        """Asked first for each datagram from an IPv4 source (:class:`InPlace`)."""
+        self.on_fast = on_fast
+        """Called after each batch with the number of datagrams ``fast`` answered (when any)."""
         host = str(sock.getsockname()[0]).partition("%")[0]
         self.bound = _unmapped(socket.inet_pton(sock.family, host))
         """The packed address the socket is bound to (4 bytes for IPv4, 16 for IPv6)."""
@@ -220,11 +254,13 @@ class BatchedUdp:
         """Receive slots the last recvmmsg filled (their lengths need resetting)."""
         n = BATCH
         # receive slots are one byte longer than `size`, so a datagram that fills a slot was
-        # longer than `size` even where MSG_TRUNC is not reported
+        # longer than `size`. Replies overwrite their requests (a handler's reply is copied
+        # over its request, the fast path writes in place), and send slot k is preset to
+        # receive slot k with its sockaddr: while no datagram of a batch has been dropped, the
+        # send headers need no writes at all (only a reply of another length sets its iov)
         self._slot = size + 1
         self._in = ctypes.create_string_buffer(n * self._slot)
         self._names = ctypes.create_string_buffer(n * NAME_SIZE)
-        self._out = ctypes.create_string_buffer(n * size)
         self._control = ctypes.create_string_buffer(n * CONTROL_SIZE if self.pktinfo else 1)
         self._cview = memoryview(self._control).cast("B")
         self._riov = (_Iovec * n)()
@@ -233,12 +269,15 @@ class BatchedUdp:
         self._smsg = (_Mmsghdr * n)()
         self._in_at = ctypes.addressof(self._in)
         self._names_at = ctypes.addressof(self._names)
-        self._out_at = ctypes.addressof(self._out)
         self._control_at = ctypes.addressof(self._control)
+        self._namelen = NAME_V6 if self.v6 else NAME_V4
+        """The kernel gives every datagram on this socket a sockaddr of this length."""
+        self._preset = 0 if fast is None else fast.answer_size
+        """The length send slots are preset to."""
         for i in range(n):
-            self._riov[i].iov_base = self._in_at + i * self._slot
+            self._riov[i].iov_base = self._siov[i].iov_base = self._in_at + i * self._slot
             self._riov[i].iov_len = self._slot
-            self._siov[i].iov_base = self._out_at + i * size
+            self._siov[i].iov_len = self._preset
             r = self._rmsg[i].msg_hdr
             r.msg_name = self._names_at + i * NAME_SIZE
             r.msg_iov = ctypes.pointer(self._riov[i])
@@ -248,6 +287,8 @@ class BatchedUdp:
                 r.msg_control = self._control_at + i * CONTROL_SIZE
                 r.msg_controllen = CONTROL_SIZE
             s = self._smsg[i].msg_hdr
+            s.msg_name = r.msg_name
+            s.msg_namelen = self._namelen
             s.msg_iov = ctypes.pointer(self._siov[i])
             s.msg_iovlen = 1
         self._rview = memoryview(self._rmsg).cast("B")
@@ -255,10 +296,13 @@ class BatchedUdp:
         self._siov_view = memoryview(self._siov).cast("B")
         self._inview = memoryview(self._in).cast("B")
         self._nview = memoryview(self._names).cast("B")
-        self._oview = memoryview(self._out).cast("B")
         self._rtemplate = bytes(self._rview)
         """The receive headers as set here: recvmmsg rewrites the name and control lengths,
         flags and lengths of the slots it fills, and copying this back resets them."""
+        self._stemplate = bytes(self._sview)
+        self._iovtemplate = bytes(self._siov_view)
+        """The send headers and iovs as preset here: a batch that moved or resized slots copies
+        these back over them."""
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start answering from ``loop``."""
@@ -342,40 +386,59 @@ class BatchedUdp:
         stats = self.stats
         stats.batches += 1
         stats.received += n
-        slot, size, handler = self._slot, self.size, self.handler
-        inview, nview, oview, iov = self._inview, self._nview, self._oview, self._siov_view
+        slot, size, handler, preset = self._slot, self.size, self.handler, self._preset
+        inview, nview, iov, in_at = self._inview, self._nview, self._siov_view, self._in_at
         names_at, control_at, cview, v6 = self._names_at, self._control_at, self._cview, self.v6
-        u32, flags_of, size_t = _U32.unpack_from, _INT.unpack_from, _SIZE.unpack_from
+        u32, size_t, namelen = _U32.unpack_from, _SIZE.unpack_from, self._namelen
         # where the address is in the received in_pktinfo / in6_pktinfo, and how long it is
         need = _CMSG_HEADER + (20 if v6 else 12)
-        k = 0
+        fast, sockaddr, mapped = self.fast, _SOCKADDR.unpack_from, _MAPPED_ADDR.unpack_from
+        k = fasts = 0
+        moved = BATCH
+        """The first send slot whose header or iov this batch changed."""
         for i in range(n):
             at = i * _MM
             length = u32(rview, at + _LEN_AT)[0]
-            if length >= slot or flags_of(rview, at + _FLAGS_AT)[0] & MSG_TRUNC:
+            if length >= slot:  # longer than `size`: it filled its slot, or more
                 stats.truncated += 1
                 if self.on_truncated is not None:
                     self.on_truncated()
                 continue
-            namelen = u32(rview, at + _NAMELEN_AT)[0]
             name_at = i * NAME_SIZE
-            name = nview[name_at : name_at + namelen].tobytes()
-            if pktinfo:
-                self._current = i
-            try:
-                reply = handler(inview[i * slot : i * slot + length].tobytes(), name)
-            except Exception as exc:  # a bug: drop this datagram, answer the rest of the batch
-                self._handler_failed(exc, name)
-                continue
-            if reply is None:
-                continue
-            out = len(reply)
-            if out > size:
-                self._send_one(reply, name, self.current_local() if pktinfo else b"")
-                continue
-            oview[k * size : k * size + out] = reply
-            _SIZE.pack_into(iov, k * _IOV + _IOV_LEN_AT, out)
-            _NAME.pack_into(sview, k * _MM + _HDR, names_at + name_at, namelen)
+            data_at = i * slot
+            out = 0
+            if fast is not None:
+                family, port, address = sockaddr(nview, name_at)
+                if family == _FAMILY6:
+                    prefix, address = mapped(nview, name_at + 8)
+                    family = _FAMILY4 if prefix == _MAPPED else 0
+                if family == _FAMILY4:
+                    out = fast(inview, data_at, length, port, address)
+            if out:
+                fasts += 1
+            else:
+                name = nview[name_at : name_at + namelen].tobytes()
+                if pktinfo:
+                    self._current = i
+                try:
+                    reply = handler(inview[data_at : data_at + length].tobytes(), name)
+                except Exception as exc:  # a bug: drop this datagram, answer the rest
+                    self._handler_failed(exc, name)
+                    continue
+                if reply is None:
+                    continue
+                out = len(reply)
+                if out > size:
+                    self._send_one(reply, name, self.current_local() if pktinfo else b"")
+                    continue
+                inview[data_at : data_at + out] = reply
+            if k != i:  # a datagram before it was dropped: point send slot k at this one
+                _IOVEC.pack_into(iov, k * _IOV, in_at + data_at, out)
+                _NAME.pack_into(sview, k * _MM + _HDR, names_at + name_at, namelen)
+                moved = min(moved, k)
+            elif out != preset:
+                _SIZE.pack_into(iov, k * _IOV + _IOV_LEN_AT, out)
+                moved = min(moved, k)
             if pktinfo:
                 # the received pktinfo, rewritten in place into the one that sets the source:
                 # in6_pktinfo {addr, ifindex} with the ifindex cleared (the route picks the
@@ -393,6 +456,8 @@ class BatchedUdp:
                 else:  # no destination given (cannot happen on Linux): the kernel picks
                     _SIZE.pack_into(sview, k * _MM + _CONTROLLEN_AT, 0)
             k += 1
+        if fasts and self.on_fast is not None:
+            self.on_fast(fasts)
         sent = 0
         while sent < k:  # sendmmsg may take fewer than asked; a failing datagram is skipped
             m: int = _LIBC.sendmmsg(fd, ctypes.byref(smsg, sent * _MM), k - sent, MSG_DONTWAIT)
@@ -402,6 +467,9 @@ class BatchedUdp:
             else:
                 stats.sent += m
                 sent += m
+        if moved < k:  # back to the presets
+            sview[moved * _MM : k * _MM] = self._stemplate[moved * _MM : k * _MM]
+            iov[moved * _IOV : k * _IOV] = self._iovtemplate[moved * _IOV : k * _IOV]
         return n
 
     def _handler_failed(self, exc: Exception, name: bytes) -> None:
@@ -571,7 +639,8 @@ async def open_udp(
     on_error: Callable[[], None] = lambda: None,
     error_log_interval: float = ERROR_LOG_INTERVAL,
     with_address: bool = True,
-    fast_v4: V4Handler | None = None,
+    fast: InPlace | None = None,
+    on_fast: Callable[[int], None] | None = None,
     v6only: bool = True,
 ) -> UdpEndpoint:
     """Bind host:port and answer every datagram of at most ``max_datagram`` bytes through
@@ -579,9 +648,10 @@ async def open_udp(
     where :func:`available`, an asyncio datagram endpoint elsewhere. A datagram whose handler
     raises is dropped and reported to ``on_error``, its exception logged (at most once per
     ``error_log_interval`` seconds). ``with_address=False`` spares a handler that ignores the
-    sender the cost of decoding the address (it gets None). ``fast_v4``, on the batched path,
+    sender the cost of decoding the address (it gets None). ``fast``, on the batched path,
     is asked first for datagrams from IPv4 sources (IPv4-mapped ones on a dual-stack socket
-    too), with the raw address bytes. ``v6only``: as :func:`bind_udp`.
+    too) and answers in place (:class:`InPlace`); ``on_fast`` gets, per batch, how many
+    it answered. ``v6only``: as :func:`bind_udp`.
 
     The asyncio fallback reads no destination address: there, replies on a wildcard leave
     from the address the kernel picks (listen on concrete addresses on such platforms)."""
@@ -593,22 +663,7 @@ async def open_udp(
             sock=sock,
         )
         return transport
-    if with_address and fast_v4 is not None:
-        fast = fast_v4
-
-        def raw(data: bytes, name: bytes) -> bytes | None:
-            if name[:2] == _AF_INET:
-                reply = fast(data, name[4:8], (name[2] << 8) | name[3])
-                if reply is not None:
-                    return reply
-            elif name[8:20] == _MAPPED and name[:2] == _AF_INET6:  # IPv4 on a dual-stack socket
-                reply = fast(data, name[20:24], (name[2] << 8) | name[3])
-                if reply is not None:
-                    return reply
-            addr = sockaddr_tuple(name)
-            return None if addr is None else handler(data, addr)
-
-    elif with_address:
+    if with_address:
 
         def raw(data: bytes, name: bytes) -> bytes | None:
             addr = sockaddr_tuple(name)
@@ -626,6 +681,8 @@ async def open_udp(
         on_truncated=on_truncated,
         on_error=on_error,
         error_log_interval=error_log_interval,
+        fast=fast,
+        on_fast=on_fast,
     )
     batched.start(loop)
     return batched
