@@ -598,3 +598,44 @@ def test_the_follower_stays_quiet_when_the_leaders_relayed_handshake_came() -> N
     other.plan(device(peer(keepalive=0)), 1000.0)
     (update,) = other.plan(device(peer(RELAY_EP, hs=1000.1, keepalive=0)), 1000.3).updates
     assert update.persistent_keepalive == 25 and not update.handshake_now
+
+
+def test_with_no_session_the_relayed_initiation_comes_from_a_renewed_peer() -> None:
+    """A direct initiation in the last 5 s holds WireGuard's next one back until its retry:
+    so the initiation through the relay, the leader's at once and the follower's after the
+    stagger, is made by a renewed peer when there is no session to lose (none, or a handshake
+    older than 180 s); over a live session neither side renews."""
+    lead, follow = relayed_pair(LOW), relayed_pair(HIGH)
+    (first,) = lead.plan(device(peer(PUB)), 1000.0).updates
+    assert first.endpoint == RELAY_EP and first.handshake_now and first.renew
+    (quiet,) = follow.plan(device(peer(PUB)), 1000.0).updates
+    assert not quiet.renew and not quiet.handshake_now  # the leader's may be on its way
+    (kick,) = follow.plan(device(peer(RELAY_EP)), 1000.3).updates
+    assert kick.handshake_now and kick.renew
+    stale = relayed_pair(LOW)  # the last session ended long ago: nothing left to lose
+    (update,) = stale.plan(device(peer(PUB, hs=800.0)), 1000.0).updates
+    assert update.renew and update.handshake_now
+    live = relayed_pair(LOW)  # a session from 150 s ago still carries traffic
+    (update,) = live.plan(device(peer(PUB, hs=850.0)), 1000.0).updates
+    assert update.endpoint == RELAY_EP and not update.renew
+    follow_live = relayed_pair(HIGH)
+    follow_live.plan(device(peer(PUB, hs=850.0)), 1000.0)
+    for u in follow_live.plan(device(peer(RELAY_EP, hs=850.0)), 1000.3).updates:
+        assert not u.renew
+
+
+def test_a_renewed_relay_trial_is_proven_by_the_renewed_peers_first_handshake() -> None:
+    """Renewing resets WireGuard's handshake time and counters: the trial starts from zero as
+    they do, and the renewed peer's first handshake proves the relay."""
+    lead = relayed_pair(LOW)
+    dev = peer(PUB, hs=700.0)
+    (update,) = lead.plan(device(dev), 1000.0).updates
+    assert update.renew
+    renewed = peer(RELAY_EP)  # what WireGuard shows after the renewal: no handshake yet
+    assert lead.plan(device(renewed), 1000.2).updates == ()
+    (row,) = lead.views(device(renewed), 1000.2)
+    assert row.path != "relay"  # not proven yet
+    proven = peer(RELAY_EP, hs=1000.0)
+    lead.plan(device(proven), 1000.4)
+    (row,) = lead.views(device(proven), 1000.4)
+    assert row.path == "relay" and row.relay == str(RELAY_EP)

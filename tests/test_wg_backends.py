@@ -241,3 +241,38 @@ def test_auto_picks_the_uapi_socket(pair: tuple[Side, Side]) -> None:
     assert isinstance(open_control(a.iface), Uapi)
     assert isinstance(open_control(a.iface, "wg"), WgCli)
     assert open_control(a.iface, "wg").read() == open_control(a.iface).read()
+
+
+@BACKENDS
+def test_a_renewed_peer_initiates_at_once_after_a_futile_initiation(
+    pair: tuple[Side, Side], backend: Backend, tmp_path: Path
+) -> None:
+    """WireGuard sends at most one initiation per peer every 5 s: after one toward a dead
+    endpoint, a kick toward the right one sends nothing (the control), but renewing the peer
+    lets it through at once. The renewed peer keeps its preshared key (B requires it: a lost
+    key fails the handshake), allowed IPs and keepalive."""
+    a, b = pair
+    ctl = backend(a.iface)
+    psk = tmp_path / "psk"
+    fd = os.open(psk, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(encode_key(os.urandom(32)) + "\n")
+    b.run("wg", "set", b.iface, "peer", encode_key(a.key), "allowed-ips", f"{a.tunnel}/32",
+          "preshared-key", str(psk))  # fmt: skip
+    a.run("wg", "set", a.iface, "peer", encode_key(b.key), "allowed-ips", f"{b.tunnel}/32",
+          "preshared-key", str(psk), "endpoint", "10.99.0.200:51820",
+          "persistent-keepalive", "7")  # fmt: skip
+    ctl.apply([PeerUpdate(b.key, handshake_now=True)])  # toward nobody
+    wait_for(lambda: the_peer(ctl).tx_bytes > 0, 1.0)
+    ctl.apply([PeerUpdate(b.key, endpoint=b.endpoint, handshake_now=True)])
+    time.sleep(1.0)
+    assert the_peer(ctl).latest_handshake == 0, "a kick within 5 s of an initiation went out"
+    ctl.apply([PeerUpdate(b.key, endpoint=b.endpoint, handshake_now=True, renew=True)])
+    took = wait_for(lambda: the_peer(ctl).latest_handshake > 0, 2.0)  # the 5 s retry: later
+    print(f"renewed -> handshake in {took * 1000:.0f} ms")
+    peer = the_peer(ctl)
+    assert (peer.endpoint, peer.allowed_ips, peer.persistent_keepalive) == (
+        b.endpoint, (f"{b.tunnel}/32",), 7)  # fmt: skip
+    keys = a.run("wg", "show", a.iface, "preshared-keys").stdout
+    assert psk.read_text().strip() in keys
+    assert a.run("ping", "-n", "-q", "-c", "1", "-W", "1", b.tunnel, check=False).returncode == 0

@@ -23,8 +23,14 @@ from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import decode_key, encode_key
 from wgmesh.wg.backends import open_control
 from wgmesh.wg.fake import FakeWireGuard
-from wgmesh.wg.uapi import Uapi, format_set, parse_uapi
-from wgmesh.wg.wgtool import MAX_ARGS_CHARS, WgCli, parse_dump, set_arguments
+from wgmesh.wg.uapi import Uapi, carried_lines, format_set, parse_uapi
+from wgmesh.wg.wgtool import (
+    MAX_ARGS_CHARS,
+    WgCli,
+    parse_dump,
+    renew_arguments,
+    set_arguments,
+)
 
 # Captured from wireguard-go 0.0.20220316 and wg 1.0.20210914 in a lab namespace (throwaway keys):
 # the same interface through both interfaces. IDLE: fwmark, a preshared key, an IPv6 endpoint,
@@ -259,6 +265,97 @@ def test_set_arguments_split_large_batches_but_keep_each_kick_whole() -> None:
     assert all(sum(map(len, run)) <= MAX_ARGS_CHARS for run in runs)
     assert sum(run.count("peer") for run in runs) == 80
     assert all(run.count("peer") % 2 == 0 for run in runs)
+
+
+FULL = bytes.fromhex("82bd79be4575948ba6187a9068442258bed48c9e523354ad304e734caa1d7601")
+"""IDLE's second peer: a preshared key, an IPv6 endpoint, keepalive 25, three allowed IPs."""
+EMPTY = bytes.fromhex("56173198cf63e939d1ca92d265837bb93e7482df15e4697b89b76895920c151f")
+
+
+def test_a_renewal_removes_the_peer_and_adds_it_back_as_it_was() -> None:
+    carried = carried_lines(IDLE_UAPI, {FULL, EMPTY})
+    psk = "preshared_key=40f7dd697c26d7b06e8bd6d65513060f873129e8a27c8d6525efe66028ded6fa"
+    assert carried[FULL] == [
+        psk, "endpoint=[2001:db8::7]:51821", "persistent_keepalive_interval=25",
+        "allowed_ip=10.77.0.2/32", "allowed_ip=fd00::2/128", "allowed_ip=10.78.0.0/16",
+    ]  # fmt: skip
+    assert carried[EMPTY] == ["preshared_key=" + "0" * 64, "persistent_keepalive_interval=0"]
+    assert carried_lines(IDLE_UAPI, {K1}) == {}
+    text = format_set([PeerUpdate(FULL, endpoint=EP, handshake_now=True, renew=True)], {}, carried)
+    assert (
+        text
+        == (
+            f"set=1\npublic_key={FULL.hex()}\nremove=true\npublic_key={FULL.hex()}\n"
+            + "\n".join(carried[FULL])
+            + "\nendpoint=198.51.100.7:51820\n"  # the update's own lines come last: they win
+            "persistent_keepalive_interval=0\npersistent_keepalive_interval=25\n\n"
+        )
+    )
+    for forbidden in ("private_key", "listen_port", "fwmark", "last_handshake", "rx_bytes"):
+        assert forbidden not in text
+
+
+def test_a_renewal_through_wg_puts_the_preshared_key_on_stdin_only() -> None:
+    args, psk = renew_arguments(IDLE_DUMP, FULL)
+    key = encode_key(FULL)
+    assert psk is not None and psk not in args
+    assert args == [
+        "peer", key, "remove", "peer", key, "preshared-key", "/dev/stdin",
+        "endpoint", "[2001:db8::7]:51821",
+        "allowed-ips", "10.77.0.2/32,fd00::2/128,10.78.0.0/16", "persistent-keepalive", "25",
+    ]  # fmt: skip
+    args, psk = renew_arguments(IDLE_DUMP, EMPTY)
+    assert psk is None
+    assert args == ["peer", encode_key(EMPTY), "remove", "peer", encode_key(EMPTY),
+                    "persistent-keepalive", "0"]  # fmt: skip
+    with pytest.raises(WireGuardError, match="no peer"):
+        renew_arguments(IDLE_DUMP, K1)
+
+
+def test_the_wg_backend_runs_each_renewal_on_its_own_with_its_key_on_stdin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs: list[tuple[tuple[str, ...], str | None]] = []
+
+    def run(self: WgCli, *args: str, secret: str | None = None) -> str:
+        runs.append((args, secret))
+        return IDLE_DUMP if args[0] == "show" else ""
+
+    monkeypatch.setattr(WgCli, "_run", run)
+    WgCli("wg0").apply([
+        PeerUpdate(K1, endpoint=EP),
+        PeerUpdate(FULL, endpoint=EP, handshake_now=True, renew=True),
+        PeerUpdate(K2, persistent_keepalive=5),
+    ])  # fmt: skip
+    (show, _), (first, none1), (renewal, secret), (last, none2) = runs
+    assert show == ("show", "wg0", "dump") and none1 is None and none2 is None
+    assert first == ("set", "wg0", "peer", encode_key(K1), "endpoint", str(EP))
+    assert secret == renew_arguments(IDLE_DUMP, FULL)[1] and secret not in renewal
+    assert renewal[2:7] == ("peer", encode_key(FULL), "remove", "peer", encode_key(FULL))
+    assert renewal[-4:] == ("endpoint", str(EP), "persistent-keepalive", "25")
+    assert last == ("set", "wg0", "peer", encode_key(K2), "persistent-keepalive", "5")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400), st.binary(min_size=32, max_size=32))
+def test_the_renewal_readers_raise_only_wireguard_errors(text: str, key: bytes) -> None:
+    for read in (lambda: carried_lines(text, {key}), lambda: renew_arguments(text, key)):
+        with contextlib.suppress(WireGuardError):
+            read()
+
+
+def test_a_renewed_fake_peer_forgets_its_handshake_and_counters() -> None:
+    wg = FakeWireGuard()
+    wg.add_peer(K1, ("10.0.0.2/32",), keepalive=25)
+    wg.handshake(K1, 100.0)
+    wg.traffic(K1, rx=500, tx=700)
+    wg.apply([PeerUpdate(K1, endpoint=EP, handshake_now=True, renew=True)])
+    p = wg.peer(K1)
+    assert (p.latest_handshake, p.rx_bytes, p.tx_bytes) == (0.0, 0, 0)
+    assert (p.endpoint, p.allowed_ips, p.persistent_keepalive) == (EP, ("10.0.0.2/32",), 25)
+    assert wg.renewals == [K1] and wg.kicks == [K1]
+    with pytest.raises(LocalProtocolError, match="removed or renewed"):
+        PeerUpdate(K1, remove=True, renew=True)
 
 
 # -- open_control ---------------------------------------------------------------------------------

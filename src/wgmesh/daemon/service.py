@@ -458,6 +458,8 @@ class Daemon:
             what = []
             if u.remove:
                 what.append("removed")
+            if u.renew:
+                what.append("renewed (WireGuard's 5 s initiation limit starts afresh)")
             if u.allowed_ips is not None:
                 what.append(f"added with allowed IPs {','.join(u.allowed_ips)}")
             if u.endpoint is not None:

@@ -97,7 +97,7 @@ class DaemonStats:
     lookups: dict[str, int] = field(default_factory=lambda: _zeros("found", "absent", "failed"))
     """DNS-SD lookups of a peer by result: a record, none (NXDOMAIN/NODATA), an error."""
     updates: dict[str, int] = field(
-        default_factory=lambda: _zeros("endpoint", "handshake", "added", "removed")
+        default_factory=lambda: _zeros("endpoint", "handshake", "added", "removed", "renewed")
     )
     """Changes applied to the interface's peers, by kind."""
     interface_errors: dict[str, int] = field(default_factory=lambda: _zeros("read", "apply"))
@@ -116,3 +116,4 @@ class DaemonStats:
             u["added"] += update.allowed_ips is not None and not update.remove
             u["endpoint"] += update.endpoint is not None
             u["handshake"] += update.handshake_now
+            u["renewed"] += update.renew

@@ -56,7 +56,8 @@ class PeerUpdate:
     """A change to one peer; None fields are left as they are.
 
     Raises LocalProtocolError for a key that is not 32 bytes, a keepalive outside 0..65535, or
-    ``handshake_now`` with ``persistent_keepalive=0`` (the kick needs a non-zero keepalive).
+    ``handshake_now`` with ``persistent_keepalive=0`` (the kick needs a non-zero keepalive),
+    or ``renew`` with ``remove``.
     """
 
     public_key: bytes
@@ -71,6 +72,12 @@ class PeerUpdate:
     """Make WireGuard initiate a handshake at once (see the module docstring)."""
     remove: bool = False
     """Remove the peer; every other field is then ignored."""
+    renew: bool = False
+    """Re-create the peer before this update's changes: remove it and add it back with its
+    preshared key, endpoint, allowed IPs and keepalive (the backend carries those over; the
+    preshared key never leaves it). WireGuard then forgets its timers, so an initiation it sent
+    in the last 5 s (REKEY_TIMEOUT) no longer holds a new one back. Its session and transfer
+    counters go too: ask only when there is no session to lose."""
 
     def __post_init__(self) -> None:
         if len(self.public_key) != 32:
@@ -79,6 +86,8 @@ class PeerUpdate:
             raise LocalProtocolError(f"keepalive out of range: {self.persistent_keepalive}")
         if self.handshake_now and self.persistent_keepalive == 0:
             raise LocalProtocolError("handshake_now needs a non-zero persistent keepalive")
+        if self.renew and self.remove:
+            raise LocalProtocolError("a peer is either removed or renewed, not both")
 
 
 def keepalive_for(update: PeerUpdate, current: int) -> int:

@@ -37,8 +37,10 @@ Rules (docs/protocol.md, "Choosing an endpoint"):
    the round's candidates are all tried (instead of backing off). From the relay, direct is
    tried again every ``relay_retry`` seconds, at multiples of it on the wall clock so that both
    peers try at the same moment, and at once when a NAT class changes so that the prediction
-   no longer holds; a failed try goes back to the relay at once. A proven direct path releases
-   the relay: the relay is left only for a handshake, never for a record.
+   no longer holds; a failed try goes back to the relay at once. The initiation through the
+   relay is made by a renewed peer (``PeerUpdate.renew``) when there is no session: a direct
+   initiation in the last 5 s would otherwise hold it back until WireGuard's retry. A proven
+   direct path releases the relay: the relay is left only for a handshake, never for a record.
 
 9. Address families (docs/protocol.md, "Choosing an address family"). An IPv6 candidate is
    tried only when we have an IPv6 mapping ourselves (the registrar saw us over IPv6, so we
@@ -556,16 +558,17 @@ class Planner:
                 self._because(key, "to the relay: " + (
                     "the NAT classes leave no direct path" if predicted
                     else "every direct candidate failed"))  # fmt: skip
-                peer.attempt = Trial(target, now, dev.rx_bytes, dev.latest_handshake)
                 if peer.upgrading or peer.upgrade_at <= now:
                     peer.upgrade_at = _next_slot(now, self.config.relay_retry)
                 peer.upgrading = False
                 stagger = self.stagger(key, session=_fresh(dev, now, self.config))
                 lead = stagger == 0
+                renew = lead and not _fresh_relayed(dev, now)
+                peer.attempt = _relay_trial(target, now, dev, renew)
                 peer.relay_kick_at = 0.0 if lead else now + stagger
                 updates.append(  # (a keepalive turned on sends one: an initiation, so not yet)
                     PeerUpdate(key, endpoint=target, handshake_now=lead,
-                               persistent_keepalive=keepalive if lead else None)
+                               persistent_keepalive=keepalive if lead else None, renew=renew)
                 )  # fmt: skip
             case PathEvent.RELAY_FRESH:
                 peer.proven, peer.proven_source = dev.endpoint, Source.RELAY
@@ -667,7 +670,12 @@ class Planner:
             return
         if not isinstance(attempt, Trial) or attempt.target != peer.relay:
             return
-        updates.append(PeerUpdate(key, handshake_now=True, persistent_keepalive=keepalive))
+        renew = not _fresh_relayed(dev, now)
+        if renew:
+            peer.attempt = _relay_trial(attempt.target, attempt.since, dev, renew)
+        updates.append(
+            PeerUpdate(key, handshake_now=True, persistent_keepalive=keepalive, renew=renew)
+        )
         self._because(key, "no handshake through the relay from the leading side: initiating")
 
     def next_deadline(self) -> float | None:
@@ -860,6 +868,13 @@ def _fresh_relayed(dev: PeerState, now: float) -> bool:
     """A relayed session is alive: its handshake may be up to 120 s (REKEY_AFTER_TIME) plus a
     25 s keepalive old before the initiator rekeys, so HANDSHAKE_FRESH (135 s) is too short."""
     return dev.latest_handshake > 0 and now - dev.latest_handshake < REJECT_AFTER_TIME
+
+
+def _relay_trial(target: Endpoint, since: float, dev: PeerState, renew: bool) -> Trial:
+    """The trial of the relay endpoint; a renewed peer starts from no handshake and no bytes."""
+    if renew:
+        return Trial(target, since, 0, 0.0)
+    return Trial(target, since, dev.rx_bytes, dev.latest_handshake)
 
 
 def _fresh(dev: PeerState, now: float, cfg: PunchConfig) -> bool:

@@ -14,7 +14,8 @@ from wgmesh.proto.endpoint import Endpoint
 class FakeWireGuard:
     """WireGuardControl without WireGuard.
 
-    ``applied`` lists every update in order, ``kicks`` the keys of those with ``handshake_now``.
+    ``applied`` lists every update in order, ``kicks`` the keys of those with ``handshake_now``,
+    ``renewals`` those of renewed peers (which lose their handshake and counters, as in WireGuard).
     ``present = False`` makes read/apply raise InterfaceNotFound; ``fail_with`` makes the next
     read or apply raise that error once.
     """
@@ -24,6 +25,7 @@ class FakeWireGuard:
         self.state = DeviceState(name, public_key, port, ())
         self.applied: list[PeerUpdate] = []
         self.kicks: list[bytes] = []
+        self.renewals: list[bytes] = []
         self.present = True
         self.fail_with: WireGuardError | None = None
 
@@ -47,6 +49,9 @@ class FakeWireGuard:
                 peers.pop(u.public_key, None)
                 continue
             p = peers.get(u.public_key) or PeerState(u.public_key, None, (), 0.0, 0, 0, 0)
+            if u.renew:
+                self.renewals.append(u.public_key)
+                p = replace(p, latest_handshake=0.0, rx_bytes=0, tx_bytes=0)
             if u.endpoint is not None:
                 p = replace(p, endpoint=u.endpoint)
             if u.allowed_ips is not None:

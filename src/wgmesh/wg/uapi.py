@@ -5,7 +5,10 @@ One request per connection: ``get=1\\n\\n`` or ``set=1\\n`` + ``key=value`` line
 answer is ``key=value`` lines ending with ``errno=N`` and an empty line. Keys are hex.
 
 The private key the ``get`` answer carries is used only to derive the public key and is dropped
-at once. ``set`` only ever names peers: never private_key, listen_port or fwmark.
+at once. ``set`` only ever names peers: never private_key, listen_port or fwmark. A renewed peer
+(``PeerUpdate.renew``) is removed and added back in the same ``set``, with the lines of its
+configuration the ``get`` before it gave (:func:`carried_lines`, its preshared key among them:
+read, written back and dropped within one ``apply``).
 """
 
 from __future__ import annotations
@@ -108,15 +111,44 @@ def parse_uapi(name: str, text: str) -> DeviceState:
     return DeviceState(name, public_key, listen_port, tuple(p.build() for p in peers))
 
 
-def format_set(updates: Sequence[PeerUpdate], current: dict[bytes, int]) -> str:
-    """The ``set=1`` request for ``updates``; ``current`` maps keys to their keepalive now.
+CARRIED = ("preshared_key", "endpoint", "persistent_keepalive_interval", "allowed_ip")
+"""What a renewed peer keeps: the configuration lines of a ``get`` answer (not its handshake
+time or counters)."""
+
+
+def carried_lines(text: str, keys: set[bytes]) -> dict[bytes, list[str]]:
+    """From a ``get=1`` answer, the :data:`CARRIED` lines of each peer in ``keys``, as they
+    would be written back in a ``set``; WireGuardError on a value that could inject a line."""
+    out: dict[bytes, list[str]] = {}
+    lines: list[str] | None = None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key == "public_key":
+            peer = bytes.fromhex(value) if len(value) == 64 else b""
+            lines = out.setdefault(peer, []) if peer in keys else None
+        elif lines is not None and key in CARRIED:
+            lines.append(f"{key}={_line_safe(value)}")
+    return out
+
+
+def format_set(
+    updates: Sequence[PeerUpdate],
+    current: dict[bytes, int],
+    carried: dict[bytes, list[str]] | None = None,
+) -> str:
+    """The ``set=1`` request for ``updates``; ``current`` maps keys to their keepalive now,
+    ``carried`` renewed peers to their configuration lines (:func:`carried_lines`).
 
     A kick (``handshake_now``) ends its peer's block with ``persistent_keepalive_interval=0``
-    then ``=N``: that pair must come last (see wgmesh.wg.control).
+    then ``=N``: that pair must come last (see wgmesh.wg.control). A renewal is
+    ``remove=true``, then the same key again with its carried lines, then the update's own.
     """
     lines = ["set=1"]
     for u in updates:
         lines.append(f"public_key={u.public_key.hex()}")
+        if u.renew:
+            lines += ["remove=true", f"public_key={u.public_key.hex()}"]
+            lines += (carried or {}).get(u.public_key, [])
         if u.remove:
             lines.append("remove=true")
             continue
@@ -195,9 +227,16 @@ class Uapi:
         if not updates:
             return
         current: dict[bytes, int] = {}
-        if any(u.handshake_now and u.persistent_keepalive is None for u in updates):
-            current = {p.public_key: p.persistent_keepalive for p in self.read().peers}
-        errno = parse_errno(self._exchange(format_set(updates, current)))
+        carried: dict[bytes, list[str]] = {}
+        renewed = {u.public_key for u in updates if u.renew}
+        if renewed or any(u.handshake_now and u.persistent_keepalive is None for u in updates):
+            text = self._exchange("get=1\n\n")
+            current = {
+                p.public_key: p.persistent_keepalive for p in parse_uapi(self.name, text).peers
+            }
+            carried = carried_lines(text, renewed)
+            del text  # it holds the private key, and the preshared keys
+        errno = parse_errno(self._exchange(format_set(updates, current, carried)))
         if errno != 0:
             raise WireGuardError(
                 f"UAPI set on {self.name} failed: errno={errno}"

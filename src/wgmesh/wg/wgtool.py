@@ -11,12 +11,18 @@ the argument list grows large), since wg sends one request with a section per ``
 (``handshake_now``) is a ``peer KEY persistent-keepalive 0`` section followed by the peer's main
 section ending with ``persistent-keepalive N``; the two must be separate sections because wg
 keeps only the last value of an option repeated within one section (see wgmesh.wg.control).
+
+A renewed peer (``PeerUpdate.renew``) gets a run of its own: ``peer KEY remove`` and a second
+``peer KEY`` section with what the dump read just before gave (:func:`renew_arguments`: endpoint,
+allowed IPs, keepalive, and its preshared key written to wg's stdin, never on the command line),
+then the update's own sections.
 """
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
+from dataclasses import replace
 
 from wgmesh.errors import DecodeError, InterfaceNotFound, WireGuardError
 from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate, keepalive_for
@@ -66,6 +72,28 @@ def parse_dump(name: str, text: str) -> DeviceState:
     return DeviceState(name, public_key, listen_port, tuple(peers))
 
 
+def renew_arguments(text: str, key: bytes) -> tuple[list[str], str | None]:
+    """From ``wg show IFACE dump`` output, the ``wg set`` arguments that remove the peer
+    ``key`` and add it back as it is, and its preshared key for wg's stdin (None when it has
+    none); WireGuardError when the dump is malformed or has no such peer."""
+    wanted = encode_key(key)
+    for line in text.splitlines()[1:]:
+        f = line.split("\t")
+        if len(f) != 8 or f[0] != wanted:
+            continue
+        args = ["peer", wanted, "remove", "peer", wanted]
+        psk = None if f[1] == "(none)" else f[1]
+        if psk is not None:
+            args += ["preshared-key", "/dev/stdin"]
+        if f[2] != "(none)":
+            args += ["endpoint", f[2]]
+        if f[3] != "(none)":
+            args += ["allowed-ips", f[3]]
+        args += ["persistent-keepalive", "0" if f[7] == "off" else f[7]]
+        return args, psk
+    raise WireGuardError(f"wg show dump: no peer {wanted} to renew")
+
+
 def set_arguments(updates: Sequence[PeerUpdate], current: dict[bytes, int]) -> list[list[str]]:
     """The arguments after ``wg set IFACE`` for each run that ``updates`` need, in order;
     ``current`` maps keys to their keepalive now. A kick's two sections stay in one run."""
@@ -105,8 +133,9 @@ class WgCli:
         self.wg = wg_binary
         self.timeout = timeout
 
-    def _run(self, *args: str) -> str:
-        """Run ``wg ARGS``; its stdout, or InterfaceNotFound / WireGuardError."""
+    def _run(self, *args: str, secret: str | None = None) -> str:
+        """Run ``wg ARGS`` (with ``secret`` on its stdin); its stdout, or InterfaceNotFound /
+        WireGuardError."""
         verb = f"wg {args[0]}"
         try:
             r = subprocess.run(
@@ -115,7 +144,7 @@ class WgCli:
                 text=True,
                 timeout=self.timeout,
                 check=False,
-                stdin=subprocess.DEVNULL,
+                **({"stdin": subprocess.DEVNULL} if secret is None else {"input": secret + "\n"}),
             )
         except FileNotFoundError:
             raise WireGuardError(
@@ -138,8 +167,25 @@ class WgCli:
         return parse_dump(self.name, self._run("show", self.name, "dump"))
 
     def apply(self, updates: Sequence[PeerUpdate]) -> None:
+        """In order: runs of plain updates, and one run per renewed peer."""
         current: dict[bytes, int] = {}
-        if any(u.handshake_now and u.persistent_keepalive is None for u in updates):
-            current = {p.public_key: p.persistent_keepalive for p in self.read().peers}
-        for args in set_arguments(updates, current):
-            self._run("set", self.name, *args)
+        text = ""
+        if any(u.renew or (u.handshake_now and u.persistent_keepalive is None) for u in updates):
+            text = self._run("show", self.name, "dump")
+            current = {
+                p.public_key: p.persistent_keepalive for p in parse_dump(self.name, text).peers
+            }
+        plain: list[PeerUpdate] = []
+        for u in [*updates, None]:
+            if u is not None and not u.renew:
+                plain.append(u)
+                continue
+            for args in set_arguments(plain, current):
+                self._run("set", self.name, *args)
+            plain = []
+            if u is not None:
+                renew, psk = renew_arguments(text, u.public_key)
+                (rest,) = set_arguments([replace(u, renew=False)], current) or [[]]
+                self._run("set", self.name, *renew, *rest, secret=psk)
+                del psk
+        del text  # it holds the private key, and the preshared keys
