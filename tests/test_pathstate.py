@@ -643,6 +643,10 @@ def test_random_inputs_never_raise_nor_touch_peers_off_the_interface(
                 device = interface(rows, now)
             case ("plan",):
                 check_plan(p.plan(device, now), device, mesh)
+                # what was due by now, this plan did: the daemon's loop sleeps until the next
+                # deadline, and a past one would make it plan again at once, forever
+                due = p.next_deadline()
+                assert due is None or due > now, (due, now)
             case ("traffic",):
                 p.watch_traffic(device, now)
         for peer in p._peers.values():  # each state holds its own data, and only it
@@ -814,3 +818,18 @@ def test_a_pair_the_known_nat_classes_keep_relayed_does_not_try_direct_at_its_sl
     p.set_record(PeerRecord(A, (PUBLIC,), nat=NatKind.CONE))  # predicted no more
     plan = p.plan(dev(RLY, hs=hs), t)
     assert plan.prime == (PUB,) or [u.endpoint for u in plan.updates] == [PUB], plan
+
+
+def test_nothing_is_due_again_that_the_last_plan_reached() -> None:
+    """A peer on trial that leaves the interface keeps its trial (nothing plans it any more);
+    its end, reached by the last plan, must not stay due: the daemon's loop would plan again
+    at once, forever (it did, at 360 interface reads a second)."""
+    p = Planner(PunchConfig(punch_delay=0.0, candidate_trial=3.0))
+    p.set_record(record(PUBLIC))
+    p.plan(dev(), 1000.0)  # trying PUB until 1003
+    assert p.next_deadline() == 1003.0
+    gone = DeviceState("wg0", bytes(32), 51820, ())
+    p.plan(gone, 1006.0)
+    assert p.next_deadline() is None
+    p.plan(dev(), 1007.0)  # back on the interface: the ended trial is judged, and a new one set
+    assert state_of(p) is not PathState.TRYING or p.next_deadline() == 1010.0

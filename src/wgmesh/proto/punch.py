@@ -146,6 +146,8 @@ class Planner:
         self._kick_others = False
         self._stalls = StallWatch(config)
         self._why: dict[bytes, str] = {}
+        self._planned_at = float("-inf")
+        """The ``now`` of the last :meth:`plan`: whatever was due by then, it did."""
         self._listen_port = 0
         self._clashes: ClashIndex | None = None  # rebuilt after the records or ours change
 
@@ -312,6 +314,7 @@ class Planner:
         updates: list[PeerUpdate] = []
         prime: list[Endpoint] = []
         self._why = {}
+        self._planned_at = now
         if self._kick_others:  # rule 5 for peers without a record (static endpoints): a
             self._kick_others = False  # public one roams to our new port when it hears us
             for other in device.peers:
@@ -679,7 +682,12 @@ class Planner:
         self._because(key, "no handshake through the relay from the leading side: initiating")
 
     def next_deadline(self) -> float | None:
-        """When ``plan`` next has something to do on its own (a delayed punch, a trial end)."""
+        """When ``plan`` next has something to do on its own (a delayed punch, a trial end);
+        None when nothing is due after the last plan. A time the last plan already reached is
+        not due again: that plan did what it could (``plan`` is idempotent), and only new input
+        changes that, for example a peer on trial that left the interface, or a stall check of
+        a path that left for the relay. Returning it would have the caller plan again at once,
+        in a loop (the daemon did: 360 interface reads a second)."""
         times = []
         for peer in self._peers.values():
             if peer.relay is None and peer.relay_wait_until and peer.state is PathState.WAITING:
@@ -692,7 +700,8 @@ class Planner:
                 times.append(peer.attempt.fire_at)
             elif isinstance(peer.attempt, Trial):
                 times.append(peer.attempt.since + self.config.candidate_trial)
-        return min(times) if times else None
+        due = [t for t in times if t > self._planned_at]
+        return min(due) if due else None
 
     def _order(self, record: PeerRecord) -> list[Endpoint]:
         """The record's usable candidates in the order to try them, each endpoint once: LAN
