@@ -2,14 +2,15 @@
 grow it without bound). The default, 20 tokens/s with a burst of 5, is wireguard-go's
 handshake rate limiter.
 
-Each bucket is one float, its *theoretical arrival time* (GCRA, the generic cell rate algorithm): the
-moment the bucket will be full again if nothing more arrives. A message at ``now`` finds
-``burst - (tat - now) * rate`` tokens (``burst`` once ``tat`` is past) and is allowed when that
-is at least one, which then moves ``tat`` one interval on; the same decisions as a bucket that
-stores its tokens and the time it last counted them, in a third of the memory (a float where a
-tuple of two floats was: 24 bytes against 104, for up to 65,536 sources per table). The table
-keeps the key object of a source's first message, so a key the registry also holds is stored
-once. A clock that goes back leaves a bucket at worst empty: it fills again at the usual rate.
+Each bucket is one float, its *theoretical arrival time* (GCRA, the generic cell rate
+algorithm): the moment the bucket will be full again if nothing more arrives. A message at
+``now`` finds ``burst - (tat - now) * rate`` tokens (``burst`` once ``tat`` is past) and is
+allowed when that is at least one, which then moves ``tat`` one interval on: the same decisions
+as a bucket that stores its tokens and the time it last counted them, in less memory (a float
+where a tuple of two floats was: 24 bytes against 104, for up to 65,536 sources per table). The
+table keeps the key object of a source's first message, so a key the registry also holds is
+stored once. A clock that goes back leaves a bucket at worst empty: it fills again at the usual
+rate.
 """
 
 from __future__ import annotations
