@@ -143,7 +143,8 @@ def main() -> int:
         print(f"X25519 in refreshes:         {agreements:10d} of {n}")
     print(f"anchor: box open alone:      {anchor:10.0f} /s")
     print(f"ratio (ours / anchor):       {rate / anchor:10.2f}")
-    print(f"target >= 40000/s: {'MET' if rate >= 40000 else 'MISSED'}")
+    for target, issue in ((40000, "issue 6"), (60000, "issue 14, at --peers 1000000")):
+        print(f"target >= {target}/s ({issue}): {'MET' if rate >= target else 'MISSED'}")
     return 0
 
 
