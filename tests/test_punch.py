@@ -639,3 +639,19 @@ def test_a_renewed_relay_trial_is_proven_by_the_renewed_peers_first_handshake() 
     lead.plan(device(proven), 1000.4)
     (row,) = lead.views(device(proven), 1000.4)
     assert row.path == "relay" and row.relay == str(RELAY_EP)
+
+
+def test_a_peer_this_plan_adds_is_not_renewed_in_the_same_plan() -> None:
+    """Mesh mode adds a member with its allowed IPs, and the relay is ready at once: the
+    relayed initiation must not renew it in the same plan (a renewal carries over what the
+    interface had before the plan, and would drop the allowed IPs just added)."""
+    p = Planner(PunchConfig(punch_delay=0.05, punch_stagger=0.3, mesh=True), own_key=LOW)
+    p.set_our_mapping((Endpoint.parse("203.0.113.50:40000"),), NatKind.SYMMETRIC)
+    p.set_members({A: ("100.64.0.9/32",)})
+    p.set_record(replace(record(PUBLIC), nat=NatKind.CONE))
+    p.set_relay(A, RELAY_EP)
+    ups = p.plan(device(), 1000.0).updates
+    assert ups[0].allowed_ips == ("100.64.0.9/32",)
+    assert not any(u.renew for u in ups)
+    relayed = [u for u in ups if u.endpoint == RELAY_EP]
+    assert relayed and relayed[0].handshake_now  # it still initiates through the relay

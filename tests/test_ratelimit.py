@@ -65,7 +65,7 @@ def test_a_burst_then_the_rate() -> None:
     assert [limiter.allow("a", 1000.0) for _ in range(7)] == [True] * 5 + [False] * 2
     assert limiter.allow("b", 1000.0)  # another source has its own bucket
     assert not limiter.allow("a", 1000.04)  # 0.8 of a token
-    assert limiter.allow("a", 1000.05) and not limiter.allow("a", 1000.05)
+    assert limiter.allow("a", 1000.06) and not limiter.allow("a", 1000.06)  # 1.2 tokens
     assert [limiter.allow("a", 1010.0) for _ in range(6)] == [True] * 5 + [False]  # full again
     assert limiter.dropped == 5
 
@@ -98,3 +98,15 @@ def test_a_clock_that_goes_back_leaves_a_bucket_empty_not_in_debt() -> None:
 def test_a_limit_that_cannot_work_is_refused(config: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="rate > 0"):
         RateLimitConfig(**config)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(1e9, 5.0), (1e6, 1000.0), (3e6, 5.0), (20.0, 5.0)])
+def test_at_wall_clock_times_a_burst_is_exactly_the_burst(rate: float, burst: float) -> None:
+    """At about 1.8e9 s a float moves in steps of 2.4e-7 s, coarser than one interval at these
+    rates: the bucket counts in intervals since its first message, so the burst is exact."""
+    limiter = RateLimiter(RateLimitConfig(rate=rate, burst=burst))
+    now = 1_800_000_123.456
+    allowed = sum(limiter.allow("a", now) for _ in range(int(burst) + 50))
+    assert allowed == burst
+    assert limiter.allow("b", now)  # its own bucket
+    assert limiter.allow("a", now + 2 / rate + 1e-6)  # refilled after two intervals (and a bit)

@@ -325,3 +325,59 @@ def test_a_fast_path_whose_answers_exceed_the_slot_is_refused() -> None:
             BatchedUdp(sock, lambda d, n: None, size=40, fast=stun.PlainBindingResponder())
     finally:
         sock.close()
+
+
+async def test_a_batch_that_raises_leaves_the_send_slots_as_preset() -> None:
+    """A callback that raises mid-batch (a bug) costs that batch's replies, not later ones: the
+    send slots it moved are reset, so the next batch's answers go to their own senders."""
+    responder = stun.PlainBindingResponder()
+    raised: list[int] = []
+
+    def on_fast(n: int) -> None:
+        if not raised:
+            raised.append(n)
+            raise RuntimeError("a bug")
+
+    server = BatchedUdp(bound(), lambda d, _n: None, size=512, fast=responder, on_fast=on_fast)
+    server.start(asyncio.get_running_loop())
+    a, b = client(), client()
+    addr = server.get_extra_info("sockname")
+    try:
+        b.sendto(b"drop", addr)  # dropped by the handler: b's request below moves to slot 0
+        b.sendto(plain_request(False), addr)
+        await asyncio.sleep(0.2)
+        assert raised  # that batch raised before its send
+        data = plain_request(False)
+        a.sendto(data, addr)
+        got, source = await asyncio.to_thread(a.recvfrom, 1000)
+        assert got == responder.answer(data, *a.getsockname()) and source == addr
+        b.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            b.recvfrom(1000)  # nothing stale went to b
+    finally:
+        server.close()
+        a.close()
+        b.close()
+
+
+async def test_a_fast_path_that_raises_costs_only_its_datagram() -> None:
+    class Broken(stun.PlainBindingResponder):
+        def answer_in_place(self, *args: object) -> int:  # type: ignore[override]
+            raise RuntimeError("a bug")
+
+    failed: list[int] = []
+    server = BatchedUdp(bound(), lambda d, _n: b"re:" + d, size=512, fast=Broken(),
+                        on_error=lambda: failed.append(1))  # fmt: skip
+    server.start(asyncio.get_running_loop())
+    c = client()
+    try:
+        for _ in range(3):
+            c.sendto(b"x", server.get_extra_info("sockname"))
+        await asyncio.sleep(0.2)
+        assert failed == [1, 1, 1] and server.stats.errors == 3  # counted, the socket lives on
+        c.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            c.recvfrom(100)
+    finally:
+        server.close()
+        c.close()

@@ -18,7 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wgmesh.errors import ConfigError, InterfaceNotFound, LocalProtocolError, WireGuardError
-from wgmesh.proto.device import DEFAULT_KEEPALIVE, DeviceState, PeerUpdate, keepalive_for
+from wgmesh.proto.device import (
+    DEFAULT_KEEPALIVE,
+    DeviceState,
+    PeerState,
+    PeerUpdate,
+    keepalive_for,
+    renewals,
+)
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import decode_key, encode_key
 from wgmesh.wg.backends import open_control
@@ -296,7 +303,7 @@ def test_a_renewal_removes_the_peer_and_adds_it_back_as_it_was() -> None:
 
 
 def test_a_renewal_through_wg_puts_the_preshared_key_on_stdin_only() -> None:
-    args, psk = renew_arguments(IDLE_DUMP, FULL)
+    args, psk = renew_arguments(IDLE_DUMP, PeerUpdate(FULL, renew=True))
     key = encode_key(FULL)
     assert psk is not None and psk not in args
     assert args == [
@@ -304,12 +311,22 @@ def test_a_renewal_through_wg_puts_the_preshared_key_on_stdin_only() -> None:
         "endpoint", "[2001:db8::7]:51821",
         "allowed-ips", "10.77.0.2/32,fd00::2/128,10.78.0.0/16", "persistent-keepalive", "25",
     ]  # fmt: skip
-    args, psk = renew_arguments(IDLE_DUMP, EMPTY)
+    args, psk = renew_arguments(IDLE_DUMP, PeerUpdate(EMPTY, renew=True))
     assert psk is None
     assert args == ["peer", encode_key(EMPTY), "remove", "peer", encode_key(EMPTY),
                     "persistent-keepalive", "0"]  # fmt: skip
     with pytest.raises(WireGuardError, match="no peer"):
-        renew_arguments(IDLE_DUMP, K1)
+        renew_arguments(IDLE_DUMP, PeerUpdate(K1, renew=True))
+
+
+def test_a_renewed_peer_is_added_back_with_the_new_endpoint_and_no_keepalive_yet() -> None:
+    """The kernel sends the keepalive of a new peer's 0 -> N at the end of the section that
+    adds it, before the kick's sections run: so that section already has the new endpoint, and
+    keepalive 0; the kick's own 0 -> N, last, initiates toward it."""
+    args, _ = renew_arguments(IDLE_DUMP, PeerUpdate(FULL, endpoint=EP, handshake_now=True,
+                                                    renew=True))  # fmt: skip
+    assert args[args.index("endpoint") + 1] == str(EP)
+    assert args[-2:] == ["persistent-keepalive", "0"]
 
 
 def test_the_wg_backend_runs_each_renewal_on_its_own_with_its_key_on_stdin(
@@ -330,16 +347,19 @@ def test_the_wg_backend_runs_each_renewal_on_its_own_with_its_key_on_stdin(
     (show, _), (first, none1), (renewal, secret), (last, none2) = runs
     assert show == ("show", "wg0", "dump") and none1 is None and none2 is None
     assert first == ("set", "wg0", "peer", encode_key(K1), "endpoint", str(EP))
-    assert secret == renew_arguments(IDLE_DUMP, FULL)[1] and secret not in renewal
+    assert secret == renew_arguments(IDLE_DUMP, PeerUpdate(FULL, renew=True))[1]
+    assert secret not in renewal
     assert renewal[2:7] == ("peer", encode_key(FULL), "remove", "peer", encode_key(FULL))
     assert renewal[-4:] == ("endpoint", str(EP), "persistent-keepalive", "25")
+    assert renewal.count("persistent-keepalive") == 3  # added back at 0, then the kick: 0, 25
     assert last == ("set", "wg0", "peer", encode_key(K2), "persistent-keepalive", "5")
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=400), st.binary(min_size=32, max_size=32))
 def test_the_renewal_readers_raise_only_wireguard_errors(text: str, key: bytes) -> None:
-    for read in (lambda: carried_lines(text, {key}), lambda: renew_arguments(text, key)):
+    update = PeerUpdate(key, renew=True)
+    for read in (lambda: carried_lines(text, {key}), lambda: renew_arguments(text, update)):
         with contextlib.suppress(WireGuardError):
             read()
 
@@ -560,3 +580,16 @@ def test_fake_failures() -> None:
         fake.read()
     with pytest.raises(InterfaceNotFound):
         fake.apply([PeerUpdate(K1)])
+
+
+def test_a_renewal_that_would_lose_a_session_or_finds_no_peer_is_a_plain_update() -> None:
+    now = 1_800_000_000.0
+    peers = (
+        PeerState(K1, EP, (), 0.0, 0, 0, 25),  # never shook hands: renewed
+        PeerState(K2, EP, (), now - 60, 0, 0, 25),  # a session came up since the plan: kept
+        PeerState(K3, EP, (), now - 600, 0, 0, 25),  # long gone: renewed
+    )
+    asked = [PeerUpdate(k, handshake_now=True, renew=True) for k in (K1, K2, K3, FULL)]
+    done = renewals(asked, peers, now)
+    assert [u.renew for u in done] == [True, False, True, False]  # FULL is not on it
+    assert all(u.handshake_now for u in done)

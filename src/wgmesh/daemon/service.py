@@ -416,23 +416,25 @@ class Daemon:
         self._plan_wake.set()
 
     async def _plan_loop(self) -> None:
+        planned = True
         while True:
             deadline = self.planner.next_deadline()
             delay = self.s.device_poll
-            if deadline is not None:
+            if deadline is not None and planned:  # (a failed read: wait, do not retry at once)
                 delay = min(delay, max(0.0, deadline - time.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._plan_wake.wait(), delay)
             self._plan_wake.clear()
-            await self._plan()
+            planned = await self._plan()
 
-    async def _plan(self) -> None:
+    async def _plan(self) -> bool:
+        """Read the interface and apply a plan; False when the interface could not be read."""
         try:
             self.device = await self.read_device()
         except WireGuardError as exc:
             self.stats.interface_errors["read"] += 1
             log.warning("reading %s: %s", self.s.interface, exc)
-            return
+            return False
         if self.s.traffic_poll > 0:
             self._watch_traffic(self.device)
         if self._routes is not None:
@@ -453,7 +455,7 @@ class Daemon:
                 self._raw.send(ep, b"", ttl=self.s.prime_ttl)
                 self.stats.primes += 1
         if not plan.updates:
-            return
+            return True
         for u in plan.updates:
             what = []
             if u.remove:
@@ -476,6 +478,7 @@ class Daemon:
             log.warning("updating %s: %s", self.s.interface, exc)
         else:
             self.stats.count_applied(plan.updates)
+        return True
 
     async def _sync_routes(self, device: DeviceState) -> None:
         """``--routes``: the kernel routes follow the allowed IPs the interface holds for the

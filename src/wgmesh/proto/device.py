@@ -7,7 +7,8 @@ consume them (``WireGuardControl.read`` / ``apply``). No IO here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from wgmesh.errors import LocalProtocolError
 from wgmesh.proto.endpoint import Endpoint
@@ -77,7 +78,9 @@ class PeerUpdate:
     preshared key, endpoint, allowed IPs and keepalive (the backend carries those over; the
     preshared key never leaves it). WireGuard then forgets its timers, so an initiation it sent
     in the last 5 s (REKEY_TIMEOUT) no longer holds a new one back. Its session and transfer
-    counters go too: ask only when there is no session to lose."""
+    counters go too: ask only when there is no session to lose. Backends apply it through
+    :func:`renewals`, so a peer whose session came up meanwhile, or that is not there, is only
+    updated."""
 
     def __post_init__(self) -> None:
         if len(self.public_key) != 32:
@@ -98,3 +101,25 @@ def keepalive_for(update: PeerUpdate, current: int) -> int:
     if update.handshake_now and current == 0:
         return DEFAULT_KEEPALIVE
     return current
+
+
+SESSION_LIFETIME = 180.0
+"""WireGuard's REJECT_AFTER_TIME: a handshake this recent may still carry a session."""
+
+
+def renewals(
+    updates: Sequence[PeerUpdate], peers: Sequence[PeerState], now: float
+) -> list[PeerUpdate]:
+    """``updates`` as a backend applies them, given the interface's ``peers`` read just before:
+    a renewal of a peer that is not there, or whose last handshake is under
+    :data:`SESSION_LIFETIME` old at ``now`` (a session came up since the plan), becomes a plain
+    update."""
+    handshakes = {p.public_key: p.latest_handshake for p in peers}
+    out = []
+    for u in updates:
+        if u.renew:
+            seen = handshakes.get(u.public_key)
+            if seen is None or (seen > 0 and now - seen < SESSION_LIFETIME):
+                u = replace(u, renew=False)
+        out.append(u)
+    return out

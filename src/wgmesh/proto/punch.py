@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from wgmesh.errors import LocalProtocolError
 from wgmesh.proto.candidates import Hint, PeerRecord, Source, merge_hints
 from wgmesh.proto.clash import ClashIndex, Seen, explain, seen_of
-from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate
+from wgmesh.proto.device import SESSION_LIFETIME, DeviceState, PeerState, PeerUpdate
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import CandidateKind, NatKind, relay_predicted
 from wgmesh.proto.pathstate import (
@@ -566,7 +566,7 @@ class Planner:
                 peer.upgrading = False
                 stagger = self.stagger(key, session=_fresh(dev, now, self.config))
                 lead = stagger == 0
-                renew = lead and not _fresh_relayed(dev, now)
+                renew = lead and not _fresh_relayed(dev, now) and not _touched(key, updates)
                 peer.attempt = _relay_trial(target, now, dev, renew)
                 peer.relay_kick_at = 0.0 if lead else now + stagger
                 updates.append(  # (a keepalive turned on sends one: an initiation, so not yet)
@@ -673,7 +673,7 @@ class Planner:
             return
         if not isinstance(attempt, Trial) or attempt.target != peer.relay:
             return
-        renew = not _fresh_relayed(dev, now)
+        renew = not _fresh_relayed(dev, now) and not _touched(key, updates)
         if renew:
             peer.attempt = _relay_trial(attempt.target, attempt.since, dev, renew)
         updates.append(
@@ -858,7 +858,7 @@ class Planner:
         return out
 
 
-REJECT_AFTER_TIME = 180.0
+REJECT_AFTER_TIME = SESSION_LIFETIME
 """WireGuard's session lifetime: a handshake this recent still carries traffic."""
 
 
@@ -877,6 +877,12 @@ def _fresh_relayed(dev: PeerState, now: float) -> bool:
     """A relayed session is alive: its handshake may be up to 120 s (REKEY_AFTER_TIME) plus a
     25 s keepalive old before the initiator rekeys, so HANDSHAKE_FRESH (135 s) is too short."""
     return dev.latest_handshake > 0 and now - dev.latest_handshake < REJECT_AFTER_TIME
+
+
+def _touched(key: bytes, updates: list[PeerUpdate]) -> bool:
+    """This plan changes the peer already (mesh mode added it, or set its allowed IPs): a
+    renewal, carrying over what the interface had before the plan, would undo that."""
+    return any(u.public_key == key for u in updates)
 
 
 def _relay_trial(target: Endpoint, since: float, dev: PeerState, renew: bool) -> Trial:

@@ -283,7 +283,7 @@ class Registry:
     @property
     def plain_binding(self) -> stun.PlainBindingResponder:
         """The responder behind :meth:`answer_plain_binding`, for a batched socket that writes
-        its answers in place (``write``); such a socket reports what it answered to
+        its answers in place (``answer_in_place``); such a socket reports what it answered to
         :meth:`count_plain_bindings`."""
         return self._plain
 

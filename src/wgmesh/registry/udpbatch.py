@@ -396,80 +396,88 @@ class BatchedUdp:
         k = fasts = 0
         moved = BATCH
         """The first send slot whose header or iov this batch changed."""
-        for i in range(n):
-            at = i * _MM
-            length = u32(rview, at + _LEN_AT)[0]
-            if length >= slot:  # longer than `size`: it filled its slot, or more
-                stats.truncated += 1
-                if self.on_truncated is not None:
-                    self.on_truncated()
-                continue
-            name_at = i * NAME_SIZE
-            data_at = i * slot
-            out = 0
-            if fast is not None:
-                family, port, address = sockaddr(nview, name_at)
-                if family == _FAMILY6:
-                    prefix, address = mapped(nview, name_at + 8)
-                    family = _FAMILY4 if prefix == _MAPPED else 0
-                if family == _FAMILY4:
-                    out = fast(inview, data_at, length, port, address)
-            if out:
-                fasts += 1
-            else:
-                name = nview[name_at : name_at + namelen].tobytes()
+        try:
+            for i in range(n):
+                at = i * _MM
+                length = u32(rview, at + _LEN_AT)[0]
+                if length >= slot:  # longer than `size`: it filled its slot, or more
+                    stats.truncated += 1
+                    if self.on_truncated is not None:
+                        self.on_truncated()
+                    continue
+                name_at = i * NAME_SIZE
+                data_at = i * slot
+                out = 0
+                if fast is not None:
+                    family, port, address = sockaddr(nview, name_at)
+                    if family == _FAMILY6:
+                        prefix, address = mapped(nview, name_at + 8)
+                        family = _FAMILY4 if prefix == _MAPPED else 0
+                    if family == _FAMILY4:
+                        try:
+                            out = fast(inview, data_at, length, port, address)
+                        except Exception as exc:  # a bug: as a handler's, it costs this datagram
+                            self._handler_failed(exc, nview[name_at : name_at + namelen].tobytes())
+                            continue
+                if out:
+                    fasts += 1
+                else:
+                    name = nview[name_at : name_at + namelen].tobytes()
+                    if pktinfo:
+                        self._current = i
+                    try:
+                        reply = handler(inview[data_at : data_at + length].tobytes(), name)
+                    except Exception as exc:  # a bug: drop this datagram, answer the rest
+                        self._handler_failed(exc, name)
+                        continue
+                    if reply is None:
+                        continue
+                    out = len(reply)
+                    if out > size:
+                        self._send_one(reply, name, self.current_local() if pktinfo else b"")
+                        continue
+                    inview[data_at : data_at + out] = reply
+                if k != i:  # a datagram before it was dropped: point send slot k at this one
+                    moved = min(moved, k)
+                    _IOVEC.pack_into(iov, k * _IOV, in_at + data_at, out)
+                    _NAME.pack_into(sview, k * _MM + _HDR, names_at + name_at, namelen)
+                elif out != preset:
+                    moved = min(moved, k)
+                    _SIZE.pack_into(iov, k * _IOV + _IOV_LEN_AT, out)
                 if pktinfo:
-                    self._current = i
-                try:
-                    reply = handler(inview[data_at : data_at + length].tobytes(), name)
-                except Exception as exc:  # a bug: drop this datagram, answer the rest
-                    self._handler_failed(exc, name)
-                    continue
-                if reply is None:
-                    continue
-                out = len(reply)
-                if out > size:
-                    self._send_one(reply, name, self.current_local() if pktinfo else b"")
-                    continue
-                inview[data_at : data_at + out] = reply
-            if k != i:  # a datagram before it was dropped: point send slot k at this one
-                _IOVEC.pack_into(iov, k * _IOV, in_at + data_at, out)
-                _NAME.pack_into(sview, k * _MM + _HDR, names_at + name_at, namelen)
-                moved = min(moved, k)
-            elif out != preset:
-                _SIZE.pack_into(iov, k * _IOV + _IOV_LEN_AT, out)
-                moved = min(moved, k)
-            if pktinfo:
-                # the received pktinfo, rewritten in place into the one that sets the source:
-                # in6_pktinfo {addr, ifindex} with the ifindex cleared (the route picks the
-                # interface); in_pktinfo {ifindex, spec_dst, addr}: spec_dst = addr, ifindex 0
-                controllen = size_t(rview, at + _CONTROLLEN_AT)[0]
-                if controllen >= need:
-                    o = i * CONTROL_SIZE + _CMSG_HEADER
-                    if v6:
-                        cview[o + 16 : o + 20] = _ZERO4
-                    else:
-                        cview[o + 4 : o + 8] = cview[o + 8 : o + 12]
-                        cview[o : o + 4] = _ZERO4
-                    _CONTROL.pack_into(sview, k * _MM + _CONTROL_AT,
-                                       control_at + i * CONTROL_SIZE, controllen)  # fmt: skip
-                else:  # no destination given (cannot happen on Linux): the kernel picks
-                    _SIZE.pack_into(sview, k * _MM + _CONTROLLEN_AT, 0)
-            k += 1
-        if fasts and self.on_fast is not None:
-            self.on_fast(fasts)
-        sent = 0
-        while sent < k:  # sendmmsg may take fewer than asked; a failing datagram is skipped
-            m: int = _LIBC.sendmmsg(fd, ctypes.byref(smsg, sent * _MM), k - sent, MSG_DONTWAIT)
-            if m <= 0:
-                stats.send_failed += 1
-                sent += 1
-            else:
-                stats.sent += m
-                sent += m
-        if moved < k:  # back to the presets
-            sview[moved * _MM : k * _MM] = self._stemplate[moved * _MM : k * _MM]
-            iov[moved * _IOV : k * _IOV] = self._iovtemplate[moved * _IOV : k * _IOV]
+                    # the received pktinfo, rewritten in place into the one that sets the source:
+                    # in6_pktinfo {addr, ifindex} with the ifindex cleared (the route picks the
+                    # interface); in_pktinfo {ifindex, spec_dst, addr}: spec_dst = addr, ifindex 0
+                    controllen = size_t(rview, at + _CONTROLLEN_AT)[0]
+                    if controllen >= need:
+                        o = i * CONTROL_SIZE + _CMSG_HEADER
+                        if v6:
+                            cview[o + 16 : o + 20] = _ZERO4
+                        else:
+                            cview[o + 4 : o + 8] = cview[o + 8 : o + 12]
+                            cview[o : o + 4] = _ZERO4
+                        _CONTROL.pack_into(sview, k * _MM + _CONTROL_AT,
+                                           control_at + i * CONTROL_SIZE, controllen)  # fmt: skip
+                    else:  # no destination given (cannot happen on Linux): the kernel picks
+                        _SIZE.pack_into(sview, k * _MM + _CONTROLLEN_AT, 0)
+                k += 1
+            if fasts and self.on_fast is not None:
+                self.on_fast(fasts)
+            sent = 0
+            while sent < k:  # sendmmsg may take fewer than asked; a failing datagram is skipped
+                m: int = _LIBC.sendmmsg(fd, ctypes.byref(smsg, sent * _MM), k - sent, MSG_DONTWAIT)
+                if m <= 0:
+                    stats.send_failed += 1
+                    sent += 1
+                else:
+                    stats.sent += m
+                    sent += m
+        finally:  # back to the presets, also when something above raised (a later batch
+            # that moves nothing relies on them)
+            if moved < BATCH:
+                end = min(k + 1, BATCH)
+                sview[moved * _MM : end * _MM] = self._stemplate[moved * _MM : end * _MM]
+                iov[moved * _IOV : end * _IOV] = self._iovtemplate[moved * _IOV : end * _IOV]
         return n
 
     def _handler_failed(self, exc: Exception, name: bytes) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wgmesh.errors import DecodeError, InterfaceNotFound, WireGuardError
-from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate, keepalive_for
+from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate, keepalive_for, renewals
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import public_key as derive_public_key
 from wgmesh.wg.control import UAPI_DIR, parse_uint
@@ -228,13 +228,12 @@ class Uapi:
             return
         current: dict[bytes, int] = {}
         carried: dict[bytes, list[str]] = {}
-        renewed = {u.public_key for u in updates if u.renew}
-        if renewed or any(u.handshake_now and u.persistent_keepalive is None for u in updates):
+        if any(u.renew or (u.handshake_now and u.persistent_keepalive is None) for u in updates):
             text = self._exchange("get=1\n\n")
-            current = {
-                p.public_key: p.persistent_keepalive for p in parse_uapi(self.name, text).peers
-            }
-            carried = carried_lines(text, renewed)
+            peers = parse_uapi(self.name, text).peers
+            current = {p.public_key: p.persistent_keepalive for p in peers}
+            updates = renewals(updates, peers, time.time())
+            carried = carried_lines(text, {u.public_key for u in updates if u.renew})
             del text  # it holds the private key, and the preshared keys
         errno = parse_errno(self._exchange(format_set(updates, current, carried)))
         if errno != 0:

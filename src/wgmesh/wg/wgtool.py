@@ -21,11 +21,12 @@ then the update's own sections.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
 from wgmesh.errors import DecodeError, InterfaceNotFound, WireGuardError
-from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate, keepalive_for
+from wgmesh.proto.device import DeviceState, PeerState, PeerUpdate, keepalive_for, renewals
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import decode_key, encode_key
 from wgmesh.wg.control import parse_uint
@@ -72,11 +73,14 @@ def parse_dump(name: str, text: str) -> DeviceState:
     return DeviceState(name, public_key, listen_port, tuple(peers))
 
 
-def renew_arguments(text: str, key: bytes) -> tuple[list[str], str | None]:
-    """From ``wg show IFACE dump`` output, the ``wg set`` arguments that remove the peer
-    ``key`` and add it back as it is, and its preshared key for wg's stdin (None when it has
-    none); WireGuardError when the dump is malformed or has no such peer."""
-    wanted = encode_key(key)
+def renew_arguments(text: str, update: PeerUpdate) -> tuple[list[str], str | None]:
+    """From ``wg show IFACE dump`` output, the ``wg set`` arguments that remove the peer of
+    ``update`` and add it back as it is, and its preshared key for wg's stdin (None when it has
+    none); WireGuardError when the dump is malformed or has no such peer. The section that adds
+    it back already has the update's endpoint, and keepalive 0 when the update sets one or
+    kicks: the kernel sends the keepalive a new peer's 0 -> N brings at the end of that section,
+    before the update's own sections run, so it must not fire toward the old endpoint."""
+    wanted = encode_key(update.public_key)
     for line in text.splitlines()[1:]:
         f = line.split("\t")
         if len(f) != 8 or f[0] != wanted:
@@ -85,11 +89,15 @@ def renew_arguments(text: str, key: bytes) -> tuple[list[str], str | None]:
         psk = None if f[1] == "(none)" else f[1]
         if psk is not None:
             args += ["preshared-key", "/dev/stdin"]
-        if f[2] != "(none)":
-            args += ["endpoint", f[2]]
+        endpoint = None if f[2] == "(none)" else f[2]
+        if update.endpoint is not None:
+            endpoint = str(update.endpoint)
+        if endpoint is not None:
+            args += ["endpoint", endpoint]
         if f[3] != "(none)":
             args += ["allowed-ips", f[3]]
-        args += ["persistent-keepalive", "0" if f[7] == "off" else f[7]]
+        later = update.handshake_now or update.persistent_keepalive is not None
+        args += ["persistent-keepalive", "0" if later or f[7] == "off" else f[7]]
         return args, psk
     raise WireGuardError(f"wg show dump: no peer {wanted} to renew")
 
@@ -172,9 +180,9 @@ class WgCli:
         text = ""
         if any(u.renew or (u.handshake_now and u.persistent_keepalive is None) for u in updates):
             text = self._run("show", self.name, "dump")
-            current = {
-                p.public_key: p.persistent_keepalive for p in parse_dump(self.name, text).peers
-            }
+            peers = parse_dump(self.name, text).peers
+            current = {p.public_key: p.persistent_keepalive for p in peers}
+            updates = renewals(updates, peers, time.time())
         plain: list[PeerUpdate] = []
         for u in [*updates, None]:
             if u is not None and not u.renew:
@@ -184,7 +192,7 @@ class WgCli:
                 self._run("set", self.name, *args)
             plain = []
             if u is not None:
-                renew, psk = renew_arguments(text, u.public_key)
+                renew, psk = renew_arguments(text, u)
                 (rest,) = set_arguments([replace(u, renew=False)], current) or [[]]
                 self._run("set", self.name, *renew, *rest, secret=psk)
                 del psk
