@@ -566,7 +566,7 @@ class Planner:
                 peer.upgrading = False
                 stagger = self.stagger(key, session=_fresh(dev, now, self.config))
                 lead = stagger == 0
-                renew = lead and not _fresh_relayed(dev, now) and not _touched(key, updates)
+                renew = lead and _renewable(key, dev, now, updates)
                 peer.attempt = _relay_trial(target, now, dev, renew)
                 peer.relay_kick_at = 0.0 if lead else now + stagger
                 updates.append(  # (a keepalive turned on sends one: an initiation, so not yet)
@@ -673,7 +673,7 @@ class Planner:
             return
         if not isinstance(attempt, Trial) or attempt.target != peer.relay:
             return
-        renew = not _fresh_relayed(dev, now) and not _touched(key, updates)
+        renew = _renewable(key, dev, now, updates)
         if renew:
             peer.attempt = _relay_trial(attempt.target, attempt.since, dev, renew)
         updates.append(
@@ -858,10 +858,6 @@ class Planner:
         return out
 
 
-REJECT_AFTER_TIME = SESSION_LIFETIME
-"""WireGuard's session lifetime: a handshake this recent still carries traffic."""
-
-
 def _carried(trial: Trial, dev: PeerState, now: float) -> bool:
     """The trial's endpoint carries a live session: we still send to it and received at least
     a keepalive since the trial began, with a handshake young enough that the session lives."""
@@ -876,13 +872,14 @@ def _carried(trial: Trial, dev: PeerState, now: float) -> bool:
 def _fresh_relayed(dev: PeerState, now: float) -> bool:
     """A relayed session is alive: its handshake may be up to 120 s (REKEY_AFTER_TIME) plus a
     25 s keepalive old before the initiator rekeys, so HANDSHAKE_FRESH (135 s) is too short."""
-    return dev.latest_handshake > 0 and now - dev.latest_handshake < REJECT_AFTER_TIME
+    return dev.latest_handshake > 0 and now - dev.latest_handshake < SESSION_LIFETIME
 
 
-def _touched(key: bytes, updates: list[PeerUpdate]) -> bool:
-    """This plan changes the peer already (mesh mode added it, or set its allowed IPs): a
-    renewal, carrying over what the interface had before the plan, would undo that."""
-    return any(u.public_key == key for u in updates)
+def _renewable(key: bytes, dev: PeerState, now: float, updates: list[PeerUpdate]) -> bool:
+    """The peer may be renewed before initiating through the relay: it has no session to lose,
+    and this plan does not change it already (mesh mode adding it, or setting its allowed IPs:
+    a renewal carries over what the interface had before the plan, and would undo that)."""
+    return not _fresh_relayed(dev, now) and not any(u.public_key == key for u in updates)
 
 
 def _relay_trial(target: Endpoint, since: float, dev: PeerState, renew: bool) -> Trial:
