@@ -24,9 +24,7 @@ from wgmesh.proto.peerrow import (
     NO_KEY,
     SAME,
     SHARED_AT,
-    WATCHER,
     WATCHER_SHARED_AT,
-    pack_endpoint,
 )
 from wgmesh.proto.ratelimit import RateLimitConfig
 from wgmesh.proto.registry import (
@@ -566,14 +564,24 @@ def test_one_key_object_per_peer_across_the_tables(reg_private: PrivateKey) -> N
     assert r.peers[alice.key].endpoint == SRC2 and r.peers[alice.key].watch_counter > 0
 
 
-def test_expiry_of_many_watchers_is_one_pass(reg_private: PrivateKey) -> None:
+def test_watchers_expire_by_their_last_watch(reg_private: PrivateKey) -> None:
     r = make(reg_private, expiry=50.0)
-    for i in range(3000):
-        r.watchers[i.to_bytes(32, "big")] = WATCHER.pack(
-            NOW + i / 100, 1, bytes(range(32))
-        ) + pack_endpoint(SRC)
-    r.expire(NOW + 50 + 15)
-    assert len(r.watchers) == 1500 and r.next_timer() == NOW + 15 + 50
+    reg_key = bytes(reg_private.public_key)
+    peers = [Peer() for _ in range(300)]
+    sources = [Endpoint.parse(f"198.51.100.{i % 250 + 1}:{5000 + i}") for i in range(300)]
+    for i, (peer, source) in enumerate(zip(peers, sources, strict=True)):
+        watch(r, peer, reg_key, source, NOW + i / 10)
+    for peer, source in zip(peers[:100], sources, strict=False):  # watch again: kept
+        watch(r, peer, reg_key, source, NOW + 30)
+    assert len(r.watchers) == 300 and r.next_timer() == NOW + 10 + 50  # the 101st
+    r.expire(NOW + 50 + 15)  # the 101st to the 150th watched last before NOW + 15
+    assert set(r.watchers) == {p.key for p in peers[:100] + peers[150:]}
+    assert r.next_timer() == NOW + 15 + 50
+    r.expire(NOW + 50 + 15.05)  # one more, from the middle of a bucket
+    assert len(r.watchers) == 249 and r.next_timer() == NOW + 15.1 + 50
+    r.expire(NOW + 50 + 30)
+    assert set(r.watchers) == {p.key for p in peers[:100]}
+    assert r.next_timer() == NOW + 30 + 50
 
 
 # -- shared keys -------------------------------------------------------------------------------

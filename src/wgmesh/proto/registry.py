@@ -21,13 +21,15 @@ One mapping per address family: a peer that registers over IPv4 and over IPv6 ke
 (:attr:`PeerEntry.mappings`, IPv4 first), each with its own last-registered time. The first is
 the published public candidate (what wgsd-client reads), the other an IPv6 candidate. A mapping
 not registered within ``RegistryConfig.expiry`` is dropped (republished, pushed) while the other
-family keeps registering; the peer is withdrawn when no mapping is left. Expiry stays O(expired):
-rows are kept in the order of their last registration of any family, so :meth:`Registry.expire`
-finds, at the front, the peers with no fresh mapping at all; a stale mapping beside a fresh one
-is found when the peer's row is next touched (any accepted Register, secondary probe or Watch
-of that peer; the refresh fast path checks it with one float comparison), so it is dropped at
-most one probe interval (20 s) after it went stale. ``since`` (TXT ``since=``) is kept for the
-first mapping only: it changes when the published public candidate does.
+family keeps registering; the peer is withdrawn when no mapping is left. Expiry stays O(due):
+each row (and each watcher) sits in a wheel by its deadline (wgmesh.proto.deadlines, a slot per
+key; a refresh updates the row in place and leaves the wheel alone), so
+:meth:`Registry.expire` finds the peers with no fresh mapping at all among the few that are
+due; a stale mapping beside a fresh one is found when the peer's row is next touched (any
+accepted Register, secondary probe or Watch of that peer; the refresh fast path checks it with
+one float comparison), so it is dropped at most one probe interval (20 s) after it went stale.
+``since`` (TXT ``since=``) is kept for the first mapping only: it changes when the published
+public candidate does.
 
 Boxes open and seal with the shared key kept in the sender's row or watcher record (see
 wgmesh.proto.peerrow; never persisted, PeerEntry does not carry it), stored once a box opened
@@ -40,13 +42,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import struct
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
-from typing import TypeVar
 
 from wgmesh.errors import DecodeError
 from wgmesh.proto import changerequest, sealed, stun
+from wgmesh.proto.deadlines import Deadlines
 from wgmesh.proto.dnssd import Zone
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.fanout import Fanout
@@ -118,7 +119,6 @@ __all__ = [
 Outgoing = tuple[bytes, Endpoint]
 COOKIE_EPOCH = 60.0
 """Seconds a return-routability cookie is issued for (it is accepted one epoch longer)."""
-_V = TypeVar("_V")
 
 
 class Registry:
@@ -142,11 +142,14 @@ class Registry:
         self.zone = zone
         self._nonce = nonce
         self.primary_port = primary_port
-        self._rows: OrderedDict[bytes, bytes] = OrderedDict()
-        """Each peer's packed PeerEntry (wgmesh.proto.peerrow), oldest refresh first."""
+        self._rows: dict[bytes, bytes] = {}
+        """Each peer's packed PeerEntry (wgmesh.proto.peerrow), updated in place."""
+        self._deadlines = Deadlines(config.expiry / 64)
+        """When to look at each row again for expiry (wgmesh.proto.deadlines)."""
         self.watchers: dict[bytes, bytes] = {}
         """Per key, for pushes: last Watch time, Watch counter and control address, packed
-        (peerrow.WATCHER), oldest Watch first."""
+        (peerrow.WATCHER), updated in place."""
+        self._watch_deadlines = Deadlines(config.expiry / 64)
         self._limiter = RateLimiter(config.rate_limit)
         self._cookie_secret = nonce(32)  # return-routability cookies (see _cookie)
         self._fanout = Fanout(config.push_delay)
@@ -233,9 +236,9 @@ class Registry:
                 continue  # a counter out of range: not a row we wrote
             self.zone.upsert(published(entry))
         self.zone.set_serial((saved + 1) % 2**32 or 1)
-        # expire() relies on refresh order
-        rows = sorted(self._rows.items(), key=lambda kv: last_seen(kv[1]))
-        self._rows = OrderedDict(rows)
+        self._deadlines = Deadlines(self.config.expiry / 64)
+        for key, row in self._rows.items():
+            self._deadlines.place(key, last_seen(row) + self.config.expiry)
 
     def wrapped_key(self, key: bytes) -> bytes | None:
         """``key``'s shared key as the database stores it (wgmesh.proto.keywrap); None when
@@ -250,6 +253,7 @@ class Registry:
         self.roster = roster_of(admission)
         for key in [key for key in self.watchers if admission.lookup(key) is None]:
             del self.watchers[key]  # and its shared key
+            self._watch_deadlines.forget(key)
             self._fanout.drop(key)
         out: list[Outgoing] = []
         for key, row in list(self._rows.items()):
@@ -259,6 +263,7 @@ class Registry:
             entry = self._entry(key, row, previous)
             if admitted is None:
                 out += self._withdraw(entry, now)
+                self._deadlines.forget(key)
                 continue
             updated = self._apply_admission(entry, admitted)
             if updated != entry:
@@ -376,7 +381,6 @@ class Registry:
             return True
         self.counters["registered"] += 1
         self._rows[key] = done[0]
-        self._rows.move_to_end(key)
         self._events.append(refresh_event(key, done[0], admitted.allowed_ips))
         return True
 
@@ -516,7 +520,6 @@ class Registry:
                 # the common case, a refresh: nothing published changes (the allowed IPs
                 # neither: set_admission republishes when they change)
                 self._rows[key] = done[0]
-                self._rows.move_to_end(key)
                 self._events.append(refresh_event(key, done[0], admitted.allowed_ips))
                 return []
         previous = None if row is None else self._entry(key, row)
@@ -540,7 +543,6 @@ class Registry:
             return self._publish(Change.ADDED, entry, now, shared)
         if shown_of(entry) == shown_of(previous):  # e.g. the other family's mapping came back
             self._rows[key] = new = _row(entry, shared)
-            self._rows.move_to_end(key)
             self._events.append(refresh_event(key, new, admitted.allowed_ips, moved=True))
             return []
         return self._publish(Change.CHANGED, entry, now, shared)
@@ -605,7 +607,8 @@ class Registry:
                 pushes = self._publish(Change.CHANGED, updated, now, shared)
             entry = updated
         if proven:  # the source answered our last Status: it may receive pushes and rosters
-            self.watchers.pop(key, None)
+            if known is None:
+                self._watch_deadlines.place(key, now + self.config.expiry)
             self.watchers[key] = pack_watcher(now, watch.counter, shared, source)
             self._fanout.watch(key, watch.interest)
         status = sealed.Status(
@@ -729,31 +732,37 @@ class Registry:
 
     def next_timer(self) -> float | None:
         """When ``expire`` next has something to do (the earliest expiry), or None."""
-        times = [last_seen(row) for row in self._oldest(self._rows)]
-        times += [last_watch(w) for w in self._oldest(self.watchers)]
-        expiry = min(times) + self.config.expiry if times else None
-        due = [t for t in (expiry, self._fanout.push_at, self.relay.next_timer(),
+        due = [t for t in (self._deadlines.next_time(self._deadline),
+                           self._watch_deadlines.next_time(self._watch_deadline),
+                           self._fanout.push_at, self.relay.next_timer(),
                            self.zone.next_publish()) if t is not None]  # fmt: skip
         return min(due) if due else None
 
-    @staticmethod
-    def _oldest(table: Mapping[bytes, _V]) -> list[_V]:
-        for value in table.values():
-            return [value]
-        return []
+    def _deadline(self, key: bytes) -> float | None:
+        row = self._rows.get(key)
+        return None if row is None else last_seen(row) + self.config.expiry
+
+    def _watch_deadline(self, key: bytes) -> float | None:
+        watcher = self.watchers.get(key)
+        return None if watcher is None else last_watch(watcher) + self.config.expiry
 
     def expire(self, now: float) -> list[Outgoing]:
         """Withdraw peers with no mapping refreshed within ``expiry`` seconds, forget such
         watchers, and send the pushes gathered during ``push_delay``. (A stale mapping beside
         a fresh one is dropped when the peer's row is next touched: see the module docstring.)"""
-        # Both tables are kept in refresh order (an entry is re-inserted when refreshed), so
-        # the stale ones are at the front and this costs O(expired), not O(peers).
+        # Each table's keys sit in a wheel by deadline (wgmesh.proto.deadlines), so this costs
+        # O(due), not O(peers); a key refreshed since it was placed is put back further on.
         limit = now - self.config.expiry
         stale = []
-        for key, watcher in self.watchers.items():  # one pass: a dict's front is slow to find
-            if last_watch(watcher) >= limit:
-                break
-            stale.append(key)
+        for key in self._watch_deadlines.due(now):
+            watcher = self.watchers.get(key)
+            if watcher is None:
+                continue
+            seen = last_watch(watcher)
+            if seen >= limit:
+                self._watch_deadlines.again(key, seen + self.config.expiry, now)
+            else:
+                stale.append(key)
         for key in stale:
             del self.watchers[key]
             self._fanout.drop(key)
@@ -761,10 +770,18 @@ class Registry:
             self._roster_floor.pop(key, None)
             self._repunch_floor.pop(key, None)
         out: list[Outgoing] = []
-        while self._rows:
-            key, row = next(iter(self._rows.items()))
-            if last_seen(row) >= limit:
-                break
+        silent = []
+        for key in self._deadlines.due(now):
+            row = self._rows.get(key)
+            if row is None:
+                continue
+            seen = last_seen(row)
+            if seen >= limit:
+                self._deadlines.again(key, seen + self.config.expiry, now)
+            else:
+                silent.append((seen, key, row))
+        silent.sort(key=lambda s: s[0])  # oldest first, as they went silent
+        for _, key, row in silent:
             out += self._withdraw(self._entry(key, row), now)
         self.zone.publish(now)  # changes held back by the zone's serial interval
         if self._fanout.due(now):
@@ -813,9 +830,9 @@ class Registry:
     def _publish(
         self, change: Change, entry: PeerEntry, now: float, shared: bytes
     ) -> list[Outgoing]:
+        if entry.key not in self._rows:
+            self._deadlines.place(entry.key, entry.last_seen + self.config.expiry)
         self._rows[entry.key] = _row(entry, shared)
-        if entry.last_seen == now:
-            self._rows.move_to_end(entry.key)  # a refresh moves to the back (see expire)
         self.zone.upsert(published(entry))
         self._events.append(PeerEvent(change, entry))
         return self._push(entry.key, now)
