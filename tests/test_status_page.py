@@ -56,7 +56,8 @@ def test_the_page_escapes_everything_a_peer_reports() -> None:
 
 def test_a_snapshot_is_capped_and_holds_only_the_pairs_it_shows() -> None:
     keys = [bytes([i]) * 32 for i in range(5)]
-    peers = {k: entry(k, f"p{i}", NOW - 10 + i) for i, k in enumerate(keys)}  # oldest first
+    peers = {k: entry(k, f"p{i}", NOW - 10 + i) for i, k in enumerate(keys)}
+    peers = {k: peers[k] for k in (keys[4], keys[0], keys[3], keys[1], keys[2])}  # any order
     paths = [PairPath(keys[0], keys[4], "direct", "", 1.0, NOW),
              PairPath(keys[3], keys[4], "none", "no handshake", None, NOW)]  # fmt: skip
     snap = snapshot(peers, paths, NOW, limit=2)

@@ -10,7 +10,8 @@ in all. Names are returned as the peers reported them: whoever renders them must
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import heapq
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from wgmesh.proto.keys import encode_key, short_key
@@ -57,10 +58,15 @@ def snapshot(
     zone: str = "",
     serial: int = 0,
     limit: int = DEFAULT_LIMIT,
+    seen: Callable[[bytes], float] | None = None,
 ) -> dict[str, Any]:
     """The mesh as JSON values: at most ``limit`` peers (the most recently seen, sorted by
-    name then key) and the reported paths between them."""
-    keys = list(peers)[-limit:] if limit < len(peers) else list(peers)  # oldest refresh first
+    name then key) and the reported paths between them. ``seen``: a key's last-seen time
+    without unpacking its entry (``Registry.last_seen``), for big tables."""
+    if limit < len(peers):
+        keys = heapq.nlargest(limit, peers, key=seen or (lambda key: peers[key].last_seen))
+    else:
+        keys = list(peers)
     entries = sorted((peers[k] for k in keys), key=lambda e: (e.name.casefold(), e.key))
     shown = {e.key for e in entries}
     pairs = [pair_row(p, now) for p in paths if p.reporter in shown and p.peer in shown]

@@ -201,6 +201,10 @@ class Registry:
     def stored_key(self, key: bytes) -> bytes | None:
         return self._stored_key(key)
 
+    def last_seen(self, key: bytes) -> float:
+        """When ``key`` last registered (any family), without unpacking its row."""
+        return last_seen(self._rows[key])
+
     def is_registered(self, key: bytes) -> bool:
         return key in self._rows
 

@@ -483,7 +483,8 @@ class Registrar:
         """The mesh as the status page shows it (wgmesh.proto.meshview)."""
         now = time.time()
         return snapshot(self.registry.peers, self.registry.paths.pairs(now), now,
-                        zone=self.settings.zone.origin, serial=self.zone.serial)  # fmt: skip
+                        zone=self.settings.zone.origin, serial=self.zone.serial,
+                        seen=self.registry.last_seen)  # fmt: skip
 
     # -- counters ------------------------------------------------------------------------
 
