@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import sqlite3
@@ -397,6 +398,26 @@ def test_silent_peer_is_withdrawn_after_expiry(reg_private: PrivateKey) -> None:
     assert [e.change for e in r.events()] == [Change.WITHDRAWN]
 
 
+def test_a_peer_refreshed_exactly_expiry_ago_is_kept_and_the_timer_moves_on(
+    reg_private: PrivateKey,
+) -> None:
+    """At its deadline a peer is still fresh (refreshed within ``expiry``): it stays, and the
+    timer is armed after that ``now``, so a driver that runs ``expire`` whenever ``next_timer()
+    <= now`` does not spin on it; it goes at the next look."""
+    r = make(reg_private, expiry=50.0)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.events()
+    now, fired = NOW + 50.0, 0
+    while (when := r.next_timer()) is not None and when <= now and fired < 10:
+        r.expire(now)
+        fired += 1
+    assert fired == 1 and alice.key in r.peers and r.next_timer() > now
+    r.expire(r.next_timer())
+    assert alice.key not in r.peers and r.next_timer() is None
+
+
 def test_secondary_probe_classifies_the_nat(reg_private: PrivateKey) -> None:
     r = make(reg_private)
     reg_key = bytes(reg_private.public_key)
@@ -576,12 +597,15 @@ def test_watchers_expire_by_their_last_watch(reg_private: PrivateKey) -> None:
     assert len(r.watchers) == 300 and r.next_timer() == NOW + 10 + 50  # the 101st
     r.expire(NOW + 50 + 15)  # the 101st to the 150th watched last before NOW + 15
     assert set(r.watchers) == {p.key for p in peers[:100] + peers[150:]}
-    assert r.next_timer() == NOW + 15 + 50
+    # the 151st watched exactly 50 s ago: kept, and looked at again just after, not at this now
+    assert r.next_timer() == math.nextafter(NOW + 15 + 50, math.inf)
     r.expire(NOW + 50 + 15.05)  # one more, from the middle of a bucket
     assert len(r.watchers) == 249 and r.next_timer() == NOW + 15.1 + 50
     r.expire(NOW + 50 + 30)
     assert set(r.watchers) == {p.key for p in peers[:100]}
-    assert r.next_timer() == NOW + 30 + 50
+    assert r.next_timer() == math.nextafter(NOW + 30 + 50, math.inf)  # at their deadline
+    r.expire(r.next_timer())
+    assert not r.watchers and r.next_timer() is None
 
 
 # -- shared keys -------------------------------------------------------------------------------

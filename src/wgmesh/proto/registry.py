@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
@@ -764,7 +765,7 @@ class Registry:
                 continue
             seen = last_watch(watcher)
             if seen >= limit:
-                self._watch_deadlines.again(key, seen + self.config.expiry, now)
+                self._watch_deadlines.again(key, _after(seen + self.config.expiry, now), now)
             else:
                 stale.append(key)
         for key in stale:
@@ -781,7 +782,7 @@ class Registry:
                 continue
             seen = last_seen(row)
             if seen >= limit:
-                self._deadlines.again(key, seen + self.config.expiry, now)
+                self._deadlines.again(key, _after(seen + self.config.expiry, now), now)
             else:
                 silent.append((seen, key, row))
         silent.sort(key=lambda s: s[0])  # oldest first, as they went silent
@@ -914,3 +915,10 @@ def roster_of(admission: Admission) -> RosterBook:
     """The roster an admission list vouches for: the listed keys with allowed IPs (with
     ``--open`` alone there are none: allowed IPs only ever come from the file)."""
     return RosterBook.of((key, p.allowed_ips) for key, p in admission.peers.items())
+
+
+def _after(deadline: float, now: float) -> float:
+    """When to look again at a key kept at ``now``: its deadline, but never ``now`` itself (a
+    key refreshed exactly ``expiry`` ago is kept, and the timer must not fire again at the same
+    ``now`` for it)."""
+    return max(deadline, math.nextafter(now, math.inf))
