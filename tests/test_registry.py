@@ -6,6 +6,7 @@ import math
 import os
 import pickle
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import dns.message
@@ -528,12 +529,35 @@ def test_a_row_unpacks_to_the_entry_it_was_packed_from(
     assert peerrow.last_seen(row) == entry.last_seen == NOW
 
 
-def test_an_ipv4_only_row_costs_one_byte_more_than_before(reg_private: PrivateKey) -> None:
-    """The packed row of an IPv4-only peer: the old layout plus one length byte (``other``)."""
+def test_an_ipv4_only_row_is_its_fields_and_one_byte_of_software(reg_private: PrivateKey) -> None:
+    """The packed row of an IPv4-only peer: the head (with one length byte for ``other``), what
+    it was seen with, and one byte for its software (the string's code), whatever its length."""
     entry = PeerEntry(bytes(32), "alice", (SRC,), (LAN,), NatKind.CONE, NOW, (NOW,), 1, 1,
                       "wgmesh/0.1.0", (), (SRC,))  # fmt: skip
-    old_head, seen = 8 + 8 + 8 + 8 + 1 + 2 + 1 + 32, 1 + 7 + 7 + len("alice")
-    assert len(_row(entry, NO_KEY)) == old_head + seen + len(SAME) + len("wgmesh/0.1.0") + 1
+    head, seen = 8 + 8 + 8 + 8 + 1 + 2 + 1 + 1 + 32, 1 + 7 + 7 + len("alice")
+    assert len(_row(entry, NO_KEY)) == head + seen + len(SAME) + 1
+    longer = replace(entry, software="x" * sealed.MAX_SOFTWARE)
+    assert len(_row(longer, NO_KEY)) == head + seen + len(SAME) + 1
+    assert peerrow.unpack_row(_row(longer, NO_KEY)).software == longer.software
+
+
+def test_software_past_the_code_table_is_written_out_in_the_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The code table is capped: once it is full (a peer cycling through made-up versions), a
+    new string is kept in the row itself, and every row still reads back what it was given."""
+    monkeypatch.setattr(peerrow, "SOFTWARE_CODES", 3)
+    monkeypatch.setattr(peerrow, "_SOFTWARE", [b""])
+    monkeypatch.setattr(peerrow, "_SOFTWARE_CODE", {})
+    entry = PeerEntry(bytes(32), "alice", (SRC,), (LAN,), NatKind.CONE, NOW, (NOW,), 1, 1,
+                      "", (), ())  # fmt: skip
+    names = [f"v{i}" for i in range(10)] + ["v0", "v9", "", "wgmesh/é"]
+    rows = [_row(replace(entry, software=name), NO_KEY) for name in names]
+    assert [peerrow.unpack_row(row).software for row in rows] == names
+    assert [peerrow.refreshed_fields(row)[2] for row in rows] == names
+    base = len(rows[0])
+    assert [len(row) - base for row in rows] == [0, 0, 0] + [2] * 7 + [0, 2, 0, 9]
+    assert len(peerrow._SOFTWARE) == 4  # the cap, and the "written out" entry
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ Row layout (:data:`ROW`, little-endian, then four variable parts)::
 
     last_seen f64 | since f64 | register_counter u64 | watch_counter u64 | nat u8 |
     len(seen) u16 | len(secondary) u8 | len(other) u8 | shared 32 bytes |
-    seen | secondary | other | software (UTF-8, the rest)
+    seen | secondary | other | software (the rest: its code, see below)
 
 A peer has one or two observed mappings (at most one per address family, IPv4 first). The
 first, ``mappings[0]`` (the published public one), is in ``seen``; ``last_seen`` is when it was
@@ -27,6 +27,15 @@ common case: no copy), else that mapping (:func:`pack_endpoint`).
 single-mapping layout would), else the second mapping (the IPv6 one, beside an IPv4 one)::
 
     last registered f64 | mapping (pack_endpoint) | secondary of its family (as above, the rest)
+
+``software`` is one byte: the code of the peer's software string in a table of this module,
+shared by every row of the process (a mesh runs a handful of versions: a million rows hold a
+few distinct strings, 12 bytes each inline, and the 11 bytes saved take a row from 144 allocated
+bytes to 128). Codes are given first come, first served, up to :data:`SOFTWARE_CODES` strings
+of at most 32 bytes (what a Register can carry), and never reused, so a row means the same for
+the life of the process; rows never leave it (the store keeps the string). Once the table is
+full, a new string is written out after a zero code (``0 | software``): more bytes, nothing
+lost.
 
 ``shared`` is the peer's NaCl shared key with the registrar (``crypto_box_beforenm``: X25519 of
 our private key and its public key), stored only once a box from the peer opened with it, so a
@@ -59,6 +68,12 @@ NO_KEY = bytes(32)
 2**-256, and then it is only ever recomputed, never used from the row: still correct."""
 SAME = b"\x00"
 """A ``secondary`` part when the alternate port saw the same family's mapping itself."""
+SOFTWARE_CODES = 255
+"""How many distinct software strings get a one-byte code (see the module docstring)."""
+_SOFTWARE: list[bytes] = [b""]
+"""Software strings by code; code 0 is "written out after the code"."""
+_SOFTWARE_CODE: dict[bytes, bytes] = {}
+"""Each coded software string's code, as the one byte a row holds."""
 NATS = tuple(NatKind)
 """NAT classes by their code in a row."""
 NAT_CODES = {nat: i for i, nat in enumerate(NATS)}
@@ -129,6 +144,25 @@ def unpack_seen(seen: bytes) -> tuple[Endpoint, tuple[Endpoint, ...], str]:
     return mapping, tuple(addresses), seen[pos:].decode()
 
 
+def _pack_software(software: bytes) -> bytes:
+    """A row's software part for ``software`` (UTF-8): its code, given now if it has none and
+    the table has room, else ``0 | software``."""
+    code = _SOFTWARE_CODE.get(software)
+    if code is not None:
+        return code
+    if len(_SOFTWARE) > SOFTWARE_CODES:
+        return b"\x00" + software
+    code = bytes((len(_SOFTWARE),))
+    _SOFTWARE.append(software)
+    _SOFTWARE_CODE[software] = code
+    return code
+
+
+def _unpack_software(part: bytes) -> str:
+    """Inverse of :func:`_pack_software`."""
+    return (_SOFTWARE[part[0]] if part[0] else part[1:]).decode()
+
+
 def _pack_secondary(secondary: tuple[Endpoint, ...], mapping: Endpoint) -> bytes:
     for ep in secondary:
         if ep.ip.version == mapping.ip.version:
@@ -170,7 +204,7 @@ def pack_row(
                           _pack_secondary(secondary, mappings[1])))  # fmt: skip
     head = ROW.pack(refreshed[0], since, register_counter, watch_counter, NAT_CODES[nat],
                     len(seen), len(first), len(other), shared)  # fmt: skip
-    return b"".join((head, seen, first, other, software.encode()))
+    return b"".join((head, seen, first, other, _pack_software(software.encode())))
 
 
 def register_counter(row: bytes) -> int:
@@ -206,7 +240,7 @@ def refreshed_fields(row: bytes) -> tuple[tuple[float, ...], int, str]:
     counter and the software (the store's update after a refresh, without :func:`unpack_row`)."""
     first, _, counter, _, _, seen_len, secondary_len, other_len, _ = ROW.unpack_from(row)
     at = ROW.size + seen_len + secondary_len
-    software = row[at + other_len :].decode()
+    software = _unpack_software(row[at + other_len :])
     if not other_len:
         return (first,), counter, software
     return (first, _TIME.unpack_from(row, at)[0]), counter, software
@@ -228,7 +262,7 @@ def unpack_row(row: bytes) -> Unpacked:
         second, after = unpack_endpoint(other, _TIME.size)
         mappings, refreshed = (first, second), (first_seen, _TIME.unpack_from(other)[0])
         secondary += _unpack_secondary(other[after:], second)
-    software = row[pos + other_len :].decode()
+    software = _unpack_software(row[pos + other_len :])
     return Unpacked(mappings, refreshed, addresses, name, NATS[nat], since, counter,
                     watch_counter, software, secondary)  # fmt: skip
 
@@ -286,7 +320,7 @@ def refresh_seen(
         new = b"".join((
             ROW.pack(now, since, counter, watch_counter, nat, seen_len, secondary_len, other_len,
                      shared),
-            seen, row[at : other_at + other_len], software,
+            seen, row[at : other_at + other_len], _pack_software(software),
         ))  # fmt: skip
         secondary = _unpack_secondary(row[at:other_at], mapping)
         if not other_len:
@@ -317,7 +351,7 @@ def refresh_seen(
         ROW.pack(first_seen, since, counter, watch_counter, nat, seen_len, secondary_len,
                  other_len, shared),
         row[ROW.size : other_at], _TIME.pack(now), row[other_at + _TIME.size : end],
-        software,
+        _pack_software(software),
     ))  # fmt: skip
     mappings = (first, mapping)
     return new, since, watch_counter, NATS[nat], mappings, (first_seen, now), secondary
