@@ -18,14 +18,15 @@ EXPIRY = 50.0
 class Table:
     """What the registry does with a wheel: rows by last-seen time, expired as it expires."""
 
-    def __init__(self, width: float) -> None:
+    def __init__(self, width: float, expiry: float = EXPIRY) -> None:
+        self.expiry = expiry
         self.rows: dict[bytes, float] = {}
         self.wheel = Deadlines(width)
         self.looked_at = 0
 
     def seen(self, key: bytes, now: float) -> None:
         if key not in self.rows:
-            self.wheel.place(key, now + EXPIRY)
+            self.wheel.place(key, now + self.expiry)
         self.rows[key] = now
 
     def remove(self, key: bytes) -> None:
@@ -40,15 +41,17 @@ class Table:
             seen = self.rows.get(key)
             if seen is None:
                 continue
-            if seen >= now - EXPIRY:
-                self.wheel.again(key, seen + EXPIRY, now)
+            if seen + self.expiry > now:  # stale at its deadline, as the registry has it
+                self.wheel.again(key, seen + self.expiry, now)
             else:
                 del self.rows[key]
                 gone.add(key)
         return gone
 
     def next_time(self) -> float | None:
-        return self.wheel.next_time(lambda k: None if k not in self.rows else self.rows[k] + EXPIRY)
+        return self.wheel.next_time(
+            lambda k: None if k not in self.rows else self.rows[k] + self.expiry
+        )
 
 
 ops = st.lists(
@@ -61,37 +64,45 @@ ops = st.lists(
 )
 
 
+# expiries whose bucket width (expiry / 64) is no binary fraction: a bucket's start then rounds
+# to either side of a deadline at it (a registrar takes any --expiry)
+EXPIRIES = (EXPIRY, 788.9, 881.4, 957.2)
+
+
 @settings(max_examples=400, deadline=None)
-@given(ops, st.sampled_from((0.25, EXPIRY / 64, 7.0, 100.0)))
+@given(ops, st.sampled_from(EXPIRIES), st.sampled_from((0.25, 1 / 64, 7.0, 100.0)), st.booleans())
 def test_the_wheel_expires_exactly_what_a_full_scan_does(
-    steps: list[tuple[str, int, float]], width: float
+    steps: list[tuple[str, int, float]], expiry: float, width: float, aligned: bool
 ) -> None:
-    table = Table(width)
-    now = 1_800_000_000.0
+    """``aligned``: the clock starts at a bucket boundary and moves by whole buckets and
+    expiries, so deadlines fall on bucket starts (where float rounding bites)."""
+    width = expiry * width if width < 1 else width
+    table = Table(width, expiry)
+    now = 1_800_000_000.0 if not aligned else math.floor(310_570_712.0 / width) * width
     for op, i, step in steps:
-        now += step
+        now += step if not aligned else (int(step) % 3) * width + (int(step) // 10) * expiry
         key = bytes([i]) * 32
         if op == "seen":
             table.seen(key, now)
         elif op == "remove":
             table.remove(key)
         elif op == "expire":
-            model = {k for k, seen in table.rows.items() if seen < now - EXPIRY}
+            model = {k for k, seen in table.rows.items() if seen + expiry <= now}
             assert table.expire(now) == model
-            assert all(seen >= now - EXPIRY for seen in table.rows.values())
+            assert all(seen + expiry > now for seen in table.rows.values())
         else:  # the server's timer: armed at next_time, never late, and firing moves on
             when = table.next_time()
-            earliest = min((s + EXPIRY for s in table.rows.values()), default=None)
+            earliest = min((s + expiry for s in table.rows.values()), default=None)
             if earliest is None:
                 assert when is None  # nothing left: no timer (a removed key's slot neither)
                 continue
             assert when is not None and when <= earliest
             if op == "peek":  # only asked (the server asks after every input)
                 continue
-            if when > now:
-                now = when
-            table.expire(math.nextafter(now, math.inf))
-            assert table.next_time() is None or table.next_time() > when or not table.rows
+            now = max(now, when)  # fired at exactly its time: afterwards it is later
+            table.expire(now)
+            after = table.next_time()
+            assert after is None or after > now
         # each key sits in the wheel once, whatever it went through
         assert len(table.wheel) <= len(table.rows) + len(table.wheel._gone)
         assert len(table.wheel._gone) <= 16

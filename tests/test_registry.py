@@ -399,24 +399,31 @@ def test_silent_peer_is_withdrawn_after_expiry(reg_private: PrivateKey) -> None:
     assert [e.change for e in r.events()] == [Change.WITHDRAWN]
 
 
-def test_a_peer_refreshed_exactly_expiry_ago_is_kept_and_the_timer_moves_on(
-    reg_private: PrivateKey,
+@pytest.mark.parametrize(
+    "expiry, seen",
+    [(50.0, NOW), (788.9, 310569923.9890625), (881.4, NOW), (957.2, 310569923.9890625)],
+)
+def test_a_peer_goes_at_its_deadline_and_the_timer_never_fires_twice_at_one_now(
+    reg_private: PrivateKey, expiry: float, seen: float
 ) -> None:
-    """At its deadline a peer is still fresh (refreshed within ``expiry``): it stays, and the
-    timer is armed after that ``now``, so a driver that runs ``expire`` whenever ``next_timer()
-    <= now`` does not spin on it; it goes at the next look."""
-    r = make(reg_private, expiry=50.0)
+    """At ``last seen + expiry`` (the time the timer is armed for) the peer is withdrawn, so a
+    driver running ``expire`` while ``next_timer() <= now`` stops: with an expiry whose bucket
+    width is no binary fraction (788.9 s), a peer kept "refreshed within expiry" at that very
+    ``now`` was put back onto it, and the loop never ended."""
+    r = make(reg_private, expiry=expiry)
     reg_key = bytes(reg_private.public_key)
     alice = Peer()
-    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key, seen), SRC, PORT, seen)
     r.events()
-    now, fired = NOW + 50.0, 0
+    now = r.next_timer()
+    assert now == seen + expiry
+    r.expire(math.nextafter(now, -math.inf))
+    assert alice.key in r.peers  # an ulp before its deadline
+    fired = 0
     while (when := r.next_timer()) is not None and when <= now and fired < 10:
         r.expire(now)
         fired += 1
-    assert fired == 1 and alice.key in r.peers and r.next_timer() > now
-    r.expire(r.next_timer())
-    assert alice.key not in r.peers and r.next_timer() is None
+    assert fired == 1 and alice.key not in r.peers and r.next_timer() is None
 
 
 def test_secondary_probe_classifies_the_nat(reg_private: PrivateKey) -> None:
@@ -619,15 +626,14 @@ def test_watchers_expire_by_their_last_watch(reg_private: PrivateKey) -> None:
     for peer, source in zip(peers[:100], sources, strict=False):  # watch again: kept
         watch(r, peer, reg_key, source, NOW + 30)
     assert len(r.watchers) == 300 and r.next_timer() == NOW + 10 + 50  # the 101st
-    r.expire(NOW + 50 + 15)  # the 101st to the 150th watched last before NOW + 15
+    r.expire(NOW + 50 + 14.95)  # the 101st to the 150th watched last before NOW + 15
     assert set(r.watchers) == {p.key for p in peers[:100] + peers[150:]}
-    # the 151st watched exactly 50 s ago: kept, and looked at again just after, not at this now
-    assert r.next_timer() == math.nextafter(NOW + 15 + 50, math.inf)
-    r.expire(NOW + 50 + 15.05)  # one more, from the middle of a bucket
+    assert r.next_timer() == NOW + 15 + 50
+    r.expire(NOW + 50 + 15)  # one more, at its deadline, from the middle of a bucket
     assert len(r.watchers) == 249 and r.next_timer() == NOW + 15.1 + 50
-    r.expire(NOW + 50 + 30)
+    r.expire(NOW + 50 + 29.95)
     assert set(r.watchers) == {p.key for p in peers[:100]}
-    assert r.next_timer() == math.nextafter(NOW + 30 + 50, math.inf)  # at their deadline
+    assert r.next_timer() == NOW + 30 + 50
     r.expire(r.next_timer())
     assert not r.watchers and r.next_timer() is None
 

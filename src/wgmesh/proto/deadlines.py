@@ -79,7 +79,12 @@ class Deadlines:
     def due(self, now: float) -> list[bytes]:
         """Take out and return the keys placed at or before ``now``, with the rest of the
         bucket ``now`` falls in, earliest bucket first. The caller puts back (:meth:`again`)
-        those that are still in its table."""
+        those that are still in its table. The deadlines given to :meth:`place`, :meth:`again`
+        and by ``deadline_of`` must be the very sum the caller's expiry test uses, a key being
+        stale at ``now`` exactly when its deadline is ``<= now``: then what it puts back lies
+        after ``now``, and a timer armed at :meth:`next_time` never fires twice at one ``now``
+        (with a test such as ``seen >= now - expiry`` it can, forever, at a deadline that
+        rounds onto ``now``)."""
         last = math.floor(now / self.width)
         out: list[bytes] = []
         soon = self._soon

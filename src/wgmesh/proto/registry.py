@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import math
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
@@ -752,20 +751,23 @@ class Registry:
         return None if watcher is None else last_watch(watcher) + self.config.expiry
 
     def expire(self, now: float) -> list[Outgoing]:
-        """Withdraw peers with no mapping refreshed within ``expiry`` seconds, forget such
-        watchers, and send the pushes gathered during ``push_delay``. (A stale mapping beside
-        a fresh one is dropped when the peer's row is next touched: see the module docstring.)"""
+        """Withdraw peers whose last refresh is ``expiry`` seconds old or more (at their
+        deadline, ``last seen + expiry <= now``), forget such watchers, and send the pushes
+        gathered during ``push_delay``. (A stale mapping beside a fresh one is dropped when the
+        peer's row is next touched: see the module docstring.)"""
         # Each table's keys sit in a wheel by deadline (wgmesh.proto.deadlines), so this costs
         # O(due), not O(peers); a key refreshed since it was placed is put back further on.
-        limit = now - self.config.expiry
+        # A key goes at its deadline (seen + expiry <= now): the same sum the wheel is given
+        # and the timer is armed for, so a timer never fires for a key it then keeps.
+        expiry = self.config.expiry
         stale = []
         for key in self._watch_deadlines.due(now):
             watcher = self.watchers.get(key)
             if watcher is None:
                 continue
-            seen = last_watch(watcher)
-            if seen >= limit:
-                self._watch_deadlines.again(key, _after(seen + self.config.expiry, now), now)
+            deadline = last_watch(watcher) + expiry
+            if deadline > now:
+                self._watch_deadlines.again(key, deadline, now)
             else:
                 stale.append(key)
         for key in stale:
@@ -781,8 +783,8 @@ class Registry:
             if row is None:
                 continue
             seen = last_seen(row)
-            if seen >= limit:
-                self._deadlines.again(key, _after(seen + self.config.expiry, now), now)
+            if seen + expiry > now:
+                self._deadlines.again(key, seen + expiry, now)
             else:
                 silent.append((seen, key, row))
         silent.sort(key=lambda s: s[0])  # oldest first, as they went silent
@@ -915,10 +917,3 @@ def roster_of(admission: Admission) -> RosterBook:
     """The roster an admission list vouches for: the listed keys with allowed IPs (with
     ``--open`` alone there are none: allowed IPs only ever come from the file)."""
     return RosterBook.of((key, p.allowed_ips) for key, p in admission.peers.items())
-
-
-def _after(deadline: float, now: float) -> float:
-    """When to look again at a key kept at ``now``: its deadline, but never ``now`` itself (a
-    key refreshed exactly ``expiry`` ago is kept, and the timer must not fire again at the same
-    ``now`` for it)."""
-    return max(deadline, math.nextafter(now, math.inf))
