@@ -2,10 +2,14 @@
 
 For each size N (100,000 and 1,000,000 by default), in a fresh process: N peers each send what a
 daemon sends every probe round, a sealed Register from its WireGuard port and a sealed Watch
-from its control socket, through `Registry.receive` (the registrar's code path: peer table with
-each peer's 32-byte shared key in its row, watchers with theirs, published zone, rate limiter;
-default limits, so at most 100,000 watchers); then every peer's SRV record is asked once (EDNS
-1232, as daemons ask) so the wire-answer cache fills to its cap. RSS is read after each stage.
+from its control socket, and, as the daemon does, a second Watch echoing the cookie of the
+Status the first one got (return routability: only then is the source a watcher), through
+`Registry.receive` (the registrar's code path: peer table with each peer's 32-byte shared key in
+its row, watchers with theirs, published zone, rate limiter; default limits, but watchers capped
+at N as `wgmesh registrar` caps them at --max-peers; `--max-watchers` sets another cap); then
+every peer's SRV record is asked once (EDNS 1232, as daemons ask) so the wire-answer cache fills
+to its cap. RSS is read after each stage. (Until 2026-12-03 the bench sent no echo, so from the
+cookie change of 2026-12-01 on it measured no watchers at all: the "watchers" column said 0.)
 `--rounds 2` repeats the probe round (the steady state: every record rewritten once);
 `--dual` makes every peer register over IPv6 too (one mapping per family in each row).
 Anchor, same run, own process: a plain dict of N slotted dataclasses with the same fields
@@ -15,8 +19,9 @@ issue 14: <= 0.9 KiB/peer at 100,000 and <= 0.5 at 1,000,000.
     python bench/registrar_memory.py                 # 100k and 1M, ~6 minutes
     python bench/registrar_memory.py --peers 100000  # one size
     python bench/registrar_memory.py --peers 100000 --dual
+    python bench/registrar_memory.py --max-watchers 100000  # RegistryConfig's own default cap
 
-Bounded: N * rounds * 2 datagrams and N queries per size, in process; no network.
+Bounded: N * rounds * 3 datagrams and N queries per size, in process; no network.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pathlib import Path
 
 from nacl.public import PrivateKey
 
-from wgmesh.proto import sealed
+from wgmesh.proto import sealed, stun
 from wgmesh.proto.dnssd import Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import key_label
@@ -88,7 +93,7 @@ def srv_query(key: bytes, qid: int) -> bytes:
     return header + qname + b"\x00\x21\x00\x01" + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
 
 
-def ours(n: int, rounds: int, dual: bool = False) -> dict[str, float]:
+def ours(n: int, rounds: int, dual: bool = False, watchers: int | None = None) -> dict[str, float]:
     started = time.perf_counter()
     reg_priv = PrivateKey.generate()
     reg_key = bytes(reg_priv.public_key)
@@ -102,6 +107,7 @@ def ours(n: int, rounds: int, dual: bool = False) -> dict[str, float]:
             agreement_limit=UNLIMITED,
             key_rate_limit=UNLIMITED,
             max_peers=n,
+            max_watchers=n if watchers is None else watchers,
             expiry=1e9,
         ),
         sealed.Sealer(bytes(reg_priv)),
@@ -118,7 +124,7 @@ def ours(n: int, rounds: int, dual: bool = False) -> dict[str, float]:
             if kind == "register6" and not dual:
                 continue
             watch = kind == "watch"
-            counter += 2
+            counter += 3  # a Watch may be followed by its echo (counter + 2)
             for i in range(n):
                 # the peer's key from its index: the same peer again in every round
                 peer = sealed.Sealer(i.to_bytes(4, "big") * 8)
@@ -137,7 +143,16 @@ def ours(n: int, rounds: int, dual: bool = False) -> dict[str, float]:
                                               "wgmesh/0.1.0", False)  # fmt: skip
                 data = sealed.build_sealed_request(peer, peer.public_key, reg_key, payload,
                                                    os.urandom(12), os.urandom(24))  # fmt: skip
-                registry.receive(data, public, 3478, now)
+                out = registry.receive(data, public, 3478, now)
+                if watch and out:  # as a daemon does: echo the Status's cookie at once
+                    status = sealed.open_sealed(peer, stun.decode(out[0][0]), reg_key)[1]
+                    if isinstance(status, sealed.Status) and not status.proven:
+                        payload = sealed.padded_watch(sealed.Watch(
+                            int(now * 1000), counter + 2, counter, status.cookie))  # fmt: skip
+                        data = sealed.build_sealed_request(
+                            peer, peer.public_key, reg_key, payload, os.urandom(12),
+                            os.urandom(24))  # fmt: skip
+                        registry.receive(data, public, 3478, now)
                 if i % 1000 == 0:
                     registry.events()
             registry.events()
@@ -175,12 +190,19 @@ def main() -> int:
     ap.add_argument("--peers", type=int, action="append", help="a size (repeatable)")
     ap.add_argument("--rounds", type=int, default=1, help="probe rounds per peer (default 1)")
     ap.add_argument("--dual", action="store_true", help="every peer registers over IPv6 too")
+    ap.add_argument(
+        "--max-watchers",
+        type=int,
+        metavar="W",
+        help="watcher cap (default: the peer count, as `wgmesh registrar` sets it)",
+    )
     ap.add_argument("--child", choices=("ours", "anchor"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     sizes = args.peers or [100_000, 1_000_000]
     if args.child:
         n = sizes[0]
-        result = anchor(n) if args.child == "anchor" else ours(n, args.rounds, args.dual)
+        result = (anchor(n) if args.child == "anchor"
+                  else ours(n, args.rounds, args.dual, args.max_watchers))  # fmt: skip
         print(json.dumps(result))
         return 0
     print(f"{'peers':>10}{'records':>9}{'+answers':>10}{'anchor':>8}  KiB/peer; "
@@ -189,8 +211,10 @@ def main() -> int:
     met_14: list[str] = []
     for n in sizes:
         plain = child(["--child", "anchor", "--peers", str(n)])["anchor"]
-        dual = ["--dual"] if args.dual else []
-        r = child(["--child", "ours", "--peers", str(n), "--rounds", str(args.rounds), *dual])
+        extra = ["--dual"] if args.dual else []
+        if args.max_watchers is not None:
+            extra += ["--max-watchers", str(args.max_watchers)]
+        r = child(["--child", "ours", "--peers", str(n), "--rounds", str(args.rounds), *extra])
         met = met and r["total"] <= TARGET_KIB
         if n in TARGETS_14:
             ok = r["total"] <= TARGETS_14[n]
