@@ -183,6 +183,31 @@ def test_reply_routes_forget_the_oldest_when_full() -> None:
         ReplyRoutes(0)
 
 
+def test_reply_routes_share_one_route_per_socket_and_local_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One route object per (socket, local address), however many peers and datagrams: the
+    local address of each datagram is a new bytes object. Past the cap on shared routes an
+    entry keeps its own, and every route still reads back what was noted."""
+    monkeypatch.setattr(ReplyRoutes, "MAX_SHARED", 2)
+    routes = ReplyRoutes(100)
+    ep1, ep2 = object(), object()
+    peers = [Endpoint.parse(f"192.0.2.{i}:{4000 + i}") for i in range(1, 40)]
+    for i, peer in enumerate(peers):
+        local = bytes(bytearray(b"L%d" % (i % 3)))  # a fresh object each time
+        routes.note(peer, ep1 if i % 2 else ep2, local)  # type: ignore[arg-type]
+    got = [routes.route(p) for p in peers]
+    assert got == [(ep1 if i % 2 else ep2, b"L%d" % (i % 3)) for i in range(len(peers))]
+    assert len({id(r) for r in got}) > 2  # six pairs, two of them shared
+    first = got[0]
+    assert sum(r is first for r in got) == sum(1 for r in got if r == first)
+    v6 = Endpoint.parse("[2001:db8::7]:4000")
+    routes.note(v6, ep1, b"6")  # type: ignore[arg-type]
+    assert (
+        routes.route(v6) == (ep1, b"6") and routes.route(Endpoint.parse("192.0.2.1:4000")) is None
+    )
+
+
 class Recorder(BatchedUdp):
     """A batched socket that only records what it is asked to send."""
 
