@@ -783,8 +783,9 @@ class Registry:
             if row is None:
                 continue
             seen = last_seen(row)
-            if seen + expiry > now:
-                self._deadlines.again(key, seen + expiry, now)
+            deadline = seen + expiry
+            if deadline > now:
+                self._deadlines.again(key, deadline, now)
             else:
                 silent.append((seen, key, row))
         silent.sort(key=lambda s: s[0])  # oldest first, as they went silent

@@ -24,8 +24,8 @@ class ReplyRoutes:
     It holds an entry per watcher, so each is kept small: the peer's address packed (7 bytes
     for IPv4) rather than its ``Endpoint`` and address objects, and one shared tuple per
     (socket, local address) pair, of which a registrar has a handful (at most
-    :data:`MAX_SHARED` are shared; any more are kept per entry). About 160 B an entry, against
-    360 with the objects the datagram came with.
+    :data:`MAX_SHARED` are shared; any more are kept per entry). About 145 B an entry, against
+    320-360 with the objects the datagram came with.
     """
 
     MAX_SHARED = 1024
@@ -47,9 +47,11 @@ class ReplyRoutes:
         key = pack_endpoint(peer)
         route = (endpoint, local)
         shared = self._shared.get(route)
-        if shared is None and len(self._shared) < self.MAX_SHARED:
-            shared = self._shared[route] = route
-        table[key] = shared or route
+        if shared is None:
+            shared = route
+            if len(self._shared) < self.MAX_SHARED:
+                self._shared[route] = route
+        table[key] = shared
         table.move_to_end(key)
         if len(table) > self.cap:
             table.popitem(last=False)
