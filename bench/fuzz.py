@@ -66,7 +66,6 @@ from wgmesh.proto.dnssd import Candidate, PublishedPeer, Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import label_key
 from wgmesh.proto.kinds import CandidateKind, NatKind
-from wgmesh.proto.peerrow import unpack_watcher
 from wgmesh.proto.punch import Hint
 from wgmesh.proto.ratelimit import RateLimitConfig
 from wgmesh.proto.records import browse_keys, instance_name, peer_record, read_srv_answer
@@ -674,7 +673,7 @@ class RegistryHarness:
                 self.cookies[index, source] = p.cookie
 
     def _watcher_addresses(self) -> set[Endpoint]:
-        return {unpack_watcher(w).address for w in self.reg.watchers.values()}
+        return {w.address for w in self.reg.watchers.values()}
 
     def _caps(self) -> None:
         reg, cfg = self.reg, self.config

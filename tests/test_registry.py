@@ -26,7 +26,6 @@ from wgmesh.proto.peerrow import (
     NO_KEY,
     SAME,
     SHARED_AT,
-    WATCHER_SHARED_AT,
 )
 from wgmesh.proto.ratelimit import RateLimitConfig
 from wgmesh.proto.registry import (
@@ -537,15 +536,24 @@ def test_a_row_unpacks_to_the_entry_it_was_packed_from(
 
 
 def test_an_ipv4_only_row_is_its_fields_and_one_byte_of_software(reg_private: PrivateKey) -> None:
-    """The packed row of an IPv4-only peer: the head (with one length byte for ``other``), what
-    it was seen with, and one byte for its software (the string's code), whatever its length."""
+    """The packed row of an IPv4-only peer: the head (with one length byte each for ``other``
+    and the watch part), what it was seen with, and one byte for its software (the string's
+    code), whatever its length; a watcher's row holds 15 bytes more (its last Watch time and
+    its IPv4 control address), and reads back the same."""
     entry = PeerEntry(bytes(32), "alice", (SRC,), (LAN,), NatKind.CONE, NOW, (NOW,), 1, 1,
                       "wgmesh/0.1.0", (), (SRC,))  # fmt: skip
-    head, seen = 8 + 8 + 8 + 8 + 1 + 2 + 1 + 1 + 32, 1 + 7 + 7 + len("alice")
+    head, seen = 8 + 8 + 8 + 8 + 1 + 2 + 1 + 1 + 1 + 32, 1 + 7 + 7 + len("alice")
     assert len(_row(entry, NO_KEY)) == head + seen + len(SAME) + 1
     longer = replace(entry, software="x" * sealed.MAX_SOFTWARE)
     assert len(_row(longer, NO_KEY)) == head + seen + len(SAME) + 1
     assert peerrow.unpack_row(_row(longer, NO_KEY)).software == longer.software
+    shared = bytes(range(32))
+    watching = _row(entry, shared, peerrow.pack_watch(NOW + 1, SRC2))
+    assert len(watching) == head + seen + len(SAME) + 15 + 1
+    assert peerrow.unpack_row(watching) == peerrow.unpack_row(_row(entry, shared))
+    assert peerrow.watcher_of_row(watching) == (NOW + 1, 1, shared, SRC2)
+    assert peerrow.with_watch(watching, b"") == _row(entry, shared)
+    assert peerrow.watcher_of_row(_row(entry, shared)) is None
 
 
 def test_software_past_the_code_table_is_written_out_in_the_row(
@@ -647,10 +655,10 @@ def shared_of(reg_private: PrivateKey, peer: Peer) -> bytes:
 
 def stored(r: Registry, key: bytes) -> tuple[bytes | None, bytes | None]:
     """The shared key in the key's row and in its watcher record (None: no such record)."""
-    row, watcher = r._rows.get(key), r.watchers.get(key)
+    row, watcher = r._rows.get(key), r.watchers.find(key)
     return (
         None if row is None else row[SHARED_AT : SHARED_AT + 32],
-        None if watcher is None else watcher[WATCHER_SHARED_AT : WATCHER_SHARED_AT + 32],
+        None if watcher is None else watcher.shared,
     )
 
 

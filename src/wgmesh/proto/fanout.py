@@ -4,7 +4,10 @@ A watcher is a peer whose control address proved it receives (see the cookies in
 wgmesh.proto.registry). Each names, in its Watch, the peers whose changes it wants pushed: the
 key ids of its configured peers (endpoints mode), or every peer (mesh mode, or more peers than
 one Watch can name). :class:`Fanout` keeps an index from key id to the watchers that asked for
-it, so a change costs in proportion to the watchers that care, not to all of them.
+it, so a change costs in proportion to the watchers that care, not to all of them. The
+watchers that want every peer are not listed here: they are the watchers (the collection the
+registry hands in, wgmesh.proto.watchers) that have no list, so a mesh-mode watcher costs the
+fan-out nothing (a table of them cost 43 bytes each).
 
 Changes are coalesced: the first change after a quiet ``push_delay`` goes out at once; later
 ones gather until the window ends and go out together (:meth:`Fanout.due`, :meth:`Fanout.take`).
@@ -14,16 +17,19 @@ second.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from wgmesh.proto.sealed import key_id
 
 
 class Fanout:
-    """Watchers' interests and the changes waiting to be pushed to them."""
+    """Watchers' interests and the changes waiting to be pushed to them. ``watchers``: every
+    watcher, a live collection the caller keeps (a key is in it whenever the caller has called
+    :meth:`watch` for it and not :meth:`drop` since)."""
 
-    def __init__(self, push_delay: float) -> None:
+    def __init__(self, push_delay: float, watchers: Collection[bytes]) -> None:
         self.push_delay = push_delay
-        self._everything: dict[bytes, None] = {}
-        """Watchers that want every peer's changes."""
+        self._watchers = watchers
         self._interest: dict[bytes, frozenset[bytes]] = {}
         """Per watcher with a list: the key ids it asked for."""
         self._by_id: dict[bytes, dict[bytes, None]] = {}
@@ -33,31 +39,23 @@ class Fanout:
         """When the gathered changes are due (None: none gathered)."""
         self._quiet_until = 0.0
 
-    def __len__(self) -> int:
-        return len(self._everything) + len(self._interest)
-
     def watch(self, watcher: bytes, interest: tuple[bytes, ...] | None) -> None:
         """``watcher`` wants the changes of the peers ``interest`` names (None: all)."""
         # Every Watch says this again, and usually the same: then nothing is touched (a dict
         # entry deleted and re-inserted on each Watch grows the table to three times its size
         # between compactions: bench/registrar_memory.py --rounds 2).
         ids = None if interest is None else frozenset(interest)
-        if ids is None:
-            if watcher in self._everything:
-                return
-        elif self._interest.get(watcher) == ids:
+        if self._interest.get(watcher) == ids:
             return
         self.drop(watcher)
-        if ids is None:
-            self._everything[watcher] = None
+        if ids is None:  # wants everything: in the watchers, with no list
             return
         self._interest[watcher] = ids
         for i in ids:
             self._by_id.setdefault(i, {})[watcher] = None
 
     def drop(self, watcher: bytes) -> None:
-        """``watcher`` is no longer told anything."""
-        self._everything.pop(watcher, None)
+        """``watcher`` is no longer told anything (or now wants everything: :meth:`watch`)."""
         for i in self._interest.pop(watcher, ()):
             watchers = self._by_id[i]
             del watchers[watcher]
@@ -90,10 +88,12 @@ class Fanout:
         changed, self._changed, self.push_at = list(self._changed), {}, None
         self._quiet_until = now + self.push_delay
         out: dict[bytes, list[bytes]] = {}
-        for watcher in self._everything:
-            theirs = [k for k in changed if k != watcher]
-            if theirs:
-                out[watcher] = theirs
+        listed = self._interest
+        for watcher in self._watchers:
+            if watcher not in listed:
+                theirs = [k for k in changed if k != watcher]
+                if theirs:
+                    out[watcher] = theirs
         for k in changed:
             for watcher in self._by_id.get(key_id(k), ()):
                 if watcher != k:
@@ -102,6 +102,7 @@ class Fanout:
 
     def _wanted(self, key: bytes) -> bool:
         """Someone but ``key`` itself wants ``key``'s changes."""
-        if len(self._everything) - (key in self._everything) > 0:
+        everything = len(self._watchers) - len(self._interest)
+        if everything - (key not in self._interest and key in self._watchers) > 0:
             return True
         return any(w != key for w in self._by_id.get(key_id(key), ()))

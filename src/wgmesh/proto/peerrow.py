@@ -6,14 +6,14 @@ peers in well under a kilobyte each (bench/registrar_memory.py). The registry un
 a ``PeerEntry`` only where it needs one (events, Status, admission changes); a refresh, the
 common case, is checked and rewritten in packed form (:func:`refresh`). The layout is known only
 here: the registry reads rows through :func:`unpack_row`, :func:`refresh`,
-:func:`register_counter` and :func:`last_seen`, and watchers through :func:`unpack_watcher`,
-:func:`watcher_counter` and :func:`last_watch`.
+:func:`register_counter` and :func:`last_seen`, and watchers through :func:`watcher_of_row`,
+:func:`watch_part` and :func:`unpack_watcher`.
 
 Row layout (:data:`ROW`, little-endian, then four variable parts)::
 
     last_seen f64 | since f64 | register_counter u64 | watch_counter u64 | nat u8 |
-    len(seen) u16 | len(secondary) u8 | len(other) u8 | shared 32 bytes |
-    seen | secondary | other | software (the rest: its code, see below)
+    len(seen) u16 | len(secondary) u8 | len(other) u8 | len(watch) u8 | shared 32 bytes |
+    seen | secondary | other | watch | software (the rest: its code, see below)
 
 A peer has one or two observed mappings (at most one per address family, IPv4 first). The
 first, ``mappings[0]`` (the published public one), is in ``seen``; ``last_seen`` is when it was
@@ -27,6 +27,15 @@ common case: no copy), else that mapping (:func:`pack_endpoint`).
 single-mapping layout would), else the second mapping (the IPv6 one, beside an IPv4 one)::
 
     last registered f64 | mapping (pack_endpoint) | secondary of its family (as above, the rest)
+
+``watch`` is empty unless the peer is also a watcher (its daemon's control socket proved it
+receives, wgmesh.proto.registry), else :func:`pack_watch`: when its last Watch was accepted and
+the control address pushes go to (``last_watch f64 | address``). A watcher's Watch counter is
+the row's ``watch_counter`` and its shared key the row's: the same peer key, the same X25519.
+Kept in the row, a watcher costs 15 or 27 bytes, where a record of its own in a second table
+cost ~280 (the record, its own copy of the key, the table's entry, the fan-out's); a watcher
+with no row (its Registers have not arrived, or stopped) keeps a record of its own
+(:func:`pack_watcher`), and moves into the row when one is written.
 
 ``software`` is one byte: the code of the peer's software string in a table of this module,
 shared by every row of the process (a mesh runs a handful of versions: a million rows hold a
@@ -53,14 +62,14 @@ from typing import NamedTuple
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import NatKind
 
-ROW = struct.Struct("<ddQQBHBB32s")
-"""The fixed head of a row: last_seen, since, counters, NAT class, lengths of seen, secondary and
-other, shared key."""
+ROW = struct.Struct("<ddQQBHBBB32s")
+"""The fixed head of a row: last_seen, since, counters, NAT class, lengths of seen, secondary,
+other and watch, shared key."""
 SHARED_AT = ROW.size - 32
 """Offset of the shared key in a row."""
 WATCHER = struct.Struct("<dQ32s")
-"""A watcher: last Watch time, Watch counter and shared key, then the control address
-(pack_endpoint)."""
+"""A watcher with no row: last Watch time, Watch counter and shared key, then the control
+address (pack_endpoint)."""
 WATCHER_SHARED_AT = WATCHER.size - 32
 """Offset of the shared key in a watcher."""
 NO_KEY = bytes(32)
@@ -82,6 +91,10 @@ _PORT = struct.Struct("!H")
 _TIME = struct.Struct("<d")
 _COUNTER_AT = 16
 _COUNTER = struct.Struct("<Q")
+_WATCH_LEN_AT = SHARED_AT - 1
+_PARTS_AT = _WATCH_LEN_AT - 4
+_PARTS = struct.Struct("<H")
+"""len(seen), at :data:`_PARTS_AT`; len(secondary) and len(other) follow, a byte each."""
 
 
 class Unpacked(NamedTuple):
@@ -188,11 +201,12 @@ def pack_row(
     software: str,
     secondary: tuple[Endpoint, ...],
     shared: bytes,
+    watch: bytes = b"",
 ) -> bytes:
     """A whole row (see the module docstring). ``mappings``: one or two, at most one per family,
     IPv4 first; ``refreshed`` parallel to it; ``secondary``: at most one per family (one of a
-    family with no mapping is left out). Raises ValueError for anything else, struct.error
-    for a number out of range."""
+    family with no mapping is left out); ``watch``: :func:`pack_watch`, or empty (not a
+    watcher). Raises ValueError for anything else, struct.error for a number out of range."""
     families = [ep.ip.version for ep in mappings]
     if families not in ([4], [6], [4, 6]) or len(refreshed) != len(mappings):
         raise ValueError(f"not one mapping per family, IPv4 first: {mappings}")
@@ -203,8 +217,8 @@ def pack_row(
         other = b"".join((_TIME.pack(refreshed[1]), pack_endpoint(mappings[1]),
                           _pack_secondary(secondary, mappings[1])))  # fmt: skip
     head = ROW.pack(refreshed[0], since, register_counter, watch_counter, NAT_CODES[nat],
-                    len(seen), len(first), len(other), shared)  # fmt: skip
-    return b"".join((head, seen, first, other, _pack_software(software.encode())))
+                    len(seen), len(first), len(other), len(watch), shared)  # fmt: skip
+    return b"".join((head, seen, first, other, watch, _pack_software(software.encode())))
 
 
 def register_counter(row: bytes) -> int:
@@ -222,7 +236,7 @@ def row_watch_counter(row: bytes) -> int:
 def last_seen(row: bytes) -> float:
     """When any mapping of the row was last registered: the registry keeps its rows in this
     order."""
-    first, _, _, _, _, seen_len, secondary_len, other_len, _ = ROW.unpack_from(row)
+    first, _, _, _, _, seen_len, secondary_len, other_len, _, _ = ROW.unpack_from(row)
     when: float = first
     if other_len:
         when = max(when, _TIME.unpack_from(row, ROW.size + seen_len + secondary_len)[0])
@@ -238,9 +252,9 @@ def without_key(row: bytes) -> bytes:
 def refreshed_fields(row: bytes) -> tuple[tuple[float, ...], int, str]:
     """What a refresh changes in a row: when each mapping was last registered, the Register
     counter and the software (the store's update after a refresh, without :func:`unpack_row`)."""
-    first, _, counter, _, _, seen_len, secondary_len, other_len, _ = ROW.unpack_from(row)
+    first, _, counter, _, _, seen_len, secondary_len, other_len, watch_len, _ = ROW.unpack_from(row)
     at = ROW.size + seen_len + secondary_len
-    software = _unpack_software(row[at + other_len :])
+    software = _unpack_software(row[at + other_len + watch_len :])
     if not other_len:
         return (first,), counter, software
     return (first, _TIME.unpack_from(row, at)[0]), counter, software
@@ -248,9 +262,8 @@ def refreshed_fields(row: bytes) -> tuple[tuple[float, ...], int, str]:
 
 def unpack_row(row: bytes) -> Unpacked:
     """The values a row holds (see :func:`pack_row`)."""
-    first_seen, since, counter, watch_counter, nat, seen_len, secondary_len, other_len, _ = (
-        ROW.unpack_from(row)
-    )
+    (first_seen, since, counter, watch_counter, nat, seen_len, secondary_len, other_len,
+     watch_len, _) = ROW.unpack_from(row)  # fmt: skip
     pos = ROW.size + seen_len
     first, addresses, name = unpack_seen(row[ROW.size : pos])
     mappings: tuple[Endpoint, ...] = (first,)
@@ -262,7 +275,7 @@ def unpack_row(row: bytes) -> Unpacked:
         second, after = unpack_endpoint(other, _TIME.size)
         mappings, refreshed = (first, second), (first_seen, _TIME.unpack_from(other)[0])
         secondary += _unpack_secondary(other[after:], second)
-    software = _unpack_software(row[pos + other_len :])
+    software = _unpack_software(row[pos + other_len + watch_len :])
     return Unpacked(mappings, refreshed, addresses, name, NATS[nat], since, counter,
                     watch_counter, software, secondary)  # fmt: skip
 
@@ -309,23 +322,23 @@ def refresh_seen(
     """:func:`refresh` with the registration's ``seen`` packed already (:func:`pack_seen` of
     ``mapping``, the addresses and the name; the registrar's fast path builds it from the
     payload's bytes, wgmesh.proto.refresh) and ``software`` encoded."""
-    first_seen, since, _, watch_counter, nat, seen_len, secondary_len, other_len, _ = (
-        ROW.unpack_from(row)
-    )
+    (first_seen, since, _, watch_counter, nat, seen_len, secondary_len, other_len, watch_len,
+     _) = ROW.unpack_from(row)  # fmt: skip
     at = ROW.size + seen_len
     other_at = at + secondary_len
+    end = other_at + other_len  # the watch part follows, kept as it is
     if seen_len == len(seen) and row.startswith(seen, ROW.size):  # the first mapping
         if other_len and _TIME.unpack_from(row, other_at)[0] < stale_before:
             return None
         new = b"".join((
             ROW.pack(now, since, counter, watch_counter, nat, seen_len, secondary_len, other_len,
-                     shared),
-            seen, row[at : other_at + other_len], _pack_software(software),
+                     watch_len, shared),
+            seen, row[at : end + watch_len], _pack_software(software),
         ))  # fmt: skip
         secondary = _unpack_secondary(row[at:other_at], mapping)
         if not other_len:
             return new, since, watch_counter, NATS[nat], (mapping,), (now,), secondary
-        other = row[other_at : other_at + other_len]
+        other = row[other_at:end]
         second, after = unpack_endpoint(other, _TIME.size)
         secondary += _unpack_secondary(other[after:], second)
         refreshed = (now, _TIME.unpack_from(other)[0])
@@ -343,14 +356,13 @@ def refresh_seen(
         or not row.startswith(seen[1 + len(packed) :], rest)
     ):
         return None
-    end = other_at + other_len
     first = unpack_endpoint(row, ROW.size + 1)[0]
     secondary = _unpack_secondary(row[at:other_at], first)
     secondary += _unpack_secondary(row[other_at + _TIME.size + len(packed) : end], mapping)
     new = b"".join((
         ROW.pack(first_seen, since, counter, watch_counter, nat, seen_len, secondary_len,
-                 other_len, shared),
-        row[ROW.size : other_at], _TIME.pack(now), row[other_at + _TIME.size : end],
+                 other_len, watch_len, shared),
+        row[ROW.size : other_at], _TIME.pack(now), row[other_at + _TIME.size : end + watch_len],
         _pack_software(software),
     ))  # fmt: skip
     mappings = (first, mapping)
@@ -358,7 +370,8 @@ def refresh_seen(
 
 
 class Watcher(NamedTuple):
-    """A watcher record, unpacked (:func:`unpack_watcher`)."""
+    """A watcher, unpacked from its row (:func:`watcher_of_row`) or its own record
+    (:func:`unpack_watcher`)."""
 
     last_watch: float
     """When its last Watch was accepted."""
@@ -370,8 +383,46 @@ class Watcher(NamedTuple):
     """Its control socket's address, where pushes go."""
 
 
+def pack_watch(last_watch: float, address: Endpoint) -> bytes:
+    """A row's watch part: ``last_watch f64 | address`` (:func:`pack_endpoint`)."""
+    return _TIME.pack(last_watch) + pack_endpoint(address)
+
+
+def watch_part(row: bytes) -> bytes:
+    """The row's watch part (:func:`pack_watch`), empty when the peer is not a watcher."""
+    n = row[_WATCH_LEN_AT]
+    if not n:
+        return b""
+    at = ROW.size + _PARTS.unpack_from(row, _PARTS_AT)[0] + row[_PARTS_AT + 2] + row[_PARTS_AT + 3]
+    return row[at : at + n]
+
+
+def is_watching(row: bytes) -> bool:
+    """The row has a watch part."""
+    return row[_WATCH_LEN_AT] != 0
+
+
+def with_watch(row: bytes, watch: bytes) -> bytes:
+    """The row with ``watch`` (:func:`pack_watch`, or empty) for its watch part."""
+    n = row[_WATCH_LEN_AT]
+    at = ROW.size + _PARTS.unpack_from(row, _PARTS_AT)[0] + row[_PARTS_AT + 2] + row[_PARTS_AT + 3]
+    return b"".join((row[:_WATCH_LEN_AT], bytes((len(watch),)), row[_WATCH_LEN_AT + 1 : at],
+                     watch, row[at + n :]))  # fmt: skip
+
+
+def watcher_of_row(row: bytes) -> Watcher | None:
+    """The watcher a row holds, None when it holds none."""
+    part = watch_part(row)
+    if not part:
+        return None
+    when: float = _TIME.unpack_from(part)[0]
+    return Watcher(when, row_watch_counter(row), row[SHARED_AT : SHARED_AT + 32],
+                   unpack_endpoint(part, _TIME.size)[0])  # fmt: skip
+
+
 def pack_watcher(last_watch: float, watch_counter: int, shared: bytes, address: Endpoint) -> bytes:
-    """A watcher record: :data:`WATCHER`, then the control address (:func:`pack_endpoint`)."""
+    """The record of a watcher with no row: :data:`WATCHER`, then the control address
+    (:func:`pack_endpoint`)."""
     return WATCHER.pack(last_watch, watch_counter, shared) + pack_endpoint(address)
 
 
@@ -379,18 +430,6 @@ def unpack_watcher(watcher: bytes) -> Watcher:
     """Inverse of :func:`pack_watcher`."""
     last_watch, counter, shared = WATCHER.unpack_from(watcher)
     return Watcher(last_watch, counter, shared, unpack_endpoint(watcher, WATCHER.size)[0])
-
-
-def watcher_counter(watcher: bytes) -> int:
-    """A watcher's highest accepted Watch counter."""
-    counter: int = WATCHER.unpack_from(watcher)[1]
-    return counter
-
-
-def last_watch(watcher: bytes) -> float:
-    """When a watcher's last Watch was accepted (the registry keeps them in this order)."""
-    when: float = WATCHER.unpack_from(watcher)[0]
-    return when
 
 
 def shared_key(record: bytes, at: int) -> bytes | None:

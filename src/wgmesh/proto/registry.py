@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
@@ -78,25 +79,22 @@ from wgmesh.proto.peerentry import (
 from wgmesh.proto.peerrow import (
     NO_KEY,
     SHARED_AT,
-    WATCHER_SHARED_AT,
     last_seen,
-    last_watch,
     pack_endpoint,
     pack_row,
-    pack_watcher,
     refresh,
     refresh_seen,
     register_counter,
     row_watch_counter,
     shared_key,
-    unpack_watcher,
-    watcher_counter,
+    watch_part,
 )
 from wgmesh.proto.ratelimit import RateLimiter
 from wgmesh.proto.refresh import registration, sealed_request
 from wgmesh.proto.relay import Relay, RelayConfig
 from wgmesh.proto.relayctl import IPAddress, RelayControl
 from wgmesh.proto.roster import RosterBook
+from wgmesh.proto.watchers import Watchers
 
 __all__ = [
     "COOKIE_EPOCH",
@@ -145,14 +143,13 @@ class Registry:
         self._rows: dict[bytes, bytes] = {}
         """Each peer's packed PeerEntry (wgmesh.proto.peerrow), updated in place."""
         self._deadlines = Deadlines(config.expiry / 64)
-        """When to look at each row again for expiry (wgmesh.proto.deadlines)."""
-        self.watchers: dict[bytes, bytes] = {}
-        """Per key, for pushes: last Watch time, Watch counter and control address, packed
-        (peerrow.WATCHER), updated in place."""
-        self._watch_deadlines = Deadlines(config.expiry / 64)
+        """When to look at each row and each watcher again for expiry (a key once, at the
+        earliest of its row's and its watcher's deadlines: wgmesh.proto.deadlines)."""
+        self.watchers = Watchers(self._rows)
+        """The watchers, for pushes: in their rows, or on their own (wgmesh.proto.watchers)."""
         self._limiter = RateLimiter(config.rate_limit)
         self._cookie_secret = nonce(32)  # return-routability cookies (see _cookie)
-        self._fanout = Fanout(config.push_delay)
+        self._fanout = Fanout(config.push_delay, self.watchers)
         self._roster_floor: dict[bytes, int] = {}
         """Per watcher, the last RosterQuery counter answered (dropped with the watcher)."""
         self._repunch_floor: dict[bytes, int] = {}
@@ -195,8 +192,8 @@ class Registry:
     # -- what the relay's control asks (wgmesh.proto.relayctl.Peers) -------------------------
 
     def watcher_address(self, key: bytes) -> Endpoint | None:
-        watcher = self.watchers.get(key)
-        return None if watcher is None else unpack_watcher(watcher).address
+        watcher = self.watchers.find(key)
+        return None if watcher is None else watcher.address
 
     def stored_key(self, key: bytes) -> bytes | None:
         return self._stored_key(key)
@@ -256,9 +253,9 @@ class Registry:
         previous, self.admission = self.admission, admission
         self.roster = roster_of(admission)
         for key in [key for key in self.watchers if admission.lookup(key) is None]:
-            del self.watchers[key]  # and its shared key
-            self._watch_deadlines.forget(key)
-            self._fanout.drop(key)
+            self._drop_watcher(key)  # and its shared key, with its row below
+            if key not in self._rows:
+                self._deadlines.forget(key)
         out: list[Outgoing] = []
         for key, row in list(self._rows.items()):
             admitted = admission.lookup(key)
@@ -463,9 +460,9 @@ class Registry:
             return row is not None and payload.counter <= register_counter(row)
         if isinstance(payload, sealed.Watch):
             row = self._rows.get(key)
-            known = self.watchers.get(key)
+            known = self.watchers.find(key)
             floor = max(0 if row is None else row_watch_counter(row),
-                        0 if known is None else watcher_counter(known))  # fmt: skip
+                        0 if known is None else known.watch_counter)  # fmt: skip
             return payload.counter <= floor
         if isinstance(payload, sealed.RosterQuery):
             return payload.counter <= self._roster_floor.get(key, 0)
@@ -480,14 +477,10 @@ class Registry:
     def _stored_key(self, key: bytes) -> bytes | None:
         """The shared key kept with ``key``'s row or watcher; None when there is none."""
         row = self._rows.get(key)
-        if row is not None:
-            shared = shared_key(row, SHARED_AT)
-            if shared is not None:
-                return shared
-        watcher = self.watchers.get(key)
-        if watcher is not None:
-            return watcher[WATCHER_SHARED_AT : WATCHER_SHARED_AT + 32]
-        return None
+        if row is not None:  # (a row holding a watcher always has its key)
+            return shared_key(row, SHARED_AT)
+        watcher = self.watchers.find(key)
+        return None if watcher is None else watcher.shared
 
     def _register(
         self,
@@ -546,8 +539,9 @@ class Registry:
         if previous is None:
             return self._publish(Change.ADDED, entry, now, shared)
         if shown_of(entry) == shown_of(previous):  # e.g. the other family's mapping came back
-            self._rows[key] = new = _row(entry, shared)
-            self._events.append(refresh_event(key, new, admitted.allowed_ips, moved=True))
+            self._store(entry, shared)
+            self._events.append(refresh_event(key, self._rows[key], admitted.allowed_ips,
+                                              moved=True))  # fmt: skip
             return []
         return self._publish(Change.CHANGED, entry, now, shared)
 
@@ -570,7 +564,7 @@ class Registry:
         if shown_of(entry) != shown_of(old):
             self.counters["registered"] += 1
             return self._publish(Change.CHANGED, entry, now, shared)
-        self._rows[entry.key] = _row(entry, shared)
+        self._store(entry, shared)
         return []
 
     def _watch(
@@ -590,9 +584,9 @@ class Registry:
         c = self.counters
         row = self._rows.get(key)
         entry = None if row is None else self._entry(key, row)
-        known = self.watchers.get(key)
+        known = self.watchers.find(key)
         floor = max(0 if entry is None else entry.watch_counter,
-                    0 if known is None else watcher_counter(known))  # fmt: skip
+                    0 if known is None else known.watch_counter)  # fmt: skip
         if watch.counter <= floor:
             c["replay"] += 1
             return []
@@ -606,14 +600,14 @@ class Registry:
             fresh = self._without_stale(entry, now) or entry  # none fresh: expire() withdraws it
             updated = replace(fresh, watch_counter=watch.counter)
             if fresh is entry:
-                self._rows[key] = _row(updated, shared)
+                self._store(updated, shared)
             else:  # a stale mapping beside a fresh one: dropped now
                 pushes = self._publish(Change.CHANGED, updated, now, shared)
             entry = updated
         if proven:  # the source answered our last Status: it may receive pushes and rosters
-            if known is None:
-                self._watch_deadlines.place(key, now + self.config.expiry)
-            self.watchers[key] = pack_watcher(now, watch.counter, shared, source)
+            if known is None and entry is None:  # new to both tables: not in the wheel yet
+                self._deadlines.place(key, now + self.config.expiry)
+            self.watchers.note(key, now, watch.counter, shared, source)
             self._fanout.watch(key, watch.interest)
         status = sealed.Status(
             timestamp_ms=int(now * 1000),
@@ -663,8 +657,8 @@ class Registry:
         """A page of the roster, only to the control address the peer's last Watch came from
         (never toward an address a Watch did not name: one answer per query, no larger than
         a Status's push target already receives)."""
-        known = self.watchers.get(key)
-        if known is None or unpack_watcher(known).address != source:
+        known = self.watchers.find(key)
+        if known is None or known.address != source:
             self.counters["unexpected"] += 1
             return []
         self.counters["roster"] += 1
@@ -694,14 +688,14 @@ class Registry:
         a packet from inside brings it back). Only from ``key``'s own proven control address;
         only to peers that are proven watchers and want ``key``'s news; one small indication
         each, never an answer toward the source."""
-        known = self.watchers.get(key)
-        if known is None or unpack_watcher(known).address != source:
+        known = self.watchers.find(key)
+        if known is None or known.address != source:
             self.counters["unexpected"] += 1
             return []
         self._repunch_floor[key] = req.counter
         out: list[Outgoing] = []
         for peer in dict.fromkeys(req.peers):
-            watcher = self.watchers.get(peer)
+            watcher = self.watchers.find(peer)
             interest = self._fanout.interest(peer)
             if (
                 peer == key
@@ -709,7 +703,7 @@ class Registry:
                 or (interest is not None and sealed.key_id(key) not in interest)
             ):
                 continue
-            _, _, shared, addr = unpack_watcher(watcher)
+            _, _, shared, addr = watcher
             tell = sealed.Repunch(int(now * 1000), self._next_counter(now), (key,))
             data = sealed.build_sealed_with(
                 shared, None, tell, self._nonce(12), self._nonce(24),
@@ -724,8 +718,8 @@ class Registry:
     ) -> list[Outgoing]:
         """Keep ``key``'s paths to the registered peers it names. Only from ``key``'s proven
         control address (like a RosterQuery); never answered."""
-        known = self.watchers.get(key)
-        if known is None or unpack_watcher(known).address != source:
+        known = self.watchers.find(key)
+        if known is None or known.address != source:
             self.counters["unexpected"] += 1
             return []
         self.counters["path_report"] += 1
@@ -737,18 +731,18 @@ class Registry:
     def next_timer(self) -> float | None:
         """When ``expire`` next has something to do (the earliest expiry), or None."""
         due = [t for t in (self._deadlines.next_time(self._deadline),
-                           self._watch_deadlines.next_time(self._watch_deadline),
                            self._fanout.push_at, self.relay.next_timer(),
                            self.zone.next_publish()) if t is not None]  # fmt: skip
         return min(due) if due else None
 
     def _deadline(self, key: bytes) -> float | None:
+        """The earliest deadline of ``key``'s row and watcher; None when it has neither."""
         row = self._rows.get(key)
-        return None if row is None else last_seen(row) + self.config.expiry
-
-    def _watch_deadline(self, key: bytes) -> float | None:
-        watcher = self.watchers.get(key)
-        return None if watcher is None else last_watch(watcher) + self.config.expiry
+        watcher = self.watchers.find(key)
+        if watcher is None:
+            return None if row is None else last_seen(row) + self.config.expiry
+        seen = watcher.last_watch if row is None else min(last_seen(row), watcher.last_watch)
+        return seen + self.config.expiry
 
     def expire(self, now: float) -> list[Outgoing]:
         """Withdraw peers whose last refresh is ``expiry`` seconds old or more (at their
@@ -759,38 +753,36 @@ class Registry:
         # O(due), not O(peers); a key refreshed since it was placed is put back further on.
         # A key goes at its deadline (seen + expiry <= now): the same sum the wheel is given
         # and the timer is armed for, so a timer never fires for a key it then keeps.
+        # A key is in the wheel once, at the earliest of its row's and its watcher's
+        # deadlines; whichever part is stale goes, and the key goes back in for the other.
         expiry = self.config.expiry
-        stale = []
-        for key in self._watch_deadlines.due(now):
-            watcher = self.watchers.get(key)
-            if watcher is None:
-                continue
-            deadline = last_watch(watcher) + expiry
-            if deadline > now:
-                self._watch_deadlines.again(key, deadline, now)
-            else:
-                stale.append(key)
-        for key in stale:
-            del self.watchers[key]
-            self._fanout.drop(key)
-            self.relay.forget(key)
-            self._roster_floor.pop(key, None)
-            self._repunch_floor.pop(key, None)
-        out: list[Outgoing] = []
-        silent = []
+        stale: list[bytes] = []
+        silent: list[tuple[float, bytes]] = []
         for key in self._deadlines.due(now):
             row = self._rows.get(key)
-            if row is None:
-                continue
-            seen = last_seen(row)
-            deadline = seen + expiry
-            if deadline > now:
-                self._deadlines.again(key, deadline, now)
-            else:
-                silent.append((seen, key, row))
+            watcher = self.watchers.find(key)
+            later = math.inf
+            if watcher is not None:
+                deadline = watcher.last_watch + expiry
+                if deadline > now:
+                    later = deadline
+                else:
+                    stale.append(key)
+            if row is not None:
+                seen = last_seen(row)
+                deadline = seen + expiry
+                if deadline > now:
+                    later = min(later, deadline)
+                else:
+                    silent.append((seen, key))
+            if later < math.inf:
+                self._deadlines.again(key, later, now)
+        for key in stale:
+            self._drop_watcher(key)
+        out: list[Outgoing] = []
         silent.sort(key=lambda s: s[0])  # oldest first, as they went silent
-        for _, key, row in silent:
-            out += self._withdraw(self._entry(key, row), now)
+        for _, key in silent:
+            out += self._withdraw(self._entry(key, self._rows[key]), now)
         self.zone.publish(now)  # changes held back by the zone's serial interval
         if self._fanout.due(now):
             out += self._flush_pushes(now)
@@ -829,8 +821,33 @@ class Registry:
         name = admitted.name or entry.name
         return replace(entry, name=name, allowed_ips=admitted.allowed_ips)
 
+    def _drop_watcher(self, key: bytes) -> None:
+        """``key`` is no longer a watcher (its Watches stopped, or its key was revoked)."""
+        if self.watchers.drop(key):
+            self._fanout.drop(key)
+            self.relay.forget(key)
+            self._roster_floor.pop(key, None)
+            self._repunch_floor.pop(key, None)
+
+    def _store(self, entry: PeerEntry, shared: bytes) -> PeerEntry:
+        """Write ``entry``'s row (``shared``: its key), keeping the watcher the row holds; a
+        new row takes in the key's watcher that had none, and its key object (one object per
+        peer across the tables). Returns ``entry`` as stored."""
+        old = self._rows.get(entry.key)
+        if old is not None:
+            self._rows[entry.key] = _row(entry, shared, watch_part(old))
+            return entry
+        adopted = self.watchers.adopt(entry.key)
+        if adopted is None:
+            self._rows[entry.key] = _row(entry, shared)
+            return entry
+        key, watch, counter = adopted
+        entry = replace(entry, key=key, watch_counter=max(entry.watch_counter, counter))
+        self._rows[key] = _row(entry, shared, watch)
+        return entry
+
     def _withdraw(self, entry: PeerEntry, now: float) -> list[Outgoing]:
-        del self._rows[entry.key]
+        self.watchers.orphan(entry.key, self._rows.pop(entry.key))
         self.zone.remove(entry.key)
         self._events.append(PeerEvent(Change.WITHDRAWN, entry))
         return self._push(entry.key, now) + self.relay.peer_gone(entry.key, now)
@@ -838,9 +855,9 @@ class Registry:
     def _publish(
         self, change: Change, entry: PeerEntry, now: float, shared: bytes
     ) -> list[Outgoing]:
-        if entry.key not in self._rows:
+        if entry.key not in self._rows and not self.watchers.alone(entry.key):
             self._deadlines.place(entry.key, entry.last_seen + self.config.expiry)
-        self._rows[entry.key] = _row(entry, shared)
+        entry = self._store(entry, shared)
         self.zone.upsert(published(entry))
         self._events.append(PeerEvent(change, entry))
         return self._push(entry.key, now)
@@ -863,7 +880,7 @@ class Registry:
         for up to 14 changed peers."""
         out: list[Outgoing] = []
         for key, theirs in self._fanout.take(now).items():
-            _, _, shared, addr = unpack_watcher(self.watchers[key])
+            _, _, shared, addr = self.watchers[key]
             for i in range(0, len(theirs), sealed.MAX_CHANGED):
                 out.append(
                     self._push_one(shared, addr, tuple(theirs[i : i + sealed.MAX_CHANGED]), now)
@@ -906,12 +923,13 @@ class PeerTable(Mapping[bytes, PeerEntry]):
         return len(self._rows)
 
 
-def _row(entry: PeerEntry, shared: bytes) -> bytes:
-    """Pack a PeerEntry (its allowed IPs left out, see Registry._entry) and the peer's shared
-    key (peerrow.NO_KEY: none yet)."""
+def _row(entry: PeerEntry, shared: bytes, watch: bytes = b"") -> bytes:
+    """Pack a PeerEntry (its allowed IPs left out, see Registry._entry), the peer's shared
+    key (peerrow.NO_KEY: none yet) and its watch part (peerrow.pack_watch; empty: not a
+    watcher)."""
     return pack_row(entry.mappings, entry.refreshed, entry.addresses, entry.name, entry.nat,
                     entry.since, entry.register_counter, entry.watch_counter, entry.software,
-                    entry.secondary, shared)  # fmt: skip
+                    entry.secondary, shared, watch)  # fmt: skip
 
 
 def roster_of(admission: Admission) -> RosterBook:
