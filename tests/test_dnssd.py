@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import math
 import os
 import random
+from dataclasses import replace
 from typing import Any
 
 import dns.edns
@@ -18,10 +20,12 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wgmesh.errors import ConfigError
-from wgmesh.proto.dnssd import Candidate, PublishedPeer, Zone, ZoneConfig
-from wgmesh.proto.dnswire import ENTRY_OVERHEAD, query_shape
+from wgmesh.proto.dnssd import Candidate, PublishedPeer, Zone, ZoneConfig, _record
+from wgmesh.proto.dnswire import ENTRY_OVERHEAD, query_shape, txt_strings, unpack_record
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key, key_label, label_key
 from wgmesh.proto.kinds import CandidateKind, NatKind
@@ -521,3 +525,48 @@ def test_each_ns_name_inside_the_zone_gets_its_own_glue() -> None:
     glue = {(r.name.to_text(), rd.to_text()) for r in z.apex_rrsets()[1:] for rd in r}
     assert glue == {("ns1.mesh.test.", "203.0.113.10"), ("ns2.mesh.test.", "192.0.2.53"),
                     ("ns2.mesh.test.", "2001:db8::53")}  # fmt: skip
+
+
+# -- the packed record: NAT class and since as 9 bytes, written out when read ----------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.text(max_size=70),
+    allowed=st.lists(st.sampled_from(("100.64.0.1/32", "10.9.0.0/16", "2001:db8::/64"))),
+    nat=st.sampled_from(tuple(NatKind)),
+    since=st.integers(-(2**63), 2**63 - 1),
+    extra=st.integers(0, 3),
+)
+def test_a_record_reads_back_the_txt_strings_a_peer_publishes(
+    name: str, allowed: list[str], nat: NatKind, since: int, extra: int
+) -> None:
+    """The TXT strings read from a packed record are the ones the peer publishes, in wgsd's
+    order: txtvers, pub, allowed, name, nat, since, alt (the last three derived from 9 packed
+    bytes and the targets, not stored as text)."""
+    cands = [Candidate(Endpoint.parse(f"198.51.100.7:{4000 + i}"), CandidateKind.LAN, 10 + i)
+             for i in range(extra)]  # fmt: skip
+    published = replace(peer(K1, 51820, False, *cands), name=name, allowed_ips=tuple(allowed),
+                        nat=nat, since=since)  # fmt: skip
+    record = _record(published)
+    targets, tail = unpack_record(record)
+    expected = [b"txtvers=1", b"pub=" + base64.b64encode(K1)]
+    if allowed:
+        expected.append(f"allowed={','.join(allowed)}".encode()[:255])
+    if name:
+        expected.append(f"name={name}".encode()[:255])
+    expected += [f"nat={nat.value}".encode(), f"since={since}".encode()]
+    if extra:
+        expected.append(f"alt={extra}".encode())
+    assert txt_strings(K1, tail) == expected and len(targets) == 1 + extra
+    stored = expected[2 : 2 + bool(allowed) + bool(name)]  # the only strings kept as text
+    size = 1 + sum(1 + len(t.label) + 5 + len(t.ip) for t in targets) + 9
+    assert len(record) == size + sum(1 + len(t) for t in stored)
+
+
+def test_a_since_past_64_bits_is_refused_before_the_zone_changes() -> None:
+    z = zone()
+    before = z.record_of(K1)
+    with pytest.raises(ValueError, match="since"):
+        z.upsert(replace(peer(K1), since=2**63))
+    assert z.record_of(K1) == before

@@ -676,10 +676,7 @@ def _record(peer: PublishedPeer) -> bytes:
     txt = [f"allowed={','.join(peer.allowed_ips)}".encode()] if peer.allowed_ips else []
     if peer.name:
         txt.append(f"name={peer.name}".encode())
-    txt += (f"nat={peer.nat}".encode(), f"since={peer.since}".encode())
-    if len(targets) > 1:
-        txt.append(f"alt={len(targets) - 1}".encode())
-    return pack_record(targets, [t[:255] for t in txt])
+    return pack_record(targets, [t[:255] for t in txt], peer.nat, peer.since)
 
 
 def _alt_name(name: dns.name.Name) -> dns.name.Name:

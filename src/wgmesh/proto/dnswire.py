@@ -16,10 +16,11 @@ are capped (entries, and bytes for the positive one) and evict the oldest entry 
 negative answers (which hostile queries for random names produce) have their own, smaller cap,
 so a flood of them cannot push out the answers real peers ask for.
 
-Memory: a zone of a million peers holds each as one ``bytes`` (:func:`pack_record`, ~100 bytes:
-the SRV targets' labels, priorities, ports and addresses, and the TXT strings that are not
-derived from the key), and :class:`PeerAnswers` writes the SRV/TXT/A/AAAA answers about a peer
-from it in a few microseconds, byte for byte as dnspython renders them (tests compare the two).
+Memory: a zone of a million peers holds each as one ``bytes`` (:func:`pack_record`, ~50 bytes:
+the SRV targets' labels, priorities, ports and addresses, the NAT class and ``since`` as 9
+bytes, and the TXT strings that are neither derived from the key nor from those), and
+:class:`PeerAnswers` writes the SRV/TXT/A/AAAA answers about a peer from it in a few
+microseconds, byte for byte as dnspython renders them (tests compare the two).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import struct
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from wgmesh.proto.kinds import NatKind
 
 MIN_UDP = 512
 """The UDP answer size a client without EDNS gets (RFC 1035 section 4.2.1)."""
@@ -49,6 +52,12 @@ _RR = struct.Struct("!HHIH")  # type, class, TTL, RDLENGTH
 _SRV = struct.Struct("!HHH")  # priority, weight, port (RFC 2782)
 _OPT_RR = struct.Struct("!BHHIH")  # root owner, type 41, UDP size, ext-rcode/version/flags, 0
 _TARGET = struct.Struct("!HHB")  # priority, port, address length
+_STAMP = struct.Struct("<Bq")
+"""A record's NAT class (its index in NatKind) and ``since``, written out as TXT ``nat=`` and
+``since=`` only when a record is read (29 bytes as strings, 9 packed)."""
+_NATS = tuple(NatKind)
+_NAT_CODES = {nat: i for i, nat in enumerate(_NATS)}
+_NAT_STRINGS = tuple(bytes((4 + len(n.value),)) + b"nat=" + n.value.encode() for n in _NATS)
 _HERE = b"\xc0\x0c"  # a pointer to the question name (RFC 1035 section 4.1.4)
 ALT_LABEL = b"_alt"
 """First label of a peer's alternates' name, ``_alt.<label>._wireguard._udp.ZONE``: the SRVs
@@ -238,22 +247,31 @@ class Target:
         return A if len(self.ip) == 4 else AAAA
 
 
-def pack_record(targets: Sequence[Target], txt: Sequence[bytes]) -> bytes:
-    """A peer's published data as one ``bytes``: the targets, then the TXT character-strings
-    that follow ``txtvers=1`` and ``pub=`` (those two are derived from the key when answering).
-    Raises ValueError for a label over 63 bytes (RFC 1035 section 2.3.4) or a bad address."""
+def pack_record(
+    targets: Sequence[Target], txt: Sequence[bytes], nat: NatKind, since: int
+) -> bytes:
+    """A peer's published data as one ``bytes``: the targets, the NAT class and ``since``
+    packed, then the TXT character-strings (``allowed=``, ``name=``) that come after
+    ``txtvers=1`` and ``pub=`` (derived from the key when answering) and before ``nat=``,
+    ``since=`` and ``alt=`` (derived from the packed fields and the targets). Raises ValueError
+    for a label over 63 bytes (RFC 1035 section 2.3.4), a bad address, a string over 255
+    bytes, or a ``since`` outside a signed 64-bit number."""
     parts = [bytes((len(targets),))]
     for t in targets:
         if len(t.label) > 63 or len(t.ip) not in (4, 16):
             raise ValueError(f"bad SRV target {t!r}")
         parts += (bytes((len(t.label),)), t.label, _TARGET.pack(t.priority, t.port, len(t.ip)))
         parts.append(t.ip)
+    if not -(2**63) <= since < 2**63 or any(len(s) > 255 for s in txt):
+        raise ValueError(f"since={since} or a TXT string too long for a record")
+    parts.append(_STAMP.pack(_NAT_CODES[nat], since))
     parts += (bytes((len(s),)) + s for s in txt)
     return b"".join(parts)
 
 
 def unpack_record(record: bytes) -> tuple[list[Target], bytes]:
-    """The targets of a packed record and its TXT tail (wire-form character-strings)."""
+    """The targets of a packed record and its TXT tail: the wire-form character-strings after
+    ``txtvers=1`` and ``pub=``, as answers carry them."""
     targets = []
     pos = 1
     for _ in range(record[0]):
@@ -262,7 +280,13 @@ def unpack_record(record: bytes) -> tuple[list[Target], bytes]:
         ip = record[end + 5 : end + 5 + iplen]
         targets.append(Target(record[pos + 1 : end], priority, port, ip))
         pos = end + 5 + iplen
-    return targets, record[pos:]
+    nat, since = _STAMP.unpack_from(record, pos)
+    stamp = b"since=%d" % since
+    tail = [record[pos + _STAMP.size :], _NAT_STRINGS[nat], bytes((len(stamp),)), stamp]
+    if len(targets) > 1:
+        alt = b"alt=%d" % (len(targets) - 1)
+        tail += (bytes((len(alt),)), alt)
+    return targets, b"".join(tail)
 
 
 def txt_strings(key: bytes, tail: bytes) -> list[bytes]:

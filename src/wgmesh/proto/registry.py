@@ -232,10 +232,11 @@ class Registry:
             entry = self._apply_admission(entry, admitted)
             shared = self._wrap.unwrap(entry.key, wrapped) or NO_KEY
             try:
-                self._rows[entry.key] = _row(entry, shared)
+                row = _row(entry, shared)
+                self.zone.upsert(published(entry))  # (checks before it changes anything)
             except (struct.error, ValueError):
-                continue  # a counter out of range: not a row we wrote
-            self.zone.upsert(published(entry))
+                continue  # a counter or a time out of range: not a row we wrote
+            self._rows[entry.key] = row
         self.zone.set_serial((saved + 1) % 2**32 or 1)
         self._deadlines = Deadlines(self.config.expiry / 64)
         for key, row in self._rows.items():
