@@ -247,9 +247,7 @@ class Target:
         return A if len(self.ip) == 4 else AAAA
 
 
-def pack_record(
-    targets: Sequence[Target], txt: Sequence[bytes], nat: NatKind, since: int
-) -> bytes:
+def pack_record(targets: Sequence[Target], txt: Sequence[bytes], nat: NatKind, since: int) -> bytes:
     """A peer's published data as one ``bytes``: the targets, the NAT class and ``since``
     packed, then the TXT character-strings (``allowed=``, ``name=``) that come after
     ``txtvers=1`` and ``pub=`` (derived from the key when answering) and before ``nat=``,
