@@ -404,6 +404,20 @@ def test_a_nat_change_during_a_try_still_tries_again_after_it() -> None:
     assert x.plan(1204.0, dev(RLY, hs=1203.0)).updates[0].endpoint == PUB  # at once
 
 
+def test_a_nat_change_on_the_way_to_the_relay_still_tries_direct_once_there() -> None:
+    """The prediction lifts while the path is on its way to the relay (the relay endpoint is
+    set, its handshake not seen yet): once the relay's handshake is seen, direct is tried at
+    once, not at the relay's slot 300 s on (lab: a plan every 2 s on a loaded host let the
+    peer's class change land between the two)."""
+    x = predicted(Walk([], PUBLIC, punch_delay=0.2))
+    x.p.set_relay(A, RLY)
+    assert x.plan(1000.0).updates[0].endpoint == RLY  # TRYING the relay
+    x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.CONE)  # predicted no more
+    x.plan(1000.5, dev(RLY, hs=1000.2))  # RELAYED
+    plan = x.plan(1001.0, dev(RLY, hs=1000.2))
+    assert plan.prime == (PUB,), plan
+
+
 def test_a_failed_try_of_direct_goes_back_to_the_relay_at_once() -> None:
     x = relayed_set(lambda *h, **c: Walk([], *h, **c))
     plan = x.plan(1203.0, dev(PUB))  # the trial of PUB failed: no backoff, the relay

@@ -286,10 +286,13 @@ class Planner:
         self, peer: PeerPath, ours_before: NatKind, theirs_before: NatKind | None
     ) -> None:
         """A NAT class changed: a relayed peer for which direct was predicted impossible and
-        no longer is tries direct at its next plan (rule 8)."""
+        no longer is tries direct at its next plan on the relay (rule 8), also when it is on
+        its way there (the relay's endpoint set, its handshake not seen yet)."""
         if peer.relay is None or peer.record is None:
             return
-        if peer.state is not PathState.RELAYED and not peer.upgrading:
+        attempt = peer.attempt
+        on_the_way = attempt is not None and attempt.target == peer.relay
+        if peer.state is not PathState.RELAYED and not peer.upgrading and not on_the_way:
             return
         before = relay_predicted(ours_before, theirs_before or peer.record.nat)
         if before and not relay_predicted(self._nat, peer.record.nat):
