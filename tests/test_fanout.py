@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,9 +16,9 @@ class Watched:
     """A Fanout with the watcher table the registry would keep beside it (the fan-out lists
     only the watchers with an interest list; the others want everything)."""
 
-    def __init__(self, push_delay: float) -> None:
+    def __init__(self, push_delay: float, listed: int = 4096) -> None:
         self.watchers: dict[bytes, None] = {}
-        self.f = Fanout(push_delay, self.watchers)
+        self.f = Fanout(push_delay, self.watchers, listed)
 
     def watch(self, key: bytes, interest: tuple[bytes, ...] | None) -> None:
         self.watchers[key] = None
@@ -67,11 +68,14 @@ ops = st.lists(
 )
 
 
-@given(ops)
-def test_matches_a_brute_force_model(steps: list[tuple[str, bytes, object]]) -> None:
+@pytest.mark.parametrize("listed", [0, 2, 4096])
+@given(steps=ops)
+def test_matches_a_brute_force_model(listed: int, steps: list[tuple[str, bytes, object]]) -> None:
     """Whatever the order of watches, drops and changes, each watcher is told exactly the
-    changed keys it asked for (not its own), in change order."""
-    table = Watched(push_delay=0.0)
+    changed keys it asked for (not its own), in change order; with the watchers that want
+    everything named in the fan-out's table, found by a walk (more than ``listed``), or both
+    in turn."""
+    table = Watched(push_delay=0.0, listed=listed)
     f = table.f
     model: dict[bytes, frozenset[bytes] | None] = {}
     pending: list[bytes] = []
@@ -100,3 +104,48 @@ def test_matches_a_brute_force_model(steps: list[tuple[str, bytes, object]]) -> 
                 pending = []
     assert table.watchers.keys() == model.keys()
     assert all(f.interest(k) == i for k, i in model.items())
+
+
+class NoWalk(dict[bytes, None]):
+    """A watcher table that fails the test when it is walked."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the fan-out walked every watcher")
+
+
+def test_a_flush_walks_the_watchers_only_when_too_many_want_everything() -> None:
+    """Watchers with lists, and a few that want everything, are found without a walk of all
+    watchers (at a million rows a walk costs 30 to 65 ms per flush); past ``listed`` they are
+    walked, and named again once a walk finds few enough."""
+    watchers = NoWalk()
+    f = Fanout(0.0, watchers, listed=2)
+    for k in KEYS[:3]:
+        watchers[k] = None
+        f.watch(k, (key_id(KEYS[5]),))
+    f.watch(KEYS[0], (key_id(KEYS[5]),))  # the same again: nothing moves
+    assert f.changed(KEYS[5], 1.0)
+    assert f.take(1.0) == {k: [KEYS[5]] for k in KEYS[:3]}
+    watchers[KEYS[3]] = None
+    f.watch(KEYS[3], None)
+    f.watch(KEYS[3], None)
+    assert f.changed(KEYS[5], 2.0)
+    assert f.take(2.0) == {k: [KEYS[5]] for k in KEYS[:4]}
+    for k in KEYS[:3]:  # three want everything now: more than two, so a flush walks
+        f.watch(k, None)
+    assert f.changed(KEYS[5], 3.0)
+    with pytest.raises(AssertionError, match="walked"):
+        f.take(3.0)
+    walked = dict(watchers)
+    g = Fanout(0.0, walked, listed=2)
+    for k in KEYS[:4]:
+        g.watch(k, None)
+    assert g.changed(KEYS[5], 4.0)
+    assert g.take(4.0) == {k: [KEYS[5]] for k in KEYS[:4]}
+    for k in KEYS[:3]:
+        del walked[k]
+        g.drop(k)
+    assert g.changed(KEYS[5], 5.0)
+    assert g.take(5.0) == {KEYS[3]: [KEYS[5]]}  # a walk found one: named again
+    g._watchers = NoWalk(walked)
+    assert g.changed(KEYS[5], 6.0)
+    assert g.take(6.0) == {KEYS[3]: [KEYS[5]]}  # and not walked again
