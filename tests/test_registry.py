@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from nacl.bindings import crypto_box_beforenm
 from nacl.public import PrivateKey
 
+from wgmesh.errors import LocalProtocolError
 from wgmesh.proto import peerrow, sealed, stun
 from wgmesh.proto.dnssd import Candidate, Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
@@ -784,6 +785,17 @@ def test_restored_rows_get_their_key_at_the_first_refresh(reg_private: PrivateKe
     r2.receive(alice.register(reg_key, NOW + 3), SRC, PORT, NOW + 3)
     assert stored(r2, alice.key) == (shared_of(reg_private, alice), None)
     assert r2.sealer.agreements == 1 and r2.counters["registered"] == 2
+
+
+def test_restore_is_refused_once_the_registry_holds_peers(reg_private: PrivateKey) -> None:
+    """restore() writes rows as they were stored and builds the expiry wheel afresh: into a
+    registry already holding rows or watchers it would lose them from the wheel."""
+    r = make(reg_private)
+    alice = Peer()
+    r.receive(alice.register(bytes(reg_private.public_key)), SRC, PORT, NOW)
+    with pytest.raises(LocalProtocolError, match="empty registry"):
+        r.restore(r.peers.values(), NOW + 1)
+    assert r.counters["registered"] == 1 and len(r.peers) == 1
 
 
 def test_shared_keys_reach_neither_events_nor_the_store(

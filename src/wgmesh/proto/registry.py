@@ -46,7 +46,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 
-from wgmesh.errors import DecodeError
+from wgmesh.errors import DecodeError, LocalProtocolError
 from wgmesh.proto import changerequest, sealed, stun
 from wgmesh.proto.deadlines import Deadlines
 from wgmesh.proto.dnssd import Zone
@@ -221,7 +221,10 @@ class Registry:
         contact); those already past expiry are left out. The zone's serial
         moves on by exactly one from the one it was created with (the saved serial), whatever
         was restored: the zone may differ from what secondaries hold (peers expired while we
-        were down), and a serial must only ever grow (RFC 1982), never jump by the peer count."""
+        were down), and a serial must only ever grow (RFC 1982), never jump by the peer count.
+        Only into an empty registry (at startup): raises LocalProtocolError otherwise."""
+        if self._rows or self.watchers:
+            raise LocalProtocolError("restore() is for an empty registry (at startup)")
         saved = self.zone.serial
         for item in entries:
             stored, wrapped = item if isinstance(item, Stored) else (item, None)
