@@ -418,6 +418,19 @@ def test_a_nat_change_on_the_way_to_the_relay_still_tries_direct_once_there() ->
     assert plan.prime == (PUB,), plan
 
 
+def test_a_direct_handshake_clears_a_try_owed_from_the_relay() -> None:
+    """The prediction lifts on the way to the relay, and the peer's handshake then comes
+    directly: the try of direct owed from the relay is not kept for a later relaying, where it
+    would skip the relay's slot."""
+    x = predicted(Walk([], PUBLIC, punch_delay=0.2))
+    x.p.set_relay(A, RLY)
+    assert x.plan(1000.0).updates[0].endpoint == RLY
+    x.p.set_our_mapping((Endpoint.parse("192.0.2.1:1000"),), NatKind.CONE)
+    assert x.p._peers[A].upgrade_now
+    x.plan(1000.5, dev(PUB, hs=1000.2))  # WireGuard roamed to the peer's direct address
+    assert x.p._peers[A].state is S.DIRECT and not x.p._peers[A].upgrade_now
+
+
 def test_a_failed_try_of_direct_goes_back_to_the_relay_at_once() -> None:
     x = relayed_set(lambda *h, **c: Walk([], *h, **c))
     plan = x.plan(1203.0, dev(PUB))  # the trial of PUB failed: no backoff, the relay

@@ -588,6 +588,8 @@ class Planner:
                     self._because(key, peer.kick_why or "re-punch")
             case PathEvent.ANSWERED | PathEvent.HANDSHAKE:  # keep the path the handshake used
                 peer.upgrading = peer.unrepaired = False
+                if dev.endpoint != peer.relay:  # proven direct: no try from the relay is owed
+                    peer.upgrade_now = False
                 self._proved_family(key, peer, dev.endpoint)
                 peer.stall_at = peer.stall_check = 0.0  # the peer answered: a stall is over
                 source = self._source_of(peer, dev.endpoint)
