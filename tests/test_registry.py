@@ -1147,6 +1147,21 @@ def test_restore_drops_stale_mappings_one_by_one(reg_private: PrivateKey) -> Non
     assert srv_records(r2, alice.key) == [(0, 40000, key_label(alice.key)[:4])]
 
 
+@pytest.mark.parametrize("since", [math.inf, -math.inf, math.nan, 2.0**63, -(2.0**64)])
+def test_restore_skips_a_peer_whose_since_is_no_time(reg_private: PrivateKey, since: float) -> None:
+    """A damaged store (``since`` is a SQLite REAL) loses that one peer at startup, not the
+    registrar: the others are served."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice, bob = Peer(), Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(bob.register(reg_key), SRC2, PORT, NOW)
+    entries = [r.peers[alice.key], replace(r.peers[bob.key], since=since)]
+    r2 = make(reg_private)
+    r2.restore(entries, NOW + 1)
+    assert list(r2.peers) == [alice.key] and r2.zone.record_of(bob.key) is None
+
+
 def test_the_store_keeps_both_mappings(reg_private: PrivateKey, tmp_path: Path) -> None:
     r = make(reg_private)
     reg_key = bytes(reg_private.public_key)

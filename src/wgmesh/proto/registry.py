@@ -237,7 +237,7 @@ class Registry:
             try:
                 row = _row(entry, shared)
                 self.zone.upsert(published(entry))  # (checks before it changes anything)
-            except (struct.error, ValueError):
+            except (struct.error, ValueError, OverflowError):  # (int() of an infinite since)
                 continue  # a counter or a time out of range: not a row we wrote
             self._rows[entry.key] = row
         self.zone.set_serial((saved + 1) % 2**32 or 1)
