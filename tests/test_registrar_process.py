@@ -4,6 +4,7 @@ forged/replayed registrations, and kill -9 + restart."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -132,6 +133,32 @@ def test_kill_9_and_restart_serves_records_at_once(tmp_path: Path) -> None:
             int(dig(r.dns_port, "+short", "mesh.test", "SOA").split()[2]) == int(serial_after) + 1
         )
         alice.close()
+
+
+def test_a_damaged_stored_peer_is_left_out_and_reported_at_restart(tmp_path: Path) -> None:
+    """A row of the state database damaged while the registrar was down (``since`` made
+    infinite, or the mapping text garbled) costs that peer, not the restart: the others are
+    served at once, and the log says how many were left out."""
+    with registrar(tmp_path) as r:
+        alice, bob, carol = Client(r.key), Client(r.key), Client(r.key)
+        for c, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+            c.register(r.endpoint, name=name)
+        time.sleep(0.6)  # one flush interval and then some
+        r.kill()
+        db = sqlite3.connect(tmp_path / "state" / "registrar.sqlite3")
+        db.execute("UPDATE peers SET since = 9e999 WHERE key = ?", (bob.key,))
+        db.execute("UPDATE peers SET endpoint = 'nonsense' WHERE key = ?", (carol.key,))
+        db.commit()
+        db.close()
+        r.start()
+        srv = dig(r.dns_port, "+short", f"{key_label(alice.key)}._wireguard._udp.mesh.test", "SRV")
+        assert srv.split()[2] == str(alice.port)
+        for gone in (bob, carol):
+            name = f"{key_label(gone.key)}._wireguard._udp.mesh.test"
+            assert dig(r.dns_port, "+short", name, "SRV") == ""
+        assert "2 stored peers did not read" in r.log.read_text()
+        for c in (alice, bob, carol):
+            c.close()
 
 
 def test_expired_records_are_withdrawn_on_time_and_stay_withdrawn(tmp_path: Path) -> None:

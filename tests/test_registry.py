@@ -1158,7 +1158,7 @@ def test_restore_skips_a_peer_whose_since_is_no_time(reg_private: PrivateKey, si
     r.receive(bob.register(reg_key), SRC2, PORT, NOW)
     entries = [r.peers[alice.key], replace(r.peers[bob.key], since=since)]
     r2 = make(reg_private)
-    r2.restore(entries, NOW + 1)
+    assert r2.restore(entries, NOW + 1) == 1  # one damaged entry, counted
     assert list(r2.peers) == [alice.key] and r2.zone.record_of(bob.key) is None
 
 
@@ -1241,7 +1241,7 @@ def test_unreadable_mappings_in_the_store_are_skipped(tmp_path: Path) -> None:
             (bytes([i]) * 32, mappings, NOW, secondary, refreshed),
         )
     entries, _ = store.load()
-    assert list(entries) == [(good, None)]
+    assert list(entries) == [(good, None)] and store.unreadable == len(bad)
     store.close()
 
 

@@ -215,17 +215,19 @@ class Registry:
 
     # -- state loading --------------------------------------------------------------------
 
-    def restore(self, entries: Iterable[PeerEntry | Stored], now: float) -> None:
+    def restore(self, entries: Iterable[PeerEntry | Stored], now: float) -> int:
         """Load persisted peers, with their shared keys where they were stored wrapped and
         unwrap under our private key (else the first message pays its X25519, as a first
         contact); those already past expiry are left out. The zone's serial
         moves on by exactly one from the one it was created with (the saved serial), whatever
         was restored: the zone may differ from what secondaries hold (peers expired while we
         were down), and a serial must only ever grow (RFC 1982), never jump by the peer count.
-        Only into an empty registry (at startup): raises LocalProtocolError otherwise."""
+        Only into an empty registry (at startup): raises LocalProtocolError otherwise. Returns
+        how many entries were skipped as damaged (a counter or a time out of range)."""
         if self._rows or self.watchers:
             raise LocalProtocolError("restore() is for an empty registry (at startup)")
         saved = self.zone.serial
+        damaged = 0
         for item in entries:
             stored, wrapped = item if isinstance(item, Stored) else (item, None)
             admitted = self.admission.lookup(stored.key)
@@ -238,12 +240,14 @@ class Registry:
                 row = _row(entry, shared)
                 self.zone.upsert(published(entry))  # (checks before it changes anything)
             except (struct.error, ValueError, OverflowError):  # (int() of an infinite since)
-                continue  # a counter or a time out of range: not a row we wrote
+                damaged += 1  # a counter or a time out of range: not a row we wrote
+                continue
             self._rows[entry.key] = row
         self.zone.set_serial((saved + 1) % 2**32 or 1)
         self._deadlines = Deadlines(self.config.expiry / 64)
         for key, row in self._rows.items():
             self._deadlines.place(key, last_seen(row) + self.config.expiry)
+        return damaged
 
     def wrapped_key(self, key: bytes) -> bytes | None:
         """``key``'s shared key as the database stores it (wgmesh.proto.keywrap); None when

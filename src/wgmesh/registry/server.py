@@ -199,8 +199,11 @@ class Registrar:
                 self.send, self.changed,
             )  # fmt: skip
         now = time.time()
-        self.registry.restore(entries, now)
+        damaged = self.registry.restore(entries, now) + self.store.unreadable
         log.info("restored %d live peers from %s", len(self.registry.peers), self.store.path)
+        if damaged:
+            log.warning("%d stored peers did not read (damaged rows) and were left out: they "
+                        "register again at their next probe", damaged)  # fmt: skip
         self._primary: UdpEndpoint | None = None
         """The primary-port socket of the first listen address."""
         self._primaries: dict[int, UdpEndpoint] = {}

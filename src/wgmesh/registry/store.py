@@ -80,6 +80,8 @@ class Store:
     """The registrar's state directory: ``<state_dir>/registrar.sqlite3``."""
 
     def __init__(self, state_dir: Path) -> None:
+        self.unreadable = 0
+        """Stored peer rows that did not read and were skipped by :meth:`load` so far."""
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.path = state_dir / "registrar.sqlite3"
@@ -127,7 +129,8 @@ class Store:
                     secondary=secondary,
                 )
             except (DecodeError, ValueError, TypeError, AttributeError):
-                continue  # a row we cannot read is skipped, not fatal
+                self.unreadable += 1  # a row we cannot read is skipped, not fatal
+                continue
             wrapped = row[12]
             yield Stored(entry, bytes(wrapped) if isinstance(wrapped, bytes) else None)
 
