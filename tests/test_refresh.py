@@ -18,7 +18,7 @@ from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.peerentry import AdmittedPeer, Refresh
 from wgmesh.proto.peerrow import pack_endpoint
 from wgmesh.proto.ratelimit import RateLimitConfig
-from wgmesh.proto.refresh import registration, sealed_request
+from wgmesh.proto.refresh import _PRINTABLE_ASCII, registration, sealed_request
 from wgmesh.proto.registry import Admission, Registry, RegistryConfig
 
 NOW = 1_800_000_000.0
@@ -103,6 +103,32 @@ def test_the_fast_readers_agree_with_the_full_decoders(
         assert (reg.name.decode(), reg.software.decode()) == (full.name, full.software)
         assert reg.addresses == len(full.addresses)
         assert reg.seen_tail == b"".join(map(pack_endpoint, full.addresses))
+
+
+@given(plaintext=st.binary(max_size=600), nonce=st.binary(min_size=24, max_size=24),
+       seed=st.integers(0, 2**32))  # fmt: skip
+@settings(max_examples=200)
+def test_the_fast_box_opener_agrees_with_open_box(
+    plaintext: bytes, nonce: bytes, seed: int
+) -> None:
+    """open_or_none calls libsodium directly; on sealed, mutated and wrongly keyed boxes it
+    opens exactly what open_box opens, and None where open_box raises."""
+    rnd = random.Random(seed)
+    shared = SEALERS[0].shared_key(REG_KEY)
+    assert shared is not None
+    good = sealed.seal_box(shared, plaintext, nonce)
+    other = SEALERS[1].shared_key(REG_KEY)
+    assert other is not None
+    cases = [(shared, good), (other, good), (shared[:31], good), (shared, good[:39])]
+    cases += [(shared, mutate(good, rnd)) for _ in range(4)]
+    for key, box in cases:
+        try:
+            expected: bytes | None = sealed.open_box(key, box)
+        except (DecodeError, ValueError, TypeError):
+            expected = None
+        assert sealed.open_or_none(key, box) == expected
+    if len(good) <= stun.MAX_SEALED:
+        assert sealed.open_or_none(shared, good) == plaintext
 
 
 @given(plaintext=st.binary(max_size=120), tid=st.binary(min_size=12, max_size=12))
@@ -206,3 +232,11 @@ def test_the_differential_test_takes_the_fast_path() -> None:
     """Not vacuous: over the examples above, the fast path handled many refreshes."""
     test_two_registries_one_without_the_fast_path_end_alike()
     assert sum(TAKEN) > 200, TAKEN
+
+
+def test_the_printable_ascii_table_is_what_isprintable_accepts_of_ascii() -> None:
+    """registration() checks names and software with bytes.translate against this table."""
+    for b in range(256):
+        one = bytes((b,))
+        printable = one.isascii() and chr(b).isprintable()
+        assert (not one.translate(None, _PRINTABLE_ASCII)) == printable

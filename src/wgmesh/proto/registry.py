@@ -366,8 +366,8 @@ class Registry:
         if row is None:
             return False
         shared = row[SHARED_AT : SHARED_AT + 32]
-        admitted = self.admission.lookup(key)
-        if shared == NO_KEY or admitted is None:
+        admitted = self.admission.peers.get(key)  # lookup() without a bare entry when open
+        if shared == NO_KEY or (admitted is None and not self.admission.open):
             return False
         plaintext = sealed.open_or_none(shared, box)
         if plaintext is None:
@@ -379,7 +379,7 @@ class Registry:
             or reg.counter <= register_counter(row)
         ):
             return False
-        name = admitted.name.encode() if admitted.name else reg.name
+        name = admitted.name.encode() if admitted is not None and admitted.name else reg.name
         seen = b"".join((bytes((reg.addresses,)), pack_endpoint(source), reg.seen_tail, name))
         done = refresh_seen(row, seen, source, now, reg.counter, reg.software, shared,
                             now - self.config.expiry)  # fmt: skip
@@ -390,7 +390,8 @@ class Registry:
             return True
         self.counters["registered"] += 1
         self._rows[key] = done[0]
-        self._events.append(refresh_event(key, done[0], admitted.allowed_ips))
+        allowed = admitted.allowed_ips if admitted is not None else ()
+        self._events.append(refresh_event(key, done[0], allowed))
         return True
 
     def _sealed(

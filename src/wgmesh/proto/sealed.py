@@ -50,11 +50,12 @@ import struct
 from collections import OrderedDict
 from dataclasses import replace
 
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
 from nacl.bindings import (
     crypto_box_beforenm,
     crypto_box_easy_afternm,
     crypto_box_open_easy_afternm,
-    crypto_secretbox_open,
 )
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey
@@ -577,13 +578,23 @@ def open_box(shared: bytes, sealed: bytes) -> bytes:
 def open_or_none(shared: bytes, sealed: bytes) -> bytes | None:
     """:func:`open_box`, None instead of DecodeError (the registrar's fast path). The box is
     ``crypto_box_afternm``, which is ``crypto_secretbox`` under the shared key (libsodium
-    defines it so), and PyNaCl's secretbox binding is the cheaper call."""
+    defines it so). This calls libsodium's ``crypto_secretbox_open_easy`` through PyNaCl's own
+    cffi module: PyNaCl's binding copies the box behind 16 zero bytes for the old API and
+    checks its arguments again, 2.7 us a box here against 1.45 (docs/architecture.md)."""
+    size = len(sealed) - NONCE_LEN
     if not stun.MIN_SEALED <= len(sealed) <= stun.MAX_SEALED or len(shared) != KEY_LEN:
         return None
-    try:
-        return crypto_secretbox_open(sealed[NONCE_LEN:], sealed[:NONCE_LEN], shared)
-    except CryptoError:
+    out = _new("unsigned char[]", size - _MAC_LEN)
+    if _secretbox_open_easy(out, sealed[NONCE_LEN:], size, sealed[:NONCE_LEN], shared):
         return None
+    plaintext: bytes = _buffer(out)[:]
+    return plaintext
+
+
+_new = _ffi.new
+_buffer = _ffi.buffer
+_secretbox_open_easy = _lib.crypto_secretbox_open_easy
+_MAC_LEN = _lib.crypto_secretbox_macbytes()
 
 
 def seal_box(shared: bytes, plaintext: bytes, nonce: bytes) -> bytes:
