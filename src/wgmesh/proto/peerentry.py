@@ -168,8 +168,9 @@ class Refresh:
     allowed_ips: tuple[str, ...] = ()
     """The admission file's, as :attr:`PeerEntry.allowed_ips`."""
     moved: bool = False
-    """A mapping came or went (the other family's), so more than the times and the counter
-    changed."""
+    """A mapping came or went (the other family's), or the row gained its shared key (a
+    restored peer without a stored one): more than the times and the counter changed, and the
+    store writes the whole row."""
     change: ClassVar[Change] = Change.REFRESHED
 
     @property

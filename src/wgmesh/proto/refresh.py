@@ -39,6 +39,9 @@ _PACKED_FAMILY = {4: 4, 6: 16}
 """A wire address's family byte -> a packed endpoint's length byte."""
 _WIRE_LEN = {4: 7, 6: 19}
 """A wire address's family byte -> its length (family, address, port)."""
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
+"""What ``str.isprintable()`` accepts of ASCII: text that is only these bytes passes both the
+decoder's checks, and ``bytes.translate`` deleting them tells in one C call."""
 
 
 def sealed_request(data: bytes) -> tuple[bytes, bytes, bytes] | None:
@@ -106,13 +109,14 @@ def registration(plaintext: bytes, transaction_id: bytes) -> Registration | None
     if sw_end - name_end - 1 > MAX_SOFTWARE or sw_end + 1 > size:
         return None
     software = plaintext[name_end + 1 : sw_end]
-    if not software.isascii() or not software.decode().isprintable():
+    if software.translate(None, _PRINTABLE_ASCII):  # the decoder's ASCII and isprintable()
         return None
-    try:
-        if not name.decode("utf-8").isprintable():
+    if name.translate(None, _PRINTABLE_ASCII):  # not plain printable ASCII: decode it
+        try:
+            if not name.decode("utf-8").isprintable():
+                return None
+        except UnicodeDecodeError:
             return None
-    except UnicodeDecodeError:
-        return None
     count = plaintext[sw_end]
     if count > MAX_ADDRESSES:
         return None

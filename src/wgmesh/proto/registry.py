@@ -526,7 +526,8 @@ class Registry:
                 # the common case, a refresh: nothing published changes (the allowed IPs
                 # neither: set_admission republishes when they change)
                 self._rows[key] = done[0]
-                self._events.append(refresh_event(key, done[0], admitted.allowed_ips))
+                gained = row[SHARED_AT : SHARED_AT + 32] == NO_KEY  # the store writes it
+                self._events.append(refresh_event(key, done[0], admitted.allowed_ips, gained))
                 return []
         previous = None if row is None else self._entry(key, row)
         mappings, refreshed = observed_after(previous, source, now, limit)

@@ -71,9 +71,12 @@ _INSERT = (
     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _REFRESH = (
-    "UPDATE peers SET last_seen=?, refreshed=?, register_counter=?, software=?, wrapped_key=?"
-    " WHERE key=?"
+    "UPDATE peers SET last_seen=?, refreshed=?, register_counter=?, software=?"
+    " WHERE key=? AND wrapped_key IS NOT NULL"
 )
+"""A refresh: the times, the counter and the software. The wrapped shared key only changes
+with a new key, which writes the whole row; a row stored without one (a database from before
+stored keys) matches nothing here and is written whole, key included, once."""
 
 
 class Store:
@@ -149,9 +152,8 @@ class Store:
             for ev in events:
                 if isinstance(ev, Refresh) and not ev.moved:
                     refreshed, counter, software = refreshed_fields(ev.row)
-                    wrapped = None if wrapped_key is None else wrapped_key(ev.key)
                     done = db.execute(_REFRESH, (max(refreshed), " ".join(map(repr, refreshed)),
-                                                 counter, software, wrapped, ev.key))  # fmt: skip
+                                                 counter, software, ev.key))  # fmt: skip
                     if done.rowcount:
                         continue
                 p = ev.peer
