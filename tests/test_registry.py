@@ -1524,3 +1524,34 @@ def test_the_store_updates_a_refresh_and_writes_a_row_it_lacks(
     assert stored_entries[alice.key].wrapped_key == r.wrapped_key(alice.key)
     assert r.peers[alice.key].last_seen == NOW + 5
     store.close()
+
+
+def test_a_watch_rewrites_only_the_watch_counter_and_the_watch_part(
+    reg_private: PrivateKey,
+) -> None:
+    """A Watch patches its row in place (peerrow.with_watch_counter, then the watch part):
+    the row is byte for byte the one a full unpack, replace and repack gives, and a
+    restored row without its shared key gains it from the Watch."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key, addresses=(LAN,)), SRC, PORT, NOW)
+    watch(r, alice, reg_key, BOB_CONTROL, NOW)
+    shared = shared_of(reg_private, alice)
+    for later in (1.0, 2.0):
+        before = r._rows[alice.key]
+        entry = r._entry(alice.key, before)
+        out = r.receive(alice.watch(reg_key, NOW + later), BOB_CONTROL, PORT, NOW + later)
+        assert len(out) == 1 and r.counters["watched"] == 3 + later - 1
+        expected = peerrow.with_watch(
+            _row(replace(entry, watch_counter=alice.counter), shared),
+            peerrow.pack_watch(NOW + later, BOB_CONTROL),
+        )
+        assert r._rows[alice.key] == expected
+    r2 = make(reg_private)
+    r2.restore(r.peers.values(), NOW + 3)
+    assert stored(r2, alice.key) == (NO_KEY, None)
+    alice.cookie = bytes(16)
+    watch(r2, alice, reg_key, BOB_CONTROL, NOW + 3)
+    assert stored(r2, alice.key)[0] == shared
+    assert peerrow.row_watch_counter(r2._rows[alice.key]) == alice.counter

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import random
@@ -17,8 +18,10 @@ from hypothesis import strategies as st
 
 from wgmesh.proto import stun
 from wgmesh.proto.dnssd import Zone, ZoneConfig
+from wgmesh.proto.endpoint import Endpoint
 from wgmesh.registry import udpbatch
 from wgmesh.registry.dns import start_dns
+from wgmesh.registry.server import _source
 from wgmesh.registry.udpbatch import BATCH, BatchedUdp, sockaddr_tuple
 
 
@@ -381,3 +384,28 @@ async def test_a_fast_path_that_raises_costs_only_its_datagram() -> None:
     finally:
         server.close()
         c.close()
+
+
+@given(ip=st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)), port=st.integers(0, 65535),
+       mapped=st.booleans())  # fmt: skip
+def test_the_registrars_source_reader_agrees_with_from_sockaddr(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, mapped: bool
+) -> None:
+    """The STUN socket builds its sources from the packed IPv4 address (server._source): the
+    same Endpoint as Endpoint.from_sockaddr, for IPv4, IPv6 and IPv4-mapped sources as
+    sockaddr_tuple writes them."""
+    if mapped and ip.version == 4:
+        raw = _sockaddr6(ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed), port)
+    elif ip.version == 4:
+        raw = struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + ip.packed + bytes(8)
+    else:
+        raw = _sockaddr6(ip, port)
+    addr = sockaddr_tuple(raw)
+    assert addr is not None
+    assert _source(addr) == Endpoint.from_sockaddr(addr)
+    assert _source(addr).ip == (ip if ip.version == 4 else (ip.ipv4_mapped or ip))
+
+
+def _sockaddr6(ip: ipaddress.IPv6Address, port: int) -> bytes:
+    return (struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, 0) + ip.packed
+            + bytes(4))  # fmt: skip

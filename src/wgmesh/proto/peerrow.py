@@ -227,6 +227,13 @@ def register_counter(row: bytes) -> int:
     return counter
 
 
+def with_watch_counter(row: bytes, counter: int) -> bytes:
+    """The row with ``counter`` for its Watch counter (an accepted Watch changes nothing else
+    of the row)."""
+    at = _COUNTER_AT + 8
+    return b"".join((row[:at], _COUNTER.pack(counter), row[at + 8 :]))
+
+
 def row_watch_counter(row: bytes) -> int:
     """The highest accepted Watch counter of a row (the Watch replay floor)."""
     counter: int = _COUNTER.unpack_from(row, _COUNTER_AT + 8)[0]

@@ -88,6 +88,7 @@ from wgmesh.proto.peerrow import (
     row_watch_counter,
     shared_key,
     watch_part,
+    with_watch_counter,
 )
 from wgmesh.proto.ratelimit import RateLimiter
 from wgmesh.proto.refresh import registration, sealed_request
@@ -330,8 +331,9 @@ class Registry:
         if len(data) > self.config.max_datagram:
             c["oversize"] += 1
             return []
-        if local_port == self.primary_port and self._refresh_fast(data, source, now):
-            return []
+        fast = sealed_request(data)  # the layout our daemons send, read without a decode
+        if fast is not None:
+            return self._sealed(*fast, source, local_port, now, len(data))
         if not stun.is_stun(data):
             classic = stun.classic_binding_success(data, source)
             if classic is not None:  # an RFC 3489 client (RFC 8489 section 12)
@@ -352,25 +354,23 @@ class Registry:
         if key is None or box is None:
             c["binding"] += 1
             return [(stun.binding_success(msg, source, software=self.config.software), source)]
-        return self._sealed(msg, key, box, source, local_port, now, len(data))
+        return self._sealed(msg.transaction_id, key, box, source, local_port, now, len(data))
 
-    def _refresh_fast(self, data: bytes, source: Endpoint, now: float) -> bool:
-        """The fast path (wgmesh.proto.refresh): True when ``data`` was a known peer's Register
-        that changes nothing published, and is handled; False, with nothing changed or counted,
-        when the full path must judge it. The checks are the full path's, in its order."""
-        parsed = sealed_request(data)
-        if parsed is None:
-            return False
-        tid, key, box = parsed
+    def _refresh(
+        self,
+        key: bytes,
+        admitted: AdmittedPeer,
+        plaintext: bytes,
+        tid: bytes,
+        source: Endpoint,
+        now: float,
+    ) -> bool:
+        """The fast path (wgmesh.proto.refresh) for a box opened with ``key``'s stored shared
+        key: True when it was a Register that changes nothing published, and is handled;
+        False, with nothing changed or counted, when the full path must judge it. The checks
+        are the full path's, in its order."""
         row = self._rows.get(key)
         if row is None:
-            return False
-        shared = row[SHARED_AT : SHARED_AT + 32]
-        admitted = self.admission.peers.get(key)  # lookup() without a bare entry when open
-        if shared == NO_KEY or (admitted is None and not self.admission.open):
-            return False
-        plaintext = sealed.open_or_none(shared, box)
-        if plaintext is None:
             return False
         reg = registration(plaintext, tid)
         if (
@@ -379,8 +379,9 @@ class Registry:
             or reg.counter <= register_counter(row)
         ):
             return False
-        name = admitted.name.encode() if admitted is not None and admitted.name else reg.name
+        name = admitted.name.encode() if admitted.name else reg.name
         seen = b"".join((bytes((reg.addresses,)), pack_endpoint(source), reg.seen_tail, name))
+        shared = row[SHARED_AT : SHARED_AT + 32]
         done = refresh_seen(row, seen, source, now, reg.counter, reg.software, shared,
                             now - self.config.expiry)  # fmt: skip
         if done is None:
@@ -390,13 +391,12 @@ class Registry:
             return True
         self.counters["registered"] += 1
         self._rows[key] = done[0]
-        allowed = admitted.allowed_ips if admitted is not None else ()
-        self._events.append(refresh_event(key, done[0], allowed))
+        self._events.append(refresh_event(key, done[0], admitted.allowed_ips))
         return True
 
     def _sealed(
         self,
-        msg: stun.StunMessage,
+        tid: bytes,
         key: bytes,
         box: bytes,
         source: Endpoint,
@@ -422,17 +422,17 @@ class Registry:
                 c["agreement_limited"] += 1
                 return []
             shared = self.sealer.shared_key(key)
-        try:
-            if shared is None:  # a low-order key: no box can open
-                raise DecodeError("sealed box does not open")
-            plaintext = sealed.open_box(shared, box)
-        except DecodeError:
+        plaintext = None if shared is None else sealed.open_or_none(shared, box)
+        if shared is None or plaintext is None:  # (shared None: a low-order key)
             c["bad_box"] += 1
             if known:  # junk is what the source bucket pays for (a first contact already did)
                 self._limiter.allow(source.ip, now)
             return []
+        if (known and local_port == self.primary_port
+                and self._refresh(key, admitted, plaintext, tid, source, now)):  # fmt: skip
+            return []
         try:
-            payload = sealed.decode_payload(plaintext, msg.transaction_id)
+            payload = sealed.decode_payload(plaintext, tid)
         except DecodeError:
             c["malformed"] += 1
             return []
@@ -447,6 +447,7 @@ class Registry:
             return []
         if isinstance(payload, sealed.Register):
             return self._register(key, admitted, payload, source, local_port, now, shared)
+        msg = stun.StunMessage(stun.BINDING_REQUEST, tid)  # what an answer echoes
         if isinstance(payload, sealed.Watch):
             return self._watch(msg, key, payload, source, now, shared, size)
         if isinstance(payload, sealed.RosterQuery):
@@ -467,12 +468,12 @@ class Registry:
         if isinstance(payload, sealed.Register):
             row = self._rows.get(key)
             return row is not None and payload.counter <= register_counter(row)
-        if isinstance(payload, sealed.Watch):
+        if isinstance(payload, sealed.Watch):  # a row's watcher counts in the row
             row = self._rows.get(key)
+            if row is not None:
+                return payload.counter <= row_watch_counter(row)
             known = self.watchers.find(key)
-            floor = max(0 if row is None else row_watch_counter(row),
-                        0 if known is None else known.watch_counter)  # fmt: skip
-            return payload.counter <= floor
+            return known is not None and payload.counter <= known.watch_counter
         if isinstance(payload, sealed.RosterQuery):
             return payload.counter <= self._roster_floor.get(key, 0)
         if isinstance(payload, sealed.Repunch):
@@ -594,28 +595,26 @@ class Registry:
         c = self.counters
         row = self._rows.get(key)
         entry = None if row is None else self._entry(key, row)
-        known = self.watchers.find(key)
-        floor = max(0 if entry is None else entry.watch_counter,
-                    0 if known is None else known.watch_counter)  # fmt: skip
-        if watch.counter <= floor:
-            c["replay"] += 1
-            return []
-        proven = watch.cookie in (self._cookie(key, source, now),
-                                  self._cookie(key, source, now - COOKIE_EPOCH))  # fmt: skip
-        if proven and known is None and len(self.watchers) >= self.config.max_watchers:
+        known = key in self.watchers  # (its counter floor was checked: _replayed)
+        cookie = self._cookie(key, source, now)
+        proven = watch.cookie == cookie or watch.cookie == self._cookie(
+            key, source, now - COOKIE_EPOCH
+        )
+        if proven and not known and len(self.watchers) >= self.config.max_watchers:
             c["table_full"] += 1
             return []
         pushes: list[Outgoing] = []
-        if entry is not None:
+        if row is not None and entry is not None:
             fresh = self._without_stale(entry, now) or entry  # none fresh: expire() withdraws it
-            updated = replace(fresh, watch_counter=watch.counter)
-            if fresh is entry:
-                self._store(updated, shared)
+            if fresh is entry and shared_key(row, SHARED_AT) == shared:
+                self._rows[key] = with_watch_counter(row, watch.counter)  # all that changes
+            elif fresh is entry:  # a restored row without its key gains it
+                self._store(replace(entry, watch_counter=watch.counter), shared)
             else:  # a stale mapping beside a fresh one: dropped now
-                pushes = self._publish(Change.CHANGED, updated, now, shared)
-            entry = updated
+                entry = replace(fresh, watch_counter=watch.counter)
+                pushes = self._publish(Change.CHANGED, entry, now, shared)
         if proven:  # the source answered our last Status: it may receive pushes and rosters
-            if known is None and entry is None:  # new to both tables: not in the wheel yet
+            if not known and entry is None:  # new to both tables: not in the wheel yet
                 self._deadlines.place(key, now + self.config.expiry)
             self.watchers.note(key, now, watch.counter, shared, source)
             self._fanout.watch(key, watch.interest)
@@ -628,7 +627,7 @@ class Registry:
             nat=NatKind.UNKNOWN if entry is None else entry.nat,
             serial=self.zone.serial,
             proven=proven,
-            cookie=self._cookie(key, source, now),
+            cookie=cookie,
         )
         box = sealed.seal_box(
             shared, sealed.encode_payload(status, msg.transaction_id), self._nonce(24)
