@@ -1555,3 +1555,47 @@ def test_a_watch_rewrites_only_the_watch_counter_and_the_watch_part(
     watch(r2, alice, reg_key, BOB_CONTROL, NOW + 3)
     assert stored(r2, alice.key)[0] == shared
     assert peerrow.row_watch_counter(r2._rows[alice.key]) == alice.counter
+
+
+@pytest.mark.parametrize("first", ["watch", "secondary"])
+def test_a_key_agreed_again_reaches_the_store_whatever_came_first(
+    reg_private: PrivateKey, tmp_path: Path, first: str
+) -> None:
+    """A stored key that does not unwrap (a damaged row) is agreed again at the peer's next
+    message. When that is a Watch or an alternate-port probe (no event of its own), the row is
+    written whole, so the next restart opens the peer's boxes without X25519; the refreshes
+    after it write only times and counters."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    store = Store(tmp_path)
+    store.apply(r.events(), r.zone.serial, r.wrapped_key)
+    store._db.execute("UPDATE peers SET wrapped_key=? WHERE key=?", (bytes(40), alice.key))
+    r2 = make(reg_private)
+    r2.restore(store.load()[0], NOW + 1)
+    assert stored(r2, alice.key) == (NO_KEY, None)
+    if first == "watch":
+        watch(r2, alice, reg_key, BOB_CONTROL, NOW + 2)
+    else:
+        r2.receive(alice.register(reg_key, NOW + 2, secondary=True), SRC, PORT + 1, NOW + 2)
+    r2.receive(alice.register(reg_key, NOW + 3), SRC, PORT, NOW + 3)
+    assert r2.sealer.agreements == 1 and r2.counters["registered"] >= 1
+    store.apply(r2.events(), r2.zone.serial, r2.wrapped_key)
+    r3 = make(reg_private)
+    r3.restore(store.load()[0], NOW + 4)
+    assert stored(r3, alice.key) == (shared_of(reg_private, alice), None)
+    store.close()
+
+
+def test_a_watch_from_an_unknown_key_with_counter_zero_is_a_replay(
+    reg_private: PrivateKey,
+) -> None:
+    """The Watch floor of a key with no row and no watcher is 0, as for the other kinds."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    alice.counter = 0
+    data = alice.message(reg_key, sealed.padded_watch(sealed.Watch(int(NOW * 1000), 0, 0)))
+    assert r.receive(data, BOB_CONTROL, PORT, NOW) == []
+    assert r.counters["replay"] == 1 and r.counters["watched"] == 0

@@ -473,7 +473,7 @@ class Registry:
             if row is not None:
                 return payload.counter <= row_watch_counter(row)
             known = self.watchers.find(key)
-            return known is not None and payload.counter <= known.watch_counter
+            return payload.counter <= (0 if known is None else known.watch_counter)
         if isinstance(payload, sealed.RosterQuery):
             return payload.counter <= self._roster_floor.get(key, 0)
         if isinstance(payload, sealed.Repunch):
@@ -575,7 +575,11 @@ class Registry:
         if shown_of(entry) != shown_of(old):
             self.counters["registered"] += 1
             return self._publish(Change.CHANGED, entry, now, shared)
+        gained = shared_key(self._rows[old.key], SHARED_AT) is None
         self._store(entry, shared)
+        if gained:  # a restored row without its key: the store writes the row, key and all
+            self._events.append(refresh_event(old.key, self._rows[old.key], old.allowed_ips,
+                                              moved=True))  # fmt: skip
         return []
 
     def _watch(
@@ -608,8 +612,9 @@ class Registry:
             fresh = self._without_stale(entry, now) or entry  # none fresh: expire() withdraws it
             if fresh is entry and shared_key(row, SHARED_AT) == shared:
                 self._rows[key] = with_watch_counter(row, watch.counter)  # all that changes
-            elif fresh is entry:  # a restored row without its key gains it
+            elif fresh is entry:  # a restored row without its key gains it: the store too
                 self._store(replace(entry, watch_counter=watch.counter), shared)
+                self._events.append(refresh_event(key, self._rows[key], entry.allowed_ips, True))
             else:  # a stale mapping beside a fresh one: dropped now
                 entry = replace(fresh, watch_counter=watch.counter)
                 pushes = self._publish(Change.CHANGED, entry, now, shared)
