@@ -3,10 +3,12 @@
 Nearly every datagram a registrar receives is one: each daemon registers every probe interval
 from its WireGuard port, and unless its mapping, its addresses or its name changed, all the
 registry does is move the replay floor and the refresh time. :class:`wgmesh.proto.registry.Registry`
-tries this path first and falls back to the full one (``stun.decode``, ``sealed.decode_payload``,
-``Registry._register``) whenever any step here does not apply, so it never decides anything the
-full path would decide otherwise; ``tests/test_refresh.py`` checks that on random and mutated
-datagrams.
+reads every sealed request it can with :func:`sealed_request` (the full ``stun.decode``
+otherwise), opens its box once, and then, for a Register of a key it holds, tries
+:func:`registration` and the row compare before the full path (``sealed.decode_payload``,
+``Registry._register``), which takes over whenever any step here does not apply, so this path
+never decides anything the full path would decide otherwise; ``tests/test_refresh.py`` checks
+that on random and mutated datagrams.
 
 What it saves: the STUN message is read at the fixed offsets of the layout our daemons send
 (WG-PUBLIC-KEY, WG-SEALED, FINGERPRINT; anything else takes the full decoder), and the payload
