@@ -575,11 +575,7 @@ class Registry:
         if shown_of(entry) != shown_of(old):
             self.counters["registered"] += 1
             return self._publish(Change.CHANGED, entry, now, shared)
-        gained = shared_key(self._rows[old.key], SHARED_AT) is None
-        self._store(entry, shared)
-        if gained:  # a restored row without its key: the store writes the row, key and all
-            self._events.append(refresh_event(old.key, self._rows[old.key], old.allowed_ips,
-                                              moved=True))  # fmt: skip
+        self._store_gaining(entry, shared)
         return []
 
     def _watch(
@@ -612,9 +608,8 @@ class Registry:
             fresh = self._without_stale(entry, now) or entry  # none fresh: expire() withdraws it
             if fresh is entry and shared_key(row, SHARED_AT) == shared:
                 self._rows[key] = with_watch_counter(row, watch.counter)  # all that changes
-            elif fresh is entry:  # a restored row without its key gains it: the store too
-                self._store(replace(entry, watch_counter=watch.counter), shared)
-                self._events.append(refresh_event(key, self._rows[key], entry.allowed_ips, True))
+            elif fresh is entry:  # a restored row without its key gains it
+                self._store_gaining(replace(entry, watch_counter=watch.counter), shared)
             else:  # a stale mapping beside a fresh one: dropped now
                 entry = replace(fresh, watch_counter=watch.counter)
                 pushes = self._publish(Change.CHANGED, entry, now, shared)
@@ -859,6 +854,16 @@ class Registry:
         entry = replace(entry, key=key, watch_counter=max(entry.watch_counter, counter))
         self._rows[key] = _row(entry, shared, watch)
         return entry
+
+    def _store_gaining(self, entry: PeerEntry, shared: bytes) -> None:
+        """:meth:`_store` for a row that publishes nothing new (a Watch, an alternate-port
+        probe) and may gain its shared key here (restored without one): the store then writes
+        the row whole, key and all, so the next restart opens its boxes without X25519."""
+        gained = shared_key(self._rows[entry.key], SHARED_AT) is None
+        entry = self._store(entry, shared)
+        if gained:
+            self._events.append(refresh_event(entry.key, self._rows[entry.key],
+                                              entry.allowed_ips, moved=True))  # fmt: skip
 
     def _withdraw(self, entry: PeerEntry, now: float) -> list[Outgoing]:
         self.watchers.orphan(entry.key, self._rows.pop(entry.key))
