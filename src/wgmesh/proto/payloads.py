@@ -31,6 +31,8 @@ KEY_ID_LEN = 8
 """Bytes of a key that name it in a Watch's interest (a collision only costs a spare Push)."""
 MAX_INTEREST = (MAX_PAYLOAD - HEADER_LEN - 8 - COOKIE_LEN - 1) // KEY_ID_LEN
 """57: the key ids one Watch can name; a daemon with more peers asks for every peer."""
+EVERY_PEER = 0xFF
+"""A Watch's interest count meaning 'every peer', written only when padding follows."""
 MAX_MEMBER_NETWORKS = 16
 """Allowed-IP networks one Roster entry carries (a member with more is left out and logged by
 the registrar: see wgmesh.proto.roster)."""

@@ -234,6 +234,54 @@ def with_watch_counter(row: bytes, counter: int) -> bytes:
     return b"".join((row[:at], _COUNTER.pack(counter), row[at + 8 :]))
 
 
+Renewed = tuple[bytes, bytes, int, int]
+"""What :func:`renewed_watch` gives: the new row, the observed mappings as a Status carries them,
+the Register counter and the NAT class's row code (:data:`NATS`). A plain tuple: this is the
+hot path of the registrar's Watches."""
+_WIRE_FAMILY = {4: b"\x04", 16: b"\x06"}
+"""A packed endpoint's length byte -> a wire address's family byte."""
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def renewed_watch(
+    row: bytes, address: bytes, now: float, counter: int, stale_before: float
+) -> Renewed | None:
+    """For an accepted Watch from ``address`` (:func:`pack_endpoint`) with ``counter``, when
+    the row's watcher is at that address and none of its mappings was last registered before
+    ``stale_before``: the row with the Watch counter ``counter`` and the last Watch ``now``
+    (what the registry's full path writes then), and what the Status answering it reports
+    (:data:`Renewed`; the observed mappings as their count, then each as family 4 or 6,
+    address, port: a packed endpoint but for its first byte). None in every other case (the
+    full path judges it), and for an IPv4-mapped IPv6 mapping, which a Status carries as IPv4."""
+    (first_seen, _, register, _, nat, seen_len, secondary_len, other_len, watch_len,
+     _) = ROW.unpack_from(row)  # fmt: skip
+    at = ROW.size + seen_len + secondary_len  # the other mapping's part, then the watch part
+    watch_at = at + other_len
+    if (
+        not watch_len
+        or first_seen < stale_before
+        or row[watch_at + _TIME.size : watch_at + watch_len] != address
+    ):
+        return None
+    n = row[ROW.size + 1]
+    first = row[ROW.size + 2 : ROW.size + 4 + n]
+    if n == 16 and first.startswith(_V4_MAPPED):
+        return None
+    observed = [b"\x01" + _WIRE_FAMILY[n], first]
+    if other_len:
+        if _TIME.unpack_from(row, at)[0] < stale_before:
+            return None
+        m = row[at + _TIME.size]
+        second = row[at + _TIME.size + 1 : at + _TIME.size + 3 + m]
+        if m == 16 and second.startswith(_V4_MAPPED):
+            return None
+        observed = [b"\x02" + _WIRE_FAMILY[n], first, _WIRE_FAMILY[m], second]
+    new = b"".join((row[: _COUNTER_AT + 8], _COUNTER.pack(counter),
+                    row[_COUNTER_AT + 16 : watch_at], _TIME.pack(now),
+                    row[watch_at + _TIME.size :]))  # fmt: skip
+    return new, b"".join(observed), register, nat
+
+
 def row_watch_counter(row: bytes) -> int:
     """The highest accepted Watch counter of a row (the Watch replay floor)."""
     counter: int = _COUNTER.unpack_from(row, _COUNTER_AT + 8)[0]

@@ -77,6 +77,7 @@ from wgmesh.proto.peerentry import (
     shown_of,
 )
 from wgmesh.proto.peerrow import (
+    NATS,
     NO_KEY,
     SHARED_AT,
     last_seen,
@@ -85,6 +86,7 @@ from wgmesh.proto.peerrow import (
     refresh,
     refresh_seen,
     register_counter,
+    renewed_watch,
     row_watch_counter,
     shared_key,
     watch_part,
@@ -96,6 +98,7 @@ from wgmesh.proto.relay import Relay, RelayConfig
 from wgmesh.proto.relayctl import IPAddress, RelayControl
 from wgmesh.proto.roster import RosterBook
 from wgmesh.proto.watchers import Watchers
+from wgmesh.proto.watchpath import watch_fields
 
 __all__ = [
     "COOKIE_EPOCH",
@@ -118,6 +121,10 @@ __all__ = [
 Outgoing = tuple[bytes, Endpoint]
 COOKIE_EPOCH = 60.0
 """Seconds a return-routability cookie is issued for (it is accepted one epoch longer)."""
+
+
+_STATUS_NAT = tuple(sealed.nat_code(nat) for nat in NATS)
+"""A row's NAT code -> the code a Status carries."""
 
 
 class Registry:
@@ -394,6 +401,46 @@ class Registry:
         self._events.append(refresh_event(key, done[0], admitted.allowed_ips))
         return True
 
+    def _steady_watch(
+        self, key: bytes, plaintext: bytes, tid: bytes, source: Endpoint, now: float,
+        shared: bytes,
+    ) -> list[Outgoing] | None:  # fmt: skip
+        """The fast path for a Watch (wgmesh.proto.watchpath) whose box opened with ``key``'s
+        stored shared key: its answer when it is a proven watcher's Watch from the address it
+        watches from that changes nothing but its counter and time (``[]`` when the key's
+        limit refused it); None, with nothing changed or counted, when the full path
+        (:meth:`_watch`) must judge it. The checks are the full path's, in its order."""
+        row = self._rows.get(key)
+        if row is None:
+            return None
+        watch = watch_fields(plaintext, tid)
+        if (
+            watch is None
+            or abs(watch.timestamp_ms / 1000.0 - now) > self.config.freshness_window
+            or watch.counter <= row_watch_counter(row)
+        ):
+            return None
+        cookie = self._cookie(key, source, now)
+        if watch.cookie != cookie:  # (the previous epoch's cookie: the full path renews it)
+            return None
+        renewed = renewed_watch(row, pack_endpoint(source), now, watch.counter,
+                                now - self.config.expiry)  # fmt: skip
+        if renewed is None:
+            return None
+        if not self._key_limiter.allow(key, now):  # only the key's owner can spend this
+            self.counters["key_limited"] += 1
+            return []
+        self._rows[key], observed, register, nat = renewed
+        self._fanout.watch(key, watch.interest)
+        status = sealed.status_plaintext(
+            tid, int(now * 1000), self._next_counter(now), watch.counter, register, observed,
+            _STATUS_NAT[nat], self.zone.serial, cookie,
+        )  # fmt: skip
+        box = sealed.seal_box(shared, status, self._nonce(24))
+        self.counters["watched"] += 1
+        return [(stun.success_for(tid, source, ((stun.ATTR_WG_SEALED, box),),
+                                  self.config.software), source)]  # fmt: skip
+
     def _sealed(
         self,
         tid: bytes,
@@ -431,6 +478,8 @@ class Registry:
         if (known and local_port == self.primary_port
                 and self._refresh(key, admitted, plaintext, tid, source, now)):  # fmt: skip
             return []
+        if known and (steady := self._steady_watch(key, plaintext, tid, source, now, shared)):
+            return steady
         try:
             payload = sealed.decode_payload(plaintext, tid)
         except DecodeError:

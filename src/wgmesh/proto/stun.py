@@ -36,6 +36,7 @@ Encoding something we could not decode ourselves raises
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 import zlib
@@ -408,12 +409,59 @@ def binding_success(
     XOR-MAPPED-ADDRESS of ``observed``, then ``extra`` in order, SOFTWARE and FINGERPRINT;
     same transaction id as the request.
     """
-    attrs = (
-        (ATTR_XOR_MAPPED_ADDRESS, pack_xor_address(observed, request.transaction_id)),
-        *extra,
-        (ATTR_SOFTWARE, pack_software(software)),
-    )
-    return encode(StunMessage(BINDING_SUCCESS, request.transaction_id, attrs))
+    return success_for(request.transaction_id, observed, extra, software)
+
+
+def success_for(
+    transaction_id: bytes,
+    observed: Endpoint,
+    extra: Iterable[tuple[int, bytes]] = (),
+    software: str = SOFTWARE,
+) -> bytes:
+    """:func:`binding_success` for a request's transaction id: the bytes
+    ``encode(StunMessage(BINDING_SUCCESS, transaction_id, attributes))`` gives, packed
+    directly (every sealed answer of the registrar is one; tests/test_stun.py checks the two
+    agree). Raises LocalProtocolError where :func:`encode` would."""
+    _check_tid(transaction_id)
+    parts = [_xor_address_tlv(observed, transaction_id)]
+    count = 3  # XOR-MAPPED-ADDRESS, SOFTWARE, FINGERPRINT
+    for attr_type, value in extra:
+        if attr_type == ATTR_FINGERPRINT:
+            raise LocalProtocolError("FINGERPRINT is added by encode(), not passed in")
+        if not 0 <= attr_type <= 0xFFFF or len(value) > 0xFFFF:
+            raise LocalProtocolError("STUN attribute type or length out of range")
+        parts += (_TYPE_LEN.pack(attr_type, len(value)), value, _PADDING[-len(value) % 4])
+        count += 1
+    if count > MAX_ATTRIBUTES:
+        raise LocalProtocolError("too many STUN attributes")
+    parts.append(_software_tlv(software))
+    body = b"".join(parts)
+    length = len(body) + 8
+    if HEADER_LEN + length > MAX_DATAGRAM:
+        raise LocalProtocolError("STUN message too large")
+    out = b"".join((_TYPE_LEN.pack(BINDING_SUCCESS, length), COOKIE_BYTES, transaction_id, body))
+    return out + _FINGERPRINT_TLV + _fingerprint(out)
+
+
+_PADDING = (b"", b"\x00", b"\x00\x00", b"\x00\x00\x00")
+_XOR_V4 = struct.Struct("!HHBBHI")
+
+
+def _xor_address_tlv(ep: Endpoint, transaction_id: bytes) -> bytes:
+    """The XOR-MAPPED-ADDRESS attribute of ``ep``, type and length included."""
+    ip = ep.ip
+    if ip.version == 4:
+        return _XOR_V4.pack(ATTR_XOR_MAPPED_ADDRESS, 8, 0, 1, ep.port ^ (MAGIC_COOKIE >> 16),
+                            int(ip) ^ MAGIC_COOKIE)  # fmt: skip
+    value = pack_xor_address(ep, transaction_id)
+    return _TYPE_LEN.pack(ATTR_XOR_MAPPED_ADDRESS, len(value)) + value
+
+
+@functools.lru_cache(maxsize=16)
+def _software_tlv(software: str) -> bytes:
+    """The SOFTWARE attribute, type, length and padding included (a registrar sends one)."""
+    value = pack_software(software)
+    return _TYPE_LEN.pack(ATTR_SOFTWARE, len(value)) + value + _PADDING[-len(value) % 4]
 
 
 def classic_binding_success(data: bytes, observed: Endpoint) -> bytes | None:
