@@ -421,8 +421,8 @@ class Registry:
         ):
             return None
         cookie = self._cookie(key, source, now)
-        if watch.cookie != cookie:  # (the previous epoch's cookie: the full path renews it)
-            return None
+        if watch.cookie != cookie and watch.cookie != self._cookie(key, source, now - COOKIE_EPOCH):
+            return None  # (the first Watch of an epoch echoes the last one's: it is proven too)
         renewed = renewed_watch(row, pack_endpoint(source), now, watch.counter,
                                 now - self.config.expiry)  # fmt: skip
         if renewed is None:
