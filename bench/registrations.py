@@ -70,7 +70,7 @@ def build(
     return batch
 
 
-def _freeze() -> int:
+def freeze_bench_objects() -> int:
     """Collect, then freeze what is tracked now (the bench's keys and datagrams, see above)."""
     gc.collect()
     gc.freeze()
@@ -107,7 +107,7 @@ def main() -> int:
     )
     # round 0 fills the table (first contact pays X25519 once per peer)
     batch = build(sealers, reg_key, 1000, now, args.dual)
-    frozen = _freeze()
+    frozen = freeze_bench_objects()
     t = time.perf_counter()
     for k, (data, src) in enumerate(batch):
         registry.receive(data, src, 3478, now)
@@ -122,7 +122,7 @@ def main() -> int:
     full_passes = 0
     for r in range(1, args.rounds):
         batch = build(sealers, reg_key, 1000 + r, now, args.dual)
-        frozen = _freeze()
+        frozen = freeze_bench_objects()
         full = gc.get_stats()[2]["collections"]
         t0 = time.perf_counter()
         for k, (data, src) in enumerate(batch):
@@ -147,7 +147,7 @@ def main() -> int:
         blob, key = msg.get(stun.ATTR_WG_SEALED), msg.get(stun.ATTR_WG_PUBLIC_KEY)
         assert blob is not None and key is not None
         opened.append((boxes[key], blob))
-    _freeze()  # as the timed rounds
+    freeze_bench_objects()  # as the timed rounds
     t = time.perf_counter()
     for box, blob in opened:
         box.decrypt(blob[24:], blob[:24])
