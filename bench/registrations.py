@@ -13,6 +13,14 @@ with a stored key; shown when the Sealer counts them).
     python bench/registrations.py --peers 200000 --rounds 3     # ~2 minutes
     python bench/registrations.py --peers 1000000 --rounds 2    # the target size, ~15 minutes
     python bench/registrations.py --dual      # every peer registers over IPv4 and IPv6
+    python bench/registrations.py --peers 1000000 --rounds 2 --store   # and what SQLite costs
+
+``--store``: the registrar's database too (wgmesh.registry.store, in a temporary directory
+under /var/tmp, on disk as a registrar's state directory is): the first contacts written
+untimed, then each timed round's refresh events applied as the registrar flushes them (one
+transaction per --flush-batch events, as many as a 0.2 s flush holds at N/20 refreshes a
+second), timed apart from the registry's work: the cost of persisting a refresh, per refresh and as a
+share of one core at N peers every 20 s.
 
 Bounded: peers * rounds messages, one round built in advance at a time (untimed); no network.
 
@@ -29,8 +37,11 @@ import argparse
 import gc
 import os
 import random
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 from nacl.public import Box, PrivateKey
 
@@ -39,6 +50,7 @@ from wgmesh.proto.dnssd import Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.ratelimit import RateLimitConfig
 from wgmesh.proto.registry import Admission, Registry, RegistryConfig
+from wgmesh.registry.store import Store
 
 UNLIMITED = RateLimitConfig(rate=1e9, burst=1e9)
 """The benchmarks measure the work, not the limits (every message is from one source, at one
@@ -84,9 +96,26 @@ def main() -> int:
     ap.add_argument("--peers", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=5, help="first contact + refresh rounds (>= 2)")
     ap.add_argument("--dual", action="store_true", help="each peer registers over IPv4 and IPv6")
+    ap.add_argument("--store", action="store_true", help="time the database's writes too")
+    ap.add_argument("--flush-batch", type=int, default=0,
+                    help="events per transaction with --store (default: peers / 100, at least"
+                         " 1000); also how often the registry's events are drained")  # fmt: skip
     args = ap.parse_args()
     if args.rounds < 2 or args.peers < 1:
         ap.error("--rounds must be at least 2 and --peers at least 1")
+    state = Path(tempfile.mkdtemp(prefix="wgmesh-bench-", dir="/var/tmp")) if args.store else None
+    try:
+        return run(args, state)
+    finally:
+        if state is not None:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, state: Path | None) -> int:
+    store = None if state is None else Store(state)
+    flush_batch = args.flush_batch or max(1000, args.peers // 100)
+    store_time = 0.0
+    stored = 0
     reg_priv = PrivateKey.generate()
     reg_key = bytes(reg_priv.public_key)
     now = time.time()
@@ -111,11 +140,17 @@ def main() -> int:
     t = time.perf_counter()
     for k, (data, src) in enumerate(batch):
         registry.receive(data, src, 3478, now)
-        if k % 10_000 == 0:
-            registry.events()
+        if k % flush_batch == 0:
+            written = registry.events()
+            if store is not None:  # the first contacts written, untimed
+                b = time.perf_counter()
+                store.apply(written, 1, registry.wrapped_key)
+                t += time.perf_counter() - b
     first = time.perf_counter() - t
     gc.unfreeze()
-    registry.events()
+    written = registry.events()
+    if store is not None:
+        store.apply(written, 1, registry.wrapped_key)
     agreements = getattr(registry.sealer, "agreements", None)
     lat: list[float] = []
     total = 0.0
@@ -129,11 +164,21 @@ def main() -> int:
             a = time.perf_counter()
             registry.receive(data, src, 3478, now)
             lat.append(time.perf_counter() - a)
-            if k % 10_000 == 0:
-                registry.events()  # as the adapter drains them every loop iteration
+            if k % flush_batch == 0:  # as the adapter drains them every loop iteration
+                written = registry.events()
+                if store is not None:  # and writes them, timed apart
+                    b = time.perf_counter()
+                    store.apply(written, 1, registry.wrapped_key)
+                    spent = time.perf_counter() - b
+                    store_time, stored, t0 = store_time + spent, stored + len(written), t0 + spent
         total += time.perf_counter() - t0
         full_passes += gc.get_stats()[2]["collections"] - full
         gc.unfreeze()
+        written = registry.events()
+        if store is not None:
+            b = time.perf_counter()
+            store.apply(written, 1, registry.wrapped_key)
+            store_time, stored = store_time + time.perf_counter() - b, stored + len(written)
     n = len(lat)
     per_round = args.peers * (2 if args.dual else 1)
     assert registry.counters["registered"] == per_round * args.rounds, registry.counters
@@ -167,6 +212,12 @@ def main() -> int:
     print(f"GC full passes, timed:       {full_passes:10d}  ({frozen} bench objects frozen)")
     print(f"anchor: box open alone:      {anchor:10.0f} /s")
     print(f"ratio (ours / anchor):       {rate / anchor:10.2f}")
+    if store is not None and stored:
+        per = store_time / stored
+        print(f"store: a refresh written:    {per * 1e6:10.1f} us  ({stored} in transactions "
+              f"of {flush_batch}; {per * rate:.2f}x the registry's own handling of it)")  # fmt: skip
+        print(f"store at N/20 s:             {per * args.peers / 20 * 100:10.0f} % of one core")
+        store.close()
     for target, issue in ((40000, "issue 6"), (60000, "issue 14, at --peers 1000000")):
         print(f"target >= {target}/s ({issue}): {'MET' if rate >= target else 'MISSED'}")
     return 0
