@@ -1136,7 +1136,9 @@ def test_a_probe_of_a_family_with_no_mapping_classifies_nothing(reg_private: Pri
     entry = r.peers[alice.key]
     assert entry.secondary == () and entry.nat == NatKind.UNKNOWN
     assert entry.register_counter == alice.counter  # accepted: its counter is the floor
-    assert r.events() == []
+    events = r.events()  # nothing published: only the row for the store (the floor is durable)
+    assert [type(e) for e in events] == [Refresh]
+    assert peerrow.register_counter(events[0].row) == alice.counter
 
 
 def test_restore_drops_stale_mappings_one_by_one(reg_private: PrivateKey) -> None:
@@ -1599,3 +1601,33 @@ def test_a_watch_from_an_unknown_key_with_counter_zero_is_a_replay(
     data = alice.message(reg_key, sealed.padded_watch(sealed.Watch(int(NOW * 1000), 0, 0)))
     assert r.receive(data, BOB_CONTROL, PORT, NOW) == []
     assert r.counters["replay"] == 1 and r.counters["watched"] == 0
+
+
+def test_an_alternate_port_probe_is_durable_and_its_replay_after_a_restart_refused(
+    reg_private: PrivateKey, tmp_path: Path
+) -> None:
+    """An alternate-port probe that changes nothing published (a cone NAT's second probe)
+    still moves the key's Register floor and what the alternate port saw: both reach the
+    store with the probe, so an attacker who replays the probe from its own address after a
+    registrar restart (to have the peer classified symmetric) is refused as a replay."""
+    r = make(reg_private)
+    reg_key = bytes(reg_private.public_key)
+    alice = Peer()
+    r.receive(alice.register(reg_key), SRC, PORT, NOW)
+    r.receive(alice.register(reg_key, NOW + 1, secondary=True), SRC, ALT, NOW + 1)
+    assert r.peers[alice.key].nat == NatKind.CONE
+    store = Store(tmp_path)
+    store.apply(r.events(), r.zone.serial, r.wrapped_key)
+    probe = alice.register(reg_key, NOW + 2, secondary=True)
+    r.receive(probe, SRC, ALT, NOW + 2)  # the same again: nothing published changes
+    assert r.peers[alice.key].register_counter == alice.counter
+    store.apply(r.events(), r.zone.serial, r.wrapped_key)
+    r2 = make(reg_private)
+    r2.restore(store.load()[0], NOW + 3)
+    assert r2.peers[alice.key].register_counter == alice.counter
+    assert r2.peers[alice.key].secondary == (SRC,)
+    attacker = Endpoint.parse("203.0.113.66:40123")
+    assert r2.receive(probe, attacker, ALT, NOW + 3) == []
+    assert r2.counters["replay"] == 1
+    assert r2.peers[alice.key].nat == NatKind.CONE
+    store.close()

@@ -624,7 +624,9 @@ class Registry:
         if shown_of(entry) != shown_of(old):
             self.counters["registered"] += 1
             return self._publish(Change.CHANGED, entry, now, shared)
-        self._store_gaining(entry, shared)
+        entry = self._store(entry, shared)  # written whole: the floor and what the port saw
+        self._events.append(refresh_event(entry.key, self._rows[entry.key], entry.allowed_ips,
+                                          moved=True))  # fmt: skip
         return []
 
     def _watch(
@@ -905,9 +907,9 @@ class Registry:
         return entry
 
     def _store_gaining(self, entry: PeerEntry, shared: bytes) -> None:
-        """:meth:`_store` for a row that publishes nothing new (a Watch, an alternate-port
-        probe) and may gain its shared key here (restored without one): the store then writes
-        the row whole, key and all, so the next restart opens its boxes without X25519."""
+        """:meth:`_store` for a row that publishes nothing new (a Watch) and may gain its
+        shared key here (restored without one): the store then writes the row whole, key and
+        all, so the next restart opens its boxes without X25519."""
         gained = shared_key(self._rows[entry.key], SHARED_AT) is None
         entry = self._store(entry, shared)
         if gained:
