@@ -216,7 +216,8 @@ def run(args: argparse.Namespace, state: Path | None) -> int:
         per = store_time / stored
         print(f"store: a refresh written:    {per * 1e6:10.1f} us  ({stored} in transactions "
               f"of {flush_batch}; {per * rate:.2f}x the registry's own handling of it)")  # fmt: skip
-        print(f"store at N/20 s:             {per * args.peers / 20 * 100:10.0f} % of one core")
+        refreshes = args.peers * (2 if args.dual else 1) / 20
+        print(f"store at N/20 s:             {per * refreshes * 100:10.0f} % of one core")
         store.close()
     for target, issue in ((40000, "issue 6"), (60000, "issue 14, at --peers 1000000")):
         print(f"target >= {target}/s ({issue}): {'MET' if rate >= target else 'MISSED'}")

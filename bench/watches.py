@@ -8,13 +8,14 @@ falls on both: the registry as it runs (the fast path for such Watches, wgmesh.p
 and the same registry with that path turned off, every Watch through the full path
 (``Registry._watch``: the row unpacked into a PeerEntry, the Status built as a dataclass and
 encoded). Anchor: the crypto floor of a Watch, opening its box and sealing a Status alone with
-the shared key at hand. Both paths answer every Watch (checked: the counter of Statuses).
+the shared key at hand. Both paths answer every Watch (checked: the counter of Statuses), and
+the fast rounds take the fast path for every one of them (checked).
 
     python bench/watches.py                     # 20,000 watchers, 6 rounds: ~15 seconds
     python bench/watches.py --peers 200000      # past every cache, ~2 minutes
 
-Bounded: peers * (rounds + 3) Watches, one round built in advance at a time (untimed); no
-network. The bench's own objects are frozen during the timed rounds (gc.freeze, as in
+Bounded: peers Registers and peers * (rounds + 2) Watches, one round built in advance at a
+time (untimed); no network. The bench's own objects are frozen during the timed rounds (gc.freeze, as in
 bench/registrations.py).
 """
 
@@ -26,6 +27,7 @@ import os
 import random
 import statistics
 import time
+from typing import Any
 
 from nacl.public import PrivateKey
 from registrations import UNLIMITED, build, freeze_bench_objects  # bench/, the script's path
@@ -94,7 +96,15 @@ def main() -> int:
         os.urandom,
         3478,
     )
-    fast = registry._steady_watch
+    steady = registry._steady_watch
+    taken = 0
+
+    def fast(*args: Any) -> Any:
+        nonlocal taken
+        out = steady(*args)
+        taken += out is not None
+        return out
+
     print(f"{args.peers} watchers, {args.rounds} timed rounds (built one at a time, untimed) ...",
           flush=True)  # fmt: skip
     for data, src in build(sealers, reg_key, 1000, now):  # registered (first contact)
@@ -110,7 +120,7 @@ def main() -> int:
         on = r % 2 == 0
         batch = watches(shared, keys, cookies, 3002 + r, now)
         registry._steady_watch = fast if on else lambda *a: None  # type: ignore[method-assign]
-        answered = registry.counters["watched"]
+        answered, before = registry.counters["watched"], taken
         freeze_bench_objects()
         t0 = time.perf_counter()
         for data, src, _ in batch:
@@ -121,7 +131,8 @@ def main() -> int:
         gc.unfreeze()
         assert registry.counters["watched"] - answered == args.peers, registry.counters
         assert registry.counters["unproven"] == args.peers, registry.counters  # round 0 only
-    registry._steady_watch = fast  # type: ignore[method-assign]
+        assert taken - before == (args.peers if on else 0), (on, taken - before)
+    registry._steady_watch = steady  # type: ignore[method-assign]
     # anchor: a Watch's box opened and a Status's sealed, alone, the last round's Watches
     boxes = [(shared[i], stun.decode(data).get(stun.ATTR_WG_SEALED) or b"") for data, _, i in batch]
     status = bytes(80)

@@ -157,8 +157,8 @@ CONTROL = [Endpoint.parse("198.51.100.20:41000"), Endpoint.parse("198.51.100.20:
 
 step = st.tuples(
     st.integers(0, 2),  # peer
-    st.sampled_from([0.5, 1.0, 2.0, 5.0] * 5 + [0.0, 20.0, 40.0, 70.0, COOKIE_EPOCH]),  # later, s
-    st.sampled_from(["watch"] * 4 + ["register"] * 2 + ["register6", "expire"]),
+    st.sampled_from([0.5, 1.0, 2.0] * 8 + [0.0, 5.0, 20.0, 70.0, COOKIE_EPOCH]),  # later, s
+    st.sampled_from(["watch"] * 4 + ["register"] * 3 + ["register6", "expire"]),
     st.sampled_from([1] * 9 + [2, 0, -1]),  # counter step (<= 0: a replay)
     st.sampled_from([0] * 10 + [1, 2]),  # the control address (0: the usual one)
     st.sampled_from(["echo"] * 9 + ["zeros", "wrong", "old"]),  # the cookie sent
@@ -166,6 +166,53 @@ step = st.tuples(
     st.sampled_from([True] * 9 + [False]),  # False: mutated
     st.sampled_from([0] * 9 + [5, -130, 130]),  # clock skew of the timestamp, s
 )
+
+
+def same_state(a: Registry, b: Registry) -> bool:
+    """Everything a Watch can touch is the same in both (events drained)."""
+    assert a.counters == b.counters
+    assert list(a._rows.items()) == list(b._rows.items())
+    assert [(k, a.watchers[k]) for k in a.watchers] == [(k, b.watchers[k]) for k in b.watchers]
+    assert a._fanout._interest == b._fanout._interest
+    assert a._fanout._everything == b._fanout._everything
+    assert a._fanout._by_id == b._fanout._by_id
+    assert list(a._key_limiter._buckets.items()) == list(b._key_limiter._buckets.items())
+    assert a._key_limiter.dropped == b._key_limiter.dropped
+    assert a._deadlines._buckets == b._deadlines._buckets
+    assert a._deadlines._soon == b._deadlines._soon
+    assert a.next_timer() == b.next_timer()
+    assert a.zone.serial == b.zone.serial
+    assert a.events() == b.events()
+    return True
+
+
+def test_a_watch_over_the_keys_limit_is_refused_and_counted_once() -> None:
+    """The fast path's refusal is the answer: the full path neither runs after it nor
+    counts the refusal again (the key's bucket is charged once)."""
+    regs = []
+    for fast in (True, False):
+        r = registry(fast, Admission(open=True), 7)
+        r._key_limiter = type(r._key_limiter)(RateLimitConfig(rate=0.001, burst=3.0))
+        regs.append(r)
+    s, source = SEALERS[0], CONTROL[0]
+    cookie = bytes(16)
+    for k in range(8):
+        payload = sealed.padded_watch(sealed.Watch(int(NOW * 1000), 20 + k, 0, cookie, None))
+        data = sealed.build_sealed_request(s, s.public_key, REG_KEY, payload, os.urandom(12),
+                                           os.urandom(24))  # fmt: skip
+        if k == 0:
+            first = register(0, NOW, 10, "p0", (), "test")
+            for r in regs:
+                r.receive(first, WG[0], PORT, NOW)
+        outs = [r.receive(data, source, PORT, NOW) for r in regs]
+        assert outs[0] == outs[1]
+        if outs[0]:
+            _, status = sealed.open_sealed(s, stun.decode(outs[0][0][0]), REG_KEY)
+            assert isinstance(status, sealed.Status)
+            cookie = status.cookie
+        assert same_state(*regs)
+    assert regs[0].counters["key_limited"] == 8 - 2  # the Register and one Watch got through
+    assert regs[0]._key_limiter.dropped == 8 - 2
 
 
 def shift(ep: Endpoint, by: int) -> Endpoint:
@@ -181,7 +228,8 @@ def test_two_registries_one_without_the_watch_fast_path_answer_alike(
     """Registers (IPv4 and IPv6 mappings), Watches from the proven address and others, with
     the right cookie, zeros, a wrong one or the previous epoch's, replays, stale clocks,
     mutated datagrams, the key limit, expiry: both registries send the same bytes, and end
-    with the same counters, rows, watchers, zone and events after every datagram."""
+    with the same counters, rows, watchers, fan-out interest, limiter buckets, deadlines, zone
+    and events after every datagram."""
     rnd = random.Random(seed)
     keys = [s.public_key for s in SEALERS]
     admission = Admission(open=True)
@@ -204,11 +252,14 @@ def test_two_registries_one_without_the_watch_fast_path_answer_alike(
     now = NOW
     counters = [10, 10, 10]
     cookies: list[dict[Endpoint, list[bytes]]] = [{}, {}, {}]  # per control address, latest last
-    for peer in range(3):  # each has a row to begin with (the steps may let it go)
+    for peer in range(3):  # each has a row and proves its control address to begin with
         data = register(peer, now, counters[peer], f"p{peer}", (), "test")
         assert a.receive(data, shift(WG[0], peer), PORT, now) == []
         b.receive(data, shift(WG[0], peer), PORT, now)
-    for peer, later, what, dc, where, sent, interest, keep, skew in steps:
+    proving = [
+        (p, 0.0, "watch", 1, 0, c, None, True, 0) for c in ("zeros", "echo") for p in range(3)
+    ]
+    for peer, later, what, dc, where, sent, interest, keep, skew in proving + steps:
         now += later
         counters[peer] += dc
         s = SEALERS[peer]
@@ -244,12 +295,7 @@ def test_two_registries_one_without_the_watch_fast_path_answer_alike(
                 seen = cookies[peer].setdefault(source, [])
                 if not seen or seen[-1] != status.cookie:
                     seen.append(status.cookie)
-        assert a.counters == b.counters
-        assert list(a._rows.items()) == list(b._rows.items())
-        assert list(a.watchers) == list(b.watchers)
-        assert a.zone.serial == b.zone.serial
-        ea, eb = a.events(), b.events()
-        assert ea == eb
+        assert same_state(a, b)
     TAKEN.append(taken)
 
 

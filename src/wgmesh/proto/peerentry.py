@@ -168,9 +168,10 @@ class Refresh:
     allowed_ips: tuple[str, ...] = ()
     """The admission file's, as :attr:`PeerEntry.allowed_ips`."""
     moved: bool = False
-    """A mapping came or went (the other family's), or the row gained its shared key (a
-    restored peer without a stored one): more than the times and the counter changed, and the
-    store writes the whole row."""
+    """A mapping came or went (the other family's), the row gained its shared key (a
+    restored peer without a stored one), or an alternate-port probe moved the Register floor
+    and what that port saw: more than the times and the counter changed, and the store writes
+    the whole row."""
     change: ClassVar[Change] = Change.REFRESHED
 
     @property

@@ -409,7 +409,9 @@ class Registry:
         stored shared key: its answer when it is a proven watcher's Watch from the address it
         watches from that changes nothing but its counter and time (``[]`` when the key's
         limit refused it); None, with nothing changed or counted, when the full path
-        (:meth:`_watch`) must judge it. The checks are the full path's, in its order."""
+        (:meth:`_watch`) must judge it. The checks are the full path's: those that change and
+        charge nothing first, then the key's limit, which the full path also applies to a
+        Watch that passed them all."""
         row = self._rows.get(key)
         if row is None:
             return None
@@ -478,7 +480,8 @@ class Registry:
         if (known and local_port == self.primary_port
                 and self._refresh(key, admitted, plaintext, tid, source, now)):  # fmt: skip
             return []
-        if known and (steady := self._steady_watch(key, plaintext, tid, source, now, shared)):
+        steady = self._steady_watch(key, plaintext, tid, source, now, shared) if known else None
+        if steady is not None:
             return steady
         try:
             payload = sealed.decode_payload(plaintext, tid)

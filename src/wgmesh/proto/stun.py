@@ -420,8 +420,8 @@ def success_for(
 ) -> bytes:
     """:func:`binding_success` for a request's transaction id: the bytes
     ``encode(StunMessage(BINDING_SUCCESS, transaction_id, attributes))`` gives, packed
-    directly (every sealed answer of the registrar is one; tests/test_stun.py checks the two
-    agree). Raises LocalProtocolError where :func:`encode` would."""
+    directly (every sealed answer of the registrar is one; tests/test_watchpath.py checks the
+    two agree). Raises LocalProtocolError where :func:`encode` would."""
     _check_tid(transaction_id)
     parts = [_xor_address_tlv(observed, transaction_id)]
     count = 3  # XOR-MAPPED-ADDRESS, SOFTWARE, FINGERPRINT
