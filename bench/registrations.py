@@ -82,6 +82,20 @@ def build(
     return batch
 
 
+def bench_registry(reg_priv: PrivateKey) -> Registry:
+    """An open registry with no limits and no expiry (the benchmarks measure the work)."""
+    return Registry(
+        RegistryConfig(
+            rate_limit=UNLIMITED, agreement_limit=UNLIMITED, key_rate_limit=UNLIMITED, expiry=1e9
+        ),
+        sealed.Sealer(bytes(reg_priv)),
+        Admission(open=True),
+        Zone(ZoneConfig("mesh.test.", ("ns1.mesh.test.",), "h.mesh.test.")),
+        os.urandom,
+        3478,
+    )
+
+
 def freeze_bench_objects() -> int:
     """Collect, then freeze what is tracked now (the bench's keys and datagrams, see above)."""
     gc.collect()
@@ -121,16 +135,7 @@ def run(args: argparse.Namespace, state: Path | None) -> int:
     now = time.time()
     peers = [PrivateKey.generate() for _ in range(args.peers)]
     sealers = [sealed.Sealer(bytes(p)) for p in peers]
-    registry = Registry(
-        RegistryConfig(
-            rate_limit=UNLIMITED, agreement_limit=UNLIMITED, key_rate_limit=UNLIMITED, expiry=1e9
-        ),
-        sealed.Sealer(bytes(reg_priv)),
-        Admission(open=True),
-        Zone(ZoneConfig("mesh.test.", ("ns1.mesh.test.",), "h.mesh.test.")),
-        os.urandom,
-        3478,
-    )
+    registry = bench_registry(reg_priv)
     print(
         f"{args.peers} peers, {args.rounds} rounds (built one at a time, untimed) ...", flush=True
     )

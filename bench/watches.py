@@ -30,12 +30,10 @@ import time
 from typing import Any
 
 from nacl.public import PrivateKey
-from registrations import UNLIMITED, build, freeze_bench_objects  # bench/, the script's path
+from registrations import bench_registry, build, freeze_bench_objects  # bench/, the script's path
 
 from wgmesh.proto import sealed, stun
-from wgmesh.proto.dnssd import Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
-from wgmesh.proto.registry import Admission, Registry, RegistryConfig
 
 
 def watches(
@@ -86,16 +84,7 @@ def main() -> int:
     sealers = [sealed.Sealer(bytes(PrivateKey.generate())) for _ in range(args.peers)]
     keys = [s.public_key for s in sealers]
     shared = [s.shared_key(reg_key) or b"" for s in sealers]
-    registry = Registry(
-        RegistryConfig(
-            rate_limit=UNLIMITED, agreement_limit=UNLIMITED, key_rate_limit=UNLIMITED, expiry=1e9
-        ),
-        sealed.Sealer(bytes(reg_priv)),
-        Admission(open=True),
-        Zone(ZoneConfig("mesh.test.", ("ns1.mesh.test.",), "h.mesh.test.")),
-        os.urandom,
-        3478,
-    )
+    registry = bench_registry(reg_priv)
     steady = registry._steady_watch
     taken = 0
 

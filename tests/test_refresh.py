@@ -148,6 +148,17 @@ def test_random_datagrams_the_fast_reader_accepts_decode(data: bytes) -> None:
             raise AssertionError(f"fast reader accepted {data!r}: {exc}") from None
 
 
+def admission_of(named: bool) -> Admission:
+    """An open mesh, or (``named``) an admission file naming the three peers."""
+    if not named:
+        return Admission(open=True)
+    keys = [s.public_key for s in SEALERS]
+    return Admission(
+        False,
+        {k: AdmittedPeer(k, f"host{i}", (f"100.64.0.{i + 1}/32",)) for i, k in enumerate(keys)},
+    )
+
+
 def registry(fast: bool, admission: Admission) -> Registry:
     cfg = RegistryConfig(key_rate_limit=RateLimitConfig(rate=5.0, burst=3.0), push_delay=0.0)
     zone = Zone(ZoneConfig("mesh.test.", ("ns1.mesh.test.",), "h.mesh.test."))
@@ -184,13 +195,7 @@ def test_two_registries_one_without_the_fast_path_end_alike(
     answers, counters, rows, zone and events, whatever the mix (refreshes, moves, replays,
     stale clocks, secondary probes, the key limit, mutated datagrams, admission names)."""
     rnd = random.Random(seed)
-    keys = [s.public_key for s in SEALERS]
-    admission = Admission(open=True)
-    if named:
-        admission = Admission(
-            False,
-            {k: AdmittedPeer(k, f"host{i}", (f"100.64.0.{i + 1}/32",)) for i, k in enumerate(keys)},
-        )
+    admission = admission_of(named)
     a, b = registry(True, admission), registry(False, admission)
     fast = a._refresh
     taken = 0

@@ -20,12 +20,11 @@ from wgmesh.proto.dnssd import Zone, ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import NatKind
 from wgmesh.proto.payloads import KEY_ID_LEN, MAX_INTEREST
-from wgmesh.proto.peerentry import AdmittedPeer
 from wgmesh.proto.ratelimit import RateLimitConfig
 from wgmesh.proto.registry import COOKIE_EPOCH, Admission, Registry, RegistryConfig
 from wgmesh.proto.watchpath import watch_fields
 
-from .test_refresh import NOW, PORT, REG, REG_KEY, SEALERS, mutate, register
+from .test_refresh import NOW, PORT, REG, REG_KEY, SEALERS, admission_of, mutate, register
 
 TID = bytes(range(12))
 interests = st.one_of(
@@ -231,13 +230,7 @@ def test_two_registries_one_without_the_watch_fast_path_answer_alike(
     with the same counters, rows, watchers, fan-out interest, limiter buckets, deadlines, zone
     and events after every datagram."""
     rnd = random.Random(seed)
-    keys = [s.public_key for s in SEALERS]
-    admission = Admission(open=True)
-    if named:
-        admission = Admission(
-            False,
-            {k: AdmittedPeer(k, f"host{i}", (f"100.64.0.{i + 1}/32",)) for i, k in enumerate(keys)},
-        )
+    admission = admission_of(named)
     a, b = registry(True, admission, seed), registry(False, admission, seed)
     fast = a._steady_watch
     taken = 0

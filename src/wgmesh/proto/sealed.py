@@ -225,7 +225,8 @@ def _cookie(cookie: bytes) -> bytes:
     return cookie
 
 
-def _nat_code(nat: NatKind) -> int:
+def nat_code(nat: NatKind) -> int:
+    """The code a NAT class travels as in a Status."""
     code = _NAT_INDEX.get(nat)
     if code is None:
         raise LocalProtocolError(f"unknown NAT class {nat!r}")
@@ -263,11 +264,6 @@ def status_plaintext(
                                cookie)  # fmt: skip
 
 
-def nat_code(nat: NatKind) -> int:
-    """The code a NAT class travels as in a Status."""
-    return _nat_code(nat)
-
-
 def _body(p: Payload) -> bytes:
     if isinstance(p, Register):
         if len(p.addresses) > MAX_ADDRESSES:
@@ -298,7 +294,7 @@ def _body(p: Payload) -> bytes:
         if families not in ([], [4], [6], [4, 6]):
             raise LocalProtocolError("observed: at most one mapping per family, IPv4 first")
         observed = bytes((len(p.observed),)) + b"".join(map(_pack_address, p.observed))
-        return _status_body(p.watch_counter, p.register_counter, observed, _nat_code(p.nat),
+        return _status_body(p.watch_counter, p.register_counter, observed, nat_code(p.nat),
                             p.serial, p.proven, _cookie(p.cookie))  # fmt: skip
     if isinstance(p, RosterQuery):
         return _U32.pack(p.offset)
