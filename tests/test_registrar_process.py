@@ -135,6 +135,41 @@ def test_kill_9_and_restart_serves_records_at_once(tmp_path: Path) -> None:
         alice.close()
 
 
+def test_a_refresh_replayed_after_kill_9_is_refused_by_the_journal(tmp_path: Path) -> None:
+    """A refresh is written to the refresh journal, not to its row; after kill -9 and a
+    restart the journal still raises the peer's floor, so the captured refresh replayed from
+    the attacker's address does not move the published endpoint there. The restart folds the
+    journal into the table and deletes it."""
+    with registrar(tmp_path) as r:
+        alice = Client(r.key)
+        alice.register(r.endpoint, name="alice")
+        captured = alice.register(r.endpoint, name="alice")  # a refresh
+        time.sleep(0.6)  # one flush interval and then some
+        db = sqlite3.connect(tmp_path / "state" / "registrar.sqlite3")
+        (stored,) = db.execute("SELECT register_counter FROM peers").fetchone()
+        db.close()
+        assert stored < alice.counter - 1  # the refresh's counter is in the journal only
+        before = sorted((tmp_path / "state").glob("refresh-*.log"))
+        assert before and before[-1].stat().st_size > 0
+        r.kill()
+        r.start()
+        attacker = Client(r.key)
+        attacker.sock.sendto(captured, r.endpoint.sockaddr())
+        time.sleep(0.5)
+        srv = dig(r.dns_port, "+short", f"{key_label(alice.key)}._wireguard._udp.mesh.test", "SRV")
+        assert srv.split()[2] == str(alice.port)
+        deadline = time.monotonic() + 5
+        while set(before) & set((tmp_path / "state").glob("refresh-*.log")):
+            assert time.monotonic() < deadline, "the journals were not folded after the restart"
+            time.sleep(0.1)
+        db = sqlite3.connect(tmp_path / "state" / "registrar.sqlite3")
+        (folded,) = db.execute("SELECT register_counter FROM peers").fetchone()
+        db.close()
+        assert folded == alice.counter - 1
+        alice.close()
+        attacker.close()
+
+
 def test_a_damaged_stored_peer_is_left_out_and_reported_at_restart(tmp_path: Path) -> None:
     """A row of the state database damaged while the registrar was down (``since`` made
     infinite, or the mapping text garbled) costs that peer, not the restart: the others are

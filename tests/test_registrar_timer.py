@@ -199,3 +199,39 @@ async def test_a_reload_that_revokes_the_last_peer_disarms_the_timer(
         assert timers(asyncio.get_running_loop()) == [] and [n for _, n in p.expired] == [0]
     finally:
         alice.close()
+
+
+async def test_the_refresh_journal_is_folded_by_a_timer_that_stops_when_done(
+    tmp_path: Path, probes: list[Probe], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refreshes go to the journal; once it holds more than the threshold (made 4 here), the
+    fold timer writes them into the table a chunk at a time, deletes the journal from before
+    the fold, and is not armed again."""
+    monkeypatch.setattr("wgmesh.registry.store.FOLD_RECORDS", 4)
+    monkeypatch.setattr("wgmesh.registry.server.FOLD_CHUNK", 1)  # one row a step: 2 steps
+    probes.append(p := await start(tmp_path, expiry=60))
+    clients = [Client(p.key), Client(p.key)]
+    try:
+        for _ in range(3):  # one first contact and two refreshes each
+            for c in clients:
+                await p.register(c)
+        state = tmp_path / "state"
+        store = p.registrar.store
+        steps: list[bool] = []
+        fold_step = store.fold_step
+        store.fold_step = lambda rows, limit: steps.append(fold_step(rows, limit)) or steps[-1]  # type: ignore[method-assign]
+        deadline = time.monotonic() + 5
+        while steps[-1:] != [False] or len(list(state.glob("refresh-*.log"))) != 1:
+            assert time.monotonic() < deadline, "the journal was not folded"
+            await asyncio.sleep(0.05)
+        assert steps == [True, True, False]  # two rows one by one, then the end of the table
+        await asyncio.sleep(0.3)
+        assert not any(h._callback == p.registrar._fold_step  # type: ignore[attr-defined]
+                       for h in timers(asyncio.get_running_loop()))  # fmt: skip
+        rows = store._db.execute("SELECT key, register_counter FROM peers").fetchall()
+        assert {bytes(k): n for k, n in rows} == {
+            c.key: p.registrar.registry.peers[c.key].register_counter for c in clients
+        }
+    finally:
+        for c in clients:
+            c.close()

@@ -1502,24 +1502,25 @@ def test_a_restore_moves_the_serial_on_by_exactly_one(reg_private: PrivateKey) -
         assert len(again.peers) == (30 if later == NOW + 1 else 0)
 
 
-def test_the_store_updates_a_refresh_and_writes_a_row_it_lacks(
+def test_the_store_journals_a_refresh_and_reads_it_back_over_the_row(
     reg_private: PrivateKey, tmp_path: Path
 ) -> None:
-    """A refresh event updates the row's times, counter and software in place; one for a peer
-    the database lacks writes the whole row; either way the database reads back as the
-    registry holds the peer."""
+    """A refresh event goes to the refresh journal, not to its row; the store reads the
+    journal over the table, so the database reads back as the registry holds the peers, with
+    their wrapped keys (more in tests/test_refreshlog.py)."""
     r = make(reg_private)
     reg_key = bytes(reg_private.public_key)
     alice, bob = Peer(), Peer()
     r.receive(alice.register(reg_key, addresses=(LAN,)), SRC, PORT, NOW)
     r.receive(bob.register(reg_key), SRC2, PORT, NOW)
     store = Store(tmp_path)
-    store.apply([e for e in r.events() if e.peer.key == alice.key], r.zone.serial)  # no bob
+    store.apply(r.events(), r.zone.serial, r.wrapped_key)
     r.receive(alice.register(reg_key, NOW + 5, addresses=(LAN,)), SRC, PORT, NOW + 5)
     r.receive(bob.register(reg_key, NOW + 6), SRC2, PORT, NOW + 6)
     events = r.events()
     assert [type(e) for e in events] == [Refresh, Refresh]
     store.apply(events, r.zone.serial, r.wrapped_key)
+    assert store.journaled == 2
     entries, _ = store.load()
     stored_entries = {s.entry.key: s for s in entries}
     assert {k: s.entry for k, s in stored_entries.items()} == dict(r.peers.items())

@@ -217,6 +217,12 @@ class Registry:
         return self._next_counter(now)
 
     @property
+    def rows(self) -> Mapping[bytes, bytes]:
+        """Each registered peer's packed row (wgmesh.proto.peerrow; read-only: what the store
+        folds its refresh journal from)."""
+        return self._rows
+
+    @property
     def peers(self) -> Mapping[bytes, PeerEntry]:
         """The registered peers, oldest refresh first (read-only: unpacked when read)."""
         return PeerTable(self._rows, self._entry)
@@ -251,6 +257,8 @@ class Registry:
                 damaged += 1  # a counter or a time out of range: not a row we wrote
                 continue
             self._rows[entry.key] = row
+            if entry.mappings != stored.mappings:  # a stale one dropped: the store's row has it
+                self._events.append(refresh_event(entry.key, row, entry.allowed_ips, moved=True))
         self.zone.set_serial((saved + 1) % 2**32 or 1)
         self._deadlines = Deadlines(self.config.expiry / 64)
         for key, row in self._rows.items():

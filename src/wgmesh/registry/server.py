@@ -19,7 +19,10 @@ re-arms two loop timers:
   is due, its pushes are sent, and the timer is re-armed from ``next_timer()`` again (none while
   nothing can expire);
 - one flush timer, armed only while peer changes are waiting to be written to SQLite: they are
-  written ``flush_interval`` seconds after the first of them (0.2 s), in one transaction.
+  written ``flush_interval`` seconds after the first of them (0.2 s), in one transaction;
+- one fold timer, armed only while the store wants its refresh journal folded into the table
+  (wgmesh.registry.store): every ``FOLD_PAUSE`` seconds it writes what is queued, then folds the
+  next ``FOLD_CHUNK`` rows.
 
 An idle registrar with no peers therefore has no timer at all, and one with peers wakes up only
 when the oldest of them is due to expire; only the counter log line (``log_counters``, the
@@ -77,6 +80,11 @@ from wgmesh.registry.xfr import XfrService, xfr_metrics
 log = logging.getLogger("wgmesh.registrar")
 
 PREFIX = "wgmesh_registrar_"
+FOLD_PAUSE = 0.0125
+"""Seconds between two steps of a journal fold (wgmesh.registry.store)."""
+FOLD_CHUNK = 500
+"""Stored rows a fold step goes over: 40,000 rows a second, a million in 25 s, in steps short
+enough (a few ms: bench/registrations.py --store prints the longest) not to hold answers up."""
 """The prefix of every metric the registrar exposes (docs/operations.md, "Metrics")."""
 COUNTED: dict[str, tuple[str, str]] = {
     "datagrams": ("datagrams", "STUN and control datagrams received, both STUN ports"),
@@ -218,6 +226,10 @@ class Registrar:
         if damaged:
             log.warning("%d stored peers did not read (damaged rows) and were left out: they "
                         "register again at their next probe", damaged)  # fmt: skip
+        if self.store.torn:
+            log.warning("%d refresh journals in %s ended in a record that did not check (torn "
+                        "by a crash, or damaged): their refreshes from there on were left out",
+                        self.store.torn, settings.state_dir)  # fmt: skip
         self._primary: UdpEndpoint | None = None
         """The primary-port socket of the first listen address."""
         self._primaries: dict[int, UdpEndpoint] = {}
@@ -241,6 +253,7 @@ class Registrar:
         self._expiry_at: float | None = None
         """The ``next_timer()`` (wall clock) the expiry timer is armed for."""
         self._flush: asyncio.TimerHandle | None = None
+        self._fold: asyncio.TimerHandle | None = None
         self._closed = False
         self.stun_ports: tuple[int, ...] = ()
         self.http: HttpListener | None = None
@@ -345,6 +358,7 @@ class Registrar:
                 raise
         self.store.apply((), self.zone.serial)  # the restart's serial is durable at once
         self._serial_stored()
+        self._want_fold()  # the journals from before the restart
         self._after_input()  # the restore
         log.info(
             "registrar %s for zone %s: listening on %s: STUN port %s, DNS port %d (UDP, TCP); %s",
@@ -485,6 +499,25 @@ class Registrar:
             batch, self._pending, self._pending_published = self._pending, [], 0
             self.store.apply(batch, self.zone.serial, self.registry.wrapped_key)
             self._serial_stored()
+        self._want_fold()
+
+    def _want_fold(self) -> None:
+        """Arm the fold timer if the store wants its journal folded and it is not armed."""
+        if (
+            self._fold is None
+            and not self._closed
+            and self.store.fold_wanted(len(self.registry.rows))
+        ):
+            self._fold = self._loop.call_later(FOLD_PAUSE, self._fold_step)
+
+    def _fold_step(self) -> None:
+        """The fold timer: what is queued is written first (a fold needs every event in the
+        table), then the next rows are folded."""
+        self._fold = None
+        self._write()  # (which may arm the next step already)
+        if self.store.fold_wanted(len(self.registry.rows)):
+            self.store.fold_step(self.registry.rows, FOLD_CHUNK)
+        self._want_fold()
 
     def _serial_stored(self) -> None:
         """The zone serial is on disk: a new one is NOTIFYed to the secondaries (only now, so
@@ -532,6 +565,14 @@ class Registrar:
                 len(self.registry.watchers),
             ),
             gauge(PREFIX + "zone_serial", "the zone's SOA serial", self.zone.serial),
+            gauge(
+                PREFIX + "journal_records", "refreshes in the journal not folded into the table",
+                self.store.journaled,
+            ),
+            counter(
+                PREFIX + "journal_torn", "refresh journals found at the start to end in a "
+                "record that did not check (torn by a crash, or damaged)", self.store.torn,
+            ),
         ]  # fmt: skip
         other = {key: n for key, n in c.items() if key not in MAPPED}
         if other:
@@ -656,10 +697,10 @@ class Registrar:
     async def close(self) -> None:
         """Stop serving and write what is still queued."""
         self._closed = True
-        for handle in (self._settle, self._expiry, self._flush, self._counter_log):
+        for handle in (self._settle, self._expiry, self._flush, self._fold, self._counter_log):
             if handle is not None:
                 handle.cancel()
-        self._settle = self._expiry = self._flush = self._counter_log = None
+        self._settle = self._expiry = self._flush = self._fold = self._counter_log = None
         if self.http is not None:
             self.http.close()
             await self.http.wait_closed()

@@ -14,19 +14,39 @@ Each peer's shared key is in ``wrapped_key``, wrapped under the registrar's priv
 (wgmesh.proto.keywrap), so a restart does not cost an X25519 per peer; NULL when the peer had no
 key yet, or in a database from before the column (added when it is opened, like
 ``refreshed``).
+
+**The refresh journal.** A refresh (the commonest change by far: the peer registered again and
+only its Register counter, its mappings' times and its software changed) is not an UPDATE of
+its row: a million random rows each dirtying a page of the WAL cost more than a core at 50,000
+refreshes a second. It is appended to ``refresh-<generation>.log`` beside the database
+(wgmesh.proto.refreshlog: tens of bytes, one write per batch, after the batch's transaction).
+:meth:`Store.fold_step` writes the rows' refreshes into the table in rowid order (sequential
+pages), a chunk at a time, once the journal holds more records than :meth:`Store.fold_wanted`
+allows; when a fold has been over every row, the journals from before it started are deleted.
+:meth:`Store.load` reads the journals over the table: a record whose counter is above its
+row's replaces the row's counter, times and software. So a refresh is as durable as before
+(after the batch's flush; ``kill -9`` loses at most the unflushed batch, and, like SQLite's
+``synchronous=NORMAL``, a power cut may lose what the OS had not written). A record the
+journal cannot hold (software from a database of an older version that is not ASCII or too
+long) is an UPDATE as before; a torn or damaged record ends the reading of its file, and is
+counted in :attr:`Store.torn`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 from wgmesh.errors import ConfigError, DecodeError
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.kinds import NatKind
 from wgmesh.proto.peerentry import Event, Refresh, Stored
 from wgmesh.proto.peerrow import refreshed_fields
+from wgmesh.proto.refreshlog import RefreshRecord, pack_record, read_records
 from wgmesh.proto.registry import Change, PeerEntry
 from wgmesh.proto.relay import Allocation
 
@@ -77,6 +97,15 @@ _REFRESH = (
 """A refresh: the times, the counter and the software. The wrapped shared key only changes
 with a new key, which writes the whole row; a row stored without one (a database from before
 stored keys) matches nothing here and is written whole, key included, once."""
+_FOLD = (
+    "UPDATE peers SET last_seen=?, refreshed=?, register_counter=?, software=?"
+    " WHERE rowid=? AND wrapped_key IS NOT NULL"
+)
+_JOURNAL_PREFIX, _JOURNAL_SUFFIX = "refresh-", ".log"
+FOLD_RECORDS = 100_000
+"""A fold starts once the journal holds this many records, or twice as many as there are
+peers if that is more (:meth:`Store.fold_wanted`)."""
+_READ_CHUNK = 1 << 20
 
 
 class Store:
@@ -97,17 +126,64 @@ class Store:
                 self._db.execute("ALTER TABLE peers ADD COLUMN refreshed TEXT")
             if "wrapped_key" not in have:  # from before stored shared keys
                 self._db.execute("ALTER TABLE peers ADD COLUMN wrapped_key BLOB")
+            self._dir = state_dir
+            self._journals = sorted(
+                (g, p) for p in state_dir.glob(f"{_JOURNAL_PREFIX}*{_JOURNAL_SUFFIX}")
+                if (g := _generation(p.name)) is not None
+            )  # fmt: skip
+            """The journals before the active one (each a generation and its path), oldest
+            first: what a fold started from now on will make redundant."""
+            self._generation = self._journals[-1][0] + 1 if self._journals else 1
+            self._active = self._open_journal()
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"--state-dir {state_dir}: {exc}") from None
+        self.torn = 0
+        """Journal files whose reading stopped at a record that did not check (torn by a crash
+        or damaged): the rest of such a file is left out."""
+        self.journaled = 0
+        """Records in the active journal."""
+        self._fold: list[tuple[int, Path]] | None = None
+        """While a fold is under way, the journals it makes redundant when it is done."""
+        self._cursor = 0
+        """The last rowid the fold under way has been over."""
+
+    def _journal_path(self, generation: int) -> Path:
+        return self._dir / f"{_JOURNAL_PREFIX}{generation:010d}{_JOURNAL_SUFFIX}"
+
+    def _open_journal(self) -> BinaryIO:
+        """A new journal for this generation (never one written before: its tail may be torn,
+        and records after a torn one would never be read)."""
+        return open(self._journal_path(self._generation), "xb")
 
     def load(self) -> tuple[Iterator[Stored], int]:
         """All stored peers with their wrapped shared keys (oldest refresh first, read as they
         are consumed: a million of them never exist as PeerEntry objects at once) and the last
         zone serial."""
         serial = self._db.execute("SELECT value FROM meta WHERE name='serial'").fetchone()
-        return self._entries(), int(serial[0]) if serial else 1
+        return self._entries(self._journaled()), int(serial[0]) if serial else 1
 
-    def _entries(self) -> Iterator[Stored]:
+    def _journaled(self) -> dict[bytes, RefreshRecord]:
+        """Each key's newest journal record (highest counter), from every journal."""
+        self._active.flush()
+        latest: dict[bytes, RefreshRecord] = {}
+        for _, path in [*self._journals, (self._generation, self._journal_path(self._generation))]:
+            with open(path, "rb") as f:
+                tail = b""
+                while chunk := f.read(_READ_CHUNK):
+                    data = tail + chunk
+                    records, used, bad = read_records(data)
+                    for r in records:
+                        old = latest.get(r.key)
+                        if old is None or r.counter > old.counter:
+                            latest[r.key] = r
+                    tail = data[used:]
+                    if bad:
+                        break
+                if tail:  # a record that does not check, or the torn start of one
+                    self.torn += 1
+        return latest
+
+    def _entries(self, journaled: dict[bytes, RefreshRecord]) -> Iterator[Stored]:
         rows = self._db.execute(_SELECT)
         for row in rows:
             try:
@@ -134,6 +210,15 @@ class Store:
             except (DecodeError, ValueError, TypeError, AttributeError):
                 self.unreadable += 1  # a row we cannot read is skipped, not fatal
                 continue
+            newer = journaled.pop(entry.key, None)
+            if (
+                newer is not None and newer.counter > entry.register_counter
+                and len(newer.refreshed) == len(entry.mappings)  # (else a move wrote the row)
+            ):  # fmt: skip
+                entry = dataclasses.replace(
+                    entry, register_counter=newer.counter, refreshed=newer.refreshed,
+                    software=newer.software,
+                )  # fmt: skip
             wrapped = row[12]
             yield Stored(entry, bytes(wrapped) if isinstance(wrapped, bytes) else None)
 
@@ -144,14 +229,22 @@ class Store:
         wrapped_key: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
         """Persist a batch of peer changes and the zone serial in one transaction
-        (``wrapped_key``: each peer's shared key as it is stored, wgmesh.proto.keywrap). A
-        refresh updates only what it changed; the whole row is written when there is none yet."""
+        (``wrapped_key``: each peer's shared key as it is stored, wgmesh.proto.keywrap), then
+        the batch's refreshes in the journal (see the module docstring). A refresh the journal
+        cannot hold updates only what it changed; the whole row is written when there is none
+        yet."""
         db = self._db
+        journal: list[bytes] = []
         db.execute("BEGIN")
         try:
             for ev in events:
                 if isinstance(ev, Refresh) and not ev.moved:
                     refreshed, counter, software = refreshed_fields(ev.row)
+                    try:
+                        journal.append(pack_record(ev.key, counter, refreshed, software))
+                        continue
+                    except ValueError:
+                        pass  # (software from an older database: the row is updated)
                     done = db.execute(_REFRESH, (max(refreshed), " ".join(map(repr, refreshed)),
                                                  counter, software, ev.key))  # fmt: skip
                     if done.rowcount:
@@ -175,6 +268,81 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if journal:
+            self._append(b"".join(journal), len(journal))
+
+    def _append(self, data: bytes, records: int) -> None:
+        """Append to the active journal; after a write that failed (a full disk), whatever
+        part of it reached the file would end its reading there, so the next write goes to a
+        new journal."""
+        if self._active.closed:
+            self._next_journal()
+        try:
+            self._active.write(data)
+            self._active.flush()
+        except OSError:
+            with contextlib.suppress(OSError):  # (its flush fails again; the file is closed)
+                self._active.close()
+            raise
+        self.journaled += records
+
+    def _next_journal(self) -> None:
+        """Close the active journal (it waits for the next fold) and open the next one."""
+        self._active.close()
+        self._journals.append((self._generation, self._journal_path(self._generation)))
+        self._generation += 1
+        self._active, self.journaled = self._open_journal(), 0
+
+    def fold_wanted(self, peers: int) -> bool:
+        """A fold is under way, or should start: journals from before this one wait to be
+        folded (after a restart), or the journal holds more than ``max(FOLD_RECORDS, 2 *
+        peers)`` records."""
+        return (
+            self._fold is not None or bool(self._journals)
+            or self.journaled >= max(FOLD_RECORDS, 2 * peers)
+        )  # fmt: skip
+
+    def fold_step(self, rows: Mapping[bytes, bytes], limit: int) -> bool:
+        """Write the refreshes of the next ``limit`` stored rows (rowid order) from ``rows``
+        (the registry's packed rows, wgmesh.proto.peerrow), starting a fold if none is under
+        way: the active journal is closed and a new one opened. Each row whose counter in
+        ``rows`` is above the stored one gets its counter, times and software. Every event the
+        registry emitted must have been applied first (so each stored row has the mappings its
+        packed row has). When the fold has been over every row, the journals from before it
+        are deleted; returns whether it is still under way."""
+        db = self._db
+        if self._fold is None:
+            self._next_journal()
+            self._fold, self._cursor = list(self._journals), 0
+        chunk = db.execute(
+            "SELECT rowid, key, register_counter FROM peers WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (self._cursor, limit),
+        ).fetchall()
+        updates = []
+        for rowid, key, stored in chunk:
+            row = rows.get(bytes(key))
+            if row is None:
+                continue
+            refreshed, counter, software = refreshed_fields(row)
+            if counter > stored:
+                updates.append((max(refreshed), " ".join(map(repr, refreshed)), counter,
+                                software, rowid))  # fmt: skip
+        if updates:
+            db.execute("BEGIN")
+            try:
+                db.executemany(_FOLD, updates)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        if len(chunk) == limit:
+            self._cursor = chunk[-1][0]
+            return True
+        for done in self._fold:
+            done[1].unlink(missing_ok=True)
+            self._journals.remove(done)
+        self._fold = None
+        return False
 
     def save_relay(self, allocations: Iterable[Allocation]) -> None:
         """Replace the stored relay allocations with ``allocations`` (one transaction)."""
@@ -212,7 +380,13 @@ class Store:
         return out
 
     def close(self) -> None:
+        self._active.close()
         self._db.close()
+
+
+def _generation(name: str) -> int | None:
+    digits = name[len(_JOURNAL_PREFIX) : -len(_JOURNAL_SUFFIX)]
+    return int(digits) if digits.isdigit() else None
 
 
 def _endpoints(text: str | None) -> tuple[Endpoint, ...]:
