@@ -16,7 +16,7 @@ from nacl.public import PrivateKey
 
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.payloads import MAX_SOFTWARE
-from wgmesh.proto.peerentry import Refresh
+from wgmesh.proto.peerentry import Admission, AdmittedPeer, Change, Refresh
 from wgmesh.proto.refreshlog import HEAD, RefreshRecord, pack_record, read_records
 from wgmesh.proto.registry import Registry
 from wgmesh.registry.store import FOLD_RECORDS, Store
@@ -340,3 +340,56 @@ def test_after_a_failed_write_the_journal_goes_on_in_a_new_file(tmp_path: Path) 
     assert {s.entry.key: s.entry for s in again.load()[0]} == dict(r.peers.items())
     assert again.torn == 1
     again.close()
+
+
+def test_a_counter_sqlite_cannot_hold_keeps_no_change_off_the_disk(tmp_path: Path) -> None:
+    """A peer (anyone, under open registration) registers with counter 2**64 - 1: bound as it
+    is, SQLite's signed INTEGER raises OverflowError and the whole batch, every other peer's
+    changes with it, would not be written, at every flush. It is stored as 2**63 - 1 (only
+    that peer's own floor is lower after a restart), the journal keeps it exactly, and a
+    fold writes it too."""
+    r = make(REG_PRIVATE)
+    alice, mallory = Peer(), Peer()
+    r.receive(alice.register(REG_KEY), SRC, PORT, NOW)
+    r.receive(mallory.register(REG_KEY, counter=2**64 - 2), SRC2, PORT, NOW)
+    store = Store(tmp_path)
+    store.apply(r.events(), r.zone.serial, r.wrapped_key)
+    r.receive(mallory.register(REG_KEY, NOW + 20, counter=2**64 - 1), SRC2, PORT, NOW + 20)
+    r.receive(alice.register(REG_KEY, NOW + 20), SRC, PORT, NOW + 20)
+    store.apply(r.events(), r.zone.serial, r.wrapped_key)
+    assert r.peers[mallory.key].register_counter == 2**64 - 1
+    assert stored_counter(tmp_path, mallory.key) == 2**63 - 1
+    assert {s.entry.key: s.entry for s in store.load()[0]} == dict(r.peers.items())
+    while store.fold_step(r.rows, 1):
+        pass
+    assert stored_counter(tmp_path, alice.key) == r.peers[alice.key].register_counter
+    assert stored_counter(tmp_path, mallory.key) == 2**63 - 1
+    crash(store)
+    again = Store(tmp_path)
+    got = {s.entry.key: s.entry for s in again.load()[0]}
+    assert got[alice.key] == r.peers[alice.key]
+    assert got[mallory.key].register_counter == 2**63 - 1
+    again.close()
+
+
+def test_a_peer_revoked_while_the_registrar_was_down_is_deleted_at_the_start(
+    tmp_path: Path,
+) -> None:
+    """A key left out of the admission file across a restart is withdrawn as a reload would
+    withdraw it, so its row does not outlive the journals that held its newest floor (a fold
+    deletes them: the row would come back with an older floor when the key is admitted
+    again)."""
+    r = make(REG_PRIVATE)
+    alice, bob = Peer(), Peer()
+    r.receive(alice.register(REG_KEY), SRC, PORT, NOW)
+    r.receive(bob.register(REG_KEY), SRC2, PORT, NOW)
+    store = Store(tmp_path)
+    store.apply(r.events(), r.zone.serial, r.wrapped_key)
+    only_alice = Admission(open=False, peers={alice.key: AdmittedPeer(alice.key)})
+    r2 = make(REG_PRIVATE, only_alice)
+    r2.restore(store.load()[0], NOW + 1)
+    events = r2.events()
+    assert [(e.change, e.peer.key) for e in events] == [(Change.WITHDRAWN, bob.key)]
+    store.apply(events, r2.zone.serial, r2.wrapped_key)
+    assert [s.entry.key for s in store.load()[0]] == [alice.key]
+    store.close()

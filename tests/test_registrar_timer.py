@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.public import PrivateKey
@@ -16,6 +18,7 @@ from tests.procs import Client
 from wgmesh.proto.dnssd import ZoneConfig
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.keys import encode_key
+from wgmesh.proto.metrics import counter_values
 from wgmesh.proto.registry import Outgoing, PeerEvent, RegistryConfig
 from wgmesh.registry.server import Registrar, RegistrarSettings
 
@@ -235,3 +238,49 @@ async def test_the_refresh_journal_is_folded_by_a_timer_that_stops_when_done(
     finally:
         for c in clients:
             c.close()
+
+
+async def test_a_write_that_failed_is_tried_again_and_loses_no_peer(
+    tmp_path: Path, probes: list[Probe], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk refuses one batch (here: the one with a first contact): it is logged and
+    counted, the change is kept and written a moment later, so the peer is in the table and
+    its refreshes (journaled only) have a row to land on at the next start."""
+    monkeypatch.setattr("wgmesh.registry.server.RETRY", 0.3)
+    probes.append(p := await start(tmp_path, expiry=60))
+    store = p.registrar.store
+    apply = store.apply
+    failures = [sqlite3.OperationalError("database or disk is full")]
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        if failures and args[0]:
+            raise failures.pop()
+        apply(*args, **kwargs)
+
+    store.apply = failing  # type: ignore[method-assign]
+    alice = Client(p.key)
+    try:
+        await p.register(alice)  # answered: the failure is the store's, not the registration's
+        assert not failures and p.registrar.store_errors == 1
+        assert store._db.execute("SELECT COUNT(*) FROM peers").fetchone()[0] == 0
+        await asyncio.sleep(0.6)
+        (key,) = store._db.execute("SELECT key FROM peers").fetchone()
+        assert bytes(key) == alice.key
+        assert counter_values(p.registrar.metrics())["wgmesh_registrar_store_errors"] == 1
+    finally:
+        alice.close()
+
+
+async def test_a_restarted_idle_registrar_folds_once_and_then_has_no_timer(
+    tmp_path: Path, probes: list[Probe]
+) -> None:
+    """Each start opens a new journal generation, so the next start finds the last one's and
+    folds it: one short fold, then nothing wakes the registrar up."""
+    first = await start(tmp_path, expiry=0.5)
+    await first.registrar.close()
+    assert len(list((tmp_path / "state").glob("refresh-*.log"))) == 1
+    probes.append(p := await start(tmp_path, expiry=0.5))
+    await asyncio.sleep(0.5)
+    assert len(list((tmp_path / "state").glob("refresh-*.log"))) == 1  # the old one folded
+    assert timers(asyncio.get_running_loop()) == []
+    assert p.expired == []

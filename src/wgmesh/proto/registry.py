@@ -237,7 +237,10 @@ class Registry:
         was restored: the zone may differ from what secondaries hold (peers expired while we
         were down), and a serial must only ever grow (RFC 1982), never jump by the peer count.
         Only into an empty registry (at startup): raises LocalProtocolError otherwise. Returns
-        how many entries were skipped as damaged (a counter or a time out of range)."""
+        how many entries were skipped as damaged (a counter or a time out of range). An entry
+        whose key is no longer admitted is withdrawn (an event, so the store deletes it, as
+        after a reload that revokes it), and one whose stale mapping was dropped is written
+        whole again (a moved Refresh)."""
         if self._rows or self.watchers:
             raise LocalProtocolError("restore() is for an empty registry (at startup)")
         saved = self.zone.serial
@@ -245,8 +248,11 @@ class Registry:
         for item in entries:
             stored, wrapped = item if isinstance(item, Stored) else (item, None)
             admitted = self.admission.lookup(stored.key)
+            if admitted is None:  # revoked while we were down: withdrawn, as a reload does
+                self._events.append(PeerEvent(Change.WITHDRAWN, stored))
+                continue
             entry = self._without_stale(stored, now)
-            if admitted is None or entry is None:
+            if entry is None:
                 continue
             entry = self._apply_admission(entry, admitted)
             shared = self._wrap.unwrap(entry.key, wrapped) or NO_KEY

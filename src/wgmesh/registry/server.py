@@ -39,6 +39,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 from typing import Any, cast
 
@@ -55,7 +56,7 @@ from wgmesh.proto.metrics import (
     gauge,
     labelled,
 )
-from wgmesh.proto.peerentry import Event
+from wgmesh.proto.peerentry import Event, Refresh
 from wgmesh.proto.registry import Change, Outgoing, Registry
 from wgmesh.registry.admission import load_admission
 from wgmesh.registry.ddns import UpdateService, ddns_metrics
@@ -80,12 +81,14 @@ from wgmesh.registry.xfr import XfrService, xfr_metrics
 log = logging.getLogger("wgmesh.registrar")
 
 PREFIX = "wgmesh_registrar_"
+"""The prefix of every metric the registrar exposes (docs/operations.md, "Metrics")."""
 FOLD_PAUSE = 0.0125
 """Seconds between two steps of a journal fold (wgmesh.registry.store)."""
 FOLD_CHUNK = 500
 """Stored rows a fold step goes over: 40,000 rows a second, a million in 25 s, in steps short
 enough (a few ms: bench/registrations.py --store prints the longest) not to hold answers up."""
-"""The prefix of every metric the registrar exposes (docs/operations.md, "Metrics")."""
+RETRY = 5.0
+"""Seconds before a write to the state directory that failed (a full disk) is tried again."""
 COUNTED: dict[str, tuple[str, str]] = {
     "datagrams": ("datagrams", "STUN and control datagrams received, both STUN ports"),
     "binding": ("binding_requests", "plain STUN Binding Requests answered"),
@@ -254,6 +257,8 @@ class Registrar:
         """The ``next_timer()`` (wall clock) the expiry timer is armed for."""
         self._flush: asyncio.TimerHandle | None = None
         self._fold: asyncio.TimerHandle | None = None
+        self.store_errors = 0
+        """Writes to the state directory that failed (logged, and tried again)."""
         self._closed = False
         self.stun_ports: tuple[int, ...] = ()
         self.http: HttpListener | None = None
@@ -497,9 +502,34 @@ class Registrar:
         self._drain()
         if self._pending or self.zone.serial != self._stored_serial:
             batch, self._pending, self._pending_published = self._pending, [], 0
-            self.store.apply(batch, self.zone.serial, self.registry.wrapped_key)
+            try:
+                self.store.apply(batch, self.zone.serial, self.registry.wrapped_key)
+            except (sqlite3.Error, OSError) as exc:
+                self._write_failed(batch, exc)
+                return
             self._serial_stored()
         self._want_fold()
+
+    def _write_failed(self, batch: list[Event], exc: Exception) -> None:
+        """A batch did not reach the disk (a full disk, a read-only file system): its changes
+        that write a whole row (the latest of each peer's) are queued again and tried in
+        ``RETRY`` seconds, so no peer is missing from the table (its refreshes would go to the
+        journal only, and it would be lost at the restart after). Its plain refreshes are
+        dropped: the peer's next one carries the same fields, newer."""
+        self.store_errors += 1
+        whole: dict[bytes, Event] = {}
+        for ev in batch:
+            if not isinstance(ev, Refresh):
+                whole[ev.peer.key] = ev
+            elif ev.moved:
+                whole[ev.key] = ev
+        self._pending = [*whole.values(), *self._pending]
+        self._pending_published += sum(ev.change != Change.REFRESHED for ev in whole.values())
+        log.error("could not write %d peer changes to %s: %s; the %d that write whole rows are "
+                  "tried again in %.0f s", len(batch), self.store.path, exc, len(whole),
+                  RETRY)  # fmt: skip
+        if self._flush is None and not self._closed:
+            self._flush = self._loop.call_later(RETRY, self._write)
 
     def _want_fold(self) -> None:
         """Arm the fold timer if the store wants its journal folded and it is not armed."""
@@ -516,8 +546,21 @@ class Registrar:
         self._fold = None
         self._write()  # (which may arm the next step already)
         if self.store.fold_wanted(len(self.registry.rows)):
-            self.store.fold_step(self.registry.rows, FOLD_CHUNK)
+            try:
+                self.store.fold_step(self.registry.rows, FOLD_CHUNK)
+            except (sqlite3.Error, OSError) as exc:
+                self.store_errors += 1
+                log.error("could not fold the refresh journal into %s: %s; trying again in "
+                          "%.0f s", self.store.path, exc, RETRY)  # fmt: skip
+                self._retry_fold()
+                return
         self._want_fold()
+
+    def _retry_fold(self) -> None:
+        """The next fold step in ``RETRY`` seconds, not sooner (one a step had armed goes)."""
+        if self._fold is not None:
+            self._fold.cancel()
+        self._fold = None if self._closed else self._loop.call_later(RETRY, self._fold_step)
 
     def _serial_stored(self) -> None:
         """The zone serial is on disk: a new one is NOTIFYed to the secondaries (only now, so
@@ -568,6 +611,10 @@ class Registrar:
             gauge(
                 PREFIX + "journal_records", "refreshes in the journal not folded into the table",
                 self.store.journaled,
+            ),
+            counter(
+                PREFIX + "store_errors", "writes to the state directory that failed (logged; "
+                "tried again)", self.store_errors,
             ),
             counter(
                 PREFIX + "journal_torn", "refresh journals found at the start to end in a "

@@ -106,6 +106,16 @@ FOLD_RECORDS = 100_000
 """A fold starts once the journal holds this many records, or twice as many as there are
 peers if that is more (:meth:`Store.fold_wanted`)."""
 _READ_CHUNK = 1 << 20
+_INT64_MAX = 2**63 - 1
+
+
+def _int64(n: int) -> int:
+    """A u64 counter as SQLite's signed INTEGER holds it: a counter a peer sent above
+    ``2**63 - 1`` is stored as that (binding it as it is raises OverflowError, and the whole
+    batch would not be written: one peer could keep every peer's changes off the disk). Only
+    a peer's own floor is lower for it after a restart; daemons' counters are microseconds
+    since 1970, about 2**51."""
+    return n if n <= _INT64_MAX else _INT64_MAX
 
 
 class Store:
@@ -141,7 +151,7 @@ class Store:
         """Journal files whose reading stopped at a record that did not check (torn by a crash
         or damaged): the rest of such a file is left out."""
         self.journaled = 0
-        """Records in the active journal."""
+        """Records in the active journal (the one written since the last fold began)."""
         self._fold: list[tuple[int, Path]] | None = None
         """While a fold is under way, the journals it makes redundant when it is done."""
         self._cursor = 0
@@ -156,9 +166,10 @@ class Store:
         return open(self._journal_path(self._generation), "xb")
 
     def load(self) -> tuple[Iterator[Stored], int]:
-        """All stored peers with their wrapped shared keys (oldest refresh first, read as they
-        are consumed: a million of them never exist as PeerEntry objects at once) and the last
-        zone serial."""
+        """All stored peers with their wrapped shared keys (in the order of their last refresh
+        as the table has it, read as they are consumed: a million of them never exist as
+        PeerEntry objects at once; the journals are read first, whole) and the last zone
+        serial."""
         serial = self._db.execute("SELECT value FROM meta WHERE name='serial'").fetchone()
         return self._entries(self._journaled()), int(serial[0]) if serial else 1
 
@@ -246,7 +257,7 @@ class Store:
                     except ValueError:
                         pass  # (software from an older database: the row is updated)
                     done = db.execute(_REFRESH, (max(refreshed), " ".join(map(repr, refreshed)),
-                                                 counter, software, ev.key))  # fmt: skip
+                                                 _int64(counter), software, ev.key))  # fmt: skip
                     if done.rowcount:
                         continue
                 p = ev.peer
@@ -258,7 +269,7 @@ class Store:
                     (
                         p.key, p.name, " ".join(map(str, p.mappings)),
                         " ".join(map(str, p.addresses)), str(p.nat), p.since, p.last_seen,
-                        p.register_counter, p.watch_counter, p.software,
+                        _int64(p.register_counter), _int64(p.watch_counter), p.software,
                         " ".join(map(str, p.secondary)) or None, " ".join(map(repr, p.refreshed)),
                         None if wrapped_key is None else wrapped_key(p.key),
                     ),
@@ -324,8 +335,8 @@ class Store:
             if row is None:
                 continue
             refreshed, counter, software = refreshed_fields(row)
-            if counter > stored:
-                updates.append((max(refreshed), " ".join(map(repr, refreshed)), counter,
+            if _int64(counter) > stored:
+                updates.append((max(refreshed), " ".join(map(repr, refreshed)), _int64(counter),
                                 software, rowid))  # fmt: skip
         if updates:
             db.execute("BEGIN")
@@ -338,6 +349,9 @@ class Store:
         if len(chunk) == limit:
             self._cursor = chunk[-1][0]
             return True
+        db.execute(
+            "PRAGMA wal_checkpoint(FULL)"
+        )  # the fold on disk (synced) before its journals go
         for done in self._fold:
             done[1].unlink(missing_ok=True)
             self._journals.remove(done)
@@ -356,7 +370,7 @@ class Store:
                     (a.a, a.b, a.port_a, a.port_b, a.created, a.active,
                      None if a.bound_a is None else str(a.bound_a),
                      None if a.bound_b is None else str(a.bound_b),
-                     a.bind_counter_a, a.bind_counter_b)
+                     _int64(a.bind_counter_a), _int64(a.bind_counter_b))
                     for a in allocations
                 ],
             )  # fmt: skip
@@ -386,7 +400,7 @@ class Store:
 
 def _generation(name: str) -> int | None:
     digits = name[len(_JOURNAL_PREFIX) : -len(_JOURNAL_SUFFIX)]
-    return int(digits) if digits.isdigit() else None
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 def _endpoints(text: str | None) -> tuple[Endpoint, ...]:
