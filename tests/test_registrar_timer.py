@@ -207,7 +207,7 @@ async def test_a_reload_that_revokes_the_last_peer_disarms_the_timer(
 async def test_the_refresh_journal_is_folded_by_a_timer_that_stops_when_done(
     tmp_path: Path, probes: list[Probe], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Refreshes go to the journal; once it holds more than the threshold (made 4 here), the
+    """Refreshes go to the journal; once it holds as many as the threshold (made 4 here), the
     fold timer writes them into the table a chunk at a time, deletes the journal from before
     the fold, and is not armed again."""
     monkeypatch.setattr("wgmesh.registry.store.FOLD_RECORDS", 4)

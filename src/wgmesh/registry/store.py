@@ -97,10 +97,9 @@ _REFRESH = (
 """A refresh: the times, the counter and the software. The wrapped shared key only changes
 with a new key, which writes the whole row; a row stored without one (a database from before
 stored keys) matches nothing here and is written whole, key included, once."""
-_FOLD = (
-    "UPDATE peers SET last_seen=?, refreshed=?, register_counter=?, software=?"
-    " WHERE rowid=? AND wrapped_key IS NOT NULL"
-)
+_FOLD = "UPDATE peers SET last_seen=?, refreshed=?, register_counter=?, software=? WHERE rowid=?"
+"""A fold's write of a row's refresh: whatever the row's wrapped key (a row that gains one is
+written whole by then, see :data:`_REFRESH`), so no journaled floor is skipped."""
 _JOURNAL_PREFIX, _JOURNAL_SUFFIX = "refresh-", ".log"
 FOLD_RECORDS = 100_000
 """A fold starts once the journal holds this many records, or twice as many as there are
