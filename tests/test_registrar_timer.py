@@ -243,14 +243,16 @@ async def test_the_refresh_journal_is_folded_by_a_timer_that_stops_when_done(
 async def test_a_write_that_failed_is_tried_again_and_loses_no_peer(
     tmp_path: Path, probes: list[Probe], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The disk refuses one batch (here: the one with a first contact): it is logged and
+    """The disk refuses a batch (here: the one with a first contact), twice: it is logged and
     counted, the change is kept and written a moment later, so the peer is in the table and
-    its refreshes (journaled only) have a row to land on at the next start."""
+    its refreshes (journaled only) have a row to land on at the next start; no fold step runs
+    while the table lacks an event."""
     monkeypatch.setattr("wgmesh.registry.server.RETRY", 0.3)
+    monkeypatch.setattr("wgmesh.registry.store.FOLD_RECORDS", 0)  # folds from the start on
     probes.append(p := await start(tmp_path, expiry=60))
     store = p.registrar.store
     apply = store.apply
-    failures = [sqlite3.OperationalError("database or disk is full")]
+    failures = [sqlite3.OperationalError("database or disk is full")] * 2
 
     def failing(*args: Any, **kwargs: Any) -> None:
         if failures and args[0]:
@@ -258,15 +260,25 @@ async def test_a_write_that_failed_is_tried_again_and_loses_no_peer(
         apply(*args, **kwargs)
 
     store.apply = failing  # type: ignore[method-assign]
+    fold_step = store.fold_step
+    pending_at_fold: list[bool] = []
+
+    def watched_fold(rows: Any, limit: int) -> bool:
+        pending_at_fold.append(bool(p.registrar._pending))
+        return fold_step(rows, limit)
+
+    store.fold_step = watched_fold  # type: ignore[method-assign]
+    store.fold_wanted = lambda peers: True  # type: ignore[method-assign]  # (folds all along)
     alice = Client(p.key)
     try:
         await p.register(alice)  # answered: the failure is the store's, not the registration's
-        assert not failures and p.registrar.store_errors == 1
         assert store._db.execute("SELECT COUNT(*) FROM peers").fetchone()[0] == 0
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.8)
+        assert not failures and p.registrar.store_errors == 2  # (the second: a fold step's)
         (key,) = store._db.execute("SELECT key FROM peers").fetchone()
         assert bytes(key) == alice.key
-        assert counter_values(p.registrar.metrics())["wgmesh_registrar_store_errors"] == 1
+        assert counter_values(p.registrar.metrics())["wgmesh_registrar_store_errors"] == 2
+        assert pending_at_fold and not any(pending_at_fold)  # never before the table had it all
     finally:
         alice.close()
 

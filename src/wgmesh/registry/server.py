@@ -545,6 +545,9 @@ class Registrar:
         table), then the next rows are folded."""
         self._fold = None
         self._write()  # (which may arm the next step already)
+        if self._pending:  # the write failed: no fold step before the table has every event
+            self._retry_fold()
+            return
         if self.store.fold_wanted(len(self.registry.rows)):
             try:
                 self.store.fold_step(self.registry.rows, FOLD_CHUNK)
@@ -609,7 +612,7 @@ class Registrar:
             ),
             gauge(PREFIX + "zone_serial", "the zone's SOA serial", self.zone.serial),
             gauge(
-                PREFIX + "journal_records", "refreshes in the journal not folded into the table",
+                PREFIX + "journal_records", "refreshes in the journal begun at the last fold",
                 self.store.journaled,
             ),
             counter(
