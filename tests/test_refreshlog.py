@@ -16,7 +16,7 @@ from nacl.public import PrivateKey
 
 from wgmesh.proto.endpoint import Endpoint
 from wgmesh.proto.payloads import MAX_SOFTWARE
-from wgmesh.proto.peerentry import Admission, AdmittedPeer, Change, Refresh
+from wgmesh.proto.peerentry import Admission, AdmittedPeer, Change, PeerEntry, Refresh
 from wgmesh.proto.refreshlog import HEAD, RefreshRecord, pack_record, read_records
 from wgmesh.proto.registry import Registry
 from wgmesh.registry.store import FOLD_RECORDS, Store
@@ -129,6 +129,13 @@ def crash(store: Store) -> None:
     store._db.close()
 
 
+def reopened(store: Store, state: Path) -> tuple[Store, dict[bytes, PeerEntry]]:
+    """``store`` crashed, the state directory opened again, and the peers it reads back."""
+    crash(store)
+    again = Store(state)
+    return again, {s.entry.key: s.entry for s in again.load()[0]}
+
+
 def test_a_refresh_goes_to_the_journal_and_a_restart_reads_it(tmp_path: Path) -> None:
     r = make(REG_PRIVATE)
     alice = Peer()
@@ -142,10 +149,8 @@ def test_a_refresh_goes_to_the_journal_and_a_restart_reads_it(tmp_path: Path) ->
     store.apply(events, r.zone.serial, r.wrapped_key)
     assert stored_counter(tmp_path, alice.key) == first  # the row was not updated
     assert store.journaled == 1
-    crash(store)
-    again = Store(tmp_path)
-    entries, _ = again.load()
-    assert {s.entry.key: s.entry for s in entries} == dict(r.peers.items())
+    again, got = reopened(store, tmp_path)
+    assert got == dict(r.peers.items())
     assert again.torn == 0
     again.close()
 
@@ -222,9 +227,8 @@ def test_a_fold_writes_the_rows_and_deletes_the_journals_before_it(tmp_path: Pat
     assert [stored_counter(tmp_path, p.key) for p in peers] == [p.counter for p in peers]
     assert len(journals(tmp_path)) == 1 and journals(tmp_path)[0].stat().st_size == 0
     assert not store.fold_wanted(len(r.rows))
-    crash(store)
-    again = Store(tmp_path)
-    assert {s.entry.key: s.entry for s in again.load()[0]} == dict(r.peers.items())
+    again, got = reopened(store, tmp_path)
+    assert got == dict(r.peers.items())
     assert again.fold_wanted(len(r.rows))  # the empty journal of the last run waits for a fold
     again.close()
 
@@ -309,9 +313,8 @@ def test_a_mapping_dropped_when_restored_reaches_the_store(tmp_path: Path) -> No
     assert r2.peers[alice.key].mappings == (SRC,)
     r2.receive(alice.register(REG_KEY, NOW + 160), SRC, PORT, NOW + 160)
     store.apply(r2.events(), r2.zone.serial, r2.wrapped_key)
-    crash(store)
-    again = Store(tmp_path)
-    assert {s.entry.key: s.entry for s in again.load()[0]} == dict(r2.peers.items())
+    again, got = reopened(store, tmp_path)
+    assert got == dict(r2.peers.items())
     assert again.unreadable == 0
     again.close()
 
@@ -335,9 +338,8 @@ def test_after_a_failed_write_the_journal_goes_on_in_a_new_file(tmp_path: Path) 
     r.receive(alice.register(REG_KEY, NOW + 40), SRC, PORT, NOW + 40)
     store.apply(r.events(), r.zone.serial, r.wrapped_key)
     assert len(journals(tmp_path)) == 2
-    crash(store)
-    again = Store(tmp_path)
-    assert {s.entry.key: s.entry for s in again.load()[0]} == dict(r.peers.items())
+    again, got = reopened(store, tmp_path)
+    assert got == dict(r.peers.items())
     assert again.torn == 1
     again.close()
 
@@ -364,9 +366,7 @@ def test_a_counter_sqlite_cannot_hold_keeps_no_change_off_the_disk(tmp_path: Pat
         pass
     assert stored_counter(tmp_path, alice.key) == r.peers[alice.key].register_counter
     assert stored_counter(tmp_path, mallory.key) == 2**63 - 1
-    crash(store)
-    again = Store(tmp_path)
-    got = {s.entry.key: s.entry for s in again.load()[0]}
+    again, got = reopened(store, tmp_path)
     assert got[alice.key] == r.peers[alice.key]
     assert got[mallory.key].register_counter == 2**63 - 1
     again.close()
